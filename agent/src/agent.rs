@@ -1,0 +1,393 @@
+//! The agent daemon: samples this node, keeps one QUIC connection to the coordinator,
+//! beats, reports, and answers the coordinator's commands.
+//!
+//! Shape:
+//! - A dedicated *sampler thread* owns the [`Sampler`] (sysinfo and NVML calls block and
+//!   some take milliseconds). It samples every `sample_interval`, or at once when asked,
+//!   and publishes the newest report through a `watch` channel. The async side never
+//!   blocks on sampling, and a slow GPU driver delays reports, never beats.
+//! - The *session* task runs one connection: hello, welcome, then a `select!` over the
+//!   beat timer, the report timer, new samples, commands from the coordinator and
+//!   shutdown. A report goes out every `report_interval`, and at once when a new sample's
+//!   health differs from the last health reported.
+//! - The *reconnect loop* wraps sessions with exponential backoff and jitter
+//!   (`reconnect_base` doubling to `reconnect_cap`); the backoff resets after a session
+//!   that got as far as the coordinator's welcome. A refusal the agent cannot fix by
+//!   retrying (wrong certificate, incompatible protocol) is logged as an error with the
+//!   coordinator's reason and retried at the cap, so fixing the coordinator side needs
+//!   no agent restart.
+//!
+//! Invariant: the agent checks its own certificate against its configured name at start,
+//! so a mis-issued certificate is a start-up error on the node, not a mystery refusal.
+
+use std::net::SocketAddr;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::time::{interval, timeout, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::model::{unix_ns, Health, NodeReport};
+use crate::node::gpu::{self, GpuConfig};
+use crate::node::health::{condition_changed, Thresholds};
+use crate::node::Sampler;
+use crate::pki::{self, Role, TlsFiles};
+use crate::wire::{
+    AgentMsg, Beat, Command, CommandOutput, CoordMsg, FrameReader, FrameWriter, Hello, Refusal,
+    Welcome, WireError, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+
+/// Everything the agent daemon needs, resolved from its config.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub name: String,
+    /// `host:port` of the coordinator.
+    pub coordinator: String,
+    pub server_name: String,
+    pub beat_interval: Duration,
+    pub report_interval: Duration,
+    pub sample_interval: Duration,
+    pub reconnect_base: Duration,
+    pub reconnect_cap: Duration,
+    pub tls: TlsFiles,
+    pub thresholds: Thresholds,
+    pub gpu: GpuConfig,
+}
+
+impl AgentOptions {
+    pub fn from_config(cfg: &Config) -> Result<AgentOptions> {
+        let a = cfg
+            .agent
+            .as_ref()
+            .context("the config has no [agent] section")?;
+        Ok(AgentOptions {
+            name: a.node_name()?,
+            coordinator: a.coordinator.clone(),
+            server_name: a.server_name(),
+            beat_interval: a.beat_interval,
+            report_interval: a.report_interval,
+            sample_interval: a.sample_interval,
+            reconnect_base: a.reconnect_base,
+            reconnect_cap: a.reconnect_cap,
+            tls: cfg.tls.clone().context("the config has no [tls] section")?,
+            thresholds: cfg.health.clone(),
+            gpu: cfg.gpu.clone(),
+        })
+    }
+}
+
+/// Samples this node once (for `corral agent --once`).
+pub fn sample_once(name: &str, thresholds: &Thresholds, gpu: &GpuConfig) -> Result<NodeReport> {
+    let source = gpu::open(gpu)?;
+    let mut sampler = Sampler::new(thresholds.clone(), source);
+    // CPU use is a difference between two readings; give it one interval.
+    std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+    Ok(sampler.sample(name))
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> {
+    let tls = opts.tls.load().context("loading the agent's TLS files")?;
+    if tls.identity.name != opts.name {
+        bail!(
+            "certificate {} is for {:?} but this agent is named {:?}; issue one with `corral certs issue --name {} --role agent` or set agent.name",
+            opts.tls.cert.display(),
+            tls.identity.name,
+            opts.name,
+            opts.name
+        );
+    }
+    if tls.identity.role != Role::Agent {
+        bail!(
+            "certificate {} has role {}, not agent",
+            opts.tls.cert.display(),
+            tls.identity.role
+        );
+    }
+    let client_cfg = pki::quic_client_config(&tls, crate::wire::transport_config())?;
+    let endpoint = client_endpoint()?;
+
+    let source = gpu::open(&opts.gpu)?;
+    let (reports, sample_now) = spawn_sampler(
+        opts.name.clone(),
+        Sampler::new(opts.thresholds.clone(), source),
+        opts.sample_interval,
+    )?;
+
+    let mut attempt: u32 = 0;
+    loop {
+        // The session watches `shutdown` itself, so that it can close its connection
+        // with a reason; this outer branch only covers the connect phase.
+        let outcome = tokio::select! {
+            biased;
+            r = session(&opts, &endpoint, &client_cfg, reports.clone(), &sample_now, &shutdown) => r,
+            _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
+        };
+        match outcome {
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::Lost { welcomed, reason }) => {
+                if welcomed {
+                    attempt = 0;
+                }
+                warn!(coordinator = %opts.coordinator, %reason, "connection to the coordinator lost");
+            }
+            Err(SessionError::Refused { refusal, reason }) => {
+                error!(coordinator = %opts.coordinator, ?refusal, %reason, "the coordinator refused this agent");
+                if refusal.is_permanent() {
+                    attempt = u32::MAX / 2;
+                }
+            }
+            Err(SessionError::Other(e)) => {
+                warn!(coordinator = %opts.coordinator, error = format!("{e:#}"), "cannot reach the coordinator");
+            }
+        }
+        let delay = backoff(opts.reconnect_base, opts.reconnect_cap, attempt);
+        attempt = attempt.saturating_add(1);
+        debug!(
+            delay_ms = delay.as_millis() as u64,
+            attempt, "reconnecting after backoff"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    endpoint.close(Refusal::Shutdown.code(), b"agent shutting down");
+    let _ = timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    info!(node = %opts.name, "agent stopped");
+    Ok(())
+}
+
+/// Delay before reconnect attempt `attempt`: exponential from `base`, capped, with
+/// "equal jitter" (half fixed, half random) so a coordinator restart is not met by every
+/// agent in the same millisecond.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
+    let ceiling = exp.min(cap);
+    let half = ceiling / 2;
+    half + rand::rng().random_range(Duration::ZERO..=half)
+}
+
+fn client_endpoint() -> Result<quinn::Endpoint> {
+    // Dual-stack where the kernel has IPv6, plain IPv4 where it does not.
+    quinn::Endpoint::client(SocketAddr::from(([0u16; 8], 0)))
+        .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
+        .context("opening a UDP socket for QUIC")
+}
+
+/// The sampler thread; returns the report channel and the "sample now" trigger.
+fn spawn_sampler(
+    name: String,
+    mut sampler: Sampler,
+    every: Duration,
+) -> Result<(
+    watch::Receiver<Option<Arc<NodeReport>>>,
+    std_mpsc::Sender<()>,
+)> {
+    let (tx, rx) = watch::channel(None);
+    let (now_tx, now_rx) = std_mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("corral-sampler".into())
+        .spawn(move || loop {
+            let report = sampler.sample(&name);
+            if tx.send(Some(Arc::new(report))).is_err() {
+                return;
+            }
+            match now_rx.recv_timeout(every) {
+                Ok(()) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        })
+        .context("starting the sampler thread")?;
+    Ok((rx, now_tx))
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost { welcomed: bool, reason: String },
+}
+
+enum SessionError {
+    Refused { refusal: Refusal, reason: String },
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SessionError {
+    fn from(e: E) -> Self {
+        SessionError::Other(e.into())
+    }
+}
+
+/// Turns "the connection went away" into the coordinator's refusal when it sent one.
+fn refusal_of(conn: &quinn::Connection) -> Option<(Refusal, String)> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            let refusal = Refusal::from_code(close.error_code)?;
+            Some((refusal, String::from_utf8_lossy(&close.reason).into_owned()))
+        }
+        _ => None,
+    }
+}
+
+async fn session(
+    opts: &AgentOptions,
+    endpoint: &quinn::Endpoint,
+    client_cfg: &quinn::ClientConfig,
+    mut reports: watch::Receiver<Option<Arc<NodeReport>>>,
+    sample_now: &std_mpsc::Sender<()>,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, SessionError> {
+    let addr = tokio::net::lookup_host(&opts.coordinator)
+        .await
+        .with_context(|| format!("resolving {}", opts.coordinator))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", opts.coordinator))?;
+    let connecting = endpoint
+        .connect_with(client_cfg.clone(), addr, &opts.server_name)
+        .context("starting the QUIC handshake")?;
+    // QUIC retransmits the initial packet with backoff inside this window, so a
+    // coordinator that comes up during it is reached without waiting for the next attempt.
+    let conn = timeout(Duration::from_secs(5), connecting)
+        .await
+        .with_context(|| {
+            format!(
+                "no answer from {addr} within 5s (is the coordinator running and UDP reachable?)"
+            )
+        })?
+        .map_err(|e| anyhow::anyhow!("QUIC handshake with {addr} failed: {e}"))?;
+    let (send, recv) = conn.open_bi().await.context("opening the control stream")?;
+    let mut writer = FrameWriter::new(send, DEFAULT_MAX_FRAME_BYTES);
+    let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME_BYTES);
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        node: opts.name.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        beat_interval_ms: opts.beat_interval.as_millis().min(u32::MAX as u128) as u32,
+        report_interval_ms: opts.report_interval.as_millis().min(u32::MAX as u128) as u32,
+    };
+    let welcome: Result<Welcome, WireError> = async {
+        writer.send("hello", &hello).await?;
+        reader.recv("welcome").await
+    }
+    .await;
+    let welcome = match welcome {
+        Ok(w) => w,
+        Err(e) => {
+            // A refusal arrives as a connection close; give it a moment to land.
+            let _ = timeout(Duration::from_millis(500), conn.closed()).await;
+            if let Some((refusal, reason)) = refusal_of(&conn) {
+                return Err(SessionError::Refused { refusal, reason });
+            }
+            return Err(anyhow::anyhow!("no welcome from the coordinator: {e}").into());
+        }
+    };
+    info!(coordinator = %addr, protocol = welcome.protocol, coordinator_version = %welcome.coordinator_version, node = %opts.name, "connected to the coordinator");
+
+    let mut beat_tick = interval(opts.beat_interval);
+    beat_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut report_tick = interval(opts.report_interval);
+    report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut seq: u64 = 0;
+    // Health as last reported to the coordinator on this connection.
+    let mut last_health: Option<Health> = None;
+    let mut forced_report = false;
+    // Report what we have at once, so a (re)connected node is complete immediately.
+    reports.mark_changed();
+
+    let lost = |e: WireError, conn: &quinn::Connection| {
+        let reason = refusal_of(conn)
+            .map(|(r, why)| format!("{r:?}: {why}"))
+            .unwrap_or_else(|| e.to_string());
+        Ok(SessionEnd::Lost {
+            welcomed: true,
+            reason,
+        })
+    };
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                writer.finish();
+                conn.close(Refusal::Shutdown.code(), b"agent shutting down");
+                return Ok(SessionEnd::Shutdown);
+            }
+            _ = beat_tick.tick() => {
+                seq += 1;
+                let health = last_health.as_ref().map(|h| h.status).unwrap_or_default();
+                let beat = Beat { seq, sent_at_ns: unix_ns(), health };
+                if let Err(e) = writer.send("beat", &AgentMsg::Beat(beat)).await {
+                    return lost(e, &conn);
+                }
+            }
+            _ = report_tick.tick() => {
+                let report = reports.borrow().clone();
+                if let Some(report) = report {
+                    last_health = Some(report.health.clone());
+                    if let Err(e) = writer.send("report", &AgentMsg::Report(Box::new((*report).clone()))).await {
+                        return lost(e, &conn);
+                    }
+                }
+            }
+            changed = reports.changed() => {
+                if changed.is_err() {
+                    return Err(anyhow::anyhow!("the sampler thread stopped").into());
+                }
+                let report = reports.borrow_and_update().clone();
+                let Some(report) = report else { continue };
+                let changed = last_health.as_ref().is_none_or(|h| condition_changed(h, &report.health));
+                if forced_report || changed {
+                    if let (true, Some(prev)) = (changed, &last_health) {
+                        info!(node = %opts.name, from = %prev.status, to = %report.health.status, reasons = report.health.reasons.len(), "health changed; reporting now");
+                    }
+                    forced_report = false;
+                    last_health = Some(report.health.clone());
+                    if let Err(e) = writer.send("report", &AgentMsg::Report(Box::new((*report).clone()))).await {
+                        return lost(e, &conn);
+                    }
+                    report_tick.reset();
+                }
+            }
+            msg = reader.recv::<CoordMsg>("coordinator message") => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => return lost(e, &conn),
+                };
+                let CoordMsg::Command { id, command } = msg;
+                debug!(id, ?command, "command from the coordinator");
+                let result = match command {
+                    Command::Ping { nonce } => Ok(CommandOutput::Pong { nonce }),
+                    Command::ReportNow => {
+                        forced_report = true;
+                        sample_now.send(()).map(|_| CommandOutput::ReportQueued).map_err(|_| "the sampler thread stopped".to_string())
+                    }
+                };
+                if let Err(e) = writer.send("command result", &AgentMsg::CommandResult { id, result }).await {
+                    return lost(e, &conn);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        for attempt in 0..40 {
+            let d = backoff(base, cap, attempt);
+            let ceiling = (base * 2u32.saturating_pow(attempt.min(20))).min(cap);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(base, cap, u32::MAX / 2) >= cap / 2);
+    }
+}

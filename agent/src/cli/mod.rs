@@ -1,0 +1,334 @@
+//! The `corral` command line: daemons, `corral dev`, certificates, config checks, the
+//! client commands that read the coordinator's HTTP API, and the load harness.
+//!
+//! Exit codes (stable, for scripts): 0 success; 1 error; 2 usage error (from clap);
+//! 3 the coordinator API cannot be reached; 4 the named node does not exist.
+
+mod bench;
+mod client;
+mod dev;
+mod show;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pki::{self, Role};
+
+pub use client::ApiClient;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "corral",
+    version,
+    about = "Node agent and coordinator for GPU and HPC clusters"
+)]
+pub struct Cli {
+    /// Log format of the daemons (text for terminals, json for log shippers).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Coordinator HTTP API base URL.
+    #[arg(
+        long,
+        env = "CORRAL_API",
+        default_value = "http://127.0.0.1:7441",
+        global = true
+    )]
+    api: String,
+    /// File holding the API bearer token (or set CORRAL_TOKEN).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// CA certificate to trust for an HTTPS API.
+    #[arg(long, global = true)]
+    api_ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Coordinator and agent in one process on this machine, with fresh certificates and
+    /// an embedded database (like `nomad agent -dev`).
+    Dev(dev::DevArgs),
+    /// Run the coordinator daemon.
+    Coordinator {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the agent daemon (or sample once with --once).
+    Agent {
+        #[arg(long, short, required_unless_present = "once")]
+        config: Option<PathBuf>,
+        /// Sample this node once, print the report as JSON, and exit (no coordinator needed).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Cluster CA and certificates.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// List every node.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show one node in full.
+    Node {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Liveness and health events, oldest first.
+    Events {
+        /// Only this node's events.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Round trip through a node's command channel.
+    Ping {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Load harnesses.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Validate a config file; exits non-zero naming the file, key and problem.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCmd {
+    /// Create a cluster CA (ca.pem, ca.key) in DIR.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "corral cluster CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a certificate signed by the CA in --ca.
+    Issue {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses (coordinators: every address agents dial).
+        #[arg(long)]
+        san: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+/// An error with a specific exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.downcast_ref::<Exit>().map_or(1, |x| x.code);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Dev(args) => dev::run(args).await,
+        Cmd::Coordinator { config } => {
+            let cfg = Config::load(&config)?;
+            let opts = crate::coordinator::CoordinatorOptions::from_config(&cfg)?;
+            let running = crate::coordinator::start(opts).await?;
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            running.stop().await;
+            Ok(())
+        }
+        Cmd::Agent { config, once } => {
+            let cfg = config.as_deref().map(Config::load).transpose()?;
+            if once {
+                let name = match cfg.as_ref().and_then(|c| c.agent.as_ref()) {
+                    Some(a) => a.node_name()?,
+                    None => crate::config::default_node_name()?,
+                };
+                let (health, gpu) = cfg.map(|c| (c.health, c.gpu)).unwrap_or_default();
+                let report = tokio::task::spawn_blocking(move || {
+                    crate::agent::sample_once(&name, &health, &gpu)
+                })
+                .await??;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            let cfg = cfg.context("--config is required")?;
+            let opts = crate::agent::AgentOptions::from_config(&cfg)?;
+            let shutdown = CancellationToken::new();
+            let mut agent = tokio::spawn(crate::agent::run(opts, shutdown.clone()));
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    shutdown.cancel();
+                    // Let the agent tell the coordinator it is leaving (a clean close is
+                    // seen at once; a vanished agent only after missed beats).
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), &mut agent).await {
+                        Ok(r) => r.context("agent task")?,
+                        Err(_) => Ok(()),
+                    }
+                }
+                r = &mut agent => r.context("agent task")?,
+            }
+        }
+        Cmd::Config(ConfigCmd::Check { file }) => {
+            let cfg = Config::load(&file)?;
+            println!("{}: ok ({})", file.display(), cfg.describe());
+            Ok(())
+        }
+        Cmd::Certs(CertsCmd::Init { out, name, days }) => {
+            let (cert, key) = pki::init_ca(&out, &name, days)?;
+            println!("created CA certificate {}\ncreated CA key {} (keep it secret; it is needed only to issue certificates)", cert.display(), key.display());
+            Ok(())
+        }
+        Cmd::Certs(CertsCmd::Issue {
+            ca,
+            name,
+            role,
+            out,
+            san,
+            days,
+        }) => {
+            let ca = pki::Ca::load(&ca)?;
+            let files = ca.issue_to_dir(&name, role, &san, days, &out)?;
+            println!(
+                "issued {role} certificate for {name}\n  cert: {}\n  key:  {}\n  ca:   {}",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            );
+            Ok(())
+        }
+        Cmd::Nodes { json, api } => {
+            let nodes = ApiClient::new(&api)?.nodes().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                print!("{}", show::nodes_table(&nodes, crate::model::unix_ms()));
+            }
+            Ok(())
+        }
+        Cmd::Node { name, json, api } => {
+            let node = ApiClient::new(&api)?.node(&name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&node)?);
+            } else {
+                print!("{}", show::node_detail(&node, crate::model::unix_ms()));
+            }
+            Ok(())
+        }
+        Cmd::Events {
+            node,
+            limit,
+            json,
+            api,
+        } => {
+            let events = ApiClient::new(&api)?.events(node.as_deref(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&events)?);
+            } else {
+                print!("{}", show::events_table(&events));
+            }
+            Ok(())
+        }
+        Cmd::Ping { name, json, api } => {
+            let rtt_us = ApiClient::new(&api)?.ping(&name).await?;
+            if json {
+                println!("{}", serde_json::json!({ "node": name, "rtt_us": rtt_us }));
+            } else {
+                println!(
+                    "{name}: command round trip {:.2} ms",
+                    rtt_us as f64 / 1000.0
+                );
+            }
+            Ok(())
+        }
+        Cmd::Bench(cmd) => bench::run(cmd).await,
+    }
+}

@@ -1,0 +1,292 @@
+//! The coordinator's embedded database: SQLite (through rusqlite, SQLite compiled in).
+//!
+//! Why SQLite rather than redb: the data is relational and small (nodes, events, and
+//! soon jobs with state histories), operators can inspect it with the stock `sqlite3`
+//! tool during an incident, its durability story (WAL, atomic transactions) is decades
+//! old, and the bundled build removes any dependency on the host's library version.
+//! redb would save a C compile but give us a key-value API to build queries on.
+//!
+//! Invariants:
+//! - One thread owns the connection; the async side sends it batches over a channel and
+//!   never blocks on disk. A batch (dirty nodes + new events) is one transaction, so a
+//!   crash leaves either all of it or none.
+//! - Reports are stored as JSON, not postcard: the database outlives wire-protocol
+//!   versions, and JSON stays readable with `sqlite3`.
+//! - Write-behind: the registry hands over changed nodes every flush interval (1 s).
+//!   A crash loses at most that window of *changes*; nodes themselves are written on
+//!   first sight, so a node is never lost once its first flush is done.
+//! - Events beyond the retention count are pruned, oldest first.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection};
+
+use super::registry::{Event, EventKind, NodeView};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    view TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_node ON events(node, id);
+";
+
+enum Op {
+    Write(Vec<NodeView>, Vec<Event>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Handle to the store thread.
+pub struct Store {
+    tx: mpsc::Sender<Op>,
+    path: PathBuf,
+}
+
+/// What a coordinator starts from.
+pub struct Loaded {
+    pub nodes: Vec<NodeView>,
+    pub events: Vec<Event>,
+}
+
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("coordinator.db")
+}
+
+fn open_db(path: &Path) -> Result<Connection> {
+    let conn =
+        Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)
+        .with_context(|| format!("creating the schema in {}", path.display()))?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `state_dir`, loads what it holds and
+    /// starts the writer thread.
+    pub fn open(state_dir: &Path, event_retention: u32) -> Result<(Store, Loaded)> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        let path = db_path(state_dir);
+        let conn = open_db(&path)?;
+        let loaded =
+            load(&conn, event_retention).with_context(|| format!("reading {}", path.display()))?;
+        let (tx, rx) = mpsc::channel();
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("corral-store".into())
+            .spawn(move || writer(conn, rx, event_retention, thread_path))
+            .context("starting the store thread")?;
+        Ok((Store { tx, path }, loaded))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a batch; returns at once.
+    pub fn write(&self, nodes: Vec<NodeView>, events: Vec<Event>) {
+        if nodes.is_empty() && events.is_empty() {
+            return;
+        }
+        if self.tx.send(Op::Write(nodes, events)).is_err() {
+            tracing::error!(db = %self.path.display(), "the store thread has stopped; state is not being persisted");
+        }
+    }
+
+    /// Waits until everything queued so far is on disk.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Op::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
+    let mut nodes = vec![];
+    let mut stmt = conn.prepare("SELECT name, view FROM nodes ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let json: String = row.get(1)?;
+        match serde_json::from_str::<NodeView>(&json) {
+            Ok(v) => nodes.push(v),
+            // A row we cannot read (written by a newer corral, or damaged) is kept in the
+            // database, reported, and skipped: losing one node's cache beats refusing
+            // to start.
+            Err(e) => tracing::warn!(node = %name, error = %e, "skipping unreadable node row"),
+        }
+    }
+    let mut stmt = conn.prepare(
+        "SELECT id, at_ms, node, kind, from_state, to_state, message FROM events ORDER BY id DESC LIMIT ?1",
+    )?;
+    let mut events: Vec<Event> = stmt
+        .query_map([retention], |r| {
+            let kind: String = r.get(3)?;
+            Ok(Event {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                node: r.get(2)?,
+                kind: if kind == "health" {
+                    EventKind::Health
+                } else {
+                    EventKind::Liveness
+                },
+                from: r.get(4)?,
+                to: r.get(5)?,
+                message: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    events.reverse();
+    Ok(Loaded { nodes, events })
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, retention: u32, path: PathBuf) {
+    let mut since_prune = 0usize;
+    while let Ok(op) = rx.recv() {
+        match op {
+            Op::Write(nodes, events) => {
+                since_prune += events.len();
+                let prune = since_prune >= 1000;
+                if let Err(e) = write_batch(&mut conn, &nodes, &events, prune.then_some(retention))
+                {
+                    tracing::error!(db = %path.display(), error = format!("{e:#}"), nodes = nodes.len(), events = events.len(), "writing to the database failed");
+                } else if prune {
+                    since_prune = 0;
+                }
+            }
+            Op::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    nodes: &[NodeView],
+    events: &[Event],
+    prune: Option<u32>,
+) -> Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO nodes(name, view, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET view = excluded.view, updated_ms = excluded.updated_ms",
+        )?;
+        let now = crate::model::unix_ms();
+        for n in nodes {
+            put.execute(params![n.name, serde_json::to_string(n)?, now])?;
+        }
+        let mut ev = tx.prepare_cached(
+            "INSERT OR REPLACE INTO events(id, at_ms, node, kind, from_state, to_state, message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for e in events {
+            ev.execute(params![
+                e.id,
+                e.at_ms,
+                e.node,
+                e.kind.as_str(),
+                e.from,
+                e.to,
+                e.message
+            ])?;
+        }
+        if let Some(keep) = prune {
+            tx.execute(
+                "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
+                [keep],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HealthStatus, Liveness};
+
+    fn view(name: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            liveness: Liveness::Ready,
+            liveness_since_ms: 1,
+            health: HealthStatus::Healthy,
+            reasons: vec![],
+            connected: true,
+            address: None,
+            agent_version: None,
+            first_seen_ms: 1,
+            last_beat_ms: Some(2),
+            last_report_ms: None,
+            report: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_and_events_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, loaded) = Store::open(dir.path(), 100).unwrap();
+            assert!(loaded.nodes.is_empty());
+            let ev = Event {
+                id: 7,
+                at_ms: 3,
+                node: "a".into(),
+                kind: EventKind::Liveness,
+                from: None,
+                to: "ready".into(),
+                message: "hi".into(),
+            };
+            store.write(vec![view("a"), view("b")], vec![ev]);
+            store.flush().await;
+        }
+        let (_store, loaded) = Store::open(dir.path(), 100).unwrap();
+        let names: Vec<_> = loaded.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(loaded.events.len(), 1);
+        assert_eq!(loaded.events[0].id, 7);
+    }
+
+    #[tokio::test]
+    async fn unreadable_node_row_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = open_db(&db_path(dir.path())).unwrap();
+            conn.execute("INSERT INTO nodes VALUES ('x', '{not json', 0)", [])
+                .unwrap();
+        }
+        let (_s, loaded) = Store::open(dir.path(), 10).unwrap();
+        assert!(loaded.nodes.is_empty());
+    }
+
+    #[test]
+    fn unwritable_state_dir_is_a_clear_error() {
+        let err = Store::open(Path::new("/proc/corral-cannot-exist"), 10)
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("/proc/corral-cannot-exist"),
+            "{err:#}"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! corral: a node agent and coordinator for GPU and HPC clusters.
+//!
+//! Where things live (one concept, one place):
+//! - [`model`]: what a node reports (host and GPU samples, health, liveness).
+//! - [`node`]: health sampling on the agent (sysinfo, NVML behind a trait, thresholds).
+//! - [`wire`]: the agent ⇄ coordinator protocol (messages, versions, framing).
+//! - [`pki`]: the cluster CA, certificates and the mutual-TLS configurations.
+//! - [`agent`]: the agent daemon (connect, beat, report, answer commands).
+//! - [`coordinator`]: the coordinator daemon (registry, liveness, store, HTTP API, metrics).
+//! - [`config`]: the TOML configuration of both daemons and its validation.
+//! - [`cli`]: the `corral` command line, including `corral dev` and the load harness.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod coordinator;
+pub mod model;
+pub mod node;
+pub mod pki;
+pub mod wire;
