@@ -163,10 +163,13 @@ pub struct Exit {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The agent's async work is a handful of timers and one connection: two workers are
+    // plenty, and a 128-core node should not get 128 idle threads from its health agent.
+    if matches!(cli.command, Cmd::Agent { .. }) {
+        builder.worker_threads(2);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
