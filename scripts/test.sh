@@ -21,5 +21,22 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+# --- Ray (tests/ray.rs; added with the Ray supervision issue) ---------------------------
+# tests/ray.rs starts real Ray clusters from the venv in CORRAL_RAY_VENV. Unless one is
+# given, create (once) a venv with Ray pinned at the version the tests were written for,
+# in the cache dir so CI reuses it; pip runs only when the venv lacks that exact version.
+if [ -z "${CORRAL_RAY_VENV:-}" ]; then
+    RAY_VERSION=2.60.0
+    CORRAL_RAY_VENV="${CORRAL_CACHE_DIR:-$HOME/.cache/corral}/ray-$RAY_VERSION"
+    have=$("$CORRAL_RAY_VENV/bin/python" -c 'import ray, ray.dashboard.optional_deps; print(ray.__version__)' 2>/dev/null || true)
+    if [ "$have" != "$RAY_VERSION" ]; then
+        echo "== creating the Ray venv $CORRAL_RAY_VENV (ray[default]==$RAY_VERSION)"
+        python3 -m venv "$CORRAL_RAY_VENV"
+        "$CORRAL_RAY_VENV/bin/pip" install --quiet "ray[default]==$RAY_VERSION"
+    fi
+    export CORRAL_RAY_VENV
+fi
+echo "Ray venv for tests: $CORRAL_RAY_VENV"
+
 echo "== cargo test (unit, integration, doc)"
 cargo test --workspace --locked "$@"

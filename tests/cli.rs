@@ -211,3 +211,82 @@ async fn dev_runs_a_ready_node_keeps_state_across_runs_and_stops_on_ctrl_c() {
     assert!(state.path().join("coordinator.db").exists());
     assert!(state.path().join("tls/ca.pem").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_with_a_token_refuses_requests_without_it() {
+    let mut c = Cluster::new();
+    std::fs::write(c.path("api-token"), "s3cret-token\n").unwrap();
+    c.api_extra = "token_file = \"api-token\"".into();
+    c.start_coordinator();
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{}/api/v1/nodes", c.api()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("bearer token"),
+        "{body}"
+    );
+    let r = http
+        .get(format!("{}/metrics", c.api()))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        http.get(format!("{}/healthz", c.api()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let out = run_async(vec!["nodes".into(), "--api".into(), c.api()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bearer token"), "{}", stderr(&out));
+    let token = c.path("api-token").to_str().unwrap().to_string();
+    let out = run_async(vec![
+        "nodes".into(),
+        "--api".into(),
+        c.api(),
+        "--token-file".into(),
+        token,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_over_tls_is_reachable_with_the_cluster_ca() {
+    let mut c = Cluster::new();
+    c.api_extra = "tls_cert = \"tls/coordinator.pem\"\ntls_key = \"tls/coordinator.key\"".into();
+    c.start_coordinator();
+    c.start_agent("tls-node", "");
+    let https = format!("https://127.0.0.1:{}", c.api_port);
+    let ca = c.tls_dir().join("ca.pem").to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run_async(vec![
+            "nodes".into(),
+            "--api".into(),
+            https.clone(),
+            "--api-ca".into(),
+            ca.clone(),
+        ])
+        .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        if stdout(&out).contains("tls-node") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node never listed over HTTPS");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Without the cluster CA the server is not trusted.
+    let out = run_async(vec!["nodes".into(), "--api".into(), https]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}

@@ -9,13 +9,20 @@
 //! - The *session* task runs one connection: hello, welcome, then a `select!` over the
 //!   beat timer, the report timer, new samples, commands from the coordinator and
 //!   shutdown. A report goes out every `report_interval`, and at once when a new sample's
-//!   health differs from the last health reported.
+//!   health differs from the last one reported: another status, or a check that appeared,
+//!   cleared or changed severity ([`condition_changed`]; live values alone are not news).
 //! - The *reconnect loop* wraps sessions with exponential backoff and jitter
 //!   (`reconnect_base` doubling to `reconnect_cap`); the backoff resets after a session
 //!   that got as far as the coordinator's welcome. A refusal the agent cannot fix by
 //!   retrying (wrong certificate, incompatible protocol) is logged as an error with the
 //!   coordinator's reason and retried at the cap, so fixing the coordinator side needs
 //!   no agent restart.
+//! - The *Ray supervisor* ([`crate::ray`]), when `[ray]` asks for a head or worker, runs
+//!   beside the sessions and outlives them: losing the coordinator does not stop Ray. The
+//!   session carries its status in every report (a change is reported at once), relays
+//!   its head to the coordinator (again after each reconnect) and the coordinator's head
+//!   to it. On shutdown the session withdraws this node's head before closing, and the
+//!   agent waits for the supervisor to stop its process group.
 //!
 //! Invariant: the agent checks its own certificate against its configured name at start,
 //! so a mis-issued certificate is a start-up error on the node, not a mystery refusal.
@@ -58,6 +65,8 @@ pub struct AgentOptions {
     pub tls: TlsFiles,
     pub thresholds: Thresholds,
     pub gpu: GpuConfig,
+    /// `[ray]`, when present.
+    pub ray: Option<crate::ray::RayConfig>,
 }
 
 impl AgentOptions {
@@ -78,6 +87,7 @@ impl AgentOptions {
             tls: cfg.tls.clone().context("the config has no [tls] section")?,
             thresholds: cfg.health.clone(),
             gpu: cfg.gpu.clone(),
+            ray: cfg.ray.clone(),
         })
     }
 }
@@ -85,9 +95,13 @@ impl AgentOptions {
 /// Samples this node once (for `corral agent --once`).
 pub fn sample_once(name: &str, thresholds: &Thresholds, gpu: &GpuConfig) -> Result<NodeReport> {
     let source = gpu::open(gpu)?;
-    let mut sampler = Sampler::new(thresholds.clone(), source);
-    // CPU use is a difference between two readings; give it one interval.
+    let mut sampler =
+        Sampler::new(thresholds.clone(), source).with_gpu_policy(gpu.policy(thresholds));
+    // CPU use is a difference between two readings; give it one interval. Custom checks
+    // get their first run (bounded by their timeouts) in the meantime.
     std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+    let longest = thresholds.checks.iter().map(|c| c.timeout).max();
+    sampler.wait_for_checks(longest.unwrap_or_default() + Duration::from_millis(100));
     Ok(sampler.sample(name))
 }
 
@@ -116,9 +130,19 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
     let source = gpu::open(&opts.gpu)?;
     let (reports, sample_now) = spawn_sampler(
         opts.name.clone(),
-        Sampler::new(opts.thresholds.clone(), source),
+        Sampler::new(opts.thresholds.clone(), source)
+            .with_gpu_policy(opts.gpu.policy(&opts.thresholds)),
         opts.sample_interval,
     )?;
+    let ray = opts.ray.as_ref().and_then(|cfg| {
+        crate::ray::start(
+            cfg,
+            &opts.name,
+            &opts.coordinator,
+            reports.clone(),
+            shutdown.clone(),
+        )
+    });
 
     let mut attempt: u32 = 0;
     loop {
@@ -126,7 +150,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
         // with a reason; this outer branch only covers the connect phase.
         let outcome = tokio::select! {
             biased;
-            r = session(&opts, &endpoint, &client_cfg, reports.clone(), &sample_now, &shutdown) => r,
+            r = session(&opts, &endpoint, &client_cfg, reports.clone(), &sample_now, ray.as_ref(), &shutdown) => r,
             _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
         };
         match outcome {
@@ -160,6 +184,10 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
     }
     endpoint.close(Refusal::Shutdown.code(), b"agent shutting down");
     let _ = timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if let Some(ray) = ray {
+        // The supervisor saw `shutdown` too and is stopping its process group.
+        let _ = ray.task.await;
+    }
     info!(node = %opts.name, "agent stopped");
     Ok(())
 }
@@ -241,6 +269,7 @@ async fn session(
     client_cfg: &quinn::ClientConfig,
     mut reports: watch::Receiver<Option<Arc<NodeReport>>>,
     sample_now: &std_mpsc::Sender<()>,
+    ray: Option<&crate::ray::RayHandles>,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, SessionError> {
     let addr = tokio::net::lookup_host(&opts.coordinator)
@@ -299,6 +328,25 @@ async fn session(
     let mut forced_report = false;
     // Report what we have at once, so a (re)connected node is complete immediately.
     reports.mark_changed();
+    let mut ray_status = ray.map(|r| r.status.clone());
+    let mut own_head = ray.map(|r| r.own_head.clone());
+    // A head tells a (re)connected coordinator where it is, or that it has none yet.
+    let is_head = ray.and_then(|r| r.status.borrow().as_ref().map(|s| s.role))
+        == Some(crate::model::RayRole::Head);
+    if let (true, Some(h)) = (is_head, &mut own_head) {
+        let head = h.borrow_and_update().clone();
+        if let Err(e) = writer.send("ray head", &AgentMsg::RayHead(head)).await {
+            return Err(anyhow::anyhow!("sending the Ray head: {e}").into());
+        }
+    }
+    // The sampler's report with this node's Ray status.
+    let with_ray = |report: &NodeReport, ray_status: &Option<watch::Receiver<_>>| {
+        let mut r = report.clone();
+        r.ray = ray_status
+            .as_ref()
+            .and_then(|s: &watch::Receiver<Option<crate::model::RayStatus>>| s.borrow().clone());
+        AgentMsg::Report(Box::new(r))
+    };
 
     let lost = |e: WireError, conn: &quinn::Connection| {
         let reason = refusal_of(conn)
@@ -313,6 +361,10 @@ async fn session(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
+                if is_head {
+                    // Workers leave at once instead of waiting for Ray's own timeouts.
+                    let _ = timeout(Duration::from_millis(500), writer.send("ray head", &AgentMsg::RayHead(None))).await;
+                }
                 writer.finish();
                 conn.close(Refusal::Shutdown.code(), b"agent shutting down");
                 return Ok(SessionEnd::Shutdown);
@@ -329,7 +381,7 @@ async fn session(
                 let report = reports.borrow().clone();
                 if let Some(report) = report {
                     last_health = Some(report.health.clone());
-                    if let Err(e) = writer.send("report", &AgentMsg::Report(Box::new((*report).clone()))).await {
+                    if let Err(e) = writer.send("report", &with_ray(&report, &ray_status)).await {
                         return lost(e, &conn);
                     }
                 }
@@ -347,10 +399,25 @@ async fn session(
                     }
                     forced_report = false;
                     last_health = Some(report.health.clone());
-                    if let Err(e) = writer.send("report", &AgentMsg::Report(Box::new((*report).clone()))).await {
+                    if let Err(e) = writer.send("report", &with_ray(&report, &ray_status)).await {
                         return lost(e, &conn);
                     }
                     report_tick.reset();
+                }
+            }
+            _ = watch_changed(&mut ray_status) => {
+                let report = reports.borrow().clone();
+                if let Some(report) = report {
+                    if let Err(e) = writer.send("report", &with_ray(&report, &ray_status)).await {
+                        return lost(e, &conn);
+                    }
+                    report_tick.reset();
+                }
+            }
+            _ = watch_changed(&mut own_head) => {
+                let head = own_head.as_mut().and_then(|h| h.borrow_and_update().clone());
+                if let Err(e) = writer.send("ray head", &AgentMsg::RayHead(head)).await {
+                    return lost(e, &conn);
                 }
             }
             msg = reader.recv::<CoordMsg>("coordinator message") => {
@@ -358,7 +425,16 @@ async fn session(
                     Ok(m) => m,
                     Err(e) => return lost(e, &conn),
                 };
-                let CoordMsg::Command { id, command } = msg;
+                let (id, command) = match msg {
+                    CoordMsg::Command { id, command } => (id, command),
+                    CoordMsg::HeadChanged { head } => {
+                        debug!(head = ?head.as_ref().map(|h| &h.address), "Ray head announced by the coordinator");
+                        if let Some(r) = ray {
+                            r.cluster_head.send_replace(head);
+                        }
+                        continue;
+                    }
+                };
                 debug!(id, ?command, "command from the coordinator");
                 let result = match command {
                     Command::Ping { nonce } => Ok(CommandOutput::Pong { nonce }),
@@ -372,6 +448,19 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Resolves when the watched value changes; never when there is nothing to watch or its
+/// sender is gone.
+async fn watch_changed<T>(rx: &mut Option<watch::Receiver<T>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

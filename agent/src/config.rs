@@ -2,7 +2,8 @@
 //!
 //! One file format for both daemons: a file holds an `[agent]` section, a
 //! `[coordinator]` section, or both (as `corral dev` writes), plus the shared `[tls]`,
-//! and the agent's `[health]` thresholds and `[gpu]` source.
+//! and the agent's `[health]` thresholds, `[gpu]` source and `[ray]` process
+//! ([`crate::ray::RayConfig`]).
 //!
 //! Invariants:
 //! - Unknown keys are errors, so a typo never silently falls back to a default.
@@ -37,6 +38,8 @@ pub struct Config {
     pub health: Thresholds,
     #[serde(default)]
     pub gpu: GpuConfig,
+    /// The Ray process this agent supervises (absent: none).
+    pub ray: Option<crate::ray::RayConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +227,12 @@ impl Config {
         {
             fix(p);
         }
+        if let Some(r) = &mut self.ray {
+            r.resolve_paths(base);
+        }
+        for check in &mut self.health.checks {
+            check.resolve_paths(base);
+        }
     }
 
     /// Semantic checks beyond types.
@@ -354,6 +363,9 @@ impl Config {
         }
         self.health.validate()?;
         self.gpu.validate()?;
+        if let Some(r) = &self.ray {
+            r.validate()?;
+        }
         Ok(())
     }
 
@@ -502,6 +514,23 @@ mod tests {
     fn syntax_error_reports_the_line() {
         let err = parse("[agent]\ncoordinator = ").unwrap_err();
         assert!(err.key.contains("line 2"), "{err:?}");
+    }
+
+    #[test]
+    fn ray_section_problems_are_named_with_their_key() {
+        let err = parse("[agent]\ncoordinator = \"h:1\"\n[ray]\nrole = \"worker\"\nvenv = \"v\"\nhead_address = \"nohost\"").unwrap_err();
+        assert_eq!(err.key, "ray.head_address");
+        let err = parse("[agent]\ncoordinator = \"h:1\"\n[ray]\nrole = \"boss\"").unwrap_err();
+        assert_eq!(err.key, "ray.role");
+        let dir = tls_dir();
+        let cfg = Config::parse(
+            &format!(
+                "[agent]\ncoordinator = \"h:1\"\n[ray]\nrole = \"head\"\nvenv = \"venv\"\n{TLS}"
+            ),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(cfg.ray.unwrap().venv, Some(dir.path().join("venv")));
     }
 
     #[test]

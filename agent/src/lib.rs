@@ -5,6 +5,7 @@
 //! - [`node`]: health sampling on the agent (sysinfo, NVML behind a trait, thresholds).
 //! - [`wire`]: the agent ⇄ coordinator protocol (messages, versions, framing).
 //! - [`pki`]: the cluster CA, certificates and the mutual-TLS configurations.
+//! - [`ray`]: the Ray head or worker an agent starts from a venv, supervises and stops.
 //! - [`agent`]: the agent daemon (connect, beat, report, answer commands).
 //! - [`coordinator`]: the coordinator daemon (registry, liveness, store, HTTP API, metrics).
 //! - [`config`]: the TOML configuration of both daemons and its validation.
@@ -17,4 +18,5 @@ pub mod coordinator;
 pub mod model;
 pub mod node;
 pub mod pki;
+pub mod ray;
 pub mod wire;

@@ -86,18 +86,189 @@ pub struct HostSample {
     pub cpu_temperatures: Vec<Temperature>,
 }
 
-/// One GPU as the agent's GPU source sees it. Every reading a device may not support
-/// is optional.
+/// One GPU (or one MIG instance) as the agent's GPU source sees it, with the health the
+/// agent judged it to have. Every reading a device may not support is optional: `None`
+/// means "not supported / not available here", never zero. Units follow the module doc;
+/// counters are cumulative as NVML reports them. The mapping of each field to NVML and to
+/// dcgm-exporter's `DCGM_FI_DEV_*` names is in `docs/gpu-metrics.md`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct GpuSample {
+    /// NVML index; for a MIG instance, the index of its parent GPU.
     pub index: u32,
     pub uuid: String,
     pub name: String,
     pub memory_used_bytes: Option<u64>,
     pub memory_total_bytes: Option<u64>,
+    /// GPU (SM) utilization, percent.
     pub utilization_percent: Option<u32>,
     pub temperature_celsius: Option<u32>,
     pub power_watts: Option<f64>,
+
+    // Identity and configuration.
+    pub serial: Option<String>,
+    /// PCI bus id as NVML writes it (`00000000:17:00.0`).
+    pub pci_bus_id: Option<String>,
+    pub driver_version: Option<String>,
+    /// Highest CUDA version the driver supports (`12.4`).
+    pub cuda_driver_version: Option<String>,
+    pub vbios_version: Option<String>,
+    pub persistence_mode: Option<bool>,
+    /// `default`, `exclusive_thread`, `prohibited` or `exclusive_process`.
+    pub compute_mode: Option<String>,
+    /// MIG mode currently in effect (`None` on GPUs without MIG).
+    pub mig_enabled: Option<bool>,
+    /// For a MIG instance, the UUID of its parent GPU; `None` for a whole GPU.
+    #[serde(default)]
+    pub parent_uuid: Option<String>,
+    /// For a MIG instance, its index under the parent.
+    #[serde(default)]
+    pub mig_index: Option<u32>,
+
+    // Live readings.
+    pub memory_free_bytes: Option<u64>,
+    /// Memory controller utilization, percent.
+    pub memory_utilization_percent: Option<u32>,
+    pub encoder_utilization_percent: Option<u32>,
+    pub decoder_utilization_percent: Option<u32>,
+    /// HBM temperature (data-centre GPUs only).
+    pub memory_temperature_celsius: Option<u32>,
+    /// Fan 0 speed, percent of maximum (passively cooled GPUs have none).
+    pub fan_speed_percent: Option<u32>,
+    pub power_limit_watts: Option<f64>,
+    /// Energy consumed since the driver was loaded, joules.
+    pub energy_joules: Option<f64>,
+    pub sm_clock_mhz: Option<u32>,
+    pub memory_clock_mhz: Option<u32>,
+    /// Active clock throttle reasons by name (`hw_thermal_slowdown`, `sw_power_cap`, ...;
+    /// see [`THROTTLE_REASONS`]); `None` when the GPU cannot say, empty when none is
+    /// active.
+    pub throttle_reasons: Option<Vec<String>>,
+    pub pcie_link_gen: Option<u32>,
+    pub pcie_link_gen_max: Option<u32>,
+    pub pcie_link_width: Option<u32>,
+    pub pcie_link_width_max: Option<u32>,
+    pub pcie_replay_count: Option<u64>,
+    /// ECC mode currently in effect.
+    pub ecc_enabled: Option<bool>,
+    /// ECC error counts, since the last driver load / GPU reset (volatile) and over the
+    /// GPU's life (aggregate).
+    pub ecc_corrected_volatile: Option<u64>,
+    pub ecc_uncorrected_volatile: Option<u64>,
+    pub ecc_corrected_aggregate: Option<u64>,
+    pub ecc_uncorrected_aggregate: Option<u64>,
+    /// Pages retired for single- and double-bit errors (pre-Ampere GPUs).
+    pub retired_pages_single_bit: Option<u64>,
+    pub retired_pages_double_bit: Option<u64>,
+    /// Pages waiting to be retired at the next GPU reset.
+    pub retired_pages_pending: Option<bool>,
+    /// Row remapping (Ampere and later).
+    pub remapped_rows_correctable: Option<u64>,
+    pub remapped_rows_uncorrectable: Option<u64>,
+    pub remapped_rows_pending: Option<bool>,
+    pub remapped_rows_failure: Option<bool>,
+    /// NVLink links the GPU has (empty without NVLink).
+    #[serde(default)]
+    pub nvlinks: Vec<NvLinkSample>,
+    /// XID errors that arrived (through the NVML event set) since the previous sample, in
+    /// arrival order. The lasting view is in `health` (`xid_last`, `xid_total`).
+    #[serde(default)]
+    pub xids: Vec<u64>,
+    /// Why the device could not be read at all ("GPU is lost", "no longer enumerated by
+    /// the driver"); its readings are then all absent.
+    #[serde(default)]
+    pub lost: Option<String>,
+    /// The agent's verdict on this device (see `node::device_health`).
+    #[serde(default)]
+    pub health: DeviceHealth,
+}
+
+/// Throttle reason names, in the order NVML defines their bits.
+pub const THROTTLE_REASONS: &[&str] = &[
+    "gpu_idle",
+    "applications_clocks_setting",
+    "sw_power_cap",
+    "hw_slowdown",
+    "sync_boost",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+    "display_clock_setting",
+];
+
+/// One NVLink link of a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NvLinkSample {
+    pub link: u32,
+    pub active: bool,
+    pub crc_flit_errors: Option<u64>,
+    pub crc_data_errors: Option<u64>,
+    pub replay_errors: Option<u64>,
+    pub recovery_errors: Option<u64>,
+}
+
+/// A device's health: `ok`, `warn` or `fail`, best first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    #[default]
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl DeviceStatus {
+    pub const ALL: [DeviceStatus; 3] = [DeviceStatus::Ok, DeviceStatus::Warn, DeviceStatus::Fail];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Ok => "ok",
+            DeviceStatus::Warn => "warn",
+            DeviceStatus::Fail => "fail",
+        }
+    }
+
+    /// The node health a device in this state implies.
+    pub fn node_status(self) -> HealthStatus {
+        match self {
+            DeviceStatus::Ok => HealthStatus::Healthy,
+            DeviceStatus::Warn => HealthStatus::Degraded,
+            DeviceStatus::Fail => HealthStatus::Unhealthy,
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a device is not `ok`: a stable code for dashboards and a message an operator can
+/// act on ("XID 79: GPU has fallen off the bus; reset the GPU to clear").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReason {
+    /// `xid`, `temperature`, `ecc_uncorrectable`, `ecc_corrected_growing`,
+    /// `row_remap_failure`, `row_remap_pending`, `retired_pages_pending`, `pcie_width`,
+    /// `pcie_replays_growing`, `throttle_thermal`, `throttle_hw_slowdown`,
+    /// `nvlink_down`, `nvlink_errors_growing`, `lost`, `disappeared`.
+    pub code: String,
+    pub status: DeviceStatus,
+    pub message: String,
+    /// True when only a GPU reset (or reboot) clears this reason.
+    pub needs_reset: bool,
+}
+
+/// A device's verdict, worst reason first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeviceHealth {
+    pub status: DeviceStatus,
+    pub reasons: Vec<DeviceReason>,
+    /// The most recent XID error seen on this device since the agent started.
+    pub xid_last: Option<u64>,
+    /// XID errors seen on this device since the agent started (ignored ones included).
+    pub xid_total: u64,
 }
 
 /// Node health, worst first in severity.
@@ -168,6 +339,102 @@ pub struct NodeReport {
     /// without an NVIDIA driver has no GPUs and no error.
     pub gpu_error: Option<String>,
     pub health: Health,
+    /// This node's Ray process as corral supervises it; `None` when `[ray] role` is
+    /// `none` (or absent).
+    pub ray: Option<RayStatus>,
+}
+
+/// Which Ray process corral runs on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RayRole {
+    Head,
+    Worker,
+}
+
+impl RayRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RayRole::Head => "head",
+            RayRole::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for RayRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the supervised Ray process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RayState {
+    /// Probing the venv, waiting for the head, or started and not yet ready.
+    Starting,
+    /// Ready: the head answers on its GCS port and dashboard, or the worker has joined.
+    Running,
+    /// Exited unexpectedly; waiting out the backoff before the next start.
+    Restarting,
+    /// A worker that will not join its head (Python or Ray versions differ).
+    Refused,
+    /// The venv is unusable, or the restart budget is spent; `message` says why.
+    Failed,
+    /// Stopped by corral (agent shutdown).
+    Stopped,
+}
+
+impl RayState {
+    pub const ALL: [RayState; 6] = [
+        RayState::Starting,
+        RayState::Running,
+        RayState::Restarting,
+        RayState::Refused,
+        RayState::Failed,
+        RayState::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RayState::Starting => "starting",
+            RayState::Running => "running",
+            RayState::Restarting => "restarting",
+            RayState::Refused => "refused",
+            RayState::Failed => "failed",
+            RayState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for RayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Ray process a node's agent supervises (see [`crate::ray`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RayStatus {
+    pub role: RayRole,
+    pub state: RayState,
+    /// When `state` last changed (Unix ms).
+    pub since_ms: u64,
+    pub venv: String,
+    /// Exact versions read from the venv (`None` until the probe succeeded).
+    pub python_version: Option<String>,
+    pub ray_version: Option<String>,
+    /// `host:port` of the head's GCS (the head's own address on the head).
+    pub head_address: Option<String>,
+    /// Restarts after unexpected exits since the agent started.
+    pub restarts: u32,
+    /// Why the state is what it is, when it is not plainly `running` ("waiting for the
+    /// head", the refusal or failure message).
+    pub message: Option<String>,
+    /// Process id of `ray start --block` (also its process group id).
+    pub pid: Option<u32>,
+    /// Where Ray's output goes.
+    pub log_file: Option<String>,
 }
 
 /// The coordinator's view of whether a node is there.

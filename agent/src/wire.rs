@@ -21,6 +21,22 @@
 //!   (postcard is positional). Versions outside
 //!   [`MIN_PROTOCOL_VERSION`]`..=`[`PROTOCOL_VERSION`] are refused with both ranges named.
 //!
+//! Reading the version of a hello, whatever else it carries:
+//!
+//! ```
+//! use corral::wire::{encode, peek_version, Hello, PROTOCOL_VERSION};
+//!
+//! let hello = Hello {
+//!     protocol: PROTOCOL_VERSION,
+//!     node: "gpu-01".into(),
+//!     agent_version: "0.1.0".into(),
+//!     beat_interval_ms: 1000,
+//!     report_interval_ms: 5000,
+//! };
+//! let frame = encode("hello", &hello).unwrap();
+//! assert_eq!(peek_version(&frame).unwrap(), PROTOCOL_VERSION);
+//! ```
+//!
 //! Trade-off: beats share the stream with reports, so a large report can delay a beat by
 //! its transmission time (microseconds on a LAN); in exchange ordering is simple and a
 //! beat never overtakes the report that changed health.
@@ -74,11 +90,40 @@ pub enum AgentMsg {
         id: u64,
         result: Result<CommandOutput, String>,
     },
+    /// This node's Ray head is ready (`Some`), or no longer is (`None`: stopped,
+    /// restarting, failed). Sent on every change and again after each (re)connect.
+    RayHead(Option<RayHead>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CoordMsg {
-    Command { id: u64, command: Command },
+    Command {
+        id: u64,
+        command: Command,
+    },
+    /// The cluster's Ray head changed (`None`: there is no ready head). Pushed to every
+    /// connected agent on a change and to each agent when it connects.
+    HeadChanged {
+        head: Option<RayHead>,
+    },
+}
+
+/// A ready Ray head, as its agent announces it and workers need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RayHead {
+    /// The node whose agent runs the head.
+    pub node: String,
+    /// `host:port` of the head's GCS, what `ray start --address` takes.
+    pub address: String,
+    /// `http://host:port` of the dashboard (and Jobs API).
+    pub dashboard: String,
+    /// Exact versions of the head's venv, for the workers' match check.
+    pub python: String,
+    pub ray: String,
+    pub venv: String,
+    /// When this head process became ready (Unix ms): a new value means a new head
+    /// process (restart), which workers must rejoin even at the same address.
+    pub started_ms: u64,
 }
 
 /// What the coordinator can ask of an agent. Later capabilities (Ray head discovery,
@@ -309,6 +354,29 @@ mod tests {
         }));
         let bytes = encode("report", &msg).unwrap();
         assert_eq!(decode::<AgentMsg>("report", &bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn ray_head_messages_round_trip() {
+        let head = RayHead {
+            node: "h".into(),
+            address: "10.0.0.1:6379".into(),
+            dashboard: "http://10.0.0.1:8265".into(),
+            python: "3.11.7".into(),
+            ray: "2.60.0".into(),
+            venv: "/opt/ray".into(),
+            started_ms: 7,
+        };
+        for msg in [
+            AgentMsg::RayHead(Some(head.clone())),
+            AgentMsg::RayHead(None),
+        ] {
+            let bytes = encode("ray head", &msg).unwrap();
+            assert_eq!(decode::<AgentMsg>("ray head", &bytes).unwrap(), msg);
+        }
+        let msg = CoordMsg::HeadChanged { head: Some(head) };
+        let bytes = encode("head", &msg).unwrap();
+        assert_eq!(decode::<CoordMsg>("head", &bytes).unwrap(), msg);
     }
 
     #[test]

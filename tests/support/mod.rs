@@ -46,6 +46,8 @@ pub struct Cluster {
     pub quic_port: u16,
     pub api_port: u16,
     pub coordinator_extra: String,
+    /// Extra lines for the coordinator's `[api]` section.
+    pub api_extra: String,
     coordinator: Option<Child>,
     agents: HashMap<String, Child>,
     http: reqwest::Client,
@@ -82,6 +84,7 @@ impl Cluster {
             quic_port: free_udp_port(),
             api_port: free_tcp_port(),
             coordinator_extra: String::new(),
+            api_extra: String::new(),
             coordinator: None,
             agents: HashMap::new(),
             http: reqwest::Client::new(),
@@ -119,8 +122,8 @@ impl Cluster {
         std::fs::write(
             &cfg,
             format!(
-                "[coordinator]\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"state\"\n{}\n[api]\nlisten = \"127.0.0.1:{}\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n",
-                self.quic_port, self.coordinator_extra, self.api_port
+                "[coordinator]\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"state\"\n{}\n[api]\nlisten = \"127.0.0.1:{}\"\n{}\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n",
+                self.quic_port, self.coordinator_extra, self.api_port, self.api_extra
             ),
         )
         .unwrap();
@@ -144,7 +147,7 @@ impl Cluster {
         std::fs::read_to_string(self.path("coordinator.log")).unwrap_or_default()
     }
 
-    fn wait_api(&self) {
+    pub fn wait_api(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_err() {
             assert!(
@@ -166,12 +169,21 @@ impl Cluster {
         }
     }
 
+    /// An agent config for `name`. `extra` lands in the `[agent]` section and may open
+    /// further sections. Unless it sets `[health]`, the host's load and disk thresholds
+    /// are raised out of reach: a busy 2-core CI machine must not turn a test's node
+    /// `degraded` by itself.
     pub fn agent_config(&self, name: &str, extra: &str) -> PathBuf {
         let cfg = self.path(&format!("agent-{name}.toml"));
+        let health = if extra.contains("[health") {
+            ""
+        } else {
+            "[health]\nload_per_core_warn = 1000.0\nload_per_core_fail = 1000.0\ndisk_warn_percent = 100\ndisk_fail_percent = 100\nmemory_available_warn_percent = 0\nmemory_available_fail_percent = 0\n"
+        };
         std::fs::write(
             &cfg,
             format!(
-                "[agent]\nname = \"{name}\"\ncoordinator = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\nreconnect_base = \"100ms\"\nreconnect_cap = \"1s\"\n{extra}\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/{name}.pem\"\nkey = \"tls/{name}.key\"\n",
+                "[agent]\nname = \"{name}\"\ncoordinator = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\nreconnect_base = \"100ms\"\nreconnect_cap = \"1s\"\n{extra}\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/{name}.pem\"\nkey = \"tls/{name}.key\"\n{health}",
                 self.quic_port
             ),
         )

@@ -38,6 +38,10 @@ pub enum BenchCmd {
     Coordinator(CoordArgs),
     /// One real agent process: CPU, RSS, and kill -9 → disconnected time.
     Agent(AgentArgs),
+    /// CPU per sample of N fake GPUs (read + judge) and RSS.
+    GpuSample(super::bench_gpu::GpuSampleArgs),
+    /// Ray head and worker start under corral vs plain `ray start` vs a fixed sleep.
+    Ray(super::bench_ray::RayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +75,8 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Coordinator(a) => coordinator(a).await,
         BenchCmd::Agent(a) => agent(a).await,
+        BenchCmd::Ray(a) => super::bench_ray::run(a).await,
+        BenchCmd::GpuSample(a) => super::bench_gpu::run(a),
     }
 }
 
@@ -241,7 +247,15 @@ async fn sim_agent(
                 .fetch_add(n as u64 + 4, Ordering::Relaxed);
         }
     }
-    conn.close(0u32.into(), b"bench done");
+    // Finish the stream and let the coordinator drain it (it closes the connection when
+    // the stream ends), so that beats still in flight are counted, not discarded.
+    w.finish();
+    if tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .is_err()
+    {
+        conn.close(0u32.into(), b"bench done");
+    }
     Ok(())
 }
 
@@ -348,10 +362,10 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
     );
     let udp1: u64 = conns.iter().map(|c| c.stats().udp_tx.bytes).sum();
     stop.cancel();
-    // Let in-flight frames land, then compare what was sent with what was applied.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let s1 = cluster.api.stats().await?;
+    // Every simulated agent finishes its stream and waits for the coordinator to drain
+    // it; then what was sent is compared with what was applied.
     while tasks.join_next().await.is_some() {}
+    let s1 = cluster.api.stats().await?;
     let sent_beats_total = counters.beats.load(Ordering::Relaxed);
     let applied_total = s1.beats_total;
 

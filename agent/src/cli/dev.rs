@@ -109,6 +109,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         Some(script) => GpuConfig {
             backend: crate::node::gpu::GpuBackend::Fake,
             fake_script: Some(script),
+            ..GpuConfig::default()
         },
         None => GpuConfig::default(),
     };
@@ -124,6 +125,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             reconnect_base: Duration::from_millis(250),
             reconnect_cap: Duration::from_secs(5),
             tls: agent_tls,
+            ray: None,
             thresholds: Thresholds::default(),
             gpu,
         },

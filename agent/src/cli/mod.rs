@@ -5,6 +5,8 @@
 //! 3 the coordinator API cannot be reached; 4 the named node does not exist.
 
 mod bench;
+mod bench_gpu;
+mod bench_ray;
 mod client;
 mod dev;
 mod show;
@@ -244,6 +246,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let cfg = cfg.context("--config is required")?;
             let opts = crate::agent::AgentOptions::from_config(&cfg)?;
+            // Time to close the connection, plus time for Ray to stop (SIGTERM, grace,
+            // SIGKILL, sweep) so no process of ours outlives the agent.
+            let stop_within = std::time::Duration::from_secs(5)
+                + opts.ray.as_ref().map_or(std::time::Duration::ZERO, |r| {
+                    r.stop_grace + std::time::Duration::from_secs(10)
+                });
             let shutdown = CancellationToken::new();
             let mut agent = tokio::spawn(crate::agent::run(opts, shutdown.clone()));
             tokio::select! {
@@ -252,7 +260,7 @@ async fn run(cli: Cli) -> Result<()> {
                     shutdown.cancel();
                     // Let the agent tell the coordinator it is leaving (a clean close is
                     // seen at once; a vanished agent only after missed beats).
-                    match tokio::time::timeout(std::time::Duration::from_secs(5), &mut agent).await {
+                    match tokio::time::timeout(stop_within, &mut agent).await {
                         Ok(r) => r.context("agent task")?,
                         Err(_) => Ok(()),
                     }

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::coordinator::registry::{Event, NodeView};
-use crate::model::{GpuSample, NodeReport};
+use crate::model::{DeviceStatus, GpuSample, NodeReport};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -90,6 +90,207 @@ pub fn gpu_summary(r: &NodeReport) -> String {
     s
 }
 
+/// "8 ok", "1 fail 7 ok", or "-" without GPUs: worst first.
+pub fn gpu_health_summary(r: &NodeReport) -> String {
+    if r.gpus.is_empty() {
+        return "-".into();
+    }
+    let parts: Vec<String> = [DeviceStatus::Fail, DeviceStatus::Warn, DeviceStatus::Ok]
+        .into_iter()
+        .filter_map(|st| {
+            let n = r.gpus.iter().filter(|g| g.health.status == st).count();
+            (n > 0).then(|| format!("{n} {st}"))
+        })
+        .collect();
+    parts.join(" ")
+}
+
+/// Every device with each reading it has and its health reasons.
+fn gpu_details(gpus: &[GpuSample]) -> String {
+    let mut s = String::new();
+    for g in gpus {
+        let device = match (&g.parent_uuid, g.mig_index) {
+            (Some(parent), Some(m)) => format!("MIG {}/{m} (parent {parent})", g.index),
+            _ => format!("GPU {}", g.index),
+        };
+        let _ = writeln!(s, "\n{device}: {} {} — {}", g.name, g.uuid, g.health.status);
+        for r in &g.health.reasons {
+            let _ = writeln!(
+                s,
+                "  - [{}] {}{}",
+                r.status,
+                r.message,
+                if r.needs_reset { " (needs reset)" } else { "" }
+            );
+        }
+        if let Some(lost) = &g.lost {
+            let _ = writeln!(s, "  unreadable: {lost}");
+            continue;
+        }
+        let mut field = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                let _ = writeln!(s, "  {k:<22}{v}");
+            }
+        };
+        let yn = |b: Option<bool>| b.map(|b| if b { "yes" } else { "no" }.to_string());
+        field("serial", g.serial.clone());
+        field("pci bus id", g.pci_bus_id.clone());
+        field(
+            "driver / cuda",
+            g.driver_version.as_ref().map(|d| {
+                format!(
+                    "{d} / {}",
+                    g.cuda_driver_version.as_deref().unwrap_or("n/a")
+                )
+            }),
+        );
+        field("vbios", g.vbios_version.clone());
+        field("persistence mode", yn(g.persistence_mode));
+        field("compute mode", g.compute_mode.clone());
+        field("mig enabled", yn(g.mig_enabled));
+        field(
+            "utilization",
+            g.utilization_percent.map(|u| {
+                format!(
+                    "gpu {u}%  memory {}  enc {}  dec {}",
+                    opt(g.memory_utilization_percent, "%"),
+                    opt(g.encoder_utilization_percent, "%"),
+                    opt(g.decoder_utilization_percent, "%")
+                )
+            }),
+        );
+        field(
+            "memory",
+            match (g.memory_used_bytes, g.memory_total_bytes) {
+                (Some(u), Some(t)) => Some(format!(
+                    "{}/{} GiB used, {} GiB free",
+                    gib(u),
+                    gib(t),
+                    g.memory_free_bytes.map_or("n/a".into(), gib)
+                )),
+                _ => None,
+            },
+        );
+        field(
+            "temperature",
+            g.temperature_celsius
+                .map(|t| format!("{t}°C (memory {})", opt(g.memory_temperature_celsius, "°C"))),
+        );
+        field("fan", g.fan_speed_percent.map(|f| format!("{f}%")));
+        field(
+            "power",
+            g.power_watts.map(|p| {
+                format!(
+                    "{p:.0} W of {}",
+                    opt(g.power_limit_watts.map(|l| format!("{l:.0}")), " W")
+                )
+            }),
+        );
+        field(
+            "energy",
+            g.energy_joules.map(|e| format!("{:.1} kJ", e / 1000.0)),
+        );
+        field(
+            "clocks",
+            g.sm_clock_mhz
+                .map(|c| format!("sm {c} MHz, memory {}", opt(g.memory_clock_mhz, " MHz"))),
+        );
+        field(
+            "throttle reasons",
+            g.throttle_reasons.as_ref().map(|t| {
+                if t.is_empty() {
+                    "none".into()
+                } else {
+                    t.join(", ")
+                }
+            }),
+        );
+        field(
+            "pcie",
+            g.pcie_link_gen.map(|gen| {
+                let x = |w: Option<u32>| w.map_or("n/a".into(), |w| format!("x{w}"));
+                format!(
+                    "gen {gen} (max {}), width {} (max {}), replays {}",
+                    opt(g.pcie_link_gen_max, ""),
+                    x(g.pcie_link_width),
+                    x(g.pcie_link_width_max),
+                    opt(g.pcie_replay_count, "")
+                )
+            }),
+        );
+        field("ecc enabled", yn(g.ecc_enabled));
+        field(
+            "ecc volatile",
+            g.ecc_corrected_volatile.map(|c| {
+                format!(
+                    "corrected {c}, uncorrected {}",
+                    opt(g.ecc_uncorrected_volatile, "")
+                )
+            }),
+        );
+        field(
+            "ecc aggregate",
+            g.ecc_corrected_aggregate.map(|c| {
+                format!(
+                    "corrected {c}, uncorrected {}",
+                    opt(g.ecc_uncorrected_aggregate, "")
+                )
+            }),
+        );
+        field(
+            "retired pages",
+            g.retired_pages_single_bit.map(|sb| {
+                format!(
+                    "single-bit {sb}, double-bit {}, pending {}",
+                    opt(g.retired_pages_double_bit, ""),
+                    yn(g.retired_pages_pending).unwrap_or_else(|| "n/a".into())
+                )
+            }),
+        );
+        field(
+            "remapped rows",
+            g.remapped_rows_correctable.map(|c| {
+                format!(
+                    "correctable {c}, uncorrectable {}, pending {}, failure {}",
+                    opt(g.remapped_rows_uncorrectable, ""),
+                    yn(g.remapped_rows_pending).unwrap_or_else(|| "n/a".into()),
+                    yn(g.remapped_rows_failure).unwrap_or_else(|| "n/a".into())
+                )
+            }),
+        );
+        if !g.nvlinks.is_empty() {
+            let up = g.nvlinks.iter().filter(|l| l.active).count();
+            let errors: u64 = g
+                .nvlinks
+                .iter()
+                .flat_map(|l| {
+                    [
+                        l.crc_flit_errors,
+                        l.crc_data_errors,
+                        l.replay_errors,
+                        l.recovery_errors,
+                    ]
+                })
+                .flatten()
+                .sum();
+            field(
+                "nvlink",
+                Some(format!(
+                    "{up}/{} links up, {errors} errors",
+                    g.nvlinks.len()
+                )),
+            );
+        }
+        field(
+            "xid",
+            g.health
+                .xid_last
+                .map(|x| format!("last {x}, {} since agent start", g.health.xid_total)),
+        );
+    }
+    s
+}
+
 /// The fullest filesystem: "87% /data".
 fn fullest_disk(r: &NodeReport) -> String {
     r.host
@@ -98,6 +299,54 @@ fn fullest_disk(r: &NodeReport) -> String {
         .max_by(|a, b| a.used_percent().total_cmp(&b.used_percent()))
         .map(|f| format!("{:.0}% {}", f.used_percent(), f.mount))
         .unwrap_or_else(|| "-".into())
+}
+
+/// The Ray column: "head running", "worker restarting (2 restarts)", or "-" without Ray.
+pub fn ray_summary(r: &NodeReport) -> String {
+    let Some(ray) = &r.ray else {
+        return "-".into();
+    };
+    let mut s = format!("{} {}", ray.role, ray.state);
+    if ray.restarts > 0 {
+        let _ = write!(s, " ({} restarts)", ray.restarts);
+    }
+    s
+}
+
+/// The Ray section of `corral node NAME`.
+fn ray_section(s: &mut String, r: &NodeReport, now_ms: u64) {
+    let Some(ray) = &r.ray else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "\nRay:         {} {} (for {})",
+        ray.role,
+        ray.state,
+        age(now_ms, Some(ray.since_ms))
+    );
+    let _ = writeln!(
+        s,
+        "  venv:      {} (Python {}, Ray {})",
+        ray.venv,
+        ray.python_version.as_deref().unwrap_or("unknown"),
+        ray.ray_version.as_deref().unwrap_or("unknown")
+    );
+    let _ = writeln!(
+        s,
+        "  head:      {}",
+        ray.head_address.as_deref().unwrap_or("not known yet")
+    );
+    let _ = writeln!(s, "  restarts:  {}", ray.restarts);
+    if let Some(pid) = ray.pid {
+        let _ = writeln!(s, "  pid:       {pid} (process group)");
+    }
+    if let Some(log) = &ray.log_file {
+        let _ = writeln!(s, "  log:       {log}");
+    }
+    if let Some(m) = &ray.message {
+        let _ = writeln!(s, "  message:   {m}");
+    }
 }
 
 pub fn nodes_table(nodes: &[NodeView], now_ms: u64) -> String {
@@ -125,6 +374,8 @@ pub fn nodes_table(nodes: &[NodeView], now_ms: u64) -> String {
                 r.map_or("-".into(), fullest_disk),
                 r.map_or("-".into(), |r| r.gpus.len().to_string()),
                 r.map_or("-".into(), gpu_summary),
+                r.map_or("-".into(), gpu_health_summary),
+                r.map_or("-".into(), ray_summary),
                 age(now_ms, n.last_beat_ms),
             ]
         })
@@ -140,6 +391,8 @@ pub fn nodes_table(nodes: &[NodeView], now_ms: u64) -> String {
             "DISK",
             "GPUS",
             "GPU SUMMARY",
+            "GPU HEALTH",
+            "RAY",
             "LAST BEAT",
         ],
         &rows,
@@ -164,6 +417,7 @@ fn gpu_rows(gpus: &[GpuSample]) -> Vec<Vec<String>> {
                 },
                 opt(g.temperature_celsius, "°C"),
                 opt(g.power_watts.map(|w| format!("{w:.0}")), " W"),
+                g.health.status.to_string(),
             ]
         })
         .collect()
@@ -202,6 +456,7 @@ pub fn node_detail(n: &NodeView, now_ms: u64) -> String {
         s.push_str("\nNo report received yet.\n");
         return s;
     };
+    ray_section(&mut s, r, now_ms);
     let f = &r.facts;
     let _ = writeln!(
         s,
@@ -276,9 +531,12 @@ pub fn node_detail(n: &NodeView, now_ms: u64) -> String {
         (None, false) => {
             s.push_str("\nGPUs:\n");
             s.push_str(&table(
-                &["GPU", "NAME", "UUID", "UTIL", "MEMORY", "TEMP", "POWER"],
+                &[
+                    "GPU", "NAME", "UUID", "UTIL", "MEMORY", "TEMP", "POWER", "HEALTH",
+                ],
                 &gpu_rows(&r.gpus),
             ));
+            s.push_str(&gpu_details(&r.gpus));
         }
     }
     s
@@ -382,6 +640,37 @@ mod tests {
         v.report.as_mut().unwrap().gpus[0].power_watts = None;
         let d = node_detail(&v, 2_000);
         assert!(d.contains("n/a W") || d.contains("n/a"), "{d}");
+    }
+
+    #[test]
+    fn gpu_health_shows_in_the_table_and_every_reason_in_the_detail() {
+        use crate::model::{DeviceHealth, DeviceReason};
+        let mut v = view();
+        let gpus = &mut v.report.as_mut().unwrap().gpus;
+        gpus[1].health = DeviceHealth {
+            status: DeviceStatus::Fail,
+            reasons: vec![DeviceReason {
+                code: "xid".into(),
+                status: DeviceStatus::Fail,
+                message: "XID 79: GPU has fallen off the bus; reset the GPU to clear".into(),
+                needs_reset: true,
+            }],
+            xid_last: Some(79),
+            xid_total: 1,
+        };
+        gpus[1].pcie_link_gen = Some(4);
+        gpus[1].pcie_link_width = Some(8);
+        let t = nodes_table(&[v.clone()], 2_000);
+        assert!(t.contains("GPU HEALTH") && t.contains("1 fail 1 ok"), "{t}");
+        let d = node_detail(&v, 2_000);
+        assert!(
+            d.contains(
+                "[fail] XID 79: GPU has fallen off the bus; reset the GPU to clear (needs reset)"
+            ),
+            "{d}"
+        );
+        assert!(d.contains("last 79, 1 since agent start"), "{d}");
+        assert!(d.contains("gen 4 (max n/a), width x8 (max n/a)"), "{d}");
     }
 
     #[test]

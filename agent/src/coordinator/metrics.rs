@@ -8,6 +8,9 @@
 //!
 //! The names are an interface: dashboards and alert rules use them. They are listed in
 //! [`METRIC_NAMES`] and documented in the README; changing one is a breaking change.
+//! GPU series carry `node`, `gpu` (the NVML index) and `uuid` labels (MIG instances add
+//! `mig`); `docs/gpu-metrics.md` maps each to its dcgm-exporter `DCGM_FI_DEV_*` name.
+//! A reading a GPU does not support has no series at all, never a zero.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -16,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
 use super::registry::{NodeView, StatsView};
-use crate::model::{HealthStatus, Liveness};
+use crate::model::{DeviceStatus, GpuSample, HealthStatus, Liveness, NodeReport, THROTTLE_REASONS};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -43,6 +46,36 @@ pub const METRIC_NAMES: &[&str] = &[
     "corral_gpu_memory_total_bytes",
     "corral_gpu_temperature_celsius",
     "corral_gpu_power_watts",
+    "corral_gpu_info",
+    "corral_gpu_health",
+    "corral_gpu_memory_free_bytes",
+    "corral_gpu_memory_utilization_percent",
+    "corral_gpu_encoder_utilization_percent",
+    "corral_gpu_decoder_utilization_percent",
+    "corral_gpu_memory_temperature_celsius",
+    "corral_gpu_fan_speed_percent",
+    "corral_gpu_power_limit_watts",
+    "corral_gpu_energy_joules",
+    "corral_gpu_sm_clock_mhz",
+    "corral_gpu_memory_clock_mhz",
+    "corral_gpu_throttle_reason",
+    "corral_gpu_pcie_link_gen",
+    "corral_gpu_pcie_link_gen_max",
+    "corral_gpu_pcie_link_width",
+    "corral_gpu_pcie_link_width_max",
+    "corral_gpu_pcie_replays_total",
+    "corral_gpu_ecc_errors_total",
+    "corral_gpu_retired_pages",
+    "corral_gpu_retired_pages_pending",
+    "corral_gpu_remapped_rows",
+    "corral_gpu_row_remap_pending",
+    "corral_gpu_row_remap_failure",
+    "corral_gpu_nvlink_up",
+    "corral_gpu_nvlink_errors_total",
+    "corral_gpu_xid_errors_total",
+    "corral_gpu_last_xid",
+    "corral_ray_state",
+    "corral_ray_restarts_total",
     "corral_coordinator_beats_total",
     "corral_coordinator_reports_total",
     "corral_coordinator_received_bytes_total",
@@ -84,6 +117,291 @@ impl Builder {
 
 fn node(n: &NodeView) -> Labels {
     vec![("node", n.name.clone())]
+}
+
+/// `node`, `gpu`, `uuid` (and `mig` for a MIG instance).
+fn gpu_labels(n: &NodeView, g: &GpuSample) -> Labels {
+    let mut labels = node(n);
+    labels.push(("gpu", g.index.to_string()));
+    labels.push(("uuid", g.uuid.clone()));
+    if let (Some(_), Some(m)) = (&g.parent_uuid, g.mig_index) {
+        labels.push(("mig", m.to_string()));
+    }
+    labels
+}
+
+/// One labelled series per `(label value, reading)` pair a GPU has.
+fn split(
+    n: &NodeView,
+    g: &GpuSample,
+    label: &'static str,
+    values: Vec<(&'static str, Option<u64>)>,
+) -> Vec<(Labels, u64)> {
+    values
+        .into_iter()
+        .filter_map(|(k, v)| {
+            v.map(|v| {
+                let mut l = gpu_labels(n, g);
+                l.push((label, k.to_string()));
+                (l, v)
+            })
+        })
+        .collect()
+}
+
+/// The GPU families beyond the first five (see `docs/gpu-metrics.md`).
+fn gpu_families(b: &mut Builder, reported: &[(&NodeView, &NodeReport)]) {
+    let gpus = || {
+        reported
+            .iter()
+            .flat_map(|(n, r)| r.gpus.iter().map(move |g| (*n, g)))
+    };
+    let gauge = |f: fn(&GpuSample) -> Option<f64>| {
+        gpus().filter_map(move |(n, g)| f(g).map(|v| (gpu_labels(n, g), v)))
+    };
+    let counter = |f: fn(&GpuSample) -> Option<u64>| {
+        gpus().filter_map(move |(n, g)| f(g).map(|v| (gpu_labels(n, g), v)))
+    };
+    let flag = |v: Option<bool>| v.map(|b| f64::from(u8::from(b)));
+    b.gauge(
+        "corral_gpu_info",
+        "1 per GPU; identity and configuration in labels",
+        gpus().map(|(n, g)| {
+            let mut l = gpu_labels(n, g);
+            let s = |v: &Option<String>| v.clone().unwrap_or_default();
+            let yn = |v: Option<bool>| v.map(|b| u8::from(b).to_string()).unwrap_or_default();
+            l.push(("name", g.name.clone()));
+            l.push(("serial", s(&g.serial)));
+            l.push(("pci_bus_id", s(&g.pci_bus_id)));
+            l.push(("driver_version", s(&g.driver_version)));
+            l.push(("cuda_version", s(&g.cuda_driver_version)));
+            l.push(("vbios_version", s(&g.vbios_version)));
+            l.push(("compute_mode", s(&g.compute_mode)));
+            l.push(("persistence_mode", yn(g.persistence_mode)));
+            l.push(("ecc_enabled", yn(g.ecc_enabled)));
+            l.push(("mig_enabled", yn(g.mig_enabled)));
+            l.push(("parent_uuid", s(&g.parent_uuid)));
+            (l, 1.0)
+        }),
+    );
+    b.gauge(
+        "corral_gpu_health",
+        "1 for the GPU's current health status (ok, warn, fail)",
+        gpus().flat_map(|(n, g)| {
+            DeviceStatus::ALL.map(|st| {
+                let mut l = gpu_labels(n, g);
+                l.push(("status", st.as_str().into()));
+                (l, f64::from(u8::from(g.health.status == st)))
+            })
+        }),
+    );
+    b.gauge(
+        "corral_gpu_memory_free_bytes",
+        "GPU memory free (DCGM_FI_DEV_FB_FREE, in bytes)",
+        gauge(|g| g.memory_free_bytes.map(|v| v as f64)),
+    );
+    b.gauge(
+        "corral_gpu_memory_utilization_percent",
+        "Memory controller utilization (DCGM_FI_DEV_MEM_COPY_UTIL)",
+        gauge(|g| g.memory_utilization_percent.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_encoder_utilization_percent",
+        "Encoder utilization (DCGM_FI_DEV_ENC_UTIL)",
+        gauge(|g| g.encoder_utilization_percent.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_decoder_utilization_percent",
+        "Decoder utilization (DCGM_FI_DEV_DEC_UTIL)",
+        gauge(|g| g.decoder_utilization_percent.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_memory_temperature_celsius",
+        "HBM temperature (DCGM_FI_DEV_MEMORY_TEMP)",
+        gauge(|g| g.memory_temperature_celsius.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_fan_speed_percent",
+        "Fan speed (DCGM_FI_DEV_FAN_SPEED)",
+        gauge(|g| g.fan_speed_percent.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_power_limit_watts",
+        "Enforced power limit (DCGM_FI_DEV_POWER_MGMT_LIMIT)",
+        gauge(|g| g.power_limit_watts),
+    );
+    b.gauge(
+        "corral_gpu_energy_joules",
+        "Energy used since the driver loaded, cumulative (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, in J)",
+        gauge(|g| g.energy_joules),
+    );
+    b.gauge(
+        "corral_gpu_sm_clock_mhz",
+        "SM clock (DCGM_FI_DEV_SM_CLOCK)",
+        gauge(|g| g.sm_clock_mhz.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_memory_clock_mhz",
+        "Memory clock (DCGM_FI_DEV_MEM_CLOCK)",
+        gauge(|g| g.memory_clock_mhz.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_throttle_reason",
+        "1 while the clock throttle reason is active (DCGM_FI_DEV_CLOCK_THROTTLE_REASONS, one series per bit)",
+        gpus().flat_map(|(n, g)| {
+            g.throttle_reasons.iter().flat_map(move |active| {
+                THROTTLE_REASONS.iter().map(move |r| {
+                    let mut l = gpu_labels(n, g);
+                    l.push(("reason", r.to_string()));
+                    (l, f64::from(u8::from(active.iter().any(|a| a == r))))
+                })
+            })
+        }),
+    );
+    b.gauge(
+        "corral_gpu_pcie_link_gen",
+        "Current PCIe generation (DCGM_FI_DEV_PCIE_LINK_GEN)",
+        gauge(|g| g.pcie_link_gen.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_pcie_link_gen_max",
+        "Maximum PCIe generation (DCGM_FI_DEV_PCIE_MAX_LINK_GEN)",
+        gauge(|g| g.pcie_link_gen_max.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_pcie_link_width",
+        "Current PCIe link width (DCGM_FI_DEV_PCIE_LINK_WIDTH)",
+        gauge(|g| g.pcie_link_width.map(f64::from)),
+    );
+    b.gauge(
+        "corral_gpu_pcie_link_width_max",
+        "Maximum PCIe link width (DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH)",
+        gauge(|g| g.pcie_link_width_max.map(f64::from)),
+    );
+    b.counter(
+        "corral_gpu_pcie_replays",
+        "PCIe replays (DCGM_FI_DEV_PCIE_REPLAY_COUNTER)",
+        counter(|g| g.pcie_replay_count),
+    );
+    b.counter(
+        "corral_gpu_ecc_errors",
+        "ECC errors by type (corrected, uncorrected) and counter (volatile, aggregate) (DCGM_FI_DEV_ECC_{SBE,DBE}_{VOL,AGG}_TOTAL)",
+        gpus().flat_map(|(n, g)| {
+            let mut out = split(
+                n,
+                g,
+                "type",
+                vec![
+                    ("corrected", g.ecc_corrected_volatile),
+                    ("uncorrected", g.ecc_uncorrected_volatile),
+                ],
+            );
+            out.iter_mut().for_each(|(l, _)| l.push(("counter", "volatile".into())));
+            let mut agg = split(
+                n,
+                g,
+                "type",
+                vec![
+                    ("corrected", g.ecc_corrected_aggregate),
+                    ("uncorrected", g.ecc_uncorrected_aggregate),
+                ],
+            );
+            agg.iter_mut().for_each(|(l, _)| l.push(("counter", "aggregate".into())));
+            out.extend(agg);
+            out
+        }),
+    );
+    b.gauge(
+        "corral_gpu_retired_pages",
+        "Retired pages by cause (DCGM_FI_DEV_RETIRED_SBE, DCGM_FI_DEV_RETIRED_DBE)",
+        gpus().flat_map(|(n, g)| {
+            split(
+                n,
+                g,
+                "cause",
+                vec![
+                    ("single_bit", g.retired_pages_single_bit),
+                    ("double_bit", g.retired_pages_double_bit),
+                ],
+            )
+            .into_iter()
+            .map(|(l, v)| (l, v as f64))
+        }),
+    );
+    b.gauge(
+        "corral_gpu_retired_pages_pending",
+        "1 while pages wait for a reset to be retired (DCGM_FI_DEV_RETIRED_PENDING)",
+        gpus().filter_map(|(n, g)| flag(g.retired_pages_pending).map(|v| (gpu_labels(n, g), v))),
+    );
+    b.gauge(
+        "corral_gpu_remapped_rows",
+        "Remapped rows by type (DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS, DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS)",
+        gpus().flat_map(|(n, g)| {
+            split(
+                n,
+                g,
+                "type",
+                vec![
+                    ("correctable", g.remapped_rows_correctable),
+                    ("uncorrectable", g.remapped_rows_uncorrectable),
+                ],
+            )
+            .into_iter()
+            .map(|(l, v)| (l, v as f64))
+        }),
+    );
+    b.gauge(
+        "corral_gpu_row_remap_pending",
+        "1 while a row remap waits for a reset (DCGM_FI_DEV_ROW_REMAP_PENDING)",
+        gpus().filter_map(|(n, g)| flag(g.remapped_rows_pending).map(|v| (gpu_labels(n, g), v))),
+    );
+    b.gauge(
+        "corral_gpu_row_remap_failure",
+        "1 after a row remap failed (DCGM_FI_DEV_ROW_REMAP_FAILURE)",
+        gpus().filter_map(|(n, g)| flag(g.remapped_rows_failure).map(|v| (gpu_labels(n, g), v))),
+    );
+    b.gauge(
+        "corral_gpu_nvlink_up",
+        "1 while the NVLink link is active",
+        gpus().flat_map(|(n, g)| {
+            g.nvlinks.iter().map(move |link| {
+                let mut l = gpu_labels(n, g);
+                l.push(("link", link.link.to_string()));
+                (l, f64::from(u8::from(link.active)))
+            })
+        }),
+    );
+    b.counter(
+        "corral_gpu_nvlink_errors",
+        "NVLink errors by link and type (DCGM_FI_DEV_NVLINK_{CRC_FLIT,CRC_DATA,REPLAY,RECOVERY}_ERROR_COUNT_L<link>)",
+        gpus().flat_map(|(n, g)| {
+            g.nvlinks.iter().flat_map(move |link| {
+                let mut out = split(
+                    n,
+                    g,
+                    "type",
+                    vec![
+                        ("crc_flit", link.crc_flit_errors),
+                        ("crc_data", link.crc_data_errors),
+                        ("replay", link.replay_errors),
+                        ("recovery", link.recovery_errors),
+                    ],
+                );
+                out.iter_mut().for_each(|(l, _)| l.push(("link", link.link.to_string())));
+                out
+            })
+        }),
+    );
+    b.counter(
+        "corral_gpu_xid_errors",
+        "XID errors seen since the agent started, ignored classes included",
+        gpus().map(|(n, g)| (gpu_labels(n, g), g.health.xid_total)),
+    );
+    b.gauge(
+        "corral_gpu_last_xid",
+        "The most recent XID seen since the agent started (DCGM_FI_DEV_XID_ERRORS)",
+        gauge(|g| g.health.xid_last.map(|x| x as f64)),
+    );
 }
 
 /// Renders the exposition text.
@@ -210,14 +528,9 @@ pub fn render(nodes: &[NodeView], stats: &StatsView) -> String {
     );
     let gpu = |f: fn(&crate::model::GpuSample) -> Option<f64>| {
         reported.iter().flat_map(move |(n, r)| {
-            r.gpus.iter().filter_map(move |g| {
-                f(g).map(|v| {
-                    let mut labels = node(n);
-                    labels.push(("gpu", g.index.to_string()));
-                    labels.push(("uuid", g.uuid.clone()));
-                    (labels, v)
-                })
-            })
+            r.gpus
+                .iter()
+                .filter_map(move |g| f(g).map(|v| (gpu_labels(n, g), v)))
         })
     };
     b.gauge(
@@ -244,6 +557,32 @@ pub fn render(nodes: &[NodeView], stats: &StatsView) -> String {
         "corral_gpu_power_watts",
         "GPU power draw (DCGM_FI_DEV_POWER_USAGE)",
         gpu(|g| g.power_watts),
+    );
+    gpu_families(&mut b, &reported);
+    let rays: Vec<(&NodeView, &crate::model::RayStatus)> = nodes
+        .iter()
+        .filter_map(|n| Some((n, n.report.as_ref()?.ray.as_ref()?)))
+        .collect();
+    b.gauge(
+        "corral_ray_state",
+        "1 for the state of the node's supervised Ray process (starting, running, restarting, refused, failed, stopped)",
+        rays.iter().flat_map(|(n, r)| {
+            crate::model::RayState::ALL.map(|st| {
+                let mut labels = node(n);
+                labels.push(("role", r.role.as_str().into()));
+                labels.push(("state", st.as_str().into()));
+                (labels, f64::from(u8::from(r.state == st)))
+            })
+        }),
+    );
+    b.counter(
+        "corral_ray_restarts",
+        "Restarts of the node's Ray process after unexpected exits, since its agent started",
+        rays.iter().map(|(n, r)| {
+            let mut labels = node(n);
+            labels.push(("role", r.role.as_str().into()));
+            (labels, u64::from(r.restarts))
+        }),
     );
     b.total(
         "corral_coordinator_beats",
@@ -300,14 +639,24 @@ mod tests {
             total_bytes: 10,
             available_bytes: 5,
         });
-        report.gpus.push(crate::model::GpuSample {
-            uuid: "GPU-1".into(),
-            memory_used_bytes: Some(1),
-            memory_total_bytes: Some(2),
-            utilization_percent: Some(3),
-            temperature_celsius: Some(4),
-            power_watts: Some(5.0),
-            ..Default::default()
+        use crate::node::gpu::GpuSource;
+        report.gpus = crate::node::gpu::FakeGpuSource::uniform(1)
+            .sample()
+            .expect("fake GPUs");
+        report.gpus[0].health.xid_last = Some(79);
+        report.gpus[0].fan_speed_percent = Some(30);
+        report.ray = Some(crate::model::RayStatus {
+            role: crate::model::RayRole::Head,
+            state: crate::model::RayState::Running,
+            since_ms: 0,
+            venv: "/v".into(),
+            python_version: None,
+            ray_version: None,
+            head_address: None,
+            restarts: 1,
+            message: None,
+            pid: None,
+            log_file: None,
         });
         let node = NodeView {
             name: "n".into(),

@@ -499,6 +499,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
                         registry.report(&node, conn_id, *r);
                     }
                     AgentMsg::CommandResult { id, result } => shared.commands.complete(id, result),
+                    AgentMsg::RayHead(head) => { registry.ray_head_announced(&node, conn_id, head); }
                 }
             }
             cmd = cmd_rx.recv() => {

@@ -20,6 +20,11 @@
 //! - Only the connection that currently owns a node may change it: a late message or
 //!   close from a replaced connection is ignored (connection ids).
 //! - Every liveness or health change produces exactly one [`Event`].
+//! - The cluster's Ray head is the last one a node announced (`AgentMsg::RayHead`);
+//!   only the node that announced it can withdraw it. Every change is pushed to every
+//!   connected agent, and a connecting agent gets the current head first, so workers
+//!   never poll for it. Pushes use `try_send`: a full command queue drops the push, and
+//!   the next change or reconnect brings the agent up to date.
 //!
 //! Trade-off: one mutex guards the map. Every operation under it is O(1) except
 //! [`Registry::sweep`] and snapshots, which are O(nodes) and run a few times a second;
@@ -33,7 +38,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{unix_ms, unix_ns, HealthStatus, Liveness, NodeReport, Reason};
-use crate::wire::{Beat, CoordMsg};
+use crate::wire::{Beat, CoordMsg, RayHead};
 
 /// Liveness timing.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +73,8 @@ pub struct NodeView {
 pub enum EventKind {
     Liveness,
     Health,
+    /// One GPU's health changed (`ok`, `warn`, `fail`); the message names the GPU.
+    Gpu,
 }
 
 impl EventKind {
@@ -75,7 +82,14 @@ impl EventKind {
         match self {
             EventKind::Liveness => "liveness",
             EventKind::Health => "health",
+            EventKind::Gpu => "gpu",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [EventKind::Liveness, EventKind::Health, EventKind::Gpu]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -114,6 +128,7 @@ struct Inner {
     next_event_id: u64,
     next_conn_id: u64,
     event_retention: usize,
+    ray_head: Option<RayHead>,
 }
 
 /// Counters for the API, `/metrics` and the load harness.
@@ -160,6 +175,7 @@ impl Registry {
             next_event_id,
             next_conn_id: 1,
             event_retention: settings.event_retention.max(1),
+            ray_head: None,
         };
         for mut view in loaded {
             let name = view.name.clone();
@@ -229,6 +245,12 @@ impl Registry {
         inner.next_conn_id += 1;
         let now_ms = unix_ms();
         let is_new = !inner.nodes.contains_key(name);
+        // The current Ray head goes first, before anything else queued for this agent.
+        if let Some(head) = &inner.ray_head {
+            let _ = commands.try_send(CoordMsg::HeadChanged {
+                head: Some(head.clone()),
+            });
+        }
         let node = inner.nodes.entry(name.to_string()).or_insert_with(|| Node {
             view: NodeView {
                 name: name.to_string(),
@@ -327,6 +349,7 @@ impl Registry {
         let old_health = node.view.health;
         let first_report = node.view.report.is_none();
         let new_health = report.health.status;
+        let gpu_changes = gpu_health_changes(node.view.report.as_ref(), &report);
         node.view.reasons = report.health.reasons.clone();
         node.view.health = new_health;
         node.view.report = Some(report);
@@ -334,8 +357,19 @@ impl Registry {
             .last_persisted
             .is_none_or(|t| t.elapsed() >= persist_every);
         let was = node.view.liveness;
-        if first_report || stale || old_health != new_health {
+        if first_report || stale || old_health != new_health || !gpu_changes.is_empty() {
             inner.dirty.insert(name.to_string());
+        }
+        for (from, to, message) in gpu_changes {
+            tracing::info!(node = name, from = from.as_deref().unwrap_or("-"), to = %to, %message, "GPU health changed");
+            push_event(
+                &mut inner,
+                name,
+                EventKind::Gpu,
+                from.as_deref(),
+                &to,
+                message,
+            );
         }
         if old_health != new_health || (first_report && new_health != HealthStatus::Healthy) {
             let reasons = inner.nodes[name]
@@ -367,6 +401,53 @@ impl Registry {
             .reports
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
+    }
+
+    /// `name` announces its Ray head ready (`Some`) or gone (`None`). Returns false when
+    /// ignored (stale connection, or a withdrawal of another node's head).
+    pub fn ray_head_announced(&self, name: &str, conn: u64, head: Option<RayHead>) -> bool {
+        let mut inner = self.lock();
+        let owns = inner
+            .nodes
+            .get(name)
+            .and_then(|n| n.conn.as_ref())
+            .map(|c| c.id)
+            == Some(conn);
+        if !owns {
+            return false;
+        }
+        let head = head.map(|mut h| {
+            // The certificate's name, whatever the message says.
+            h.node = name.to_string();
+            h
+        });
+        let current_is_ours = inner.ray_head.as_ref().is_some_and(|h| h.node == name);
+        if head.is_none() && !current_is_ours {
+            return false;
+        }
+        if inner.ray_head == head {
+            return true;
+        }
+        match &head {
+            Some(h) => {
+                tracing::info!(node = name, address = %h.address, python = %h.python, ray = %h.ray, "ray head ready")
+            }
+            None => tracing::info!(node = name, "ray head withdrawn"),
+        }
+        inner.ray_head = head.clone();
+        for n in inner.nodes.values() {
+            if let Some(c) = &n.conn {
+                let _ = c
+                    .commands
+                    .try_send(CoordMsg::HeadChanged { head: head.clone() });
+            }
+        }
+        true
+    }
+
+    /// The cluster's current Ray head.
+    pub fn ray_head(&self) -> Option<RayHead> {
+        self.lock().ray_head.clone()
     }
 
     /// The connection `conn` of `name` ended.
@@ -574,6 +655,52 @@ impl Registry {
     }
 }
 
+/// GPU health changes between two reports of a node, by UUID: `(from, to, message)`. A GPU
+/// seen for the first time makes an event only when it is not `ok`.
+fn gpu_health_changes(
+    old: Option<&NodeReport>,
+    new: &NodeReport,
+) -> Vec<(Option<String>, String, String)> {
+    let before: HashMap<&str, crate::model::DeviceStatus> = old
+        .map(|r| {
+            r.gpus
+                .iter()
+                .map(|g| (g.uuid.as_str(), g.health.status))
+                .collect()
+        })
+        .unwrap_or_default();
+    new.gpus
+        .iter()
+        .filter_map(|g| {
+            let from = before.get(g.uuid.as_str()).copied();
+            let to = g.health.status;
+            let changed = match from {
+                Some(f) => f != to,
+                None => to != crate::model::DeviceStatus::Ok,
+            };
+            if !changed {
+                return None;
+            }
+            let reasons: Vec<&str> = g
+                .health
+                .reasons
+                .iter()
+                .map(|r| r.message.as_str())
+                .collect();
+            let why = if reasons.is_empty() {
+                "all checks pass".to_string()
+            } else {
+                reasons.join("; ")
+            };
+            Some((
+                from.map(|f| f.as_str().to_string()),
+                to.as_str().to_string(),
+                format!("GPU {} ({}): {why}", g.index, g.uuid),
+            ))
+        })
+        .collect()
+}
+
 fn push_event(
     inner: &mut Inner,
     node: &str,
@@ -674,6 +801,62 @@ mod tests {
         assert!(r.beat("n1", new, &beat()));
         assert_eq!(r.get("n1").unwrap().liveness, Liveness::Ready);
         assert!(r.get("n1").unwrap().connected);
+    }
+
+    fn head(node: &str, started_ms: u64) -> crate::wire::RayHead {
+        crate::wire::RayHead {
+            node: node.into(),
+            address: "10.0.0.1:6379".into(),
+            dashboard: "http://10.0.0.1:8265".into(),
+            python: "3.11.7".into(),
+            ray: "2.60.0".into(),
+            venv: "/opt/ray".into(),
+            started_ms,
+        }
+    }
+
+    #[test]
+    fn ray_head_is_pushed_to_every_agent_and_to_late_joiners() {
+        let r = Registry::new(settings(), vec![], vec![]);
+        let (wtx, mut wrx) = tokio::sync::mpsc::channel(8);
+        r.connect(
+            "w1",
+            Duration::from_secs(1),
+            "a".into(),
+            "v".into(),
+            wtx,
+            None,
+        );
+        let h = connect(&r, "h1", 1000);
+        assert!(r.ray_head_announced("h1", h, Some(head("claimed-other", 1))));
+        let Ok(CoordMsg::HeadChanged { head: Some(got) }) = wrx.try_recv() else {
+            panic!("worker got no head");
+        };
+        assert_eq!(got.node, "h1", "the certificate name wins over the message");
+        // An agent that connects later learns the head first thing.
+        let (ltx, mut lrx) = tokio::sync::mpsc::channel(8);
+        r.connect(
+            "w2",
+            Duration::from_secs(1),
+            "a".into(),
+            "v".into(),
+            ltx,
+            None,
+        );
+        assert!(matches!(
+            lrx.try_recv(),
+            Ok(CoordMsg::HeadChanged { head: Some(_) })
+        ));
+        // Another node cannot withdraw it; its own node can.
+        let w1c = connect(&r, "w3", 1000);
+        assert!(!r.ray_head_announced("w3", w1c, None));
+        assert!(r.ray_head().is_some());
+        assert!(r.ray_head_announced("h1", h, None));
+        assert!(matches!(
+            wrx.try_recv(),
+            Ok(CoordMsg::HeadChanged { head: None })
+        ));
+        assert!(r.ray_head().is_none());
     }
 
     #[test]

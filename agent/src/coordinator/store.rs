@@ -142,11 +142,7 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
                 id: r.get(0)?,
                 at_ms: r.get(1)?,
                 node: r.get(2)?,
-                kind: if kind == "health" {
-                    EventKind::Health
-                } else {
-                    EventKind::Liveness
-                },
+                kind: EventKind::parse(&kind).unwrap_or(EventKind::Liveness),
                 from: r.get(4)?,
                 to: r.get(5)?,
                 message: r.get(6)?,

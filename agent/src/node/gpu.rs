@@ -1,6 +1,6 @@
 //! Where GPU readings come from: NVML on NVIDIA nodes, nothing elsewhere, a script in
-//! tests and benchmarks. All behind [`GpuSource`], which later grows ECC, XID events,
-//! throttle reasons, PCIe and NVLink without touching its callers.
+//! tests and benchmarks. All behind [`GpuSource`]; what the readings mean for health is
+//! [`super::device_health`]'s business.
 //!
 //! Invariants and trade-offs:
 //! - A node without an NVIDIA driver is a normal node with zero GPUs, not a failing one:
@@ -13,9 +13,26 @@
 //!   failure as an error until it succeeds, so the node shows up degraded with the reason
 //!   instead of silently having no GPUs.
 //! - A reading a device does not support (NVML `NotSupported`, `NoData`, a symbol the
-//!   installed driver lacks, ...) is `None`, never an error and never zero. Any other
-//!   failure of any device fails the whole sample: a GPU that fell off the bus must be
-//!   loud, and a partial list would look like a node with fewer GPUs.
+//!   installed driver lacks, ...) is `None`, never an error and never zero.
+//! - A device NVML reports as lost (`GpuLost`: fallen off the bus) stays in the list with
+//!   `lost` set and every reading absent, under the UUID it had when last readable, so
+//!   the node shows *which* GPU failed. Any other failure of any device fails the whole
+//!   sample: a partial list would look like a node with fewer GPUs.
+//! - XID errors are events, not readings: a dedicated thread (`corral-nvml-xid`) with its
+//!   own NVML handle registers every device that supports it in an NVML event set and
+//!   blocks in `EventSet::wait` (1 s timeout, so it notices shutdown); events go through a
+//!   channel that [`GpuSource::sample`] drains into each device's `xids`. Nothing polls
+//!   for XIDs. Devices without event support (NVML `NotSupported`: GeForce, some VMs) are
+//!   skipped with a log line and still report every other reading. NVML reports only the
+//!   last XID per device when several arrive between two waits; that is an NVML limit.
+//! - Static facts (driver and CUDA versions) are read once per NVML initialisation.
+//! - MIG: the mode in effect is reported; MIG instances are modelled (`parent_uuid`,
+//!   `mig_index`) and judged like GPUs, and the fake source produces them, but the NVML
+//!   source does not enumerate them yet: nvml-wrapper 0.11 has no safe MIG handle API.
+//! - The fake source replays a JSON script (see [`FakeScript`]) in which every
+//!   [`GpuSample`] field may be given, XIDs as `"xids": [79]` on the sample they arrive
+//!   with, a lost device as `"lost": "GPU is lost"`, and a device that disappears by
+//!   leaving it out of a step.
 //! - NVML is loaded at run time by `nvml-wrapper` (libloading), so the agent binary runs
 //!   on machines without the driver.
 //! - Every call is blocking; NVML calls can take milliseconds per device.
@@ -23,13 +40,31 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use nvml_wrapper::bitmasks::device::ThrottleReasons;
+use nvml_wrapper::bitmasks::event::EventTypes;
+use nvml_wrapper::enum_wrappers::device::{
+    Clock, ComputeMode, EccCounter, MemoryError, RetirementCause, TemperatureSensor,
+};
+use nvml_wrapper::enum_wrappers::nv_link::ErrorCounter;
+use nvml_wrapper::enums::device::SampleValue;
+use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::structs::device::FieldId;
+use nvml_wrapper::sys_exports::field_id::{
+    NVML_FI_DEV_MEMORY_TEMP, NVML_FI_DEV_REMAPPED_COR, NVML_FI_DEV_REMAPPED_FAILURE,
+    NVML_FI_DEV_REMAPPED_PENDING, NVML_FI_DEV_REMAPPED_UNC,
+};
+use nvml_wrapper::{Device, Nvml};
 use serde::{Deserialize, Serialize};
 
-use super::health::ConfigIssue;
-use crate::model::GpuSample;
+use super::device_health::{DevicePolicy, XidTable};
+use super::health::{ConfigIssue, Thresholds};
+use crate::model::{GpuSample, NvLinkSample, THROTTLE_REASONS};
 
 /// A provider of GPU readings.
 pub trait GpuSource: Send {
@@ -82,7 +117,7 @@ pub enum GpuError {
 }
 
 /// The `[gpu]` table of the agent configuration.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GpuConfig {
     #[serde(default)]
@@ -90,6 +125,32 @@ pub struct GpuConfig {
     /// JSON script for `backend = "fake"` (see [`FakeScript`]).
     #[serde(default)]
     pub fake_script: Option<PathBuf>,
+    /// How long a growing error counter or a `warn` XID keeps a device in `warn` after it
+    /// last moved.
+    #[serde(default = "default_quiet_period", with = "humantime_serde")]
+    pub quiet_period: Duration,
+    /// Warn when a GPU's PCIe link runs narrower than it supports.
+    #[serde(default = "yes")]
+    pub check_pcie_width: bool,
+    /// `[gpu.xid]`: XIDs whose class (critical, warn, ignore) the operator changes.
+    #[serde(default)]
+    pub xid: XidTable,
+}
+
+fn default_quiet_period() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            backend: GpuBackend::default(),
+            fake_script: None,
+            quiet_period: default_quiet_period(),
+            check_pcie_width: true,
+            xid: XidTable::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -107,7 +168,25 @@ pub enum GpuBackend {
 }
 
 impl GpuConfig {
+    /// The device-health policy this config and the node's thresholds give.
+    pub fn policy(&self, thresholds: &Thresholds) -> DevicePolicy {
+        DevicePolicy {
+            xid: self.xid.clone(),
+            quiet_period: self.quiet_period,
+            check_pcie_width: self.check_pcie_width,
+            temperature_warn_celsius: thresholds.gpu_temperature_warn_celsius,
+            temperature_fail_celsius: thresholds.gpu_temperature_fail_celsius,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigIssue> {
+        self.xid.validate()?;
+        if self.quiet_period > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigIssue::new(
+                "gpu.quiet_period",
+                "must be at most 7 days",
+            ));
+        }
         match (self.backend, &self.fake_script) {
             (GpuBackend::Fake, None) => Err(ConfigIssue::new(
                 "gpu.fake_script",
@@ -182,11 +261,188 @@ fn optional<T>(
     }
 }
 
+/// Throttle reason bits, in [`THROTTLE_REASONS`] order.
+const THROTTLE_BITS: [ThrottleReasons; 9] = [
+    ThrottleReasons::GPU_IDLE,
+    ThrottleReasons::APPLICATIONS_CLOCKS_SETTING,
+    ThrottleReasons::SW_POWER_CAP,
+    ThrottleReasons::HW_SLOWDOWN,
+    ThrottleReasons::SYNC_BOOST,
+    ThrottleReasons::SW_THERMAL_SLOWDOWN,
+    ThrottleReasons::HW_THERMAL_SLOWDOWN,
+    ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
+    ThrottleReasons::DISPLAY_CLOCK_SETTING,
+];
+
+/// Names of the active throttle reasons.
+pub fn throttle_names(active: ThrottleReasons) -> Vec<String> {
+    THROTTLE_BITS
+        .iter()
+        .zip(THROTTLE_REASONS)
+        .filter(|(bit, _)| active.contains(**bit))
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
+
+fn compute_mode_name(m: ComputeMode) -> &'static str {
+    match m {
+        ComputeMode::Default => "default",
+        ComputeMode::ExclusiveThread => "exclusive_thread",
+        ComputeMode::Prohibited => "prohibited",
+        ComputeMode::ExclusiveProcess => "exclusive_process",
+    }
+}
+
+fn sample_u64(v: &SampleValue) -> Option<u64> {
+    match *v {
+        SampleValue::U32(v) => Some(u64::from(v)),
+        SampleValue::U64(v) => Some(v),
+        SampleValue::I64(v) => u64::try_from(v).ok(),
+        SampleValue::F64(v) if v.is_finite() && v >= 0.0 => Some(v as u64),
+        SampleValue::F64(_) => None,
+    }
+}
+
+/// NVML links a GPU can have at most (NVML_NVLINK_MAX_LINKS).
+const MAX_NVLINKS: u32 = 18;
+
 /// GPUs read through NVML.
 pub struct NvmlSource {
     /// `None` while initialisation keeps failing; retried on every sample.
     nvml: Option<Nvml>,
     init_error: Option<String>,
+    /// Driver and CUDA versions, read once per initialisation.
+    versions: Option<(Option<String>, Option<String>)>,
+    /// Identity of each index when it was last readable, for lost devices.
+    known: HashMap<u32, (String, String)>,
+    xids: Option<XidListener>,
+}
+
+/// The XID event thread and its channel.
+struct XidListener {
+    events: mpsc::Receiver<(String, u64)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for XidListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl XidListener {
+    /// Starts the event thread; `None` (logged) when the thread cannot start.
+    fn start() -> Option<Self> {
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        match std::thread::Builder::new()
+            .name("corral-nvml-xid".into())
+            .spawn(move || xid_thread(tx, flag))
+        {
+            Ok(_) => Some(XidListener { events: rx, stop }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the NVML XID event thread; XIDs will not be seen");
+                None
+            }
+        }
+    }
+}
+
+/// Body of the XID event thread: its own NVML handle, one event set for every device that
+/// supports critical XID events, and a blocking wait.
+fn xid_thread(tx: mpsc::Sender<(String, u64)>, stop: Arc<AtomicBool>) {
+    let nvml = match Nvml::init() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "NVML XID event thread cannot initialise NVML; XIDs will not be seen");
+            return;
+        }
+    };
+    let count = nvml.device_count().unwrap_or(0);
+    let mut registered: Vec<u32> = Vec::new();
+    let mut set = match nvml.create_event_set() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot create an NVML event set; XIDs will not be seen");
+            return;
+        }
+    };
+    for index in 0..count {
+        let Ok(device) = nvml.device_by_index(index) else {
+            continue;
+        };
+        match device.supported_event_types() {
+            Ok(types) if types.contains(EventTypes::CRITICAL_XID_ERROR) => {}
+            Ok(_) | Err(NvmlError::NotSupported) => {
+                tracing::info!(
+                    gpu = index,
+                    "GPU does not support XID events; XIDs on it will not be seen"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(gpu = index, error = %e, "cannot read the GPU's event types; XIDs on it will not be seen");
+                continue;
+            }
+        }
+        match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+            Ok(s) => {
+                set = s;
+                registered.push(index);
+            }
+            Err(e) => {
+                // nvml-wrapper frees the set when registration fails: rebuild it with the
+                // devices registered so far.
+                tracing::warn!(gpu = index, error = %e.error, "cannot register the GPU for XID events; XIDs on it will not be seen");
+                let rebuilt = nvml.create_event_set().ok().and_then(|mut s| {
+                    for &i in &registered {
+                        let d = nvml.device_by_index(i).ok()?;
+                        s = d.register_events(EventTypes::CRITICAL_XID_ERROR, s).ok()?;
+                    }
+                    Some(s)
+                });
+                match rebuilt {
+                    Some(s) => set = s,
+                    None => {
+                        tracing::warn!("cannot rebuild the NVML event set; XIDs will not be seen");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    if registered.is_empty() {
+        tracing::info!("no GPU supports XID events; the XID thread stops");
+        return;
+    }
+    tracing::info!(gpus = ?registered, "listening for XID events");
+    while !stop.load(Ordering::Relaxed) {
+        match set.wait(1000) {
+            Ok(event) => {
+                if !event.event_type.contains(EventTypes::CRITICAL_XID_ERROR) {
+                    continue;
+                }
+                let uuid = event.device.uuid().unwrap_or_default();
+                match event.event_data {
+                    Some(XidError::Value(xid)) => {
+                        if tx.send((uuid, xid)).is_err() {
+                            return;
+                        }
+                    }
+                    Some(XidError::Unknown) | None => {
+                        tracing::warn!(%uuid, "XID event without an XID value");
+                    }
+                }
+            }
+            Err(NvmlError::Timeout) => {}
+            Err(e) => {
+                // GpuLost and friends: the sampler reports the device; do not spin.
+                tracing::warn!(error = %e, "waiting for NVML events failed");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 impl NvmlSource {
@@ -207,6 +463,9 @@ impl NvmlSource {
         NvmlSource {
             nvml: Some(nvml),
             init_error: None,
+            versions: None,
+            known: HashMap::new(),
+            xids: XidListener::start(),
         }
     }
 
@@ -215,20 +474,201 @@ impl NvmlSource {
         NvmlSource {
             nvml: None,
             init_error: Some(cause.to_string()),
+            versions: None,
+            known: HashMap::new(),
+            xids: None,
         }
     }
 
-    fn nvml(&mut self) -> Result<&Nvml, GpuError> {
-        let nvml = match self.nvml.take() {
-            Some(nvml) => nvml,
-            None => {
-                let nvml = Nvml::init().map_err(|cause| GpuError::NvmlInit { cause })?;
-                tracing::info!(previous_error = ?self.init_error.take(), "NVML initialised");
-                nvml
+    /// Initialises NVML if it is not yet (retrying a failed start-up).
+    fn ensure_init(&mut self) -> Result<(), GpuError> {
+        if self.nvml.is_none() {
+            let nvml = Nvml::init().map_err(|cause| GpuError::NvmlInit { cause })?;
+            tracing::info!(previous_error = ?self.init_error.take(), "NVML initialised");
+            self.versions = None;
+            self.xids = XidListener::start();
+            self.nvml = Some(nvml);
+        }
+        Ok(())
+    }
+}
+
+/// Reads everything about one device; see [`GpuSample`] for the fields.
+fn read_device(
+    index: u32,
+    device: &Device,
+    versions: &(Option<String>, Option<String>),
+) -> Result<GpuSample, GpuError> {
+    let opt = |call, r| optional(index, call, r);
+    let memory = optional(index, "memory_info", device.memory_info())?;
+    let utilization = optional(index, "utilization_rates", device.utilization_rates())?;
+    let fields = optional(
+        index,
+        "field_values_for",
+        device.field_values_for(&[
+            FieldId(NVML_FI_DEV_MEMORY_TEMP),
+            FieldId(NVML_FI_DEV_REMAPPED_COR),
+            FieldId(NVML_FI_DEV_REMAPPED_UNC),
+            FieldId(NVML_FI_DEV_REMAPPED_PENDING),
+            FieldId(NVML_FI_DEV_REMAPPED_FAILURE),
+        ]),
+    )?
+    .unwrap_or_default();
+    // A field the device lacks comes back as an error inside its slot: absent.
+    let field = |i: usize| -> Option<u64> {
+        let sample = fields.get(i)?.as_ref().ok()?;
+        sample.value.as_ref().ok().and_then(sample_u64)
+    };
+    let ecc = |error, counter| {
+        optional(
+            index,
+            "total_ecc_errors",
+            device.total_ecc_errors(error, counter),
+        )
+    };
+    let mut nvlinks = Vec::new();
+    for link in 0..MAX_NVLINKS {
+        let l = device.link_wrapper_for(link);
+        let active = match l.is_active() {
+            Ok(a) => a,
+            Err(NvmlError::InvalidArg) => break,
+            Err(e) if unsupported(&e) => break,
+            Err(cause) => {
+                return Err(GpuError::NvmlDevice {
+                    index,
+                    call: "nvlink is_active",
+                    cause,
+                })
             }
         };
-        Ok(self.nvml.insert(nvml))
+        let counter = |c| match l.error_counter(c) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if unsupported(&e) || matches!(e, NvmlError::InvalidArg) => Ok(None),
+            Err(cause) => Err(GpuError::NvmlDevice {
+                index,
+                call: "nvlink error_counter",
+                cause,
+            }),
+        };
+        nvlinks.push(NvLinkSample {
+            link,
+            active,
+            crc_flit_errors: counter(ErrorCounter::DlCrcFlit)?,
+            crc_data_errors: counter(ErrorCounter::DlCrcData)?,
+            replay_errors: counter(ErrorCounter::DlReplay)?,
+            recovery_errors: counter(ErrorCounter::DlRecovery)?,
+        });
     }
+    let watts = |milli: Option<u32>| milli.map(|mw| f64::from(mw) / 1000.0);
+    Ok(GpuSample {
+        index,
+        uuid: opt("uuid", device.uuid())?.unwrap_or_default(),
+        name: opt("name", device.name())?.unwrap_or_default(),
+        memory_used_bytes: memory.as_ref().map(|m| m.used),
+        memory_total_bytes: memory.as_ref().map(|m| m.total),
+        utilization_percent: utilization.as_ref().map(|u| u.gpu),
+        temperature_celsius: optional(
+            index,
+            "temperature",
+            device.temperature(TemperatureSensor::Gpu),
+        )?,
+        power_watts: watts(optional(index, "power_usage", device.power_usage())?),
+        serial: opt("serial", device.serial())?,
+        pci_bus_id: optional(index, "pci_info", device.pci_info())?.map(|p| p.bus_id),
+        driver_version: versions.0.clone(),
+        cuda_driver_version: versions.1.clone(),
+        vbios_version: opt("vbios_version", device.vbios_version())?,
+        persistence_mode: optional(
+            index,
+            "is_in_persistent_mode",
+            device.is_in_persistent_mode(),
+        )?,
+        compute_mode: optional(index, "compute_mode", device.compute_mode())?
+            .map(|m| compute_mode_name(m).to_string()),
+        mig_enabled: optional(index, "mig_mode", device.mig_mode())?.map(|m| m.current == 1),
+        parent_uuid: None,
+        mig_index: None,
+        memory_free_bytes: memory.as_ref().map(|m| m.free),
+        memory_utilization_percent: utilization.as_ref().map(|u| u.memory),
+        encoder_utilization_percent: optional(
+            index,
+            "encoder_utilization",
+            device.encoder_utilization(),
+        )?
+        .map(|u| u.utilization),
+        decoder_utilization_percent: optional(
+            index,
+            "decoder_utilization",
+            device.decoder_utilization(),
+        )?
+        .map(|u| u.utilization),
+        memory_temperature_celsius: field(0).and_then(|t| u32::try_from(t).ok()),
+        fan_speed_percent: optional(index, "fan_speed", device.fan_speed(0))?,
+        power_limit_watts: watts(optional(
+            index,
+            "enforced_power_limit",
+            device.enforced_power_limit(),
+        )?),
+        energy_joules: optional(
+            index,
+            "total_energy_consumption",
+            device.total_energy_consumption(),
+        )?
+        .map(|mj| mj as f64 / 1000.0),
+        sm_clock_mhz: optional(index, "clock_info", device.clock_info(Clock::SM))?,
+        memory_clock_mhz: optional(index, "clock_info", device.clock_info(Clock::Memory))?,
+        throttle_reasons: optional(
+            index,
+            "current_throttle_reasons",
+            device.current_throttle_reasons(),
+        )?
+        .map(throttle_names),
+        pcie_link_gen: optional(
+            index,
+            "current_pcie_link_gen",
+            device.current_pcie_link_gen(),
+        )?,
+        pcie_link_gen_max: optional(index, "max_pcie_link_gen", device.max_pcie_link_gen())?,
+        pcie_link_width: optional(
+            index,
+            "current_pcie_link_width",
+            device.current_pcie_link_width(),
+        )?,
+        pcie_link_width_max: optional(index, "max_pcie_link_width", device.max_pcie_link_width())?,
+        pcie_replay_count: optional(index, "pcie_replay_counter", device.pcie_replay_counter())?
+            .map(u64::from),
+        ecc_enabled: optional(index, "is_ecc_enabled", device.is_ecc_enabled())?
+            .map(|e| e.currently_enabled),
+        ecc_corrected_volatile: ecc(MemoryError::Corrected, EccCounter::Volatile)?,
+        ecc_uncorrected_volatile: ecc(MemoryError::Uncorrected, EccCounter::Volatile)?,
+        ecc_corrected_aggregate: ecc(MemoryError::Corrected, EccCounter::Aggregate)?,
+        ecc_uncorrected_aggregate: ecc(MemoryError::Uncorrected, EccCounter::Aggregate)?,
+        retired_pages_single_bit: optional(
+            index,
+            "retired_pages",
+            device.retired_pages(RetirementCause::MultipleSingleBitEccErrors),
+        )?
+        .map(|p| p.len() as u64),
+        retired_pages_double_bit: optional(
+            index,
+            "retired_pages",
+            device.retired_pages(RetirementCause::DoubleBitEccError),
+        )?
+        .map(|p| p.len() as u64),
+        retired_pages_pending: optional(
+            index,
+            "are_pages_pending_retired",
+            device.are_pages_pending_retired(),
+        )?,
+        remapped_rows_correctable: field(1),
+        remapped_rows_uncorrectable: field(2),
+        remapped_rows_pending: field(3).map(|v| v != 0),
+        remapped_rows_failure: field(4).map(|v| v != 0),
+        nvlinks,
+        xids: Vec::new(),
+        lost: None,
+        health: Default::default(),
+    })
 }
 
 impl GpuSource for NvmlSource {
@@ -237,39 +677,72 @@ impl GpuSource for NvmlSource {
     }
 
     fn sample(&mut self) -> Result<Vec<GpuSample>, GpuError> {
-        let nvml = self.nvml()?;
+        self.ensure_init()?;
+        let Some(nvml) = self.nvml.as_ref() else {
+            return Err(GpuError::NvmlInit {
+                cause: NvmlError::Uninitialized,
+            });
+        };
+        let versions = self.versions.clone().unwrap_or_else(|| {
+            (
+                nvml.sys_driver_version().ok(),
+                nvml.sys_cuda_driver_version().ok().map(|v| {
+                    format!(
+                        "{}.{}",
+                        nvml_wrapper::cuda_driver_version_major(v),
+                        nvml_wrapper::cuda_driver_version_minor(v)
+                    )
+                }),
+            )
+        });
         let count = nvml.device_count().map_err(|cause| GpuError::Nvml {
             call: "device_count",
             cause,
         })?;
-        (0..count)
-            .map(|index| {
-                let device = nvml
-                    .device_by_index(index)
-                    .map_err(|cause| GpuError::NvmlDevice {
-                        index,
-                        call: "device_by_index",
-                        cause,
-                    })?;
-                let memory = optional(index, "memory_info", device.memory_info())?;
-                let utilization = optional(index, "utilization_rates", device.utilization_rates())?;
-                Ok(GpuSample {
+        let mut gpus = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let read = nvml
+                .device_by_index(index)
+                .map_err(|cause| GpuError::NvmlDevice {
                     index,
-                    uuid: optional(index, "uuid", device.uuid())?.unwrap_or_default(),
-                    name: optional(index, "name", device.name())?.unwrap_or_default(),
-                    memory_used_bytes: memory.as_ref().map(|m| m.used),
-                    memory_total_bytes: memory.as_ref().map(|m| m.total),
-                    utilization_percent: utilization.map(|u| u.gpu),
-                    temperature_celsius: optional(
-                        index,
-                        "temperature",
-                        device.temperature(TemperatureSensor::Gpu),
-                    )?,
-                    power_watts: optional(index, "power_usage", device.power_usage())?
-                        .map(|milliwatts| f64::from(milliwatts) / 1000.0),
+                    call: "device_by_index",
+                    cause,
                 })
-            })
-            .collect()
+                .and_then(|device| read_device(index, &device, &versions));
+            match read {
+                Ok(g) => gpus.push(g),
+                Err(GpuError::NvmlDevice {
+                    cause: NvmlError::GpuLost,
+                    call,
+                    ..
+                }) => {
+                    let (uuid, name) = self.known.get(&index).cloned().unwrap_or_default();
+                    gpus.push(GpuSample {
+                        index,
+                        uuid,
+                        name,
+                        lost: Some(format!("{} (NVML {call})", NvmlError::GpuLost)),
+                        ..GpuSample::default()
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.versions = Some(versions);
+        for g in &gpus {
+            if g.lost.is_none() {
+                self.known.insert(g.index, (g.uuid.clone(), g.name.clone()));
+            }
+        }
+        if let Some(listener) = &self.xids {
+            for (uuid, xid) in listener.events.try_iter() {
+                match gpus.iter_mut().find(|g| g.uuid == uuid) {
+                    Some(g) => g.xids.push(xid),
+                    None => tracing::warn!(%uuid, xid, "XID for a GPU not in this sample"),
+                }
+            }
+        }
+        Ok(gpus)
     }
 }
 
@@ -360,6 +833,52 @@ impl FakeGpuSource {
                 utilization_percent: Some(50),
                 temperature_celsius: Some(40),
                 power_watts: Some(250.0),
+                serial: Some(format!("165{index:010}")),
+                pci_bus_id: Some(format!("00000000:{:02X}:00.0", 0x18 + index * 0x10)),
+                driver_version: Some("550.54.15".into()),
+                cuda_driver_version: Some("12.4".into()),
+                vbios_version: Some("96.00.89.00.01".into()),
+                persistence_mode: Some(true),
+                compute_mode: Some("default".into()),
+                mig_enabled: Some(false),
+                memory_free_bytes: Some(TOTAL - TOTAL / 4),
+                memory_utilization_percent: Some(20),
+                encoder_utilization_percent: Some(0),
+                decoder_utilization_percent: Some(0),
+                memory_temperature_celsius: Some(45),
+                power_limit_watts: Some(700.0),
+                energy_joules: Some(1.0e6),
+                sm_clock_mhz: Some(1980),
+                memory_clock_mhz: Some(2619),
+                throttle_reasons: Some(vec![]),
+                pcie_link_gen: Some(5),
+                pcie_link_gen_max: Some(5),
+                pcie_link_width: Some(16),
+                pcie_link_width_max: Some(16),
+                pcie_replay_count: Some(0),
+                ecc_enabled: Some(true),
+                ecc_corrected_volatile: Some(0),
+                ecc_uncorrected_volatile: Some(0),
+                ecc_corrected_aggregate: Some(0),
+                ecc_uncorrected_aggregate: Some(0),
+                retired_pages_single_bit: Some(0),
+                retired_pages_double_bit: Some(0),
+                retired_pages_pending: Some(false),
+                remapped_rows_correctable: Some(0),
+                remapped_rows_uncorrectable: Some(0),
+                remapped_rows_pending: Some(false),
+                remapped_rows_failure: Some(false),
+                nvlinks: (0..18)
+                    .map(|link| NvLinkSample {
+                        link,
+                        active: true,
+                        crc_flit_errors: Some(0),
+                        crc_data_errors: Some(0),
+                        replay_errors: Some(0),
+                        recovery_errors: Some(0),
+                    })
+                    .collect(),
+                ..GpuSample::default()
             })
             .collect();
         Self::new(FakeScript {
@@ -419,6 +938,7 @@ mod tests {
         let cfg = GpuConfig {
             backend: GpuBackend::Fake,
             fake_script: Some(file.path().to_path_buf()),
+            ..GpuConfig::default()
         };
         let mut source = open(&cfg).expect("fake source opens");
         assert_eq!(source.name(), "fake");
@@ -499,7 +1019,7 @@ mod tests {
     fn node_without_nvml_reports_zero_gpus_not_an_error() {
         let mut source = open(&GpuConfig {
             backend: GpuBackend::None,
-            fake_script: None,
+            ..GpuConfig::default()
         })
         .expect("none backend opens");
         assert_eq!(source.name(), "none");
@@ -538,13 +1058,14 @@ mod tests {
     fn fake_backend_without_script_is_rejected_with_key() {
         let cfg = GpuConfig {
             backend: GpuBackend::Fake,
-            fake_script: None,
+            ..GpuConfig::default()
         };
         assert_eq!(cfg.validate().unwrap_err().key, "gpu.fake_script");
         assert!(matches!(open(&cfg), Err(GpuError::FakeScriptMissing)));
         let stray = GpuConfig {
             backend: GpuBackend::Auto,
             fake_script: Some("x.json".into()),
+            ..GpuConfig::default()
         };
         assert_eq!(stray.validate().unwrap_err().key, "gpu.fake_script");
     }

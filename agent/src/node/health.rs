@@ -18,12 +18,20 @@
 //!   spikes with every short job and would make nodes flap.
 //! - CPU temperature is judged on the hottest sensor only, so a 64-core package over its
 //!   limit gives one reason, not 64.
+//! - GPUs are judged per device, statefully, by [`super::device_health`] (XIDs, counters
+//!   that grow, temperatures against `gpu_temperature_*` here); this module only folds
+//!   each device's reasons into the node's, one node reason per device reason, with check
+//!   `gpu_<code>:<index>` (`gpu_temperature:0`, `gpu_xid:3`) and a message that names
+//!   the GPU and its UUID. A `fail`ed device makes the node unhealthy, a `warn` degraded.
+//! - Host checks that run elsewhere (required mounts, custom check executables in
+//!   [`super::checks`]) arrive as ready-made reasons through [`evaluate_with`].
 //! - Thresholds arrive from the operator's TOML; [`Thresholds::validate`] rejects values
 //!   that cannot be meant (a percent outside 0–100, a warn level past its fail level,
 //!   non-finite numbers) and names the offending key, so mistakes surface at start-up.
 
 use serde::{Deserialize, Serialize};
 
+use super::checks::CheckConfig;
 use crate::model::{GpuSample, Health, HealthStatus, HostSample, Reason};
 
 /// A configuration value that cannot be used, with the dotted key an operator must fix
@@ -66,6 +74,11 @@ pub struct Thresholds {
     pub gpu_temperature_fail_celsius: f64,
     /// Mount points never checked (scratch space that is meant to fill up).
     pub ignore_mounts: Vec<String>,
+    /// Mount points that must be mounted (shared filesystems jobs depend on); a missing
+    /// one makes the node unhealthy.
+    pub required_mounts: Vec<String>,
+    /// Custom check executables (`[[health.checks]]`, see [`super::checks`]).
+    pub checks: Vec<CheckConfig>,
 }
 
 impl Default for Thresholds {
@@ -82,6 +95,8 @@ impl Default for Thresholds {
             gpu_temperature_warn_celsius: 85.0,
             gpu_temperature_fail_celsius: 90.0,
             ignore_mounts: Vec::new(),
+            required_mounts: Vec::new(),
+            checks: Vec::new(),
         }
     }
 }
@@ -228,13 +243,30 @@ impl Thresholds {
         ]
         .iter()
         .try_for_each(Limits::validate)?;
-        match self.ignore_mounts.iter().find(|m| !m.starts_with('/')) {
-            Some(m) => Err(ConfigIssue::new(
-                "health.ignore_mounts",
-                format!("{m:?} is not an absolute mount point"),
-            )),
-            None => Ok(()),
+        for (key, mounts) in [
+            ("health.ignore_mounts", &self.ignore_mounts),
+            ("health.required_mounts", &self.required_mounts),
+        ] {
+            if let Some(m) = mounts.iter().find(|m| !m.starts_with('/')) {
+                return Err(ConfigIssue::new(
+                    key,
+                    format!("{m:?} is not an absolute mount point"),
+                ));
+            }
         }
+        for (i, c) in self.checks.iter().enumerate() {
+            c.validate(i)?;
+            if self.checks[..i].iter().any(|o| o.name == c.name) {
+                return Err(ConfigIssue::new(
+                    format!("health.checks[{i}].name"),
+                    format!(
+                        "{:?} is used by another check; names must be unique",
+                        c.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -268,14 +300,26 @@ fn check(
 }
 
 /// Judges a node. `gpu_error` is the GPU source's failure, if it failed (then `gpus` is
-/// empty).
+/// empty). GPUs count through their `health`, already judged by
+/// [`super::device_health::DeviceTracker`].
 pub fn evaluate(
     t: &Thresholds,
     host: &HostSample,
     gpus: &[GpuSample],
     gpu_error: Option<&str>,
 ) -> Health {
-    let mut reasons = Vec::new();
+    evaluate_with(t, host, gpus, gpu_error, Vec::new())
+}
+
+/// [`evaluate`] plus reasons from host checks judged elsewhere ([`super::checks`]).
+pub fn evaluate_with(
+    t: &Thresholds,
+    host: &HostSample,
+    gpus: &[GpuSample],
+    gpu_error: Option<&str>,
+    extra: Vec<Reason>,
+) -> Health {
+    let mut reasons = extra;
 
     let disk = t.disk();
     reasons.extend(
@@ -324,21 +368,21 @@ pub fn evaluate(
         ));
     }
 
-    let gpu_temperature = t.gpu_temperature();
-    reasons.extend(gpus.iter().filter_map(|gpu| {
-        let celsius = gpu.temperature_celsius?;
-        check(
-            &gpu_temperature,
-            format!("gpu_temperature:{}", gpu.index),
-            f64::from(celsius),
-            0,
-            |v, l| {
-                format!(
-                    "GPU {} ({}) temperature {v} °C > {l} °C",
-                    gpu.index, gpu.uuid
-                )
-            },
-        )
+    reasons.extend(gpus.iter().flat_map(|gpu| {
+        let device = match gpu.mig_index {
+            Some(m) if gpu.parent_uuid.is_some() => format!("{}/{m}", gpu.index),
+            _ => gpu.index.to_string(),
+        };
+        let label = if gpu.parent_uuid.is_some() {
+            "MIG"
+        } else {
+            "GPU"
+        };
+        gpu.health.reasons.iter().map(move |r| Reason {
+            check: format!("gpu_{}:{device}", r.code),
+            status: r.status.node_status(),
+            message: format!("{label} {device} ({}) {}", gpu.uuid, r.message),
+        })
     }));
 
     if let Some(error) = gpu_error {
@@ -418,14 +462,23 @@ mod tests {
         }
     }
 
+    /// A GPU as the device tracker judges it under default thresholds.
     fn gpu(index: u32, temperature: Option<u32>) -> GpuSample {
-        GpuSample {
+        let mut gpus = vec![GpuSample {
             index,
             uuid: format!("GPU-{index}"),
             name: "Test GPU".into(),
             temperature_celsius: temperature,
             ..GpuSample::default()
-        }
+        }];
+        let t = Thresholds::default();
+        crate::node::device_health::DeviceTracker::new(crate::node::device_health::DevicePolicy {
+            temperature_warn_celsius: t.gpu_temperature_warn_celsius,
+            temperature_fail_celsius: t.gpu_temperature_fail_celsius,
+            ..Default::default()
+        })
+        .observe(&mut gpus, std::time::Instant::now());
+        gpus.remove(0)
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! - [`sample`] reads the host (CPU, load, memory, filesystems, CPU temperatures).
 //! - [`gpu`] reads GPUs through a [`gpu::GpuSource`] (NVML, none, or a scripted fake).
+//! - [`device_health`] judges each GPU statefully (XIDs, growing counters, levels).
+//! - [`checks`] runs host checks: required mounts and custom check executables.
 //! - [`health`] judges the readings against operator [`health::Thresholds`].
 //! - [`Sampler`] ties them into one [`NodeReport`].
 //!
@@ -13,33 +15,79 @@
 //!   (`tokio::task::spawn_blocking`), moving the `Sampler` in and back out.
 //! - A GPU source failure never hides the host sample: the report then has no GPUs,
 //!   `gpu_error` set and a degraded health, while the host readings stay current.
-//! - The same readings always give the same `Health`; see [`health`] for how to tell a
-//!   changed condition from changed values.
+//! - The same host readings always give the same `Health`; see [`health`] for how to
+//!   tell a changed condition from changed values. GPU verdicts carry state between
+//!   samples (see [`device_health`]), which is why the [`Sampler`] owns the tracker.
+//! - Custom checks run on their own threads ([`checks::CheckRunner`]); a sample only
+//!   reads their latest results, so a hung check never stalls sampling.
 
+pub mod checks;
+pub mod device_health;
 pub mod gpu;
 pub mod health;
 pub mod sample;
 
-use crate::model::{HostFacts, NodeReport};
+use std::time::{Duration, Instant};
 
+use crate::model::{GpuSample, HostFacts, NodeReport};
+
+use device_health::{DevicePolicy, DeviceTracker};
 use gpu::GpuSource;
 use health::Thresholds;
 use sample::HostSampler;
 
-/// Host sampler, GPU source and thresholds: everything needed to build a report.
+/// Host sampler, GPU source, device tracker, host checks and thresholds: everything
+/// needed to build a report.
 pub struct Sampler {
     host: HostSampler,
     gpu: Box<dyn GpuSource>,
+    devices: DeviceTracker,
+    checks: Option<checks::CheckRunner>,
     thresholds: Thresholds,
 }
 
 impl Sampler {
-    /// Starts sampling this host (takes the first CPU reading) with the given GPU source.
+    /// Starts sampling this host (takes the first CPU reading) with the given GPU source
+    /// and the default GPU policy (see [`Sampler::with_gpu_policy`]); starts the custom
+    /// checks `thresholds` lists.
     pub fn new(thresholds: Thresholds, gpu: Box<dyn GpuSource>) -> Self {
+        let policy = gpu::GpuConfig::default().policy(&thresholds);
+        let checks =
+            (!thresholds.checks.is_empty()).then(|| checks::CheckRunner::start(&thresholds.checks));
         Sampler {
             host: HostSampler::new(),
             gpu,
+            devices: DeviceTracker::new(policy),
+            checks,
             thresholds,
+        }
+    }
+
+    /// Judges GPUs under `policy` (from [`gpu::GpuConfig::policy`]) from now on.
+    pub fn with_gpu_policy(mut self, policy: DevicePolicy) -> Self {
+        self.devices = DeviceTracker::new(policy);
+        self
+    }
+
+    /// Waits until every custom check has run once, at most `within` (for `--once`).
+    pub fn wait_for_checks(&self, within: Duration) {
+        if let Some(c) = &self.checks {
+            c.wait_first(within);
+        }
+    }
+
+    /// Reads and judges the GPUs only: the devices with their health, or why the GPU
+    /// source failed. Blocking.
+    pub fn sample_gpus(&mut self) -> (Vec<GpuSample>, Option<String>) {
+        match self.gpu.sample() {
+            Ok(mut gpus) => {
+                self.devices.observe(&mut gpus, Instant::now());
+                (gpus, None)
+            }
+            Err(e) => {
+                tracing::warn!(source = self.gpu.name(), error = %e, "GPU sample failed");
+                (Vec::new(), Some(e.to_string()))
+            }
         }
     }
 
@@ -50,14 +98,25 @@ impl Sampler {
     /// Reads the host and GPUs and judges them. Blocking; see the module doc.
     pub fn sample(&mut self, node: &str) -> NodeReport {
         let host = self.host.sample();
-        let (gpus, gpu_error) = match self.gpu.sample() {
-            Ok(gpus) => (gpus, None),
-            Err(e) => {
-                tracing::warn!(source = self.gpu.name(), error = %e, "GPU sample failed");
-                (Vec::new(), Some(e.to_string()))
+        let (gpus, gpu_error) = self.sample_gpus();
+        let mut extra = self
+            .checks
+            .as_ref()
+            .map(checks::CheckRunner::results)
+            .unwrap_or_default();
+        if !self.thresholds.required_mounts.is_empty() {
+            match checks::current_mount_points() {
+                Some(mounted) => extra.extend(checks::missing_mounts(
+                    &self.thresholds.required_mounts,
+                    &mounted,
+                )),
+                None => {
+                    tracing::warn!("cannot read /proc/self/mountinfo; required mounts not checked")
+                }
             }
-        };
-        let health = health::evaluate(&self.thresholds, &host, &gpus, gpu_error.as_deref());
+        }
+        let health =
+            health::evaluate_with(&self.thresholds, &host, &gpus, gpu_error.as_deref(), extra);
         NodeReport {
             node: node.to_string(),
             facts: self.facts(),
@@ -65,6 +124,8 @@ impl Sampler {
             gpus,
             gpu_error,
             health,
+            // Filled in by the agent from its Ray supervisor (crate::ray).
+            ray: None,
         }
     }
 }
