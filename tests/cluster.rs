@@ -237,19 +237,7 @@ async fn health_follows_thresholds_and_gpu_changes_become_events() {
     let mut steps = vec![gpu(60), gpu(60)];
     steps.extend(std::iter::repeat_n(gpu(95), 3));
     steps.push(gpu(60));
-    let script = c.path("gpus.json");
-    std::fs::write(
-        &script,
-        serde_json::json!({"steps": steps, "repeat_last": true}).to_string(),
-    )
-    .unwrap();
-    c.start_agent(
-        "hot",
-        &format!(
-            "report_interval = \"30s\"\n[gpu]\nbackend = \"fake\"\nfake_script = \"{}\"\n",
-            script.display()
-        ),
-    );
+    c.start_fake_gpu_agent("hot", steps, "report_interval = \"30s\"", "");
     let (n, _) = c
         .wait_node("hot", "unhealthy", SECS(20), |n| {
             n.health == HealthStatus::Unhealthy

@@ -35,18 +35,11 @@ async fn xids_growing_counters_and_a_vanishing_gpu_drive_device_health() {
     steps.push(step(vec![gpu(0, &[79], 0), gpu(1, &[], 5)]));
     steps.extend(vec![step(vec![gpu(0, &[], 0), gpu(1, &[], 5)]); 15]);
     steps.push(step(vec![gpu(0, &[], 0)]));
-    let script = c.path("gpus.json");
-    std::fs::write(
-        &script,
-        serde_json::json!({"steps": steps, "repeat_last": true}).to_string(),
-    )
-    .unwrap();
-    c.start_agent(
+    c.start_fake_gpu_agent(
         "gpu-node",
-        &format!(
-            "sample_interval = \"200ms\"\nreport_interval = \"30s\"\n[gpu]\nbackend = \"fake\"\nfake_script = \"{}\"\nquiet_period = \"1s\"\n",
-            script.display()
-        ),
+        steps,
+        "sample_interval = \"200ms\"\nreport_interval = \"30s\"",
+        "quiet_period = \"1s\"",
     );
     let (n, _) = c
         .wait_node("gpu-node", "with GPU 1 gone", SECS(30), |n| {

@@ -211,6 +211,28 @@ impl Cluster {
         self.agents.insert(name.into(), child);
     }
 
+    /// Starts an agent whose GPUs follow a fake script of `steps` (one per sample; the
+    /// last repeats). `extra` goes into `[agent]`; `gpu_extra` into `[gpu]`.
+    pub fn start_fake_gpu_agent(
+        &mut self,
+        name: &str,
+        steps: Vec<serde_json::Value>,
+        extra: &str,
+        gpu_extra: &str,
+    ) {
+        let script = self.path(&format!("gpus-{name}.json"));
+        std::fs::write(
+            &script,
+            serde_json::json!({"steps": steps, "repeat_last": true}).to_string(),
+        )
+        .unwrap();
+        let extra = format!(
+            "{extra}\n[gpu]\nbackend = \"fake\"\nfake_script = \"{}\"\n{gpu_extra}\n",
+            script.display()
+        );
+        self.start_agent(name, &extra);
+    }
+
     pub fn agent_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(&format!("agent-{name}.log"))).unwrap_or_default()
     }

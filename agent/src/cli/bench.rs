@@ -101,13 +101,13 @@ fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
     Ok((cpu, kb("VmHWM:"), kb("VmRSS:")))
 }
 
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn free_udp_port() -> Result<u16> {
+pub(super) fn free_udp_port() -> Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -347,6 +347,7 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
     cluster.api.reset_latency().await?;
     let s0 = cluster.api.stats().await?;
     let (cpu0, _, _) = proc_usage(pid)?;
+    let (own0, _, _) = proc_usage(std::process::id())?;
     let sent0 = (
         counters.beats.load(Ordering::Relaxed),
         counters.reports.load(Ordering::Relaxed),
@@ -356,6 +357,7 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(a.duration)).await;
     let window = t0.elapsed().as_secs_f64();
     let (cpu1, hwm, rss) = proc_usage(pid)?;
+    let (own1, _, _) = proc_usage(std::process::id())?;
     let sent1 = (
         counters.beats.load(Ordering::Relaxed),
         counters.reports.load(Ordering::Relaxed),
@@ -412,6 +414,11 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         "coordinator RSS:         {:.1} MiB now, {:.1} MiB peak",
         rss as f64 / 1048576.0,
         hwm as f64 / 1048576.0
+    );
+    println!(
+        "simulated agents CPU:    {:.1}% of one core (this process; {} cores in the machine)",
+        (own1 - own0) / window * 100.0,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
         "frame bytes:             {:.0} per beat, {:.0} per report",

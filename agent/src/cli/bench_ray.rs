@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tokio::process::{Child, Command};
 
+use super::bench::{free_port, free_udp_port};
 use crate::pki::{self, Role};
 
 #[derive(Args, Debug)]
@@ -35,18 +36,6 @@ pub struct RayArgs {
     /// The fixed sleep of the launcher being replaced, seconds.
     #[arg(long, default_value_t = 10)]
     sleep: u64,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Children in their own process groups (ids recorded at spawn: a plain `ray start`
