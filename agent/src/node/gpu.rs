@@ -26,9 +26,12 @@
 //!   skipped with a log line and still report every other reading. NVML reports only the
 //!   last XID per device when several arrive between two waits; that is an NVML limit.
 //! - Static facts (driver and CUDA versions) are read once per NVML initialisation.
-//! - MIG: the mode in effect is reported; MIG instances are modelled (`parent_uuid`,
-//!   `mig_index`) and judged like GPUs, and the fake source produces them, but the NVML
-//!   source does not enumerate them yet: nvml-wrapper 0.11 has no safe MIG handle API.
+//! - MIG: the mode in effect is reported, and on a GPU with MIG enabled every MIG
+//!   instance is reported as its own device (`parent_uuid`, `mig_index`, its UUID, name
+//!   and memory) right after its parent. nvml-wrapper 0.11 wraps no MIG handle API, so
+//!   [`MigLister`] calls NVML's two entry points for it directly (the only `unsafe` here).
+//!   An instance NVML will not give is left out; it never fails the sample. Not yet
+//!   checked on real MIG hardware (no GPU machine has been available).
 //! - The fake source replays a JSON script (see [`FakeScript`]) in which every
 //!   [`GpuSample`] field may be given, XIDs as `"xids": [79]` on the sample they arrive
 //!   with, a lost device as `"lost": "GPU is lost"`, and a device that disappears by
@@ -316,6 +319,79 @@ pub struct NvmlSource {
     /// Identity of each index when it was last readable, for lost devices.
     known: HashMap<u32, (String, String)>,
     xids: Option<XidListener>,
+    mig: Option<MigLister>,
+}
+
+/// Lists MIG instances through NVML's own entry points, which nvml-wrapper 0.11 does not
+/// wrap. It holds a second handle on the already-loaded library (the dynamic loader
+/// returns the same one), so it shares the NVML state `Nvml::init` set up.
+struct MigLister {
+    lib: nvml_wrapper_sys::bindings::NvmlLib,
+}
+
+impl MigLister {
+    fn open() -> Option<Self> {
+        // SAFETY: loading the NVML library runs no initialisers beyond the driver's own,
+        // which `Nvml::init` already ran in this process.
+        match unsafe { nvml_wrapper_sys::bindings::NvmlLib::new("libnvidia-ml.so.1") } {
+            Ok(lib) => Some(MigLister { lib }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resolve NVML's MIG entry points; MIG instances will not be listed");
+                None
+            }
+        }
+    }
+
+    /// The MIG devices of `parent`, with their MIG index. An NVML error for one instance
+    /// (an empty slot, a driver without MIG) leaves that instance out.
+    fn instances<'n>(&self, nvml: &'n Nvml, parent: &Device<'n>) -> Vec<(u32, Device<'n>)> {
+        use nvml_wrapper_sys::bindings::{nvmlDevice_t, nvmlReturn_enum_NVML_SUCCESS as OK};
+        let (Ok(max_count), Ok(by_index)) = (
+            &self.lib.nvmlDeviceGetMaxMigDeviceCount,
+            &self.lib.nvmlDeviceGetMigDeviceHandleByIndex,
+        ) else {
+            return Vec::new();
+        };
+        // SAFETY: `parent` is a live handle of this initialised NVML; both out-pointers
+        // point to locals valid for writes; a MIG handle NVML returns stays valid while
+        // NVML is initialised, which `nvml` (borrowed for 'n) guarantees.
+        unsafe {
+            let handle = parent.handle();
+            let mut max = 0;
+            if max_count(handle, &mut max) != OK {
+                return Vec::new();
+            }
+            (0..max)
+                .filter_map(|i| {
+                    let mut mig: nvmlDevice_t = std::ptr::null_mut();
+                    (by_index(handle, i, &mut mig) == OK && !mig.is_null())
+                        .then(|| (i, Device::new(mig, nvml)))
+                })
+                .collect()
+        }
+    }
+}
+
+/// A MIG instance as a device of its own. MIG devices answer few NVML queries
+/// (utilization, power and clocks belong to the parent), so only identity and memory are
+/// read, and any error leaves that reading absent.
+fn read_mig(parent: &GpuSample, mig_index: u32, device: &Device) -> GpuSample {
+    let memory = device.memory_info().ok();
+    GpuSample {
+        index: parent.index,
+        mig_index: Some(mig_index),
+        parent_uuid: Some(parent.uuid.clone()),
+        uuid: device.uuid().unwrap_or_default(),
+        name: device
+            .name()
+            .unwrap_or_else(|_| format!("{} MIG {mig_index}", parent.name)),
+        memory_used_bytes: memory.as_ref().map(|m| m.used),
+        memory_free_bytes: memory.as_ref().map(|m| m.free),
+        memory_total_bytes: memory.as_ref().map(|m| m.total),
+        driver_version: parent.driver_version.clone(),
+        cuda_driver_version: parent.cuda_driver_version.clone(),
+        ..GpuSample::default()
+    }
 }
 
 /// The XID event thread and its channel.
@@ -466,6 +542,7 @@ impl NvmlSource {
             versions: None,
             known: HashMap::new(),
             xids: XidListener::start(),
+            mig: MigLister::open(),
         }
     }
 
@@ -477,6 +554,7 @@ impl NvmlSource {
             versions: None,
             known: HashMap::new(),
             xids: None,
+            mig: None,
         }
     }
 
@@ -701,16 +779,29 @@ impl GpuSource for NvmlSource {
         })?;
         let mut gpus = Vec::with_capacity(count as usize);
         for index in 0..count {
-            let read = nvml
-                .device_by_index(index)
-                .map_err(|cause| GpuError::NvmlDevice {
+            let read = match nvml.device_by_index(index) {
+                Ok(device) => read_device(index, &device, &versions).map(|g| {
+                    let migs: Vec<GpuSample> = match (&self.mig, g.mig_enabled) {
+                        (Some(lister), Some(true)) => lister
+                            .instances(nvml, &device)
+                            .iter()
+                            .map(|(i, d)| read_mig(&g, *i, d))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    (g, migs)
+                }),
+                Err(cause) => Err(GpuError::NvmlDevice {
                     index,
                     call: "device_by_index",
                     cause,
-                })
-                .and_then(|device| read_device(index, &device, &versions));
+                }),
+            };
             match read {
-                Ok(g) => gpus.push(g),
+                Ok((g, migs)) => {
+                    gpus.push(g);
+                    gpus.extend(migs);
+                }
                 Err(GpuError::NvmlDevice {
                     cause: NvmlError::GpuLost,
                     call,
@@ -730,7 +821,8 @@ impl GpuSource for NvmlSource {
         }
         self.versions = Some(versions);
         for g in &gpus {
-            if g.lost.is_none() {
+            // MIG instances share their parent's index; the parent's identity is kept.
+            if g.lost.is_none() && g.mig_index.is_none() {
                 self.known.insert(g.index, (g.uuid.clone(), g.name.clone()));
             }
         }
