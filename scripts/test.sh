@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test corral has: formatting, unit tests, and the integration tests in tests/
 # (real coordinators and agents over QUIC with real certificates on loopback).
-# Installs nothing system-wide for now: the Rust toolchain (rustup, stable) is all it needs.
+# Needs the Rust toolchain (rustup, stable); creates a Python venv with a pinned Ray for
+# the Ray tests (installing python3-venv with apt when it is missing and we are root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,20 @@ if [ -z "${CORRAL_RAY_VENV:-}" ]; then
     have=$("$CORRAL_RAY_VENV/bin/python" -c 'import ray, ray.dashboard.optional_deps; print(ray.__version__)' 2>/dev/null || true)
     if [ "$have" != "$RAY_VERSION" ]; then
         echo "== creating the Ray venv $CORRAL_RAY_VENV (ray[default]==$RAY_VERSION)"
-        python3 -m venv "$CORRAL_RAY_VENV"
+        rm -rf "$CORRAL_RAY_VENV"
+        if ! python3 -m venv "$CORRAL_RAY_VENV" >/dev/null 2>&1; then
+            # Debian's python3 ships venv separately; install it where we can.
+            if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+                echo "== installing python3 and python3-venv (apt)"
+                apt-get update -qq
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+                rm -rf "$CORRAL_RAY_VENV"
+                python3 -m venv "$CORRAL_RAY_VENV"
+            else
+                echo "the Ray tests need a Python venv: install python3 and python3-venv (or set CORRAL_RAY_VENV)" >&2
+                exit 1
+            fi
+        fi
         "$CORRAL_RAY_VENV/bin/pip" install --quiet "ray[default]==$RAY_VERSION"
     fi
     export CORRAL_RAY_VENV

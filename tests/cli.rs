@@ -121,7 +121,7 @@ fn client_commands_without_a_coordinator_explain_and_exit_3() {
 
 #[test]
 fn agent_once_prints_this_nodes_report_as_json() {
-    let out = run(&["agent", "--once"]);
+    let out = run(&["agent", "--once", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["facts"]["cpu_cores"].as_u64().unwrap() > 0);

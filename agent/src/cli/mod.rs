@@ -72,6 +72,9 @@ enum Cmd {
         /// Sample this node once, print the report as JSON, and exit (no coordinator needed).
         #[arg(long)]
         once: bool,
+        /// With --once: the output is JSON (the only format; accepted for scripts that say so).
+        #[arg(long, requires = "once")]
+        json: bool,
     },
     /// Configuration files.
     #[command(subcommand)]
@@ -229,7 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
             running.stop().await;
             Ok(())
         }
-        Cmd::Agent { config, once } => {
+        Cmd::Agent { config, once, .. } => {
             let cfg = config.as_deref().map(Config::load).transpose()?;
             if once {
                 let name = match cfg.as_ref().and_then(|c| c.agent.as_ref()) {

@@ -137,8 +137,25 @@ fn default_stop_grace() -> Duration {
 /// an AF_UNIX path holds at most 107.
 pub const MAX_TEMP_DIR_BYTES: usize = 107 - 66;
 
-/// Refuses a temp dir too long for Ray's sockets (Ray itself fails late, half-started).
+/// Refuses a temp dir too long for Ray's sockets (Ray itself fails late, half-started),
+/// and one that is not Ray's own: corral stops every process of its user whose command
+/// line names the temp dir, so `/tmp` or a home directory would take unrelated
+/// processes with it.
 pub fn check_temp_dir(dir: &Path) -> Result<(), String> {
+    const SHARED: &[&str] = &[
+        "/tmp", "/var/tmp", "/dev/shm", "/run", "/var", "/home", "/root", "/opt", "/usr", "/srv",
+    ];
+    let trimmed = dir.to_string_lossy().trim_end_matches('/').to_string();
+    let depth = dir
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .count();
+    if depth < 2 || SHARED.contains(&trimmed.as_str()) {
+        return Err(format!(
+            "{} is a shared directory; corral treats every process naming Ray's temp dir as its own and stops it, so give Ray a directory of its own (for example /tmp/corral-ray)",
+            dir.display()
+        ));
+    }
     let len = dir.as_os_str().len();
     if len > MAX_TEMP_DIR_BYTES {
         return Err(format!(
@@ -325,6 +342,15 @@ mod tests {
     fn negative_resource_is_refused() {
         let e = parse("role = \"head\"\nvenv = \"/v\"\nresources = { ib = -1 }").unwrap_err();
         assert_eq!(e.key, "ray.resources");
+    }
+
+    #[test]
+    fn shared_temp_dir_is_refused_because_its_processes_would_be_swept() {
+        for shared in ["/tmp", "/tmp/", "/", "/var/tmp", "/dev/shm", "/home"] {
+            let e = check_temp_dir(Path::new(shared)).unwrap_err();
+            assert!(e.contains("shared directory"), "{shared}: {e}");
+        }
+        check_temp_dir(Path::new("/tmp/corral-ray-gpu01")).unwrap();
     }
 
     #[test]
