@@ -101,6 +101,23 @@ fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
     Ok((cpu, kb("VmHWM:"), kb("VmRSS:")))
 }
 
+/// A client for a coordinator API on loopback, once it answers (20 s at most).
+pub(super) async fn local_api_when_up(port: u16) -> Result<ApiClient> {
+    let api = ApiClient::new(&ApiArgs {
+        api: format!("http://127.0.0.1:{port}"),
+        token_file: None,
+        api_ca: None,
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.stats().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the coordinator on 127.0.0.1:{port} did not come up within 20s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(api)
+}
+
 pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -151,18 +168,7 @@ async fn start_coordinator() -> Result<Cluster> {
         .kill_on_drop(true)
         .spawn()
         .context("starting the coordinator process")?;
-    let api = ApiClient::new(&ApiArgs {
-        api: format!("http://127.0.0.1:{api_port}"),
-        token_file: None,
-        api_ca: None,
-    })?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api.stats().await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the coordinator did not come up within 20s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let api = local_api_when_up(api_port).await?;
     Ok(Cluster {
         dir,
         child,

@@ -262,18 +262,7 @@ async fn corral(venv: &Path, dir: &Path) -> Result<Sample> {
             .args(["coordinator", "--config"])
             .arg(&coord_cfg),
     )?;
-    let api = super::ApiClient::new(&super::ApiArgs {
-        api: format!("http://127.0.0.1:{api_port}"),
-        token_file: None,
-        api_ca: None,
-    })?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api.nodes().await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the bench coordinator never answered");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let api = super::bench::local_api_when_up(api_port).await?;
     let agent_cfg = |name: &str, ray: String| -> Result<PathBuf> {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(
