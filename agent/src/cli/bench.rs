@@ -138,19 +138,24 @@ struct Cluster {
     ca: pki::Ca,
 }
 
-/// Starts a real coordinator process with a fresh CA in a temp dir.
-async fn start_coordinator() -> Result<Cluster> {
-    let dir = tempfile::tempdir()?;
-    let tls = dir.path().join("tls");
-    pki::init_ca(&tls, "bench CA", 2)?;
-    let ca = pki::Ca::load(&tls)?;
+/// A short-lived CA in `tls` with a coordinator certificate for loopback.
+pub(super) fn bench_pki(tls: &Path) -> Result<pki::Ca> {
+    pki::init_ca(tls, "bench CA", 2)?;
+    let ca = pki::Ca::load(tls)?;
     ca.issue_to_dir(
         "coordinator",
         Role::Coordinator,
         &["localhost".into(), "127.0.0.1".into()],
         2,
-        &tls,
+        tls,
     )?;
+    Ok(ca)
+}
+
+/// Starts a real coordinator process with a fresh CA in a temp dir.
+async fn start_coordinator() -> Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let ca = bench_pki(&dir.path().join("tls"))?;
     let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
     let api_port = free_port()?;
     let cfg = dir.path().join("coordinator.toml");

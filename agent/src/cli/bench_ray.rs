@@ -23,7 +23,7 @@ use clap::Args;
 use tokio::process::{Child, Command};
 
 use super::bench::{free_port, free_udp_port};
-use crate::pki::{self, Role};
+use crate::pki::Role;
 
 #[derive(Args, Debug)]
 pub struct RayArgs {
@@ -230,15 +230,7 @@ async fn fixed_sleep(venv: &Path, dir: &Path, sleep: u64) -> Result<Sample> {
 async fn corral(venv: &Path, dir: &Path) -> Result<Sample> {
     let tls = dir.join("tls");
     if !tls.join("ca.pem").exists() {
-        pki::init_ca(&tls, "bench CA", 2)?;
-        let ca = pki::Ca::load(&tls)?;
-        ca.issue_to_dir(
-            "coordinator",
-            Role::Coordinator,
-            &["localhost".into(), "127.0.0.1".into()],
-            2,
-            &tls,
-        )?;
+        let ca = super::bench::bench_pki(&tls)?;
         for n in ["rhead", "rworker"] {
             ca.issue_to_dir(n, Role::Agent, &[], 2, &tls)?;
         }
