@@ -125,17 +125,14 @@ async fn xids_growing_counters_and_a_vanishing_gpu_drive_device_health() {
 
 #[test]
 fn agent_once_runs_custom_checks_and_required_mounts() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     for f in ["ca.pem", "n.pem", "n.key"] {
         std::fs::write(dir.path().join(f), "x").unwrap();
     }
     let check = dir.path().join("check-ib.sh");
-    std::fs::write(&check, "#!/bin/sh\necho 'ib0: port state DOWN'\nexit 1\n").unwrap();
-    std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755)).unwrap();
+    corral::testing::write_script(&check, "echo 'ib0: port state DOWN'\nexit 1");
     let hung = dir.path().join("hung.sh");
-    std::fs::write(&hung, "#!/bin/sh\nsleep 60\n").unwrap();
-    std::fs::set_permissions(&hung, std::fs::Permissions::from_mode(0o755)).unwrap();
+    corral::testing::write_script(&hung, "sleep 60");
     let cfg = dir.path().join("agent.toml");
     std::fs::write(
         &cfg,

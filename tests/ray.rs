@@ -134,7 +134,6 @@ fn processes_naming(dir: &Path) -> Vec<(i32, String)> {
 }
 
 fn stand_in_venv(dir: &Path, python: &str, ray: &str) {
-    use std::os::unix::fs::PermissionsExt;
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     for (name, body) in [
@@ -147,9 +146,7 @@ fn stand_in_venv(dir: &Path, python: &str, ray: &str) {
             "echo 'the stand-in ray must never be started' >&2; exit 1".to_string(),
         ),
     ] {
-        let p = bin.join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        corral::testing::write_script(&bin.join(name), &body);
     }
 }
 

@@ -19,4 +19,6 @@ pub mod model;
 pub mod node;
 pub mod pki;
 pub mod ray;
+#[doc(hidden)]
+pub mod testing;
 pub mod wire;

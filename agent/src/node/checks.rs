@@ -368,12 +368,10 @@ pub fn current_mount_points() -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn script(dir: &tempfile::TempDir, name: &str, body: &str) -> String {
         let p = dir.path().join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        crate::testing::write_script(&p, body);
         p.to_string_lossy().into_owned()
     }
 

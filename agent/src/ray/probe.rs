@@ -187,12 +187,9 @@ mod tests {
     use super::*;
 
     fn script(dir: &Path, name: &str, body: &str) {
-        use std::os::unix::fs::PermissionsExt;
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        let p = bin.join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        crate::testing::write_script(&bin.join(name), body);
     }
 
     #[tokio::test]
