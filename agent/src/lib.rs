@@ -2,6 +2,7 @@
 //!
 //! Where things live (one concept, one place):
 //! - [`model`]: what a node reports (host and GPU samples, health, liveness).
+//! - [`job`]: the portable job spec and state, and the plugin calls routed to agents.
 //! - [`node`]: health sampling on the agent (sysinfo, NVML behind a trait, thresholds).
 //! - [`wire`]: the agent ⇄ coordinator protocol (messages, versions, framing).
 //! - [`pki`]: the cluster CA, certificates and the mutual-TLS configurations.
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod coordinator;
+pub mod job;
 pub mod model;
 pub mod node;
 pub mod pki;
