@@ -2,7 +2,9 @@
 # Runs every test corral has: formatting, unit tests, and the integration tests in tests/
 # (real coordinators and agents over QUIC with real certificates on loopback).
 # Needs the Rust toolchain (rustup, stable); creates a Python venv with a pinned Ray for
-# the Ray tests (installing python3-venv with apt when it is missing and we are root).
+# the Ray tests (installing python3-venv with apt when it is missing and we are root),
+# builds the wasm scheduler plugins, and the Slurm tests start a real single-node Slurm
+# (installing slurm-wlm and munge with apt under CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +53,16 @@ if [ -z "${CORRAL_RAY_VENV:-}" ]; then
     export CORRAL_RAY_VENV
 fi
 echo "Ray venv for tests: $CORRAL_RAY_VENV"
+
+# --- Scheduler plugins (tests/plugin_host.rs, tests/slurm.rs, tests/jobs.rs, ...) ------
+# `cargo xtask plugins` builds every plugin for wasm32 and turns it into a component,
+# installing Debian's wasm-capable rustc when no rustup wasm target is there.
+if [ -z "${CORRAL_PLUGINS_DIR:-}" ]; then
+    CORRAL_PLUGINS_DIR="${CARGO_TARGET_DIR:-$PWD/target}/plugins"
+fi
+echo "== cargo xtask plugins --out $CORRAL_PLUGINS_DIR"
+cargo xtask plugins --out "$CORRAL_PLUGINS_DIR"
+export CORRAL_PLUGINS_DIR
 
 echo "== cargo test (unit, integration, doc)"
 cargo test --workspace --locked "$@"

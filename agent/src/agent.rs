@@ -23,6 +23,14 @@
 //!   its head to the coordinator (again after each reconnect) and the coordinator's head
 //!   to it. On shutdown the session withdraws this node's head before closing, and the
 //!   agent waits for the supervisor to stop its process group.
+//! - *Scheduler plugins* ([`crate::plugins`]) listed in `[plugins]` are loaded on a
+//!   blocking thread while the agent already connects and beats (compiling a component
+//!   can take seconds; liveness must not wait for it). Once loaded, every session
+//!   announces them (`AgentMsg::Plugins`: loaded ones with their grants, failures with
+//!   their reasons), again after each reconnect and whenever the set changes. A
+//!   `Command::Plugin` is run on its own task and its result sent when it is done, so a
+//!   slow scheduler command never delays beats, reports or other commands; a result
+//!   whose session ended meanwhile is dropped (the coordinator's wait times out).
 //!
 //! Invariant: the agent checks its own certificate against its configured name at start,
 //! so a mis-issued certificate is a start-up error on the node, not a mystery refusal.
@@ -40,11 +48,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::job::{LoadedPlugin, PluginError};
 use crate::model::{unix_ns, Health, NodeReport};
 use crate::node::gpu::{self, GpuConfig};
 use crate::node::health::{condition_changed, Thresholds};
 use crate::node::Sampler;
 use crate::pki::{self, Role, TlsFiles};
+use crate::plugins::{LoadFailure, PluginHost, PluginsConfig};
 use crate::wire::{
     AgentMsg, Beat, Command, CommandOutput, CoordMsg, FrameReader, FrameWriter, Hello, Refusal,
     Welcome, WireError, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
@@ -67,6 +77,8 @@ pub struct AgentOptions {
     pub gpu: GpuConfig,
     /// `[ray]`, when present.
     pub ray: Option<crate::ray::RayConfig>,
+    /// `[plugins]`: the scheduler plugins to load.
+    pub plugins: PluginsConfig,
 }
 
 impl AgentOptions {
@@ -88,6 +100,7 @@ impl AgentOptions {
             thresholds: cfg.health.clone(),
             gpu: cfg.gpu.clone(),
             ray: cfg.ray.clone(),
+            plugins: cfg.plugins.clone(),
         })
     }
 }
@@ -134,6 +147,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
             .with_gpu_policy(opts.gpu.policy(&opts.thresholds)),
         opts.sample_interval,
     )?;
+    let plugins = load_plugins(&opts.name, &opts.plugins);
     let ray = opts.ray.as_ref().and_then(|cfg| {
         crate::ray::start(
             cfg,
@@ -144,13 +158,17 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
         )
     });
 
+    crate::systemd::ready(
+        &format!("node {}: connecting to {}", opts.name, opts.coordinator),
+        &shutdown,
+    );
     let mut attempt: u32 = 0;
     loop {
         // The session watches `shutdown` itself, so that it can close its connection
         // with a reason; this outer branch only covers the connect phase.
         let outcome = tokio::select! {
             biased;
-            r = session(&opts, &endpoint, &client_cfg, reports.clone(), &sample_now, ray.as_ref(), &shutdown) => r,
+            r = session(&opts, &endpoint, &client_cfg, reports.clone(), &sample_now, ray.as_ref(), plugins.clone(), &shutdown) => r,
             _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
         };
         match outcome {
@@ -171,6 +189,10 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
                 warn!(coordinator = %opts.coordinator, error = format!("{e:#}"), "cannot reach the coordinator");
             }
         }
+        crate::systemd::status(&format!(
+            "node {}: no coordinator session, reconnecting to {}",
+            opts.name, opts.coordinator
+        ));
         let delay = backoff(opts.reconnect_base, opts.reconnect_cap, attempt);
         attempt = attempt.saturating_add(1);
         debug!(
@@ -182,6 +204,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
             _ = shutdown.cancelled() => break,
         }
     }
+    crate::systemd::stopping("stopping: leaving the coordinator, stopping Ray");
     endpoint.close(Refusal::Shutdown.code(), b"agent shutting down");
     let _ = timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     if let Some(ray) = ray {
@@ -236,6 +259,72 @@ fn spawn_sampler(
     Ok((rx, now_tx))
 }
 
+/// The loaded plugin host and what the agent announces about it.
+struct Plugins {
+    host: PluginHost,
+    loaded: Vec<LoadedPlugin>,
+    failed: Vec<LoadFailure>,
+}
+
+impl Plugins {
+    fn announcement(&self) -> AgentMsg {
+        AgentMsg::Plugins {
+            loaded: self.loaded.clone(),
+            failed: self.failed.clone(),
+        }
+    }
+}
+
+type PluginsRx = watch::Receiver<Option<Arc<Plugins>>>;
+
+/// Loads the enabled plugins on a blocking thread; the channel holds `None` until done.
+fn load_plugins(node: &str, cfg: &PluginsConfig) -> PluginsRx {
+    let (tx, rx) = watch::channel(None);
+    if cfg.enable.is_empty() {
+        tx.send_replace(Some(Arc::new(Plugins {
+            host: PluginHost::empty(),
+            loaded: vec![],
+            failed: vec![],
+        })));
+        return rx;
+    }
+    let cfg = cfg.clone();
+    let node = node.to_string();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let enabled = cfg.enable.clone();
+        let plugins = match tokio::task::spawn_blocking(move || PluginHost::load(&cfg)).await {
+            Ok((host, failed)) => Plugins {
+                loaded: host.loaded(),
+                host,
+                failed,
+            },
+            // A bug in the host must not take the agent down: every plugin is reported
+            // failed, with the reason.
+            Err(e) => Plugins {
+                host: PluginHost::empty(),
+                loaded: vec![],
+                failed: enabled
+                    .into_iter()
+                    .map(|name| LoadFailure {
+                        name,
+                        message: format!("the plugin host failed while loading: {e}"),
+                    })
+                    .collect(),
+            },
+        };
+        for p in &plugins.loaded {
+            info!(%node, plugin = %p.info.name, version = %p.info.version, scheduler = %p.info.scheduler, digest = %p.digest, "plugin loaded");
+        }
+        for f in &plugins.failed {
+            warn!(%node, plugin = %f.name, error = %f.message, "plugin failed to load");
+        }
+        info!(%node, loaded = plugins.loaded.len(), failed = plugins.failed.len(), ms = started.elapsed().as_millis() as u64, "plugins ready");
+        tx.send_replace(Some(Arc::new(plugins)));
+    });
+    rx
+}
+
 enum SessionEnd {
     Shutdown,
     Lost { welcomed: bool, reason: String },
@@ -270,6 +359,7 @@ async fn session(
     mut reports: watch::Receiver<Option<Arc<NodeReport>>>,
     sample_now: &std_mpsc::Sender<()>,
     ray: Option<&crate::ray::RayHandles>,
+    plugins: PluginsRx,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, SessionError> {
     let addr = tokio::net::lookup_host(&opts.coordinator)
@@ -317,6 +407,7 @@ async fn session(
         }
     };
     info!(coordinator = %addr, protocol = welcome.protocol, coordinator_version = %welcome.coordinator_version, node = %opts.name, "connected to the coordinator");
+    crate::systemd::status(&format!("node {}: connected to {addr}", opts.name));
 
     let mut beat_tick = interval(opts.beat_interval);
     beat_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -347,6 +438,17 @@ async fn session(
             .and_then(|s: &watch::Receiver<Option<crate::model::RayStatus>>| s.borrow().clone());
         AgentMsg::Report(Box::new(r))
     };
+
+    // Plugins: announced now if loaded, else as soon as they are. Calls run on their own
+    // tasks and hand their results back through `results`.
+    let mut plugins = Some(plugins);
+    let current = plugins.as_mut().and_then(|p| p.borrow_and_update().clone());
+    if let Some(p) = current {
+        if let Err(e) = writer.send("plugins", &p.announcement()).await {
+            return Err(anyhow::anyhow!("announcing the plugins: {e}").into());
+        }
+    }
+    let (results_tx, mut results) = tokio::sync::mpsc::channel::<AgentMsg>(64);
 
     let lost = |e: WireError, conn: &quinn::Connection| {
         let reason = refusal_of(conn)
@@ -414,6 +516,19 @@ async fn session(
                     report_tick.reset();
                 }
             }
+            _ = watch_changed(&mut plugins) => {
+                let current = plugins.as_mut().and_then(|p| p.borrow_and_update().clone());
+                if let Some(p) = current {
+                    if let Err(e) = writer.send("plugins", &p.announcement()).await {
+                        return lost(e, &conn);
+                    }
+                }
+            }
+            Some(result) = results.recv() => {
+                if let Err(e) = writer.send("command result", &result).await {
+                    return lost(e, &conn);
+                }
+            }
             _ = watch_changed(&mut own_head) => {
                 let head = own_head.as_mut().and_then(|h| h.borrow_and_update().clone());
                 if let Err(e) = writer.send("ray head", &AgentMsg::RayHead(head)).await {
@@ -441,6 +556,26 @@ async fn session(
                     Command::ReportNow => {
                         forced_report = true;
                         sample_now.send(()).map(|_| CommandOutput::ReportQueued).map_err(|_| "the sampler thread stopped".to_string())
+                    }
+                    Command::Plugin { plugin, call } => {
+                        let host = plugins.as_ref().and_then(|p| p.borrow().as_ref().map(|p| p.host.clone()));
+                        let results = results_tx.clone();
+                        tokio::spawn(async move {
+                            let export = call.export();
+                            let started = std::time::Instant::now();
+                            let answer = match host {
+                                Some(h) => h.call(&plugin, call).await,
+                                None => Err(PluginError::NotLoaded(plugin.clone())),
+                            };
+                            match &answer {
+                                Ok(_) => debug!(id, %plugin, export, ms = started.elapsed().as_millis() as u64, "plugin call done"),
+                                Err(e) => debug!(id, %plugin, export, error = %e, ms = started.elapsed().as_millis() as u64, "plugin call failed"),
+                            }
+                            let msg = AgentMsg::CommandResult { id, result: Ok(CommandOutput::Plugin(answer)) };
+                            // The session may have ended meanwhile; then nobody waits for it.
+                            let _ = results.send(msg).await;
+                        });
+                        continue;
                     }
                 };
                 if let Err(e) = writer.send("command result", &AgentMsg::CommandResult { id, result }).await {

@@ -2,8 +2,9 @@
 //!
 //! One file format for both daemons: a file holds an `[agent]` section, a
 //! `[coordinator]` section, or both (as `corral dev` writes), plus the shared `[tls]`,
-//! and the agent's `[health]` thresholds, `[gpu]` source and `[ray]` process
-//! ([`crate::ray::RayConfig`]).
+//! and the agent's `[health]` thresholds, `[gpu]` source, `[ray]` process
+//! ([`crate::ray::RayConfig`]) and `[plugins]` ([`crate::plugins::PluginsConfig`]), and
+//! the coordinator's `[api]` and `[jobs]` ([`JobsSection`]).
 //!
 //! Invariants:
 //! - Unknown keys are errors, so a typo never silently falls back to a default.
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::node::gpu::GpuConfig;
 use crate::node::health::{ConfigIssue, Thresholds};
 use crate::pki::TlsFiles;
+use crate::plugins::PluginsConfig;
 
 pub const DEFAULT_QUIC_PORT: u16 = 7440;
 pub const DEFAULT_API_PORT: u16 = 7441;
@@ -40,6 +42,47 @@ pub struct Config {
     pub gpu: GpuConfig,
     /// The Ray process this agent supervises (absent: none).
     pub ray: Option<crate::ray::RayConfig>,
+    /// The scheduler plugins this agent loads (absent: none).
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// How the coordinator tracks jobs.
+    #[serde(default)]
+    pub jobs: JobsSection,
+}
+
+/// The coordinator's `[jobs]` section: how submitted jobs are tracked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// How often the status of unfinished jobs is asked for: one bulk `status` call per
+    /// scheduler plugin instance per poll.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// After failed polls the interval doubles, up to this.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How long the coordinator waits for an agent's answer to one plugin call.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Most job ids in one `status` call; more jobs are asked about in several calls.
+    /// Bounds the size of one answer (a frame) whatever the number of jobs.
+    pub status_batch: usize,
+    /// Finished jobs are forgotten (memory and database) this long after their last
+    /// change. "0s": never.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        JobsSection {
+            poll_interval: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+            call_timeout: Duration::from_secs(60),
+            status_batch: 2000,
+            retention: Duration::from_secs(30 * 86400),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,29 +217,7 @@ impl Config {
 
     /// Parses and validates config text; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigIssue> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigIssue {
-            key: e
-                .span()
-                .map(|s| format!("(line {})", line_of(text, s.start)))
-                .unwrap_or_else(|| "(file)".into()),
-            message: e.message().to_string(),
-        })?;
-        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|s| format!(" (line {})", line_of(text, s.start)))
-                .unwrap_or_default();
-            ConfigIssue {
-                key: if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                message: format!("{}{line}", inner.message()),
-            }
-        })?;
+        let mut cfg: Config = parse_toml(text)?;
         cfg.resolve_paths(base);
         cfg.validate()?;
         Ok(cfg)
@@ -229,6 +250,12 @@ impl Config {
         }
         if let Some(r) = &mut self.ray {
             r.resolve_paths(base);
+        }
+        for p in [&mut self.plugins.dir, &mut self.plugins.cache_dir]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
         }
         for check in &mut self.health.checks {
             check.resolve_paths(base);
@@ -366,6 +393,8 @@ impl Config {
         if let Some(r) = &self.ray {
             r.validate()?;
         }
+        validate_plugins(&self.plugins)?;
+        validate_jobs(&self.jobs)?;
         Ok(())
     }
 
@@ -380,6 +409,91 @@ impl Config {
         }
         parts.join(" + ")
     }
+}
+
+/// `[plugins]`: names are plain words, listed once, and need a directory to load from.
+/// Whether each plugin's files exist is *not* checked here: a plugin that cannot load is
+/// reported by the agent (and to the coordinator) without keeping the agent from running.
+fn validate_plugins(p: &PluginsConfig) -> Result<(), ConfigIssue> {
+    let issue = |key: &str, message: String| ConfigIssue {
+        key: key.into(),
+        message,
+    };
+    let mut seen = std::collections::HashSet::new();
+    for name in &p.enable {
+        let plain = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain {
+            return Err(issue(
+                "plugins.enable",
+                format!("{name:?} is not a plugin name; use the file name without .wasm (letters, digits, '-' and '_'), e.g. \"slurm\""),
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(issue("plugins.enable", format!("{name:?} is listed twice")));
+        }
+    }
+    if !p.enable.is_empty() && p.dir.is_none() {
+        return Err(issue(
+            "plugins.dir",
+            "required when plugins.enable lists plugins: the directory holding NAME.wasm and NAME.toml".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_jobs(j: &JobsSection) -> Result<(), ConfigIssue> {
+    let issue = |key: &str, message: String| ConfigIssue {
+        key: key.into(),
+        message,
+    };
+    let fmt = |d: Duration| humantime::format_duration(d).to_string();
+    if j.poll_interval < Duration::from_millis(100) {
+        return Err(issue(
+            "jobs.poll_interval",
+            format!(
+                "{} is too short; use at least 100ms (every poll runs the scheduler's status command)",
+                fmt(j.poll_interval)
+            ),
+        ));
+    }
+    if j.max_backoff < j.poll_interval {
+        return Err(issue(
+            "jobs.max_backoff",
+            format!(
+                "{} is shorter than jobs.poll_interval ({}); use at least that",
+                fmt(j.max_backoff),
+                fmt(j.poll_interval)
+            ),
+        ));
+    }
+    if j.call_timeout < Duration::from_secs(1) {
+        return Err(issue(
+            "jobs.call_timeout",
+            format!(
+                "{} is too short; use at least 1s (a submission runs the scheduler's submit command)",
+                fmt(j.call_timeout)
+            ),
+        ));
+    }
+    if !(1..=100_000).contains(&j.status_batch) {
+        return Err(issue(
+            "jobs.status_batch",
+            format!("{} is out of range; use 1 to 100000", j.status_batch),
+        ));
+    }
+    if !j.retention.is_zero() && j.retention < Duration::from_secs(60) {
+        return Err(issue(
+            "jobs.retention",
+            format!(
+                "{} is too short; use at least 1m, or \"0s\" to keep finished jobs forever",
+                fmt(j.retention)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl AgentSection {
@@ -425,6 +539,35 @@ fn check_readable(key: &str, path: &Path) -> Result<(), ConfigIssue> {
             key: key.into(),
             message: format!("cannot read {}: {e}", path.display()),
         })
+}
+
+/// Deserializes TOML `text` into `T`; an error names the dotted key (or the line of a
+/// syntax error) and says what is wrong. Shared by every TOML file corral reads (this
+/// config, plugin manifests), so their errors read alike.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigIssue> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigIssue {
+        key: e
+            .span()
+            .map(|s| format!("(line {})", line_of(text, s.start)))
+            .unwrap_or_else(|| "(file)".into()),
+        message: e.message().to_string(),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .span()
+            .map(|s| format!(" (line {})", line_of(text, s.start)))
+            .unwrap_or_default();
+        ConfigIssue {
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            message: format!("{}{line}", inner.message()),
+        }
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -531,6 +674,102 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.ray.unwrap().venv, Some(dir.path().join("venv")));
+    }
+
+    #[test]
+    fn plugins_section_gets_absolute_paths() {
+        let dir = tls_dir();
+        let cfg = Config::parse(
+            &format!(
+                "[agent]\ncoordinator = \"h:1\"\n[plugins]\ndir = \"plugins\"\nenable = [\"slurm\", \"ray-jobs\"]\ncache_dir = \"/var/cache/corral\"\n{TLS}"
+            ),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(cfg.plugins.dir, Some(dir.path().join("plugins")));
+        assert_eq!(cfg.plugins.enable, ["slurm", "ray-jobs"]);
+        assert_eq!(
+            cfg.plugins.cache_dir,
+            Some(PathBuf::from("/var/cache/corral"))
+        );
+        let none = parse("[agent]\ncoordinator = \"h:1\"").unwrap();
+        assert!(none.plugins.enable.is_empty());
+    }
+
+    #[test]
+    fn bad_plugins_values_are_named() {
+        let agent = "[agent]\ncoordinator = \"h:1\"\n[plugins]\n";
+        for (body, key, words) in [
+            ("enable = [\"slurm\"]", "plugins.dir", "required"),
+            (
+                "dir = \"p\"\nenable = [\"../slurm\"]",
+                "plugins.enable",
+                "not a plugin name",
+            ),
+            (
+                "dir = \"p\"\nenable = [\"slurm.wasm\"]",
+                "plugins.enable",
+                "without .wasm",
+            ),
+            (
+                "dir = \"p\"\nenable = [\"slurm\", \"slurm\"]",
+                "plugins.enable",
+                "twice",
+            ),
+            (
+                "dir = \"p\"\nenable = \"slurm\"",
+                "plugins.enable",
+                "invalid type",
+            ),
+            ("directory = \"p\"", "plugins.directory", "unknown field"),
+        ] {
+            let err = parse(&format!("{agent}{body}")).unwrap_err();
+            assert_eq!(err.key, key, "{body}: {err:?}");
+            assert!(err.message.contains(words), "{body}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn jobs_section_defaults_and_values() {
+        let cfg = parse("[coordinator]\nstate_dir = \"s\"").unwrap();
+        assert_eq!(cfg.jobs, JobsSection::default());
+        assert_eq!(cfg.jobs.poll_interval, Duration::from_secs(5));
+        let cfg = parse("[coordinator]\nstate_dir = \"s\"\n[jobs]\npoll_interval = \"500ms\"\nmax_backoff = \"1m\"\nstatus_batch = 10\nretention = \"0s\"").unwrap();
+        assert_eq!(cfg.jobs.poll_interval, Duration::from_millis(500));
+        assert_eq!(cfg.jobs.max_backoff, Duration::from_secs(60));
+        assert_eq!(cfg.jobs.status_batch, 10);
+        assert!(cfg.jobs.retention.is_zero());
+    }
+
+    #[test]
+    fn bad_jobs_values_are_named() {
+        let coord = "[coordinator]\nstate_dir = \"s\"\n[jobs]\n";
+        for (body, key, words) in [
+            (
+                "poll_interval = \"10ms\"",
+                "jobs.poll_interval",
+                "at least 100ms",
+            ),
+            ("poll_interval = \"often\"", "jobs.poll_interval", "invalid"),
+            (
+                "poll_interval = \"10s\"\nmax_backoff = \"5s\"",
+                "jobs.max_backoff",
+                "shorter than jobs.poll_interval",
+            ),
+            (
+                "call_timeout = \"100ms\"",
+                "jobs.call_timeout",
+                "at least 1s",
+            ),
+            ("status_batch = 0", "jobs.status_batch", "1 to 100000"),
+            ("status_batch = -1", "jobs.status_batch", "invalid value"),
+            ("retention = \"10s\"", "jobs.retention", "at least 1m"),
+            ("poll = \"1s\"", "jobs.poll", "unknown field"),
+        ] {
+            let err = parse(&format!("{coord}{body}")).unwrap_err();
+            assert_eq!(err.key, key, "{body}: {err:?}");
+            assert!(err.message.contains(words), "{body}: {}", err.message);
+        }
     }
 
     #[test]

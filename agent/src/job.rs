@@ -35,6 +35,21 @@ pub enum PluginError {
     NotLoaded(String),
 }
 
+impl PluginError {
+    /// A short stable word for the kind of failure (metrics labels, logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Denied(_) => "denied",
+            PluginError::Invalid(_) => "invalid",
+            PluginError::Backend(_) => "backend",
+            PluginError::Timeout(_) => "timeout",
+            PluginError::Unsupported(_) => "unsupported",
+            PluginError::Plugin(_) => "plugin",
+            PluginError::NotLoaded(_) => "not-loaded",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DependencyKind {
@@ -85,16 +100,24 @@ pub struct JobSpec {
 }
 
 /// A portable job state (WIT `types.job-state`).
+///
+/// Externally tagged (`"running"`, `{"queued": {"held": true}}`), the one serde enum form
+/// both postcard (the wire) and JSON (the store, the API) read: postcard cannot decode
+/// internally or adjacently tagged enums.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "state", content = "detail")]
+#[serde(rename_all = "kebab-case")]
 pub enum JobState {
     /// `held` is true when held by a user, an admin or a dependency.
-    Queued { held: bool },
+    Queued {
+        held: bool,
+    },
     Running,
     Suspended,
     Completing,
     Succeeded,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     Cancelled,
     TimedOut,
     Unknown,
@@ -105,7 +128,10 @@ impl JobState {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed { .. } | JobState::Cancelled | JobState::TimedOut
+            JobState::Succeeded
+                | JobState::Failed { .. }
+                | JobState::Cancelled
+                | JobState::TimedOut
         )
     }
 

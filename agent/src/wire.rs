@@ -11,8 +11,9 @@
 //!    [`Refusal`] code and a human-readable reason (QUIC `CONNECTION_CLOSE` carries both),
 //!    so an incompatible or unauthorised peer learns *why*, not just that decoding failed.
 //! 3. Then the agent sends [`AgentMsg`]s (small [`Beat`]s every beat interval, full
-//!    reports every report interval and on health changes, command results) and the
-//!    coordinator sends [`CoordMsg`]s (commands), interleaved freely.
+//!    reports every report interval and on health changes, command results, the
+//!    scheduler plugins it hosts) and the coordinator sends [`CoordMsg`]s (commands,
+//!    among them plugin calls), interleaved freely.
 //!
 //! Invariants:
 //! - A frame longer than the receiver's limit is never buffered: the length prefix is
@@ -20,6 +21,17 @@
 //! - Any change to these types or to [`crate::model`] bumps [`PROTOCOL_VERSION`]
 //!   (postcard is positional). Versions outside
 //!   [`MIN_PROTOCOL_VERSION`]`..=`[`PROTOCOL_VERSION`] are refused with both ranges named.
+//!
+//! - New variants go at the *end* of their enum, so the indexes of the old ones (what
+//!   postcard writes) never change.
+//!
+//! Version history (nothing is released yet; the rule above still holds so that a
+//! development build of one side meets a clear refusal, not a decode error):
+//! - 1: hello, beats, reports, commands `Ping`/`ReportNow`, Ray head discovery.
+//! - 2: scheduler plugins: [`AgentMsg::Plugins`], [`Command::Plugin`],
+//!   [`CommandOutput::Plugin`]. Protocol 1 is not accepted: it was never released, and a
+//!   protocol-2 coordinator tracks jobs through agents that announce plugins, which a
+//!   protocol-1 agent cannot, so accepting it would promise a compatibility nobody needs.
 //!
 //! Reading the version of a hello, whatever else it carries:
 //!
@@ -46,12 +58,14 @@ use futures_util::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use crate::job::{LoadedPlugin, PluginCall, PluginError, PluginReply};
 use crate::model::{HealthStatus, NodeReport};
+use crate::plugins::LoadFailure;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest agent protocol this coordinator still accepts.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// Default largest frame accepted (reports of nodes with many filesystems and GPUs fit
 /// comfortably; a hostile peer cannot make the coordinator buffer more).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
@@ -93,6 +107,14 @@ pub enum AgentMsg {
     /// This node's Ray head is ready (`Some`), or no longer is (`None`: stopped,
     /// restarting, failed). Sent on every change and again after each (re)connect.
     RayHead(Option<RayHead>),
+    /// The scheduler plugins this agent hosts (`loaded`, with their grants) and those
+    /// it could not load, and why. Sent once loading is done, again after each
+    /// (re)connect, and whenever the set changes. Until the first one arrives the
+    /// coordinator routes no plugin call to this agent.
+    Plugins {
+        loaded: Vec<LoadedPlugin>,
+        failed: Vec<LoadFailure>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,20 +148,28 @@ pub struct RayHead {
     pub started_ms: u64,
 }
 
-/// What the coordinator can ask of an agent. Later capabilities (Ray head discovery,
-/// job requests) add variants at the end.
+/// What the coordinator can ask of an agent. Later capabilities add variants at the end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Round-trip check of the command path.
     Ping { nonce: u64 },
     /// Sample now and send a full report.
     ReportNow,
+    /// Call one export of one of the agent's scheduler plugins. The agent runs it beside
+    /// its session (a slow scheduler never delays beats) and answers with
+    /// [`CommandOutput::Plugin`] when it is done.
+    Plugin { plugin: String, call: PluginCall },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CommandOutput {
-    Pong { nonce: u64 },
+    Pong {
+        nonce: u64,
+    },
     ReportQueued,
+    /// The plugin's answer; a plugin's own failure is an `Err` here, while the outer
+    /// command result's `Err` is kept for the agent failing to run the command at all.
+    Plugin(Result<PluginReply, PluginError>),
 }
 
 /// Why a coordinator closes an agent's connection; the QUIC application error code.
@@ -377,6 +407,164 @@ mod tests {
         let msg = CoordMsg::HeadChanged { head: Some(head) };
         let bytes = encode("head", &msg).unwrap();
         assert_eq!(decode::<CoordMsg>("head", &bytes).unwrap(), msg);
+    }
+
+    fn sample_spec() -> crate::job::JobSpec {
+        use crate::job::{Dependency, DependencyKind, JobArray, JobSpec};
+        JobSpec {
+            name: Some("it's a \"test\"; rm -rf / `id` $(id)".into()),
+            executable: "/bin/sh".into(),
+            arguments: vec!["-c".into(), "echo \"$1\" >&2".into(), "a b".into()],
+            directory: Some("/tmp/work dir".into()),
+            environment: vec![("A".into(), "1 2".into())],
+            stdout_path: Some("/tmp/out-%j".into()),
+            nodes: Some(2),
+            gpus_per_node: Some(8),
+            memory_mb: Some(4096),
+            walltime_seconds: Some(5400),
+            queue: Some("debug".into()),
+            array: Some(JobArray {
+                first: 1,
+                last: 10,
+                step: 2,
+                max_running: Some(3),
+            }),
+            dependencies: vec![Dependency {
+                kind: DependencyKind::AfterOk,
+                job: "123".into(),
+            }],
+            attributes: vec![("slurm.constraint".into(), "a100".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plugin_calls_and_answers_round_trip() {
+        use crate::job::{JobState, JobStatus, PluginInfo};
+        let calls = [
+            PluginCall::Info,
+            PluginCall::Render(sample_spec()),
+            PluginCall::Submit(sample_spec()),
+            PluginCall::Status(vec!["1".into(), "2_3".into()]),
+            PluginCall::Cancel("42".into()),
+            PluginCall::List,
+            PluginCall::Logs {
+                id: "42".into(),
+                max_bytes: 4096,
+            },
+            PluginCall::DrainNode {
+                node: "n1".into(),
+                reason: "bad GPU".into(),
+            },
+            PluginCall::ResumeNode { node: "n1".into() },
+        ];
+        for call in calls {
+            let msg = CoordMsg::Command {
+                id: 7,
+                command: Command::Plugin {
+                    plugin: "slurm".into(),
+                    call,
+                },
+            };
+            let bytes = encode("command", &msg).unwrap();
+            assert_eq!(decode::<CoordMsg>("command", &bytes).unwrap(), msg);
+        }
+        let statuses = [
+            JobState::Queued { held: true },
+            JobState::Queued { held: false },
+            JobState::Running,
+            JobState::Suspended,
+            JobState::Completing,
+            JobState::Succeeded,
+            JobState::Failed {
+                reason: "exit 3".into(),
+            },
+            JobState::Cancelled,
+            JobState::TimedOut,
+            JobState::Unknown,
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, state)| JobStatus {
+            id: i.to_string(),
+            state,
+            native_state: "PENDING".into(),
+            exit_code: Some(-1),
+            message: None,
+        })
+        .collect();
+        let answers = [
+            Ok(PluginReply::Info(PluginInfo {
+                name: "slurm".into(),
+                version: "0.1.0".into(),
+                scheduler: "Slurm".into(),
+                features: vec![crate::job::Feature::Arrays, crate::job::Feature::List],
+            })),
+            Ok(PluginReply::Text("#!/bin/sh\n".into())),
+            Ok(PluginReply::Submitted("42".into())),
+            Ok(PluginReply::Statuses(statuses)),
+            Ok(PluginReply::Done),
+            Err(PluginError::Invalid("bad spec".into())),
+            Err(PluginError::NotLoaded("pbs".into())),
+        ];
+        for answer in answers {
+            let msg = AgentMsg::CommandResult {
+                id: 9,
+                result: Ok(CommandOutput::Plugin(answer)),
+            };
+            let bytes = encode("command result", &msg).unwrap();
+            assert_eq!(decode::<AgentMsg>("command result", &bytes).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn plugin_announcements_round_trip() {
+        use crate::job::{Feature, Grants, PluginInfo};
+        let msg = AgentMsg::Plugins {
+            loaded: vec![LoadedPlugin {
+                info: PluginInfo {
+                    name: "slurm".into(),
+                    version: "0.1.0".into(),
+                    scheduler: "Slurm".into(),
+                    features: vec![Feature::Arrays, Feature::Dependencies],
+                },
+                digest: "ab".repeat(32),
+                grants: Grants {
+                    programs: vec![("sbatch".into(), "/usr/bin/sbatch".into())],
+                    hosts: vec!["127.0.0.1:8265".into()],
+                    config_keys: vec!["partition".into()],
+                },
+            }],
+            failed: vec![LoadFailure {
+                name: "pbs".into(),
+                message: "pbs.wasm: no such file".into(),
+            }],
+        };
+        let bytes = encode("plugins", &msg).unwrap();
+        assert_eq!(decode::<AgentMsg>("plugins", &bytes).unwrap(), msg);
+        let empty = AgentMsg::Plugins {
+            loaded: vec![],
+            failed: vec![],
+        };
+        let bytes = encode("plugins", &empty).unwrap();
+        assert_eq!(decode::<AgentMsg>("plugins", &bytes).unwrap(), empty);
+    }
+
+    #[test]
+    fn variants_of_protocol_1_keep_their_encoding() {
+        // Appending variants must not renumber the old ones: postcard writes the index.
+        assert_eq!(
+            encode("c", &Command::ReportNow).unwrap().as_ref(),
+            &[1u8][..]
+        );
+        assert_eq!(
+            encode("m", &AgentMsg::RayHead(None)).unwrap().as_ref(),
+            &[3u8, 0][..]
+        );
+        assert_eq!(
+            encode("o", &CommandOutput::ReportQueued).unwrap().as_ref(),
+            &[1u8][..]
+        );
     }
 
     #[test]

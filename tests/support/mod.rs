@@ -4,6 +4,8 @@
 //! nothing running.
 #![allow(dead_code)]
 
+pub mod slurm;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -156,6 +158,14 @@ impl Cluster {
                 self.coordinator_log()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL and reap: a crash, nothing flushed on the way out.
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 

@@ -42,6 +42,10 @@ pub enum BenchCmd {
     GpuSample(super::bench_gpu::GpuSampleArgs),
     /// Ray head and worker start under corral vs plain `ray start` vs a fixed sleep.
     Ray(super::bench_ray::RayArgs),
+    /// `corral submit` vs plain `sbatch` on this machine's Slurm, and one poll of many jobs.
+    Submit(super::bench_jobs::SubmitArgs),
+    /// Plugin host: per-call overhead (fresh store + `info`), cold and cached load.
+    Plugin(super::bench_plugin::PluginArgs),
 }
 
 #[derive(Args, Debug)]
@@ -76,6 +80,8 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Coordinator(a) => coordinator(a).await,
         BenchCmd::Agent(a) => agent(a).await,
         BenchCmd::Ray(a) => super::bench_ray::run(a).await,
+        BenchCmd::Submit(a) => super::bench_jobs::run(a).await,
+        BenchCmd::Plugin(a) => super::bench_plugin::run(a).await,
         BenchCmd::GpuSample(a) => super::bench_gpu::run(a),
     }
 }

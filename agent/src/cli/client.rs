@@ -100,6 +100,28 @@ impl ApiClient {
         .into())
     }
 
+    /// `GET {base}{path}` as JSON; `what` names the request in errors.
+    pub(super) async fn get_json<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)), what)
+            .await
+    }
+
+    /// `POST {base}{path}` with an optional JSON body, waiting up to `wait` for the
+    /// answer (calls that run a scheduler command take longer than reads).
+    pub(super) async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+        wait: Duration,
+        what: &str,
+    ) -> Result<T> {
+        let mut req = self.http.post(format!("{}{path}", self.base)).timeout(wait);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.send(req, what).await
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeView>> {
         self.send(
             self.http.get(format!("{}/api/v1/nodes", self.base)),

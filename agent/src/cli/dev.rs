@@ -101,6 +101,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             ..ApiSection::default()
         },
         tls: coord_tls,
+        jobs: Default::default(),
     })
     .await
     .context("starting the dev coordinator (if a port is taken, pass --quic-port / --api-port)")?;
@@ -128,6 +129,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             ray: None,
             thresholds: Thresholds::default(),
             gpu,
+            plugins: Default::default(),
         },
         shutdown.clone(),
     ));

@@ -2,13 +2,18 @@
 //! client commands that read the coordinator's HTTP API, and the load harness.
 //!
 //! Exit codes (stable, for scripts): 0 success; 1 error; 2 usage error (from clap);
-//! 3 the coordinator API cannot be reached; 4 the named node does not exist.
+//! 3 the coordinator API cannot be reached; 4 the named node, job or scheduler does not
+//! exist.
 
 mod bench;
 mod bench_gpu;
+mod bench_jobs;
+mod bench_plugin;
 mod bench_ray;
 mod client;
 mod dev;
+mod generate;
+mod jobs;
 mod show;
 
 use std::path::PathBuf;
@@ -117,9 +122,27 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Submit a job through a scheduler plugin: `corral submit --scheduler slurm -- CMD ARGS...`.
+    Submit(jobs::SubmitArgs),
+    /// List the jobs the coordinator tracks.
+    Jobs(jobs::JobsArgs),
+    /// Show one job with its state history.
+    Status(jobs::JobArgs),
+    /// Cancel a job (one that already ended is not an error).
+    Cancel(jobs::JobArgs),
+    /// List every node's scheduler plugins, with their grants and load failures.
+    Plugins(jobs::PluginsArgs),
+    /// Scheduler plugin files.
+    #[command(subcommand)]
+    Plugin(jobs::PluginCmd),
     /// Load harnesses.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(generate::CompletionsArgs),
+    /// Man pages: corral.1 on stdout, or every page into --out DIR (for packaging).
+    #[command(hide = true)]
+    Man(generate::ManArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,7 +208,13 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = e.downcast_ref::<Exit>().map_or(1, |x| x.code);
-            eprintln!("error: {e:#}");
+            // Under journald, `<3>` makes this an error-priority entry.
+            let prefix = if crate::systemd::stderr_is_journal() {
+                "<3>"
+            } else {
+                ""
+            };
+            eprintln!("{prefix}error: {e:#}");
             ExitCode::from(code)
         }
     }
@@ -194,11 +223,21 @@ pub fn main() -> ExitCode {
 fn init_logging(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // journald stamps and prioritises lines itself; colours only help a terminal.
+    let journal = crate::systemd::stderr_is_journal();
+    let colour = !journal
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     if format == "json" {
         builder.json().init();
+    } else if journal {
+        builder
+            .event_format(crate::systemd::JournalFormat::default())
+            .init();
     } else {
         builder.init();
     }
@@ -343,6 +382,14 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Submit(a) => jobs::submit(a).await,
+        Cmd::Jobs(a) => jobs::jobs(a).await,
+        Cmd::Status(a) => jobs::status(a).await,
+        Cmd::Cancel(a) => jobs::cancel(a).await,
+        Cmd::Plugins(a) => jobs::plugins(a).await,
+        Cmd::Plugin(cmd) => jobs::plugin(cmd).await,
         Cmd::Bench(cmd) => bench::run(cmd).await,
+        Cmd::Completions(args) => generate::completions(args),
+        Cmd::Man(args) => generate::man(args),
     }
 }

@@ -9,7 +9,7 @@ use crate::model::{DeviceStatus, GpuSample, NodeReport};
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// Left-aligned columns separated by two spaces.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

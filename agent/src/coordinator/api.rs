@@ -10,12 +10,22 @@
 //! | `GET /api/v1/events?since=ID&node=NAME&limit=N` | liveness and health events, oldest first |
 //! | `GET /api/v1/stats` | coordinator counters and beat latency |
 //! | `POST /api/v1/stats/reset-latency` | restart the latency histogram (load harness) |
+//! | `POST /api/v1/jobs` | submit `{"scheduler", "spec", "via"?, "dry_run"?}`: 201 and the job, or 200 and the rendered script for a dry run |
+//! | `GET /api/v1/jobs` | every job, oldest first, without histories |
+//! | `GET /api/v1/jobs/{id}` | one job (`c17`) with its state history, 404 if unknown |
+//! | `POST /api/v1/jobs/{id}/cancel` | cancel; a job that already ended is returned as is |
+//! | `GET /api/v1/plugins` | every node's scheduler plugins (loaded, with grants, and failed) |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //!
 //! Invariants: binds to loopback unless the config provides a token or TLS (checked in
 //! [`crate::config`]); with a token, every route but `/healthz` requires
 //! `Authorization: Bearer TOKEN` (compared in constant time). Errors are JSON
-//! `{"error": "..."}` with a status code that says what kind of failure it is.
+//! `{"error": "..."}` with a status code that says what kind of failure it is (for jobs:
+//! 404 unknown job or scheduler, 400 a bad request or one the plugin calls invalid, 403
+//! denied by the plugin's grants, 409 not possible in the job's phase, 501 unsupported by
+//! the plugin, 502/504 the scheduler failed or timed out, 503 no connected host).
+//! A submission's `spec` may leave out any field: missing fields take their defaults
+//! (empty lists, no value), so `{"executable": "/bin/hostname"}` is a whole spec.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,8 +42,10 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::jobs::{JobError, JobId, SubmitRequest};
 use super::{CommandError, Shared};
 use crate::config::ApiSection;
+use crate::job::{JobSpec, PluginError};
 use crate::wire::{Command, CommandOutput};
 
 struct ApiState {
@@ -109,6 +121,10 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/stats/reset-latency", post(reset_latency))
+        .route("/api/v1/jobs", get(jobs).post(submit))
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/plugins", get(plugins))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -117,7 +133,7 @@ fn router(state: AppState) -> Router {
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such route; see /api/v1/nodes, /api/v1/events, /metrics".into(),
+                "no such route; see /api/v1/nodes, /api/v1/events, /api/v1/jobs, /api/v1/plugins, /metrics".into(),
             )
         })
         .with_state(state)
@@ -168,13 +184,8 @@ async fn node(State(s): State<AppState>, Path(name): Path<String>) -> Response {
 }
 
 fn command_error(e: CommandError) -> Response {
-    let status = match e {
-        CommandError::NotConnected(_) => StatusCode::CONFLICT,
-        CommandError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-        CommandError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        CommandError::Failed { .. } => StatusCode::BAD_GATEWAY,
-    };
-    error(status, e.to_string())
+    let message = e.to_string();
+    command_error_with(&e, message)
 }
 
 async fn ping(State(s): State<AppState>, Path(name): Path<String>) -> Response {
@@ -240,10 +251,117 @@ async fn reset_latency(State(s): State<AppState>) -> Response {
     Json(serde_json::json!({ "reset": true })).into_response()
 }
 
+fn job_error(e: JobError) -> Response {
+    let status = match &e {
+        JobError::NoScheduler(_) | JobError::NoJob(_) => StatusCode::NOT_FOUND,
+        JobError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        JobError::Invalid(_) => StatusCode::BAD_REQUEST,
+        JobError::Conflict(_) => StatusCode::CONFLICT,
+        JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        JobError::Plugin { error, .. } => match error {
+            PluginError::Invalid(_) => StatusCode::BAD_REQUEST,
+            PluginError::Denied(_) => StatusCode::FORBIDDEN,
+            PluginError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            PluginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            PluginError::NotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PluginError::Backend(_) | PluginError::Plugin(_) => StatusCode::BAD_GATEWAY,
+        },
+        JobError::Command { error, .. } => return command_error_with(error, e.to_string()),
+    };
+    error(status, e.to_string())
+}
+
+fn command_error_with(e: &CommandError, message: String) -> Response {
+    let status = match e {
+        CommandError::NotConnected(_) => StatusCode::CONFLICT,
+        CommandError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CommandError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        CommandError::Failed { .. } => StatusCode::BAD_GATEWAY,
+    };
+    error(status, message)
+}
+
+fn parse_job_id(id: &str) -> Result<JobId, Response> {
+    id.parse::<JobId>()
+        .map_err(|e| error(StatusCode::NOT_FOUND, e))
+}
+
+/// A submission whose spec may leave fields out: they are filled from
+/// `JobSpec::default()` before the spec is read, so the API and the CLI share one type.
+fn submit_request(body: serde_json::Value) -> Result<SubmitRequest, String> {
+    let mut body = body;
+    let obj = body
+        .as_object_mut()
+        .ok_or("the body must be a JSON object: {\"scheduler\": ..., \"spec\": {...}}")?;
+    let mut spec = serde_json::to_value(JobSpec::default()).map_err(|e| e.to_string())?;
+    match obj.get("spec") {
+        Some(serde_json::Value::Object(given)) => {
+            for (k, v) in given {
+                spec[k.as_str()] = v.clone();
+            }
+        }
+        Some(_) => return Err("`spec` must be a JSON object".into()),
+        None => {
+            return Err(
+                "missing `spec` (the job: {\"executable\": ..., \"arguments\": [...]})".into(),
+            )
+        }
+    }
+    obj.insert("spec".into(), spec);
+    let de = serde_json::from_value::<SubmitRequest>(body);
+    de.map_err(|e| format!("bad submission: {e}"))
+}
+
+async fn submit(State(s): State<AppState>, body: String) -> Response {
+    let req = match serde_json::from_str::<serde_json::Value>(&body)
+        .map_err(|e| format!("the body is not JSON: {e}"))
+        .and_then(submit_request)
+    {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match s.shared.jobs.submit(&s.shared, req).await {
+        Ok(Ok(job)) => (StatusCode::CREATED, Json(job)).into_response(),
+        Ok(Err(rendered)) => Json(rendered).into_response(),
+        Err(e) => job_error(e),
+    }
+}
+
+async fn jobs(State(s): State<AppState>) -> Response {
+    Json(s.shared.jobs.list()).into_response()
+}
+
+async fn job(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_job_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match s.shared.jobs.get(id) {
+        Some(j) => Json(j).into_response(),
+        None => job_error(JobError::NoJob(id)),
+    }
+}
+
+async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let id = match parse_job_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match s.shared.jobs.cancel(&s.shared, id).await {
+        Ok(j) => Json(j).into_response(),
+        Err(e) => job_error(e),
+    }
+}
+
+async fn plugins(State(s): State<AppState>) -> Response {
+    Json(s.shared.registry.plugins()).into_response()
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
     let body = super::metrics::render(
         &s.shared.registry.snapshot(),
         &s.shared.registry.stats_view(),
+        &s.shared.jobs.metrics(&s.shared),
     );
     (
         [(

@@ -11,6 +11,14 @@
 //! GPU series carry `node`, `gpu` (the NVML index) and `uuid` labels (MIG instances add
 //! `mig`); `docs/gpu-metrics.md` maps each to its dcgm-exporter `DCGM_FI_DEV_*` name.
 //! A reading a GPU does not support has no series at all, never a zero.
+//!
+//! Jobs and plugins: `corral_jobs{scheduler,state}` counts the jobs the coordinator
+//! holds by their state word (`queued`, `running`, ..., `submitting`, `rejected`,
+//! `orphaned`); `corral_plugin_calls_total{plugin,export,outcome}` counts plugin calls
+//! the coordinator routed since it started (`outcome`: `ok`, the plugin's error kind, or
+//! `unreachable` when the agent could not be asked or did not answer);
+//! `corral_plugins_loaded{node}` is the number of plugins a node's agent announced and
+//! `corral_plugin_load_failures{node,plugin}` is 1 for each plugin that failed to load.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -18,6 +26,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
+use super::jobs::JobMetrics;
 use super::registry::{NodeView, StatsView};
 use crate::model::{DeviceStatus, GpuSample, HealthStatus, Liveness, NodeReport, THROTTLE_REASONS};
 
@@ -80,6 +89,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "corral_coordinator_reports_total",
     "corral_coordinator_received_bytes_total",
     "corral_coordinator_rejected_connections_total",
+    "corral_jobs",
+    "corral_plugin_calls_total",
+    "corral_plugins_loaded",
+    "corral_plugin_load_failures",
 ];
 
 struct Builder {
@@ -405,7 +418,7 @@ fn gpu_families(b: &mut Builder, reported: &[(&NodeView, &NodeReport)]) {
 }
 
 /// Renders the exposition text.
-pub fn render(nodes: &[NodeView], stats: &StatsView) -> String {
+pub fn render(nodes: &[NodeView], stats: &StatsView, jobs: &JobMetrics) -> String {
     let mut b = Builder {
         reg: PromRegistry::default(),
     };
@@ -607,6 +620,48 @@ pub fn render(nodes: &[NodeView], stats: &StatsView) -> String {
             .iter()
             .map(|(k, v)| (vec![("reason", k.clone())], *v)),
     );
+    b.gauge(
+        "corral_jobs",
+        "Jobs the coordinator holds, by scheduler plugin and state",
+        jobs.jobs.iter().map(|((scheduler, state), n)| {
+            (
+                vec![("scheduler", scheduler.clone()), ("state", state.clone())],
+                *n as f64,
+            )
+        }),
+    );
+    b.counter(
+        "corral_plugin_calls",
+        "Plugin calls routed to agents since the coordinator started, by plugin, export and outcome",
+        jobs.plugin_calls.iter().map(|((plugin, export, outcome), n)| {
+            (
+                vec![
+                    ("plugin", plugin.clone()),
+                    ("export", export.to_string()),
+                    ("outcome", outcome.to_string()),
+                ],
+                *n,
+            )
+        }),
+    );
+    let announced = || jobs.plugins.iter().filter(|p| p.announced_ms.is_some());
+    b.gauge(
+        "corral_plugins_loaded",
+        "Scheduler plugins the node's agent loaded (as last announced)",
+        announced().map(|p| (vec![("node", p.node.clone())], p.loaded.len() as f64)),
+    );
+    b.gauge(
+        "corral_plugin_load_failures",
+        "1 for each plugin the node's agent failed to load (as last announced)",
+        announced().flat_map(|p| {
+            p.failed.iter().map(|f| {
+                (
+                    vec![("node", p.node.clone()), ("plugin", f.name.clone())],
+                    1.0,
+                )
+            })
+        }),
+    );
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &b.reg);
@@ -672,7 +727,29 @@ mod tests {
             last_report_ms: Some(0),
             report: Some(report),
         };
-        let text = render(&[node], &stats);
+        let jobs = JobMetrics {
+            jobs: [(("slurm".to_string(), "running".to_string()), 2)].into(),
+            plugin_calls: [(("slurm".to_string(), "status", "ok"), 5)].into(),
+            plugins: vec![crate::coordinator::registry::NodePlugins {
+                node: "n".into(),
+                connected: true,
+                announced_ms: Some(1),
+                loaded: vec![],
+                failed: vec![crate::plugins::LoadFailure {
+                    name: "pbs".into(),
+                    message: "missing".into(),
+                }],
+            }],
+        };
+        let text = render(&[node], &stats, &jobs);
+        for line in [
+            "corral_jobs{scheduler=\"slurm\",state=\"running\"} 2.0\n",
+            "corral_plugin_calls_total{plugin=\"slurm\",export=\"status\",outcome=\"ok\"} 5\n",
+            "corral_plugins_loaded{node=\"n\"} 0.0\n",
+            "corral_plugin_load_failures{node=\"n\",plugin=\"pbs\"} 1.0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
         assert!(
             text.contains("corral_coordinator_beats_total 1\n"),
             "{text}"

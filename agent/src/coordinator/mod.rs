@@ -1,5 +1,6 @@
 //! The coordinator daemon: accepts agents over QUIC, keeps the [`registry`], persists it
-//! in the [`store`], and serves the HTTP [`api`] and Prometheus [`metrics`].
+//! in the [`store`], tracks [`jobs`] submitted through the agents' scheduler plugins, and
+//! serves the HTTP [`api`] and Prometheus [`metrics`].
 //!
 //! Concurrency model and why one agent cannot stall the others:
 //! - Every incoming connection gets its own task, from handshake to close. A slow or
@@ -10,9 +11,11 @@
 //! - Frames are size-checked before they are buffered (see [`crate::wire`]).
 //!
 //! Background tasks: a sweeper (every 100 ms) applies time-based liveness transitions,
-//! and a flusher (every second) hands changed nodes and new events to the store.
+//! a flusher (every second) hands changed nodes and new events to the store, and the
+//! job poller ([`jobs::run_poller`]) asks the plugins about unfinished jobs.
 
 pub mod api;
+pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod store;
@@ -31,7 +34,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{ApiSection, Config};
+use crate::config::{ApiSection, Config, JobsSection};
 use crate::pki::{self, Role, TlsFiles};
 use crate::wire::{
     self, AgentMsg, Command, CommandOutput, CoordMsg, FrameReader, FrameWriter, Hello, Refusal,
@@ -50,6 +53,7 @@ pub struct CoordinatorOptions {
     pub max_frame_bytes: usize,
     pub api: ApiSection,
     pub tls: TlsFiles,
+    pub jobs: JobsSection,
 }
 
 impl CoordinatorOptions {
@@ -70,6 +74,7 @@ impl CoordinatorOptions {
             max_frame_bytes: c.max_frame_bytes,
             api: cfg.api.clone(),
             tls: cfg.tls.clone().context("the config has no [tls] section")?,
+            jobs: cfg.jobs.clone(),
         })
     }
 }
@@ -113,6 +118,7 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub commands: Commands,
     pub started: std::time::Instant,
+    pub jobs: jobs::Jobs,
 }
 
 impl Shared {
@@ -174,6 +180,7 @@ pub struct Running {
 impl Running {
     /// Stops accepting, closes every agent connection, writes everything to disk.
     pub async fn stop(self) {
+        crate::systemd::stopping("stopping: closing agent connections, writing the database");
         // First, so that closing connections cannot race in a vaguer reason.
         self.shared.registry.shutdown_all();
         self.shutdown.cancel();
@@ -208,18 +215,15 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
     let db_path = store.path().to_path_buf();
     info!(db = %db_path.display(), nodes = loaded.nodes.len(), "state loaded");
     let store = Arc::new(store);
+    let jobs = jobs::Jobs::new(opts.jobs.clone(), store.clone(), loaded.jobs);
     let registry = Arc::new(Registry::new(opts.settings, loaded.nodes, loaded.events));
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         commands: Commands::new(),
         started: std::time::Instant::now(),
+        jobs,
     });
-    let endpoint = quinn::Endpoint::server(server_cfg, opts.listen).with_context(|| {
-        format!(
-            "binding the QUIC endpoint on UDP {} (is another coordinator running?)",
-            opts.listen
-        )
-    })?;
+    let endpoint = server_endpoint(&opts, server_cfg)?;
     let quic_addr = endpoint.local_addr()?;
     let shutdown = CancellationToken::new();
     let mut tasks = vec![];
@@ -257,6 +261,10 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
             }
         }
     }));
+    tasks.push(tokio::spawn(jobs::run_poller(
+        shared.clone(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(accept_loop(
         endpoint.clone(),
         shared.clone(),
@@ -264,6 +272,10 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         shutdown.clone(),
     )));
     info!(quic = %quic_addr, api = %api_addr, "coordinator listening");
+    crate::systemd::ready(
+        &format!("listening: QUIC {quic_addr}, API {api_addr}"),
+        &shutdown,
+    );
     Ok(Running {
         quic_addr,
         api_addr,
@@ -274,6 +286,39 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         tasks,
         store,
     })
+}
+
+/// The QUIC endpoint, with its stateless-reset key and connection-id key derived from
+/// the coordinator's TLS key instead of random ones: a coordinator restarted after a
+/// crash then recognises the connection ids its previous process handed out and answers
+/// their packets with resets the agents accept, so they reconnect within a beat instead
+/// of waiting out QUIC's 30 s idle timeout (during which their nodes would look away and
+/// their jobs go unpolled). The keys never leave the process, and a reset only ends a
+/// connection whose state the coordinator no longer has.
+fn server_endpoint(opts: &CoordinatorOptions, cfg: quinn::ServerConfig) -> Result<quinn::Endpoint> {
+    use sha2::{Digest, Sha256};
+    let key = std::fs::read(&opts.tls.key)
+        .with_context(|| format!("reading {}", opts.tls.key.display()))?;
+    let mut material = Sha256::new();
+    material.update(b"corral coordinator: QUIC stateless reset key\0");
+    material.update(&key);
+    let derived = material.finalize();
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derived);
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derived[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(opts.listen).with_context(|| {
+        format!(
+            "binding the QUIC endpoint on UDP {} (is another coordinator running?)",
+            opts.listen
+        )
+    })?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    quinn::Endpoint::new(config, Some(cfg), socket, runtime).context("starting the QUIC endpoint")
 }
 
 async fn accept_loop(
@@ -500,6 +545,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
                     }
                     AgentMsg::CommandResult { id, result } => shared.commands.complete(id, result),
                     AgentMsg::RayHead(head) => { registry.ray_head_announced(&node, conn_id, head); }
+                    AgentMsg::Plugins { loaded, failed } => { registry.plugins_announced(&node, conn_id, loaded, failed); }
                 }
             }
             cmd = cmd_rx.recv() => {

@@ -25,6 +25,10 @@
 //!   connected agent, and a connecting agent gets the current head first, so workers
 //!   never poll for it. Pushes use `try_send`: a full command queue drops the push, and
 //!   the next change or reconnect brings the agent up to date.
+//! - A node's scheduler plugins are what its *current* connection announced
+//!   (`AgentMsg::Plugins`): a new connection starts with none announced, so the
+//!   coordinator never routes a plugin call on the strength of what an earlier agent
+//!   process had loaded. The last announcement is kept after a disconnect, for display.
 //!
 //! Trade-off: one mutex guards the map. Every operation under it is O(1) except
 //! [`Registry::sweep`] and snapshots, which are O(nodes) and run a few times a second;
@@ -37,7 +41,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::LoadedPlugin;
 use crate::model::{unix_ms, unix_ns, HealthStatus, Liveness, NodeReport, Reason};
+use crate::plugins::LoadFailure;
 use crate::wire::{Beat, CoordMsg, RayHead};
 
 /// Liveness timing.
@@ -104,6 +110,32 @@ pub struct Event {
     pub message: String,
 }
 
+/// A node's scheduler plugins, as the API shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodePlugins {
+    pub node: String,
+    pub connected: bool,
+    /// When the node's current (or last) connection announced its plugins; `None`: not
+    /// yet (the agent is still loading them, or it just connected).
+    pub announced_ms: Option<u64>,
+    pub loaded: Vec<LoadedPlugin>,
+    pub failed: Vec<LoadFailure>,
+}
+
+impl NodePlugins {
+    /// Whether a plugin call for `plugin` can be routed to this node now.
+    pub fn hosts(&self, plugin: &str) -> bool {
+        self.connected && self.loaded.iter().any(|p| p.info.name == plugin)
+    }
+}
+
+/// What a node's connection announced.
+struct Announced {
+    at_ms: u64,
+    loaded: Vec<LoadedPlugin>,
+    failed: Vec<LoadFailure>,
+}
+
 /// A node's live connection.
 struct Conn {
     id: u64,
@@ -118,6 +150,7 @@ struct Node {
     last_alive: Instant,
     last_persisted: Option<Instant>,
     conn: Option<Conn>,
+    plugins: Option<Announced>,
 }
 
 struct Inner {
@@ -201,6 +234,7 @@ impl Registry {
                     last_alive: now,
                     last_persisted: Some(now),
                     conn: None,
+                    plugins: None,
                 },
             );
         }
@@ -269,6 +303,7 @@ impl Registry {
             last_alive: Instant::now(),
             last_persisted: None,
             conn: None,
+            plugins: None,
         });
         if let Some(old) = node.conn.take() {
             if let Some(q) = old.quic {
@@ -278,6 +313,8 @@ impl Registry {
                 );
             }
         }
+        // What this agent process hosts is known once it says so.
+        node.plugins = None;
         node.view.connected = true;
         node.view.address = Some(address.clone());
         node.view.agent_version = Some(agent_version);
@@ -443,6 +480,83 @@ impl Registry {
             }
         }
         true
+    }
+
+    /// `name`'s current connection announces its scheduler plugins. Returns false when
+    /// ignored (a replaced connection).
+    pub fn plugins_announced(
+        &self,
+        name: &str,
+        conn: u64,
+        loaded: Vec<LoadedPlugin>,
+        failed: Vec<LoadFailure>,
+    ) -> bool {
+        let mut inner = self.lock();
+        let Some(node) = inner.nodes.get_mut(name) else {
+            return false;
+        };
+        if node.conn.as_ref().map(|c| c.id) != Some(conn) {
+            return false;
+        }
+        for p in &loaded {
+            tracing::info!(node = name, plugin = %p.info.name, version = %p.info.version, digest = %p.digest, "node hosts scheduler plugin");
+        }
+        for f in &failed {
+            tracing::warn!(node = name, plugin = %f.name, error = %f.message, "plugin failed to load on node");
+        }
+        node.plugins = Some(Announced {
+            at_ms: unix_ms(),
+            loaded,
+            failed,
+        });
+        true
+    }
+
+    /// Every node that is connected or has announced plugins, sorted by name.
+    pub fn plugins(&self) -> Vec<NodePlugins> {
+        let inner = self.lock();
+        let mut v: Vec<NodePlugins> = inner
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.conn.is_some() || n.plugins.is_some())
+            .map(|(name, n)| NodePlugins {
+                node: name.clone(),
+                connected: n.conn.is_some(),
+                announced_ms: n.plugins.as_ref().map(|a| a.at_ms),
+                loaded: n
+                    .plugins
+                    .as_ref()
+                    .map(|a| a.loaded.clone())
+                    .unwrap_or_default(),
+                failed: n
+                    .plugins
+                    .as_ref()
+                    .map(|a| a.failed.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        drop(inner);
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+
+    /// Connected nodes whose current connection announced `plugin`, sorted by name.
+    pub fn plugin_hosts(&self, plugin: &str) -> Vec<String> {
+        let inner = self.lock();
+        let mut v: Vec<String> = inner
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.conn.is_some()
+                    && n.plugins
+                        .as_ref()
+                        .is_some_and(|a| a.loaded.iter().any(|p| p.info.name == plugin))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        drop(inner);
+        v.sort();
+        v
     }
 
     /// The cluster's current Ray head.
@@ -857,6 +971,52 @@ mod tests {
             Ok(CoordMsg::HeadChanged { head: None })
         ));
         assert!(r.ray_head().is_none());
+    }
+
+    fn loaded(name: &str) -> LoadedPlugin {
+        LoadedPlugin {
+            info: crate::job::PluginInfo {
+                name: name.into(),
+                version: "0.1.0".into(),
+                scheduler: name.into(),
+                features: vec![],
+            },
+            digest: "00".into(),
+            grants: Default::default(),
+        }
+    }
+
+    #[test]
+    fn plugins_are_routable_only_while_the_announcing_connection_lasts() {
+        let r = Registry::new(settings(), vec![], vec![]);
+        let c = connect(&r, "n1", 1000);
+        assert!(r.plugin_hosts("slurm").is_empty(), "nothing announced yet");
+        let failed = vec![LoadFailure {
+            name: "pbs".into(),
+            message: "pbs.wasm: missing".into(),
+        }];
+        assert!(r.plugins_announced("n1", c, vec![loaded("slurm")], failed.clone()));
+        assert_eq!(r.plugin_hosts("slurm"), ["n1"]);
+        assert!(r.plugin_hosts("pbs").is_empty());
+        let view = r.plugins();
+        assert_eq!(view.len(), 1);
+        assert!(view[0].hosts("slurm") && !view[0].hosts("pbs"));
+        assert_eq!(view[0].failed, failed);
+
+        // A replaced connection's late announcement is ignored, and a new connection
+        // starts with nothing routable until it announces.
+        let c2 = connect(&r, "n1", 1000);
+        assert!(!r.plugins_announced("n1", c, vec![loaded("slurm")], vec![]));
+        assert!(r.plugin_hosts("slurm").is_empty());
+        assert!(r.plugins_announced("n1", c2, vec![loaded("slurm")], vec![]));
+        assert_eq!(r.plugin_hosts("slurm"), ["n1"]);
+
+        // After a disconnect the last announcement is shown but not routable.
+        r.disconnect("n1", c2, "gone");
+        assert!(r.plugin_hosts("slurm").is_empty());
+        let view = r.plugins();
+        assert!(!view[0].connected && view[0].announced_ms.is_some());
+        assert_eq!(view[0].loaded.len(), 1);
     }
 
     #[test]

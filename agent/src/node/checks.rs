@@ -17,10 +17,10 @@
 //! - Every check runs on its own thread, on its own schedule, never on the sampler
 //!   thread: a slow or hung check can never delay a sample or a report. The sampler only
 //!   reads the latest finished results ([`CheckRunner::results`]), which is O(checks).
-//! - A check that outlives its `timeout` is killed together with its process group
-//!   (checks run in a group of their own, so shell pipelines die too) and counts as
-//!   unknown ("timed out after 10s"). Its output is read on a helper thread so a check
-//!   that fills the pipe cannot deadlock the runner; only the first 4 KiB are kept.
+//! - Checks run through [`crate::exec`]: a check that outlives its `timeout` is killed
+//!   together with its process group (shell pipelines die too) and counts as unknown
+//!   ("timed out after 10s"); a check that fills its pipe cannot deadlock the runner;
+//!   only the first 4 KiB of stdout are kept.
 //! - A check that has not finished its first run contributes nothing (neither ok nor a
 //!   problem), so a slow check does not make every agent start degraded.
 //! - Problem → the configured severity; unknown → degraded, always: the check could
@@ -31,10 +31,7 @@
 //!   sampler; whether it answers is a job for a custom check with a timeout.
 //! - Runner threads stop when the [`CheckRunner`] is dropped (they wake within 100 ms).
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::health::ConfigIssue;
+use crate::exec;
 use crate::model::{HealthStatus, Reason};
 
 /// What a problem reported by a check means for the node.
@@ -148,58 +146,37 @@ fn first_line(out: &[u8], fallback: String) -> String {
         .unwrap_or(fallback)
 }
 
-/// Runs `check` once, killing it after its timeout.
+/// Runs `check` once through [`crate::exec`], which kills its process group at the
+/// timeout and keeps the first 4 KiB of stdout (stderr is discarded).
 pub fn run_once(check: &CheckConfig) -> Outcome {
-    let mut cmd = Command::new(&check.command[0]);
-    cmd.args(&check.command[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Outcome::Unknown(format!("cannot run {}: {e}", check.command[0])),
+    let mut cmd = exec::Command::new(&check.command[0], check.timeout);
+    cmd.args = check.command[1..].iter().map(Into::into).collect();
+    cmd.stdout_max = 4096;
+    cmd.stderr_max = 0;
+    let out = match exec::run(&cmd) {
+        Ok(out) => out,
+        Err(e) => return Outcome::Unknown(e.to_string()),
     };
-    let reader = child.stdout.take().map(|mut out| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = (&mut out).take(4096).read_to_end(&mut buf);
-            // Drain the rest so the check never blocks on a full pipe.
-            let _ = std::io::copy(&mut out, &mut std::io::sink());
-            buf
-        })
-    });
-    let deadline = Instant::now() + check.timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Outcome::Unknown(format!("cannot wait for the check: {e}")),
-        }
-    };
-    let Some(status) = status else {
-        // SAFETY: kill(2) on the process group this check leads; it is our child and
-        // has not been reaped, so the id cannot have been reused.
-        unsafe {
-            libc::kill(-(child.id() as i32), libc::SIGKILL);
-        }
-        let _ = child.wait();
-        if let Some(r) = reader {
-            let _ = r.join();
-        }
+    if out.timed_out {
         return Outcome::Unknown(format!(
             "timed out after {}",
             humantime::format_duration(check.timeout)
         ));
-    };
-    let out = reader.and_then(|r| r.join().ok()).unwrap_or_default();
-    match status.code() {
-        Some(0) => Outcome::Ok,
-        Some(1) => Outcome::Problem(first_line(&out, "problem (no reason given)".into())),
-        Some(2) => Outcome::Unknown(first_line(&out, "unknown (no reason given)".into())),
-        Some(code) => Outcome::Unknown(first_line(&out, format!("exited with status {code}"))),
-        None => Outcome::Unknown(format!("killed by a signal ({status})")),
+    }
+    match (out.code, out.signal) {
+        (Some(0), _) => Outcome::Ok,
+        (Some(1), _) => {
+            Outcome::Problem(first_line(&out.stdout, "problem (no reason given)".into()))
+        }
+        (Some(2), _) => {
+            Outcome::Unknown(first_line(&out.stdout, "unknown (no reason given)".into()))
+        }
+        (Some(code), _) => Outcome::Unknown(first_line(
+            &out.stdout,
+            format!("exited with status {code}"),
+        )),
+        (None, Some(sig)) => Outcome::Unknown(format!("killed by a signal ({sig})")),
+        (None, None) => Outcome::Unknown("ended without an exit status".into()),
     }
 }
 

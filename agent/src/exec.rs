@@ -1,0 +1,433 @@
+//! The one bounded program runner: custom health checks and scheduler plugins run their
+//! programs through [`run`], and nothing else in corral spawns a short-lived program.
+//!
+//! A run takes an argument vector (never a shell), extra environment variables on top of
+//! the agent's own, an optional working directory and stdin bytes, a timeout and a byte
+//! cap per output stream, and always comes back: a finished program, a killed one, or an
+//! error saying why it could not start.
+//!
+//! Invariants and trade-offs:
+//! - The program leads a process group of its own. At its timeout the whole group is
+//!   killed (`SIGKILL`), so shell pipelines and forked helpers die with it
+//!   ([`Output::timed_out`]). When the program exits by itself, whatever it left running
+//!   in its group is killed too: a run leaves nothing behind, and a backgrounded helper
+//!   cannot hold the output pipes open and stall the caller. Programs that must outlive
+//!   the run (daemons) detach with `setsid` and are not corral's to supervise here.
+//! - The group is killed while its leader is still an unreaped zombie (the exit is
+//!   observed with `waitid(WNOWAIT)`), so the group id cannot have been reused by an
+//!   unrelated process when the signal is sent.
+//! - stdout and stderr are read on their own threads while the program runs, so a
+//!   program that writes more than a pipe holds never deadlocks the runner. Only the
+//!   first `*_max` bytes are kept, the rest is read and dropped, and the `*_truncated`
+//!   flags say so. A cap of 0 sends the stream to `/dev/null`.
+//! - stdin bytes are written on their own thread and the pipe is closed after them; a
+//!   program that does not read its stdin is not an error (the broken pipe is ignored).
+//! - A process that escaped the group (its own `setsid`) and still holds a pipe open
+//!   cannot stall the caller either: after the program ended, the readers get at most
+//!   [`PIPE_GRACE`] more, and the output read so far is returned.
+//! - Blocking: call it from a thread that may block (a check's own thread, a plugin
+//!   call's blocking thread), never from an async task.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long output readers may still run once the program ended (see the module doc).
+pub const PIPE_GRACE: Duration = Duration::from_millis(500);
+
+/// One program run: what to start and its bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The program; a bare name is looked up on the agent's `PATH`.
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Set on top of the agent's own environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory; `None` keeps the agent's.
+    pub cwd: Option<PathBuf>,
+    /// Bytes written to the program's stdin, which is then closed; `None`: `/dev/null`.
+    pub stdin: Option<Vec<u8>>,
+    /// The whole process group is killed once this has passed.
+    pub timeout: Duration,
+    /// Bytes of stdout kept; 0 discards it.
+    pub stdout_max: usize,
+    /// Bytes of stderr kept; 0 discards it.
+    pub stderr_max: usize,
+}
+
+impl Command {
+    /// A run of `program` with no arguments, no stdin, and 64 KiB kept of each stream.
+    pub fn new(program: impl Into<PathBuf>, timeout: Duration) -> Command {
+        Command {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            stdin: None,
+            timeout,
+            stdout_max: 64 * 1024,
+            stderr_max: 64 * 1024,
+        }
+    }
+
+    /// The program as shown in messages.
+    pub fn display_program(&self) -> String {
+        self.program.display().to_string()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// The exit code; `None` when the program was killed by a signal.
+    pub code: Option<i32>,
+    /// The signal that ended the program, if one did.
+    pub signal: Option<i32>,
+    /// The timeout passed and the process group was killed.
+    pub timed_out: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// Whether either stream lost bytes to its cap.
+    pub fn truncated(&self) -> bool {
+        self.stdout_truncated || self.stderr_truncated
+    }
+}
+
+/// A program that could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("cannot wait for {program}: {source}")]
+    Wait {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// What one output reader collected.
+#[derive(Default)]
+struct Capture {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+struct Reader {
+    capture: Arc<Mutex<Capture>>,
+    thread: JoinHandle<()>,
+}
+
+fn spawn_reader(mut pipe: impl Read + Send + 'static, max: usize) -> Reader {
+    let capture = Arc::new(Mutex::new(Capture::default()));
+    let shared = capture.clone();
+    let thread = std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let Ok(mut c) = shared.lock() else { break };
+            let room = max.saturating_sub(c.bytes.len());
+            let keep = n.min(room);
+            c.bytes.extend_from_slice(&chunk[..keep]);
+            if keep < n {
+                c.truncated = true;
+            }
+        }
+    });
+    Reader { capture, thread }
+}
+
+/// Takes what `reader` collected, waiting for it to finish until `until`.
+fn collect(reader: Option<Reader>, until: Instant) -> (Vec<u8>, bool) {
+    let Some(reader) = reader else {
+        return (Vec::new(), false);
+    };
+    while !reader.thread.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let finished = reader.thread.is_finished();
+    if finished {
+        let _ = reader.thread.join();
+    }
+    // A reader still blocked (an escaped process holds the pipe) is left to end on its
+    // own when that pipe closes; what it read so far is returned, marked truncated.
+    let mut c = reader
+        .capture
+        .lock()
+        .map(|mut c| std::mem::take(&mut *c))
+        .unwrap_or_default();
+    if !finished {
+        c.truncated = true;
+    }
+    (c.bytes, c.truncated)
+}
+
+/// Blocks until `pid` (our unreaped child) has exited, without reaping it.
+fn wait_exited_keep_zombie(pid: libc::pid_t) -> std::io::Result<()> {
+    loop {
+        // SAFETY: waitid writes into the zeroed siginfo we own; WNOWAIT leaves the child
+        // reapable by `Child::wait` afterwards.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Kills the process group led by `child`, which must not have been reaped yet.
+fn kill_group(child: &Child) {
+    // SAFETY: kill(2) on the group our unreaped child leads: its id cannot be reused
+    // while it is a zombie we have not waited for.
+    unsafe {
+        libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+    }
+}
+
+/// Runs `cmd` to its end or its timeout; see the module doc.
+pub fn run(cmd: &Command) -> Result<Output, ExecError> {
+    let started = Instant::now();
+    let program = cmd.display_program();
+    let mut c = std::process::Command::new(&cmd.program);
+    c.args(&cmd.args)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if cmd.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if cmd.stdout_max > 0 {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if cmd.stderr_max > 0 {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .process_group(0);
+    if let Some(dir) = &cmd.cwd {
+        c.current_dir(dir);
+    }
+    let mut child = c.spawn().map_err(|source| ExecError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let stdout = child.stdout.take().map(|p| spawn_reader(p, cmd.stdout_max));
+    let stderr = child.stderr.take().map(|p| spawn_reader(p, cmd.stderr_max));
+    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), cmd.stdin.clone()) {
+        // A program that exits without reading gets EPIPE here, which is not an error.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        });
+    }
+
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(wait_exited_keep_zombie(pid));
+    });
+    let timed_out = match rx.recv_timeout(cmd.timeout) {
+        Ok(Ok(())) => false,
+        Ok(Err(source)) => {
+            kill_group(&child);
+            let _ = child.wait();
+            return Err(ExecError::Wait { program, source });
+        }
+        Err(_) => true,
+    };
+    // Either the leader exited (kill what it left behind) or it ran out of time (kill it
+    // and everything it started). Both happen before the leader is reaped.
+    kill_group(&child);
+    let status = child.wait().map_err(|source| ExecError::Wait {
+        program: program.clone(),
+        source,
+    })?;
+    let until = Instant::now() + PIPE_GRACE;
+    let (stdout, stdout_truncated) = collect(stdout, until);
+    let (stderr, stderr_truncated) = collect(stderr, until);
+    Ok(Output {
+        code: if timed_out { None } else { status.code() },
+        signal: status.signal(),
+        timed_out,
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
+        elapsed: started.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout_ms: u64) -> Command {
+        let mut c = Command::new("/bin/sh", Duration::from_millis(timeout_ms));
+        c.args = vec!["-c".into(), script.into()];
+        c
+    }
+
+    #[test]
+    fn exit_code_and_both_streams_come_back() {
+        let out = run(&sh("echo out; echo err >&2; exit 3", 5000)).unwrap();
+        assert_eq!(out.code, Some(3));
+        assert_eq!(out.signal, None);
+        assert!(!out.timed_out);
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        assert!(!out.truncated());
+    }
+
+    #[test]
+    fn arguments_reach_the_program_literally_without_a_shell() {
+        let mut c = Command::new("/bin/echo", Duration::from_secs(5));
+        c.args = vec!["$(id)".into(), "a b;c".into()];
+        let out = run(&c).unwrap();
+        assert_eq!(out.stdout, b"$(id) a b;c\n");
+    }
+
+    #[test]
+    fn stdin_env_and_working_directory_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = sh("cat; printf ' %s ' \"$CORRAL_EXEC_T\"; pwd", 5000);
+        c.stdin = Some(b"from stdin".to_vec());
+        c.env = vec![("CORRAL_EXEC_T".into(), "set".into())];
+        c.cwd = Some(dir.path().to_path_buf());
+        let out = run(&c).unwrap();
+        let want = format!(
+            "from stdin set {}\n",
+            dir.path().canonicalize().unwrap().display()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    }
+
+    #[test]
+    fn a_program_that_ignores_its_stdin_is_not_an_error() {
+        let mut c = sh("exit 0", 5000);
+        c.stdin = Some(vec![b'x'; 1 << 20]);
+        assert_eq!(run(&c).unwrap().code, Some(0));
+    }
+
+    #[test]
+    fn output_beyond_the_cap_is_dropped_and_flagged_without_blocking_the_program() {
+        // 1 MiB, far more than a pipe holds: the program must still finish.
+        let mut c = sh(
+            "head -c 1048576 /dev/zero; head -c 10 /dev/zero >&2",
+            10_000,
+        );
+        c.stdout_max = 100;
+        c.stderr_max = 10;
+        let out = run(&c).unwrap();
+        assert_eq!(out.code, Some(0));
+        assert_eq!(out.stdout.len(), 100);
+        assert!(out.stdout_truncated);
+        assert_eq!(out.stderr.len(), 10);
+        assert!(!out.stderr_truncated);
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_process_group() {
+        // The grandchild keeps stdout open: only a group kill lets the run end.
+        let started = Instant::now();
+        let out = run(&sh("sleep 30 | cat; exit 0", 200)).unwrap();
+        assert!(out.timed_out);
+        assert_eq!(out.code, None);
+        assert_eq!(out.signal, Some(libc::SIGKILL));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn helpers_left_running_by_a_finished_program_are_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; exit 0", pidfile.display());
+        let started = Instant::now();
+        let out = run(&sh(&script, 10_000)).unwrap();
+        assert_eq!(out.code, Some(0));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The helper was in the group: it is gone (or a zombie awaiting its reaper).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            if matches!(state, None | Some("Z") | Some("X")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "helper {pid} still running: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_missing_program_is_a_spawn_error_naming_it() {
+        let err = run(&Command::new(
+            "/nonexistent/corral-x",
+            Duration::from_secs(1),
+        ))
+        .unwrap_err();
+        assert!(matches!(err, ExecError::Spawn { .. }));
+        assert!(
+            err.to_string()
+                .starts_with("cannot run /nonexistent/corral-x:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_signal_death_has_no_exit_code() {
+        let out = run(&sh("kill -TERM $$", 5000)).unwrap();
+        assert_eq!(out.code, None);
+        assert_eq!(out.signal, Some(libc::SIGTERM));
+        assert!(!out.timed_out);
+    }
+}

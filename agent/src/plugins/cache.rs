@@ -1,0 +1,258 @@
+//! The on-disk cache of compiled components, so an agent restart does not recompile
+//! every plugin (Cranelift takes on the order of a second per plugin; a cached load
+//! takes milliseconds: see BENCHMARKS.md).
+//!
+//! An entry is `CACHE_DIR/NAME-WASMSHA-ENGINEKEY.cwasm`, where WASMSHA is the sha256 of
+//! the component and ENGINEKEY a sha256 over wasmtime's
+//! `Engine::precompile_compatibility_hash` (wasmtime's version, the engine's settings and
+//! the host CPU's features). A changed plugin or a changed engine therefore misses and
+//! recompiles; writing a new entry for NAME removes NAME's older entries.
+//!
+//! Invariants and trade-offs:
+//! - An entry is the engine's `precompile_component` output followed by the sha256 of
+//!   those bytes. The checksum is verified before deserializing, so a truncated or
+//!   corrupted entry (a full disk, a bad block, a half-copied file) is recompiled, never
+//!   loaded. Reading and hashing the entry costs about a millisecond per MB, which buys
+//!   that check (`Component::deserialize_file` would map the file without one).
+//! - Entries are written to a temporary file in the same directory and renamed into
+//!   place, so a reader never sees a half-written entry, and concurrent writers of the
+//!   same entry are harmless.
+//! - Deserializing runs native code compiled earlier, so the cache directory must be
+//!   writable only by the agent's user: it is created mode 0700, and an existing
+//!   directory that others can write is not used (the plugin is compiled in memory and
+//!   a warning says why).
+//! - The cache is an optimisation only: any failure to read or write it is logged and
+//!   the component is compiled in memory instead. It never fails a load.
+
+use std::hash::Hasher;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+/// Where a loaded component came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "source", content = "reason")]
+pub enum ComponentSource {
+    /// Compiled now; stored in the cache when there is one.
+    Compiled,
+    /// Deserialized from a cache entry.
+    Cached,
+    /// A cache entry existed but could not be used (the reason); compiled now and stored.
+    Recompiled(String),
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Feeds what `Hash` writes into sha256, so the key is stable across runs (std's
+/// `DefaultHasher` makes no such promise).
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn finish(&self) -> u64 {
+        unreachable!("only the sha256 state is read")
+    }
+}
+
+/// The engine part of a cache key (hex, 16 digits).
+pub fn engine_key(engine: &Engine) -> String {
+    use std::hash::Hash;
+    let mut h = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    hex(&h.0.finalize()[..8])
+}
+
+/// A compiled-component cache in one directory.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+fn wt(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+impl Cache {
+    /// The cache in `dir`, created (0700) if missing; `Err` says why it cannot be used.
+    pub fn open(dir: &Path) -> anyhow::Result<Cache> {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?;
+        anyhow::ensure!(meta.is_dir(), "{} is not a directory", dir.display());
+        let mode = meta.permissions().mode();
+        anyhow::ensure!(
+            mode & 0o022 == 0,
+            "{} is writable by other users (mode {:o}); compiled code is loaded from it, so it must be writable only by the agent's user (chmod go-w)",
+            dir.display(),
+            mode & 0o777
+        );
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The entry file for plugin `name` with component digest `wasm_sha`.
+    pub fn entry(&self, name: &str, wasm_sha: &str, engine_key: &str) -> PathBuf {
+        self.dir
+            .join(format!("{name}-{wasm_sha}-{engine_key}.cwasm"))
+    }
+
+    /// Reads and checks an entry: `Ok(None)` when there is none, `Err` (the reason) when
+    /// it exists but cannot be used.
+    fn read(&self, engine: &Engine, path: &Path) -> Result<Option<Component>, String> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let Some(split) = bytes.len().checked_sub(32) else {
+            return Err(format!("{} is truncated", path.display()));
+        };
+        let (body, sum) = bytes.split_at(split);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err(format!("{} fails its checksum", path.display()));
+        }
+        // SAFETY: the bytes are `precompile_component` output of an engine with the same
+        // compatibility hash (the file name), written by this agent into a directory only
+        // its user can write, and unchanged since (the checksum).
+        unsafe { Component::deserialize(engine, body) }
+            .map(Some)
+            .map_err(|e| format!("{} cannot be deserialized: {e:#}", path.display()))
+    }
+
+    /// Writes an entry atomically and removes `name`'s other entries.
+    fn write(&self, path: &Path, name: &str, compiled: &[u8]) -> anyhow::Result<()> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&self.dir)?;
+        tmp.write_all(compiled)?;
+        tmp.write_all(&Sha256::digest(compiled))?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path)?;
+        let prefix = format!("{name}-");
+        for entry in std::fs::read_dir(&self.dir)?.flatten() {
+            let p = entry.path();
+            let file = entry.file_name();
+            let file = file.to_string_lossy();
+            // NAME-<64 hex>-<16 hex>.cwasm: the digest part keeps `a` from matching `a-b`.
+            let ours = file
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".cwasm"))
+                .is_some_and(|rest| {
+                    rest.len() == 64 + 1 + 16
+                        && rest.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+                });
+            if ours && p != path {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(())
+    }
+
+    /// The component for `wasm` (digest `wasm_sha`): from the cache, or compiled and
+    /// stored.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        engine_key: &str,
+        name: &str,
+        wasm: &[u8],
+        wasm_sha: &str,
+    ) -> anyhow::Result<(Component, ComponentSource)> {
+        let path = self.entry(name, wasm_sha, engine_key);
+        let source = match self.read(engine, &path) {
+            Ok(Some(c)) => return Ok((c, ComponentSource::Cached)),
+            Ok(None) => ComponentSource::Compiled,
+            Err(reason) => {
+                tracing::warn!(plugin = %name, %reason, "compiled plugin cache entry unusable; recompiling");
+                ComponentSource::Recompiled(reason)
+            }
+        };
+        let compiled = engine.precompile_component(wasm).map_err(wt)?;
+        // SAFETY: these bytes were just produced by this engine.
+        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(wt)?;
+        if let Err(e) = self.write(&path, name, &compiled) {
+            tracing::warn!(plugin = %name, path = %path.display(), error = %e, "cannot write the compiled plugin cache entry");
+        }
+        Ok((component, source))
+    }
+}
+
+/// Compiles `wasm` without a cache.
+pub fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Component> {
+    Component::from_binary(engine, wasm).map_err(wt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_key_is_stable_and_tracks_engine_settings() {
+        let a = Engine::new(&wasmtime::Config::new()).unwrap();
+        let b = Engine::new(&wasmtime::Config::new()).unwrap();
+        assert_eq!(engine_key(&a), engine_key(&b));
+        assert_eq!(engine_key(&a).len(), 16);
+        let mut other = wasmtime::Config::new();
+        other.cranelift_opt_level(wasmtime::OptLevel::None);
+        assert_ne!(engine_key(&a), engine_key(&Engine::new(&other).unwrap()));
+    }
+
+    #[test]
+    fn a_cache_directory_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Cache::open(&shared).unwrap_err().to_string();
+        assert!(err.contains("writable by other users"), "{err}");
+        let fresh = dir.path().join("a/b");
+        Cache::open(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn unusable_entries_are_reported_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let engine = Engine::new(&wasmtime::Config::new()).unwrap();
+        let path = dir.path().join("x.cwasm");
+        assert!(matches!(cache.read(&engine, &path), Ok(None)));
+        std::fs::write(&path, b"short").unwrap();
+        assert!(cache
+            .read(&engine, &path)
+            .unwrap_err()
+            .contains("truncated"));
+        std::fs::write(&path, vec![0u8; 100]).unwrap();
+        assert!(cache.read(&engine, &path).unwrap_err().contains("checksum"));
+        // A matching checksum over bytes that are not a compiled component.
+        let mut bytes = b"not a compiled component".to_vec();
+        bytes.extend_from_slice(&Sha256::digest(b"not a compiled component"));
+        std::fs::write(&path, bytes).unwrap();
+        assert!(cache
+            .read(&engine, &path)
+            .unwrap_err()
+            .contains("cannot be deserialized"));
+    }
+}

@@ -1,0 +1,419 @@
+//! What a plugin can reach: the host side of the WIT imports `process`, `http`, `log`,
+//! `config` and `clock`, each bounded by the plugin's manifest.
+//!
+//! Invariants:
+//! - Every refusal or failure is a WIT `error` value (`denied`, `invalid`, `backend`,
+//!   `timeout`), never a trap: a plugin can always tell the caller what went wrong.
+//! - `process.run` runs only a program resolved at load ([`ResolvedPrograms`]), by argv
+//!   through [`crate::exec`] (never a shell), with its timeout capped by
+//!   `limits.program_timeout` and by what is left of the call, and each output stream
+//!   capped by `limits.output_max_bytes`. Environment names starting with `LD_` are
+//!   refused: through the loader they would let a plugin run code no one granted.
+//! - `http.send` checks the URL's scheme, user info and `host:port` against the grants
+//!   *after* parsing it, and again at every redirect (a redirect elsewhere is returned
+//!   to the plugin, not followed). It never goes through a proxy: a grant names the host
+//!   the connection goes to. The body is capped by `limits.output_max_bytes` (a larger
+//!   one is a `backend` error, never silently cut). Requests are driven on the agent's
+//!   tokio runtime from the call's blocking thread.
+//! - `log.write` goes through `tracing` with a `plugin` field, at most 8 KiB a message.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::bindings::corral::scheduler::{clock, config, http, log, process, types};
+use super::engine::Limiter;
+use super::manifest::{HostGrant, Manifest, ResolvedPrograms};
+use crate::exec;
+
+type WitError = types::Error;
+
+/// What one plugin was granted, shared by all its calls.
+pub struct Granted {
+    pub name: String,
+    pub manifest: Manifest,
+    pub programs: ResolvedPrograms,
+    /// Present when hosts are granted.
+    pub http: Option<reqwest::Client>,
+}
+
+/// The data of one call's store.
+pub struct CallState {
+    pub granted: Arc<Granted>,
+    /// When the call's time is up; host calls are bounded by it too.
+    pub deadline: Instant,
+    /// Drives HTTP requests; `None` outside a runtime (then `http.send` is a `backend`
+    /// error).
+    pub runtime: Option<tokio::runtime::Handle>,
+    pub limiter: Limiter,
+}
+
+impl CallState {
+    fn remaining(&self) -> Result<Duration, WitError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(WitError::Timeout(format!(
+                "plugin {}: the call's time (limits.call_timeout) is up",
+                self.granted.name
+            )));
+        }
+        Ok(left)
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+impl types::Host for CallState {}
+
+impl process::Host for CallState {
+    fn run(&mut self, cmd: process::Command) -> Result<process::Output, WitError> {
+        let g = self.granted.clone();
+        let path = match g.programs.lookup(&cmd.program) {
+            Ok(p) => p.to_path_buf(),
+            Err(Some(why)) => {
+                return Err(WitError::Denied(format!(
+                    "program {:?} is granted but unavailable: {why}",
+                    cmd.program
+                )))
+            }
+            Err(None) => {
+                return Err(WitError::Denied(format!(
+                    "program {:?} is not granted to plugin {} (the operator grants programs in {} under [grants] programs)",
+                    cmd.program,
+                    g.name,
+                    g.manifest.file.display()
+                )))
+            }
+        };
+        for (k, v) in &cmd.env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+                return Err(WitError::Invalid(format!(
+                    "environment variable {k:?} is not a valid NAME=value pair"
+                )));
+            }
+            if k.starts_with("LD_") {
+                return Err(WitError::Denied(format!(
+                    "environment variable {k} is refused: loader variables would run code no one granted"
+                )));
+            }
+        }
+        if cmd.args.iter().any(|a| a.contains('\0')) {
+            return Err(WitError::Invalid("an argument contains a NUL byte".into()));
+        }
+        let cwd = match &cmd.directory {
+            Some(d) if !d.starts_with('/') => {
+                return Err(WitError::Invalid(format!(
+                    "directory {d:?} must be an absolute path"
+                )))
+            }
+            d => d.as_ref().map(Into::into),
+        };
+        let limits = &g.manifest.limits;
+        let mut timeout = limits.program_timeout.min(self.remaining()?);
+        if let Some(ms) = cmd.timeout_ms {
+            timeout = timeout.min(Duration::from_millis(u64::from(ms)));
+        }
+        let mut run = exec::Command::new(&path, timeout);
+        run.args = cmd.args.into_iter().map(Into::into).collect();
+        run.env = cmd
+            .env
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        run.cwd = cwd;
+        run.stdin = cmd.stdin;
+        run.stdout_max = limits.output_max();
+        run.stderr_max = limits.output_max();
+        let out = exec::run(&run).map_err(|e| WitError::Backend(e.to_string()))?;
+        tracing::debug!(
+            plugin = %g.name,
+            program = %path.display(),
+            code = ?out.code,
+            timed_out = out.timed_out,
+            elapsed_ms = out.elapsed.as_millis() as u64,
+            "plugin ran a program"
+        );
+        if out.timed_out {
+            return Err(WitError::Timeout(format!(
+                "{} ran past {} and was killed with its process group",
+                path.display(),
+                fmt_duration(timeout)
+            )));
+        }
+        Ok(process::Output {
+            status: out.code,
+            truncated: out.truncated(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+}
+
+/// Refuses a URL the grants do not cover; `Ok` is the parsed URL.
+pub fn check_url(name: &str, hosts: &[HostGrant], url: &str) -> Result<reqwest::Url, WitError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| WitError::Invalid(format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(WitError::Invalid(format!(
+            "{url:?}: only http and https URLs can be requested"
+        )));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(WitError::Denied(
+            "URLs with user info (user@host) are refused; send credentials in a header".into(),
+        ));
+    }
+    if !hosts.iter().any(|h| h.matches(&parsed)) {
+        let target = format!(
+            "{}:{}",
+            parsed.host_str().unwrap_or_default(),
+            parsed
+                .port_or_known_default()
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        );
+        return Err(WitError::Denied(format!(
+            "{target} is not granted to plugin {name} (granted: {})",
+            if hosts.is_empty() {
+                "none".to_string()
+            } else {
+                hosts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )));
+    }
+    Ok(parsed)
+}
+
+/// The system's CA bundle for HTTPS to granted hosts (first readable well-known file).
+fn system_roots() -> rustls::RootCertStore {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for bundle in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/ca-bundle.pem",
+        "/etc/ssl/cert.pem",
+    ] {
+        let Ok(certs) = CertificateDer::pem_file_iter(bundle) else {
+            continue;
+        };
+        for cert in certs.flatten() {
+            let _ = roots.add(cert);
+        }
+        if !roots.is_empty() {
+            break;
+        }
+    }
+    roots
+}
+
+/// The HTTP client of a plugin granted `hosts`: no proxy, redirects followed only to
+/// granted hosts (at most 5).
+pub fn http_client(hosts: Vec<HostGrant>) -> anyhow::Result<reqwest::Client> {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(system_roots())
+    .with_no_client_auth();
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        let url = attempt.url();
+        let granted = url.username().is_empty()
+            && url.password().is_none()
+            && hosts.iter().any(|h| h.matches(url));
+        if attempt.previous().len() >= 5 || !granted {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .redirect(policy)
+        .connect_timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+impl http::Host for CallState {
+    fn send(&mut self, req: http::Request) -> Result<http::Response, WitError> {
+        let g = self.granted.clone();
+        let Some(client) = &g.http else {
+            return Err(WitError::Denied(format!(
+                "plugin {} is granted no hosts",
+                g.name
+            )));
+        };
+        let url = check_url(&g.name, &g.manifest.hosts, &req.url)?;
+        let method = reqwest::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| WitError::Invalid(format!("{:?} is not an HTTP method", req.method)))?;
+        let mut timeout = self.remaining()?;
+        if let Some(ms) = req.timeout_ms {
+            timeout = timeout.min(Duration::from_millis(u64::from(ms)));
+        }
+        let mut builder = client.request(method.clone(), url.clone()).timeout(timeout);
+        for (k, v) in &req.headers {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| WitError::Invalid(format!("{k:?} is not a header name")))?;
+            let value = reqwest::header::HeaderValue::from_str(v)
+                .map_err(|_| WitError::Invalid(format!("the value of header {k} is not valid")))?;
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = req.body {
+            builder = builder.body(body);
+        }
+        let Some(rt) = &self.runtime else {
+            return Err(WitError::Backend(
+                "HTTP is unavailable: the call runs outside the agent's runtime".into(),
+            ));
+        };
+        let max = g.manifest.limits.output_max();
+        let what = format!("{method} {url}");
+        let started = Instant::now();
+        let result = rt.block_on(async move {
+            let fut = async {
+                let mut resp = builder.send().await?;
+                let status = resp.status().as_u16();
+                let headers = resp
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                let mut body = Vec::new();
+                while let Some(chunk) = resp.chunk().await? {
+                    if body.len() + chunk.len() > max {
+                        return Ok(Err(max));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok::<_, reqwest::Error>(Ok(http::Response {
+                    status,
+                    headers,
+                    body,
+                }))
+            };
+            tokio::time::timeout(timeout, fut).await
+        });
+        tracing::debug!(plugin = %g.name, request = %what, elapsed_ms = started.elapsed().as_millis() as u64, "plugin sent an HTTP request");
+        match result {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(max))) => Err(WitError::Backend(format!(
+                "{what}: the response body exceeds limits.output_max_bytes ({max} bytes)"
+            ))),
+            Ok(Err(e)) if e.is_timeout() => Err(WitError::Timeout(format!(
+                "{what}: no answer within {}",
+                fmt_duration(timeout)
+            ))),
+            Ok(Err(e)) => Err(WitError::Backend(format!("{what}: {e}"))),
+            Err(_) => Err(WitError::Timeout(format!(
+                "{what}: no answer within {}",
+                fmt_duration(timeout)
+            ))),
+        }
+    }
+}
+
+/// Longest log message kept; the rest is cut with a marker.
+const LOG_MAX: usize = 8 * 1024;
+
+impl log::Host for CallState {
+    fn write(&mut self, level: log::Level, message: String) {
+        let mut message = message;
+        if message.len() > LOG_MAX {
+            let mut cut = LOG_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" [cut]");
+        }
+        let plugin = self.granted.name.as_str();
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, message = %message),
+            log::Level::Debug => tracing::debug!(plugin, message = %message),
+            log::Level::Info => tracing::info!(plugin, message = %message),
+            log::Level::Warn => tracing::warn!(plugin, message = %message),
+            log::Level::Error => tracing::error!(plugin, message = %message),
+        }
+    }
+}
+
+impl config::Host for CallState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.granted.manifest.config.get(&key).cloned()
+    }
+}
+
+impl clock::Host for CallState {
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants(list: &[&str]) -> Vec<HostGrant> {
+        list.iter().map(|h| HostGrant::parse(h).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_url_outside_the_grants_is_denied_naming_host_and_port() {
+        let hosts = grants(&["127.0.0.1:8265"]);
+        assert!(check_url("ray", &hosts, "http://127.0.0.1:8265/api/jobs/").is_ok());
+        match check_url("ray", &hosts, "http://127.0.0.1:22/") {
+            Err(WitError::Denied(m)) => {
+                assert!(
+                    m.contains("127.0.0.1:22 is not granted to plugin ray"),
+                    "{m}"
+                );
+                assert!(m.contains("granted: 127.0.0.1:8265"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            check_url("ray", &[], "http://127.0.0.1:8265/"),
+            Err(WitError::Denied(m)) if m.contains("granted: none")
+        ));
+    }
+
+    #[test]
+    fn user_info_tricks_and_other_schemes_are_refused() {
+        let hosts = grants(&["127.0.0.1:8265", "head-01:80"]);
+        // The real host here is evil.example; the grant's text is only user info.
+        assert!(matches!(
+            check_url("p", &hosts, "http://127.0.0.1:8265@evil.example/"),
+            Err(WitError::Denied(m)) if m.contains("user info")
+        ));
+        assert!(matches!(
+            check_url("p", &hosts, "http://user:pw@head-01/"),
+            Err(WitError::Denied(_))
+        ));
+        assert!(matches!(
+            check_url("p", &hosts, "file:///etc/passwd"),
+            Err(WitError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_url("p", &hosts, "not a url"),
+            Err(WitError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_url("p", &hosts, "http://head-01.evil.example/"),
+            Err(WitError::Denied(_))
+        ));
+    }
+}

@@ -1,0 +1,204 @@
+//! Native tests of the LSF plugin against fixtures in LSF 10.1's documented formats
+//! (hand-written, not captured: LSF cannot run on the project's machines).
+
+use super::*;
+use corral_plugin_sdk::testing::Script;
+use corral_plugin_sdk::{Dependency, JobArray};
+
+const BJOBS: &str = include_str!("../fixtures/bjobs.json");
+const BSUB: &str = include_str!("../fixtures/bsub.txt");
+const BKILL_FINISHED: &str = include_str!("../fixtures/bkill-finished.stderr");
+const BKILL_UNKNOWN: &str = include_str!("../fixtures/bkill-unknown.stderr");
+const BPEEK: &str = include_str!("../fixtures/bpeek.txt");
+
+fn ids(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn the_state_table_maps_every_lsf_state() {
+    let rec = |stat: &str| Record {
+        job: "1".into(),
+        index: "0".into(),
+        stat: stat.into(),
+        exit_code: Some(2),
+        reason: String::new(),
+        pend_reason: String::new(),
+    };
+    assert_eq!(rec("PEND").status().state, JobState::Queued(false));
+    assert_eq!(rec("PSUSP").status().state, JobState::Queued(true));
+    assert_eq!(rec("RUN").status().state, JobState::Running);
+    assert_eq!(rec("USUSP").status().state, JobState::Suspended);
+    assert_eq!(rec("SSUSP").status().state, JobState::Suspended);
+    assert_eq!(rec("DONE").status().state, JobState::Succeeded);
+    assert_eq!(
+        rec("EXIT").status().state,
+        JobState::Failed("exit code 2".into())
+    );
+    assert_eq!(rec("UNKWN").status().state, JobState::Unknown);
+    assert_eq!(rec("NEW").status().state, JobState::Unknown);
+    for (i, (n, _)) in STATES.iter().enumerate() {
+        assert!(!STATES[..i].iter().any(|(m, _)| m == n), "{n} listed twice");
+    }
+}
+
+#[test]
+fn bjobs_json_gives_final_states_from_exit_reasons() {
+    let b = Script::new().run("bjobs", 255, BJOBS, "");
+    let got = Lsf::status(
+        &b,
+        ids(&[
+            "301", "302", "303", "304", "305", "306", "307", "308", "308[1]", "999",
+        ]),
+    )
+    .unwrap();
+    b.assert_done();
+    assert_eq!(b.commands()[0].args[..4], ["-json", "-a", "-o", FIELDS]);
+    let st = |id: &str| got.iter().find(|s| s.id == id).unwrap().clone();
+    assert_eq!(
+        (st("301").state, st("301").exit_code),
+        (JobState::Succeeded, Some(0))
+    );
+    assert_eq!(
+        (st("302").state, st("302").exit_code),
+        (JobState::Failed("exit code 3".into()), Some(3))
+    );
+    assert_eq!(st("303").state, JobState::Cancelled);
+    assert_eq!(st("304").state, JobState::TimedOut);
+    assert_eq!(st("305").state, JobState::Running);
+    assert_eq!(st("306").state, JobState::Queued(true));
+    assert_eq!(st("307").state, JobState::Queued(true));
+    assert_eq!(st("308").state, JobState::Running);
+    assert_eq!(st("308[1]").state, JobState::Succeeded);
+    let gone = st("999");
+    assert_eq!(gone.state, JobState::Unknown);
+    assert!(gone.message.unwrap().contains("Job <999> is not found"));
+}
+
+#[test]
+fn a_bjobs_failure_without_json_is_an_error() {
+    let b = Script::new().run("bjobs", 255, "", "LSF is down. Please wait ...\n");
+    assert!(
+        matches!(Lsf::status(&b, ids(&["1"])), Err(Error::Backend(m)) if m.contains("LSF is down"))
+    );
+}
+
+#[test]
+fn cancel_of_a_finished_or_forgotten_job_is_not_an_error() {
+    for stderr in [BKILL_FINISHED, BKILL_UNKNOWN] {
+        let b = Script::new().run("bkill", 255, "", stderr);
+        Lsf::cancel(&b, "301".into()).unwrap();
+    }
+    let b = Script::new().run("bkill", 255, "", "Job <301>: User permission denied\n");
+    assert!(matches!(
+        Lsf::cancel(&b, "301".into()),
+        Err(Error::Backend(_))
+    ));
+}
+
+#[test]
+fn bsub_output_gives_the_job_id() {
+    assert_eq!(parse_bsub(BSUB).unwrap(), "310");
+    assert!(parse_bsub("Request aborted by esub. Job not submitted.\n").is_err());
+}
+
+#[test]
+fn render_is_exactly_what_submit_sends() {
+    let mut spec = JobSpec::command("/bin/echo", ["$(x)", "it's", "a b"]);
+    spec.name = Some("n 'x' $y & z".into());
+    let rendered = Lsf::render(&Script::new(), spec.clone()).unwrap();
+    let b = Script::new().ok("bsub", BSUB);
+    assert_eq!(Lsf::submit(&b, spec).unwrap(), "310");
+    let cmd = &b.commands()[0];
+    assert_eq!(cmd.stdin.as_deref(), Some(rendered.as_bytes()));
+    assert_eq!(cmd.args, ["-J", "n 'x' $y & z"]);
+    assert!(!rendered.contains("#BSUB"));
+}
+
+#[test]
+fn arrays_resources_and_dependencies_become_bsub_options() {
+    let mut spec = JobSpec::command("true", Vec::<String>::new());
+    spec.name = Some("sweep".into());
+    spec.array = Some(JobArray {
+        first: 1,
+        last: 9,
+        step: 2,
+        max_running: Some(3),
+    });
+    spec.nodes = Some(2);
+    spec.tasks_per_node = Some(4);
+    spec.memory_mb = Some(512);
+    spec.walltime_seconds = Some(3601);
+    spec.gpus_per_node = Some(1);
+    spec.dependencies = vec![
+        Dependency {
+            kind: DependencyKind::AfterOk,
+            job: "5".into(),
+        },
+        Dependency {
+            kind: DependencyKind::AfterAny,
+            job: "6[2]".into(),
+        },
+    ];
+    spec.attributes = vec![("lsf.R".into(), "select[type==X86_64]".into())];
+    assert_eq!(
+        bsub_args(&spec).unwrap(),
+        [
+            "-J",
+            "sweep[1-9:2]%3",
+            "-n",
+            "8",
+            "-R",
+            "span[ptile=4]",
+            "-M",
+            "512MB",
+            "-R",
+            "rusage[mem=512MB]",
+            "-W",
+            "1:01",
+            "-gpu",
+            "num=1",
+            "-w",
+            "done(5) && ended(6[2])",
+            "-R",
+            "select[type==X86_64]",
+        ]
+    );
+}
+
+#[test]
+fn names_that_lsf_would_read_as_arrays_are_refused() {
+    let mut spec = JobSpec::command("true", Vec::<String>::new());
+    spec.name = Some("run[1-3]".into());
+    assert!(matches!(bsub_args(&spec), Err(Error::Invalid(m)) if m.contains("array")));
+    let mut spec = JobSpec::command("true", Vec::<String>::new());
+    spec.attributes = vec![("lsf.K".into(), "".into())];
+    assert!(matches!(bsub_args(&spec), Err(Error::Invalid(_))));
+}
+
+#[test]
+fn logs_are_the_tail_of_bpeek_without_its_header() {
+    let b = Script::new().ok("bpeek", BPEEK);
+    assert_eq!(Lsf::logs(&b, "305".into(), 7).unwrap(), "step 2\n");
+}
+
+#[test]
+fn drain_closes_the_host_with_a_literal_comment() {
+    let b = Script::new().ok("badmin", "").ok("badmin", "");
+    Lsf::drain_node(&b, "host1".into(), "disk; #4".into()).unwrap();
+    Lsf::resume_node(&b, "host1".into()).unwrap();
+    let c = b.commands();
+    assert_eq!(c[0].args, ["hclose", "-C", "disk; #4", "host1"]);
+    assert_eq!(c[1].args, ["hopen", "host1"]);
+}
+
+#[test]
+fn malformed_ids_are_refused() {
+    let b = Script::new();
+    for bad in ["", "1;x", "1[", "1[a]", "[1]"] {
+        assert!(
+            matches!(Lsf::cancel(&b, bad.into()), Err(Error::Invalid(_))),
+            "{bad:?}"
+        );
+    }
+}

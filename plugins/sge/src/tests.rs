@@ -1,0 +1,244 @@
+//! Native tests of the Grid Engine plugin against fixtures in Grid Engine's formats
+//! (hand-written, not captured: no qmaster runs on the project's machines).
+
+use super::*;
+use corral_plugin_sdk::testing::Script;
+use corral_plugin_sdk::{Dependency, JobArray};
+
+const QSTAT: &str = include_str!("../fixtures/qstat.xml");
+const QACCT_OK: &str = include_str!("../fixtures/qacct-ok.txt");
+const QACCT_FAILED: &str = include_str!("../fixtures/qacct-failed.txt");
+const QACCT_KILLED: &str = include_str!("../fixtures/qacct-killed.txt");
+const QACCT_H_RT: &str = include_str!("../fixtures/qacct-h_rt.txt");
+const QACCT_ARRAY: &str = include_str!("../fixtures/qacct-array.txt");
+const QACCT_BEFORE_JOB: &str = include_str!("../fixtures/qacct-before-job.txt");
+const QACCT_UNKNOWN: &str = include_str!("../fixtures/qacct-unknown.stderr");
+const QSUB: &str = include_str!("../fixtures/qsub-terse.txt");
+const QSUB_ARRAY: &str = include_str!("../fixtures/qsub-terse-array.txt");
+const QDEL_UNKNOWN: &str = include_str!("../fixtures/qdel-unknown.stderr");
+
+fn ids(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn state_letters_map_to_portable_states() {
+    assert_eq!(live_state("qw").0, JobState::Queued(false));
+    assert_eq!(live_state("hqw").0, JobState::Queued(true));
+    assert_eq!(live_state("Eqw").0, JobState::Queued(true));
+    assert!(live_state("Eqw").1.unwrap().contains("error"));
+    assert_eq!(live_state("r").0, JobState::Running);
+    assert_eq!(live_state("t").0, JobState::Running);
+    assert_eq!(live_state("Rr").0, JobState::Running);
+    assert_eq!(live_state("s").0, JobState::Suspended);
+    assert_eq!(live_state("S").0, JobState::Suspended);
+    assert_eq!(live_state("dr").0, JobState::Completing);
+    assert_eq!(live_state("?").0, JobState::Unknown);
+}
+
+#[test]
+fn qstat_xml_parses_running_pending_and_array_entries() {
+    let live = parse_qstat(QSTAT).unwrap();
+    assert_eq!(live.len(), 8);
+    assert!(live.contains(&Live {
+        job: "205".into(),
+        state: "qw".into(),
+        tasks: Some("2-3:1".into())
+    }));
+    assert!(live.contains(&Live {
+        job: "201".into(),
+        state: "r".into(),
+        tasks: None
+    }));
+}
+
+#[test]
+fn qacct_records_give_the_final_state() {
+    let one = |t: &str| ended(&parse_qacct(t)[0]);
+    assert_eq!(one(QACCT_OK), JobState::Succeeded);
+    assert_eq!(one(QACCT_FAILED), JobState::Failed("exit code 3".into()));
+    assert_eq!(
+        one(QACCT_KILLED),
+        JobState::Failed("killed by signal 9 (100 : assumedly after job)".into())
+    );
+    assert_eq!(one(QACCT_H_RT), JobState::TimedOut);
+    assert!(
+        matches!(one(QACCT_BEFORE_JOB), JobState::Failed(r) if r.contains("assumedly before job"))
+    );
+    let recs = parse_qacct(QACCT_H_RT);
+    assert_eq!(
+        (recs[0].wallclock_secs, recs[0].h_rt),
+        (Some(61.0), Some(60.0))
+    );
+}
+
+#[test]
+fn a_job_deleted_by_someone_is_cancelled() {
+    let mut a = parse_qacct(QACCT_KILLED).remove(0);
+    a.deleted_by = Some("alice@login1".into());
+    assert_eq!(ended(&a), JobState::Cancelled);
+}
+
+#[test]
+fn live_jobs_come_from_one_qstat_call() {
+    let b = Script::new().ok("qstat", QSTAT);
+    let got = Sge::status(
+        &b,
+        ids(&["201", "202", "203", "204", "205", "205.3", "206", "207"]),
+    )
+    .unwrap();
+    b.assert_done();
+    assert_eq!(b.commands()[0].args, ["-xml", "-u", "*"]);
+    let state = |id: &str| got.iter().find(|s| s.id == id).unwrap().state.clone();
+    assert_eq!(state("201"), JobState::Running);
+    assert_eq!(state("202"), JobState::Queued(false));
+    assert_eq!(state("203"), JobState::Queued(true));
+    assert_eq!(state("204"), JobState::Queued(true));
+    assert_eq!(state("205"), JobState::Running);
+    assert_eq!(state("205.3"), JobState::Queued(false));
+    assert_eq!(state("206"), JobState::Suspended);
+    assert_eq!(state("207"), JobState::Completing);
+}
+
+#[test]
+fn a_job_that_left_the_queue_is_resolved_through_qacct() {
+    let b = Script::new().ok("qstat", QSTAT).ok("qacct", QACCT_FAILED);
+    let s = Sge::status(&b, ids(&["211"])).unwrap().remove(0);
+    b.assert_done();
+    assert_eq!(
+        (s.state, s.exit_code),
+        (JobState::Failed("exit code 3".into()), Some(3))
+    );
+    assert_eq!(b.commands()[1].args, ["-j", "211"]);
+}
+
+#[test]
+fn an_ended_array_is_failed_when_a_task_failed() {
+    let b = Script::new().ok("qstat", QSTAT).ok("qacct", QACCT_ARRAY);
+    let s = Sge::status(&b, ids(&["214"])).unwrap().remove(0);
+    assert!(
+        matches!(&s.state, JobState::Failed(r) if r.starts_with("task 214.2")),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn a_job_nobody_remembers_is_unknown_with_qaccts_words() {
+    let b = Script::new()
+        .ok("qstat", QSTAT)
+        .run("qacct", 1, "", QACCT_UNKNOWN);
+    let s = Sge::status(&b, ids(&["999"])).unwrap().remove(0);
+    assert_eq!(s.state, JobState::Unknown);
+    assert!(s.message.unwrap().contains("job id 999 not found"));
+}
+
+#[test]
+fn cancel_of_a_job_grid_engine_forgot_is_not_an_error() {
+    let b = Script::new().run("qdel", 1, "", QDEL_UNKNOWN);
+    Sge::cancel(&b, "999".into()).unwrap();
+    let b = Script::new().run(
+        "qdel",
+        1,
+        "",
+        "error: commlib error: can't connect to service\n",
+    );
+    assert!(matches!(
+        Sge::cancel(&b, "1".into()),
+        Err(Error::Backend(_))
+    ));
+}
+
+#[test]
+fn qsub_terse_output_gives_the_job_id() {
+    assert_eq!(parse_qsub(QSUB).unwrap(), "220");
+    assert_eq!(parse_qsub(QSUB_ARRAY).unwrap(), "221");
+    assert!(parse_qsub("Unable to run job: denied\n").is_err());
+}
+
+#[test]
+fn render_is_exactly_what_submit_sends() {
+    let mut spec = JobSpec::command("/bin/echo", ["$(x)", "it's"]);
+    spec.name = Some("a 'b' $c".into());
+    let rendered = Sge::render(&Script::new(), spec.clone()).unwrap();
+    let b = Script::new().ok("qsub", QSUB);
+    assert_eq!(Sge::submit(&b, spec).unwrap(), "220");
+    let cmd = &b.commands()[0];
+    assert_eq!(cmd.stdin.as_deref(), Some(rendered.as_bytes()));
+    assert_eq!(cmd.args, ["-terse", "-S", "/bin/sh", "-N", "a 'b' $c"]);
+}
+
+#[test]
+fn resources_arrays_and_dependencies_become_qsub_options() {
+    let mut spec = JobSpec::command("true", Vec::<String>::new());
+    spec.tasks_per_node = Some(4);
+    spec.memory_mb = Some(2048);
+    spec.walltime_seconds = Some(90);
+    spec.array = Some(JobArray {
+        first: 1,
+        last: 5,
+        step: 2,
+        max_running: Some(2),
+    });
+    spec.dependencies = vec![Dependency {
+        kind: DependencyKind::AfterAny,
+        job: "7".into(),
+    }];
+    spec.attributes = vec![
+        ("sge.pe".into(), "smp".into()),
+        ("sge.arch".into(), "lx-amd64".into()),
+    ];
+    assert_eq!(
+        qsub_args(&spec).unwrap(),
+        [
+            "-terse",
+            "-S",
+            "/bin/sh",
+            "-pe",
+            "smp",
+            "4",
+            "-l",
+            "h_vmem=2048M,h_rt=00:01:30,arch=lx-amd64",
+            "-t",
+            "1-5:2",
+            "-tc",
+            "2",
+            "-hold_jid",
+            "7",
+        ]
+    );
+}
+
+#[test]
+fn unsupported_dependencies_and_missing_pe_are_refused() {
+    let mut spec = JobSpec::command("true", Vec::<String>::new());
+    spec.dependencies = vec![Dependency {
+        kind: DependencyKind::AfterOk,
+        job: "7".into(),
+    }];
+    assert!(matches!(qsub_args(&spec), Err(Error::Unsupported(_))));
+    let mut spec = JobSpec::command("true", Vec::<String>::new());
+    spec.cpus_per_task = Some(2);
+    assert!(matches!(qsub_args(&spec), Err(Error::Invalid(m)) if m.contains("sge.pe")));
+}
+
+#[test]
+fn drain_disables_every_queue_on_the_host() {
+    let b = Script::new().ok("qmod", "").ok("qmod", "");
+    Sge::drain_node(&b, "node01".into(), "any".into()).unwrap();
+    Sge::resume_node(&b, "node01".into()).unwrap();
+    let c = b.commands();
+    assert_eq!(c[0].args, ["-d", "*@node01"]);
+    assert_eq!(c[1].args, ["-e", "*@node01"]);
+    assert!(matches!(
+        Sge::drain_node(&b, "*".into(), "".into()),
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[test]
+fn task_lists_match_the_tasks_they_name() {
+    assert!(tasks_hold("2-6:2", 4));
+    assert!(!tasks_hold("2-6:2", 5));
+    assert!(tasks_hold("1,3", 3));
+    assert!(!tasks_hold("1", 2));
+}
