@@ -66,3 +66,10 @@ export CORRAL_PLUGINS_DIR
 
 echo "== cargo test (unit, integration, doc)"
 cargo test --workspace --locked "$@"
+
+# --- Packages (issue: packaging and operations) ------------------------------------------
+# Under CI (root, disposable machine) this builds the .deb and .rpm, installs the .deb,
+# checks it, runs the daemons from it, and purges it; elsewhere it prints SKIPPED unless
+# CORRAL_TEST_PACKAGES=1.
+echo "== tests/packaging.sh"
+bash tests/packaging.sh

@@ -79,6 +79,11 @@ async fn cli_json(c: &Cluster, args: &[&str]) -> Value {
 /// `corral submit --json ARGS` → the job id.
 async fn submit(c: &Cluster, args: &[&str]) -> String {
     let mut all = vec!["submit", "--scheduler", "slurm", "--json"];
+    // Slurm writes `slurm-ID.out` in the job's directory: keep it out of the checkout.
+    let tmp = std::env::temp_dir().to_string_lossy().into_owned();
+    if !args.contains(&"--chdir") {
+        all.extend(["--chdir", tmp.as_str()]);
+    }
     all.extend(args);
     let job = cli_json(c, &all).await;
     assert_eq!(job["phase"], "submitted", "{job}");

@@ -14,12 +14,13 @@
 //!      with the arguments the plugin passes (read from the script's `# corral:`
 //!      comment line when present, else `--parsable`): the floor.
 //!    Reported: median, p90 and mean wall time of each, and corral's overhead.
-//! 2. *Polling*: `--poll-jobs` jobs (`sleep`, default 1000) are submitted through the
-//!    coordinator and tracked, then `--polls` full polls are timed (each must be one
+//! 2. *Polling*: jobs are submitted through the coordinator until `--poll-jobs` (default
+//!    1000) are tracked (every job of the run is a queued `sleep`), then `--polls` full polls are timed (each must be one
 //!    `status` call carrying every id), interleaved with the same number of plain
 //!    `squeue -j ID,...` calls over the same ids for comparison.
 //!
-//! Everything submitted is cancelled with `scancel` at the end (by the ids this run got;
+//! The in-process coordinator logs like the daemon; `CORRAL_LOG=warn` keeps the output to
+//! the figures. Everything submitted is cancelled with `scancel` at the end (by the ids this run got;
 //! nothing else in the queue is touched), and the agent and coordinator are stopped.
 
 use std::path::{Path, PathBuf};
@@ -219,7 +220,8 @@ async fn measure(
 ) -> Result<()> {
     let spec = JobSpec {
         name: Some("corral-bench".into()),
-        executable: "/bin/true".into(),
+        executable: "/bin/sleep".into(),
+        arguments: vec!["600".into()],
         ..Default::default()
     };
     let request = |dry_run| SubmitRequest {
@@ -264,7 +266,8 @@ async fn measure(
                             "--api",
                             api_url,
                             "--",
-                            "/bin/true",
+                            "/bin/sleep",
+                            "600",
                         ])
                         .env("CORRAL_LOG", "warn")
                         .stdin(Stdio::null())
@@ -338,16 +341,24 @@ async fn measure(
     if a.poll_jobs == 0 {
         return Ok(());
     }
-    eprintln!("submitting {} jobs to track", a.poll_jobs);
+    // Top the tracked jobs up to --poll-jobs (the submission phase left some).
+    let already = shared
+        .jobs
+        .list()
+        .iter()
+        .filter(|j| !j.is_finished())
+        .count();
+    let more = a.poll_jobs.saturating_sub(already);
+    eprintln!(
+        "submitting {more} more jobs to track {} in all",
+        a.poll_jobs
+    );
     let sleeper = JobSpec {
         name: Some("corral-bench-poll".into()),
-        executable: "/bin/sleep".into(),
-        arguments: vec!["600".into()],
-        ..Default::default()
+        ..spec.clone()
     };
-    let mut ids = vec![];
     let t = Instant::now();
-    for i in 0..a.poll_jobs {
+    for i in 0..more {
         let job = shared
             .jobs
             .submit(
@@ -362,18 +373,19 @@ async fn measure(
             .await
             .map_err(|e| anyhow::anyhow!("submitting poll job {i}: {e}"))?
             .map_err(|_| anyhow::anyhow!("a dry run where a submission was asked"))?;
-        ids.extend(job.native_id);
+        ensure!(job.native_id.is_some(), "{} has no native id", job.id);
         if (i + 1) % 250 == 0 {
             eprintln!("  {} submitted ({:.1}s)", i + 1, t.elapsed().as_secs_f64());
         }
     }
-    let tracked = shared
+    let tracked: Vec<String> = shared
         .jobs
         .list()
-        .iter()
+        .into_iter()
         .filter(|j| !j.is_finished())
-        .count();
-    let id_list = ids.join(",");
+        .filter_map(|j| j.native_id)
+        .collect();
+    let id_list = tracked.join(",");
     let mut polls = vec![];
     let mut squeues = vec![];
     let mut calls = vec![];
@@ -392,7 +404,8 @@ async fn measure(
         squeues.push(started.elapsed());
     }
     println!(
-        "## bench submit: one poll of {tracked} tracked jobs ({} polls)",
+        "## bench submit: one poll of {} tracked jobs ({} polls)",
+        tracked.len(),
         a.polls
     );
     println!(
