@@ -218,6 +218,8 @@ async fn measure(
     api_url: &str,
     sbatch_ids: &mut Vec<String>,
 ) -> Result<()> {
+    // Jobs that stay in the queue: one that left it would cost the Slurm plugin extra
+    // commands (scontrol, sacct) at every later poll and skew the poll measurement.
     let spec = JobSpec {
         name: Some("corral-bench".into()),
         executable: "/bin/sleep".into(),
