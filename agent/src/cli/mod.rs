@@ -191,7 +191,26 @@ pub struct Exit {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // A client command makes one request or two: one thread, no hand-offs between
+    // threads, is the quickest start and answer (`corral submit` is timed against
+    // `sbatch` in `corral bench submit`).
+    let client = matches!(
+        cli.command,
+        Cmd::Nodes { .. }
+            | Cmd::Node { .. }
+            | Cmd::Events { .. }
+            | Cmd::Ping { .. }
+            | Cmd::Submit(_)
+            | Cmd::Jobs(_)
+            | Cmd::Status(_)
+            | Cmd::Cancel(_)
+            | Cmd::Plugins(_)
+    );
+    let mut builder = if client {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     // The agent's async work is a handful of timers and one connection: two workers are
     // plenty, and a 128-core node should not get 128 idle threads from its health agent.
     if matches!(cli.command, Cmd::Agent { .. }) {

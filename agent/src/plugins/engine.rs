@@ -426,15 +426,21 @@ impl Instance {
                 humantime::format_duration(limits.call_timeout)
             ));
         }
-        let mut why = format!("{e:#}");
-        if why.len() > 2000 {
-            let mut cut = 2000;
-            while !why.is_char_boundary(cut) {
-                cut -= 1;
+        // The full error (with its wasm backtrace, many lines) goes to the debug log; the
+        // caller gets the trap's kind in one line.
+        tracing::debug!(plugin = %g.name, export, error = %format!("{e:?}"), "plugin trapped");
+        let why = match e.downcast_ref::<Trap>() {
+            Some(Trap::UnreachableCodeReached) => {
+                "wasm `unreachable` executed (a panic or abort in the plugin)".to_string()
             }
-            why.truncate(cut);
-            why.push_str(" [cut]");
-        }
+            Some(Trap::StackOverflow) => "call stack exhausted (runaway recursion?)".to_string(),
+            Some(t) => t.to_string(),
+            None => {
+                let root = e.root_cause().to_string();
+                let first = root.lines().next().unwrap_or_default();
+                first.chars().take(500).collect()
+            }
+        };
         PluginError::Plugin(format!("{}.{export} trapped: {why}", g.name))
     }
 }
