@@ -760,8 +760,17 @@ impl Jobs {
             if shared.registry.command_channel(node).is_none() {
                 return Err((format!("node {node} is not connected; the last known state is shown"), false));
             }
+            // Just (re)connected: its agent announces its plugins within moments.
+            let announced = shared
+                .registry
+                .plugins()
+                .into_iter()
+                .any(|p| &p.node == node && p.announced_ms.is_some());
+            if !announced {
+                return Err((format!("node {node} has not announced its plugins yet"), false));
+            }
             if !shared.registry.plugin_hosts(plugin).iter().any(|n| n == node) {
-                return Err((format!("node {node} does not host the {plugin} plugin now (it has not announced it since it connected)"), true));
+                return Err((format!("node {node} does not host the {plugin} plugin now (its agent announced other plugins since it connected)"), true));
             }
             for chunk in ids.chunks(self.settings.status_batch.max(1)) {
                 report.calls += 1;
@@ -1441,6 +1450,38 @@ mod tests {
         r.poll().await;
         assert_eq!(r.job(job.id).state, Some(JobState::Succeeded));
         assert_eq!(r.job(job.id).poll_error, None);
+    }
+
+    #[tokio::test]
+    async fn a_reconnected_node_is_waited_for_until_it_announces_then_a_missing_plugin_backs_off() {
+        let mut r = rig();
+        let sched = Arc::new(FakeScheduler::default());
+        r.agent("n1", &["slurm"], sched.clone());
+        let job = r.submit("slurm", spec("/bin/true")).await.unwrap();
+        // A new connection that has not announced yet: waited for, no backoff.
+        let (tx, _rx) = tokio::sync::mpsc::channel::<CoordMsg>(8);
+        let conn = r.shared.registry.connect(
+            "n1",
+            Duration::from_secs(1),
+            "127.0.0.1:2".into(),
+            "test".into(),
+            tx,
+            None,
+        );
+        let report = r.poll().await;
+        assert_eq!((report.calls, report.failed_groups), (0, 0));
+        assert!(r.job(job.id).poll_error.unwrap().contains("not announced"));
+        // It announces, without the plugin: that is a failure, and backs off.
+        r.shared
+            .registry
+            .plugins_announced("n1", conn, vec![plugin("pbs")], vec![]);
+        let report = r.poll().await;
+        assert_eq!((report.calls, report.failed_groups), (0, 1));
+        assert!(r
+            .job(job.id)
+            .poll_error
+            .unwrap()
+            .contains("does not host the slurm plugin"));
     }
 
     #[tokio::test]
