@@ -14,14 +14,19 @@
 //!      with the arguments the plugin passes (read from the script's `# corral:`
 //!      comment line when present, else `--parsable`): the floor.
 //!    Reported: median, p90 and mean wall time of each, and corral's overhead.
-//! 2. *Polling*: jobs are submitted through the coordinator until `--poll-jobs` (default
-//!    1000) are tracked (every job of the run is a queued `sleep`), then `--polls` full polls are timed (each must be one
-//!    `status` call carrying every id), interleaved with the same number of plain
-//!    `squeue -j ID,...` calls over the same ids for comparison.
+//! 2. *Polling*: jobs are submitted through the coordinator until `--poll-jobs`
+//!    (default 1000) are tracked (every job of the run is a queued `sleep`), then
+//!    `--polls` full polls are timed (each must be one `status` call carrying every id),
+//!    interleaved with the routed `status` call alone (coordinator, QUIC, agent, plugin,
+//!    squeue and back, without applying the answers to the job table) and with plain
+//!    `squeue -j ID,...` over the same ids.
 //!
-//! The in-process coordinator logs like the daemon; `CORRAL_LOG=warn` keeps the output to
-//! the figures. Everything submitted is cancelled with `scancel` at the end (by the ids this run got;
-//! nothing else in the queue is touched), and the agent and coordinator are stopped.
+//! The machine's load average is printed with the figures: on a busy machine every hop
+//! of the corral path waits for a CPU, so compare figures taken under similar load. The
+//! in-process coordinator logs like the daemon; `CORRAL_LOG=warn` keeps the output to the
+//! figures. Everything submitted is cancelled with `scancel` at the end (by the ids this
+//! run got; nothing else in the queue is touched), and the agent and coordinator are
+//! stopped.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -326,9 +331,13 @@ async fn measure(
     let (cli_p50, _, _) = summary(&cli);
     let (http_p50, _, _) = summary(&http);
     let (plain_p50, _, _) = summary(&plain);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "## bench submit: {} through corral vs plain sbatch, {} rounds (interleaved, after a warm-up)",
-        a.plugin, a.runs
+        "## bench submit: {} through corral vs plain sbatch, {} rounds (interleaved, after a warm-up); load average {}, {} CPUs",
+        a.plugin,
+        a.runs,
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("{}", line("corral submit (CLI, end to end)", &cli));
     println!("{}", line("corral API (one HTTP request)", &http));
@@ -388,7 +397,14 @@ async fn measure(
         .filter_map(|j| j.native_id)
         .collect();
     let id_list = tracked.join(",");
+    let node = shared
+        .registry
+        .plugin_hosts(&a.plugin)
+        .into_iter()
+        .next()
+        .context("the agent left")?;
     let mut polls = vec![];
+    let mut routed = vec![];
     let mut squeues = vec![];
     let mut calls = vec![];
     for _ in 0..a.polls {
@@ -401,6 +417,19 @@ async fn measure(
             shared.jobs.list().iter().find_map(|j| j.poll_error.clone())
         );
         calls.push((report.calls, report.jobs));
+        // The same status call alone: coordinator → agent → plugin → squeue and back.
+        let started = Instant::now();
+        let reply = shared
+            .jobs
+            .call(
+                shared,
+                &node,
+                &a.plugin,
+                crate::job::PluginCall::Status(tracked.clone()),
+            )
+            .await;
+        routed.push(started.elapsed());
+        ensure!(reply.is_ok(), "the status call failed: {:?}", reply.err());
         let started = Instant::now();
         run_ok("squeue", &["-h", "-j", &id_list, "-o", "%i %T"]).await?;
         squeues.push(started.elapsed());
@@ -415,6 +444,7 @@ async fn measure(
         calls.first().copied().unwrap_or_default()
     );
     println!("{}", line("corral poll (status call + apply)", &polls));
+    println!("{}", line("  of which: the routed status call", &routed));
     println!("{}", line("plain squeue -j (same ids)", &squeues));
     Ok(())
 }

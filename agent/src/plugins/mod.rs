@@ -54,7 +54,7 @@ use engine::{Instance, Ticker};
 use imports::Granted;
 
 /// The agent's `[plugins]` config section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// Where `NAME.wasm` and its manifest `NAME.toml` live.
@@ -63,16 +63,6 @@ pub struct PluginsConfig {
     pub enable: Vec<String>,
     /// Where compiled components are cached. None: no disk cache.
     pub cache_dir: Option<PathBuf>,
-}
-
-impl Default for PluginsConfig {
-    fn default() -> Self {
-        PluginsConfig {
-            dir: None,
-            enable: Vec::new(),
-            cache_dir: None,
-        }
-    }
 }
 
 /// A plugin that could not be loaded, and why (names the file and what to do).
