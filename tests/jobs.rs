@@ -14,14 +14,13 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::slurm::{built_plugins_dir, Slurm};
 use support::*;
 
-static SLURM: Mutex<()> = Mutex::new(());
+static SLURM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A coordinator polling every 300 ms and one agent, `node-a`, hosting `plugins` (the
 /// built ones in `dir`); returns once the agent announced them.
@@ -147,12 +146,12 @@ fn scontrol_job(native: &str) -> String {
 }
 
 /// Slurm and the built plugin, or `None` (after `SKIPPED`, or a panic under CI).
-fn slurm() -> Option<(
-    std::sync::MutexGuard<'static, ()>,
+async fn slurm() -> Option<(
+    tokio::sync::MutexGuard<'static, ()>,
     Slurm,
     std::path::PathBuf,
 )> {
-    let guard = SLURM.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = SLURM.lock().await;
     let dir = built_plugins_dir("slurm")?;
     let slurm = Slurm::start()?;
     Some((guard, slurm, dir))
@@ -160,7 +159,7 @@ fn slurm() -> Option<(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_go_through_the_cli_to_slurm_literally_and_are_tracked_and_cancelled() {
-    let Some((_guard, _slurm, plugins)) = slurm() else {
+    let Some((_guard, _slurm, plugins)) = slurm().await else {
         return;
     };
     let c = cluster(Some(&plugins), &["slurm"]).await;
@@ -337,7 +336,7 @@ async fn jobs_go_through_the_cli_to_slurm_literally_and_are_tracked_and_cancelle
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_is_tracked_to_its_end_across_a_coordinator_crash() {
-    let Some((_guard, _slurm, plugins)) = slurm() else {
+    let Some((_guard, _slurm, plugins)) = slurm().await else {
         return;
     };
     let mut c = cluster(Some(&plugins), &["slurm"]).await;
@@ -376,7 +375,7 @@ async fn a_job_is_tracked_to_its_end_across_a_coordinator_crash() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dependency_given_by_corral_id_waits_for_its_job() {
-    let Some((_guard, _slurm, plugins)) = slurm() else {
+    let Some((_guard, _slurm, plugins)) = slurm().await else {
         return;
     };
     let c = cluster(Some(&plugins), &["slurm"]).await;

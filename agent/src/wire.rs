@@ -158,7 +158,11 @@ pub enum Command {
     /// Call one export of one of the agent's scheduler plugins. The agent runs it beside
     /// its session (a slow scheduler never delays beats) and answers with
     /// [`CommandOutput::Plugin`] when it is done.
-    Plugin { plugin: String, call: PluginCall },
+    /// (Boxed: a job spec is large, the other commands are small.)
+    Plugin {
+        plugin: String,
+        call: Box<PluginCall>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -463,7 +467,7 @@ mod tests {
                 id: 7,
                 command: Command::Plugin {
                     plugin: "slurm".into(),
-                    call,
+                    call: Box::new(call),
                 },
             };
             let bytes = encode("command", &msg).unwrap();

@@ -13,6 +13,7 @@
 //!    - plain `sbatch` fed the very script corral renders for that job (`--dry-run`),
 //!      with the arguments the plugin passes (read from the script's `# corral:`
 //!      comment line when present, else `--parsable`): the floor.
+//!
 //!    Reported: median, p90 and mean wall time of each, and corral's overhead.
 //! 2. *Polling*: jobs are submitted through the coordinator until `--poll-jobs`
 //!    (default 1000) are tracked (every job of the run is a queued `sleep`), then

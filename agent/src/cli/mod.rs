@@ -123,7 +123,7 @@ enum Cmd {
         api: ApiArgs,
     },
     /// Submit a job through a scheduler plugin: `corral submit --scheduler slurm -- CMD ARGS...`.
-    Submit(jobs::SubmitArgs),
+    Submit(Box<jobs::SubmitArgs>),
     /// List the jobs the coordinator tracks.
     Jobs(jobs::JobsArgs),
     /// Show one job with its state history.
@@ -401,7 +401,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Submit(a) => jobs::submit(a).await,
+        Cmd::Submit(a) => jobs::submit(*a).await,
         Cmd::Jobs(a) => jobs::jobs(a).await,
         Cmd::Status(a) => jobs::status(a).await,
         Cmd::Cancel(a) => jobs::cancel(a).await,

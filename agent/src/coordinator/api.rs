@@ -281,9 +281,9 @@ fn command_error_with(e: &CommandError, message: String) -> Response {
     error(status, message)
 }
 
-fn parse_job_id(id: &str) -> Result<JobId, Response> {
+/// A job id from a path; a malformed one names no job (404, with the right form).
+fn parse_job_id(id: &str) -> Result<JobId, String> {
     id.parse::<JobId>()
-        .map_err(|e| error(StatusCode::NOT_FOUND, e))
 }
 
 /// A submission whose spec may leave fields out: they are filled from
@@ -334,7 +334,7 @@ async fn jobs(State(s): State<AppState>) -> Response {
 async fn job(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_job_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::NOT_FOUND, e),
     };
     match s.shared.jobs.get(id) {
         Some(j) => Json(j).into_response(),
@@ -345,7 +345,7 @@ async fn job(State(s): State<AppState>, Path(id): Path<String>) -> Response {
 async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let id = match parse_job_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::NOT_FOUND, e),
     };
     match s.shared.jobs.cancel(&s.shared, id).await {
         Ok(j) => Json(j).into_response(),

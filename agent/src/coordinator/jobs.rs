@@ -396,7 +396,7 @@ impl Jobs {
                 node,
                 Command::Plugin {
                     plugin: plugin.to_string(),
-                    call,
+                    call: Box::new(call),
                 },
                 self.settings.call_timeout,
             )
@@ -1203,7 +1203,7 @@ mod tests {
                         command: Command::Plugin { call, .. },
                     } = msg
                     {
-                        let answer = sched.answer(call);
+                        let answer = sched.answer(*call);
                         shared
                             .commands
                             .complete(id, Ok(CommandOutput::Plugin(answer)));
@@ -1306,9 +1306,9 @@ mod tests {
         assert_eq!(report.calls, 0, "a finished job is not asked about");
         r.shared.jobs.apply(
             &("n1".into(), "slurm".into()),
-            &[native.clone()],
+            std::slice::from_ref(&native),
             vec![JobStatus {
-                id: native,
+                id: native.clone(),
                 state: JobState::Running,
                 native_state: "RUNNING".into(),
                 exit_code: None,
