@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use corral::model::{HealthStatus, Liveness};
+use corral_proto::model::{HealthStatus, Liveness};
 use support::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -259,7 +259,7 @@ async fn health_follows_thresholds_and_gpu_changes_become_events() {
         .events("hot")
         .await
         .into_iter()
-        .filter(|e| e.kind == corral::coordinator::registry::EventKind::Health)
+        .filter(|e| e.kind == corral_proto::api::EventKind::Health)
         .map(|e| (e.from, e.to))
         .collect();
     assert_eq!(

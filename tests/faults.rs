@@ -8,12 +8,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use corral::model::{Liveness, NodeReport};
-use corral::pki::TlsFiles;
-use corral::wire::{
-    self, AgentMsg, FrameReader, FrameWriter, Hello, Refusal, Welcome, PROTOCOL_VERSION,
-};
+use corral_proto::model::{Liveness, NodeReport};
+use corral_proto::wire::{AgentMsg, Hello, Refusal, Welcome, PROTOCOL_VERSION};
+use corral_transport::frame::{self, Bytes, FrameReader, FrameWriter};
+use corral_transport::pki::TlsFiles;
 use support::*;
 
 /// A hand-driven agent connection, for sending what a real agent never would.
@@ -34,7 +32,8 @@ fn files(tls: &Path, name: &str) -> TlsFiles {
 
 async fn raw_connect(c: &Cluster, tls: TlsFiles) -> Result<Raw, String> {
     let material = tls.load().map_err(|e| format!("{e:#}"))?;
-    let cfg = corral::pki::quic_client_config(&material, wire::transport_config()).unwrap();
+    let cfg =
+        corral_transport::pki::quic_client_config(&material, frame::transport_config()).unwrap();
     let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], c.quic_port));
     let conn = endpoint
@@ -57,7 +56,6 @@ fn hello(node: &str, protocol: u32) -> Hello {
         node: node.into(),
         agent_version: "test".into(),
         beat_interval_ms: 1000,
-        report_interval_ms: 5000,
     }
 }
 
@@ -68,7 +66,7 @@ async fn refusal(raw: &Raw) -> (Refusal, String) {
         .expect("connection not closed");
     match err {
         quinn::ConnectionError::ApplicationClosed(c) => (
-            Refusal::from_code(c.error_code).expect("known code"),
+            frame::refusal_of(c.error_code).expect("known code"),
             String::from_utf8_lossy(&c.reason).into_owned(),
         ),
         other => panic!("expected an application close, got {other}"),

@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use corral::coordinator::registry::EventKind;
-use corral::model::{DeviceStatus, HealthStatus};
+use corral_proto::api::EventKind;
+use corral_proto::model::{DeviceStatus, HealthStatus};
 use support::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -130,9 +130,9 @@ fn agent_once_runs_custom_checks_and_required_mounts() {
         std::fs::write(dir.path().join(f), "x").unwrap();
     }
     let check = dir.path().join("check-ib.sh");
-    corral::testing::write_script(&check, "echo 'ib0: port state DOWN'\nexit 1");
+    corral_base::testing::write_script(&check, "echo 'ib0: port state DOWN'\nexit 1");
     let hung = dir.path().join("hung.sh");
-    corral::testing::write_script(&hung, "sleep 60");
+    corral_base::testing::write_script(&hung, "sleep 60");
     let cfg = dir.path().join("agent.toml");
     std::fs::write(
         &cfg,
@@ -151,7 +151,7 @@ fn agent_once_runs_custom_checks_and_required_mounts() {
         started.elapsed() < SECS(30),
         "a hung check must not hang --once"
     );
-    let report: corral::model::NodeReport = serde_json::from_slice(&out.stdout).unwrap();
+    let report: corral_proto::model::NodeReport = serde_json::from_slice(&out.stdout).unwrap();
     let reasons: Vec<(&str, HealthStatus, &str)> = report
         .health
         .reasons

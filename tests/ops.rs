@@ -32,8 +32,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
-use corral::coordinator::metrics::METRIC_NAMES;
-use corral::model::Liveness;
+use corral_coordinator::metrics::METRIC_NAMES;
+use corral_proto::model::Liveness;
 use support::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -99,11 +99,11 @@ fn series_names(exposition: &str) -> BTreeSet<String> {
 }
 
 fn full_fake_gpus() -> Vec<serde_json::Value> {
-    use corral::node::gpu::{FakeGpuSource, GpuSource};
+    use corral_node::health::gpu::{FakeGpuSource, GpuSource};
     let mut gpus = FakeGpuSource::uniform(2).sample().expect("fake GPUs");
     for g in &mut gpus {
         g.fan_speed_percent = Some(35);
-        g.throttle_reasons = Some(vec![corral::model::THROTTLE_REASONS[2].into()]);
+        g.throttle_reasons = Some(vec![corral_proto::model::THROTTLE_REASONS[2].into()]);
     }
     let calm = serde_json::json!({ "gpus": gpus });
     // One XID on GPU 0 (so the "last XID" family has a series), then calm for good.

@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use corral::job::{JobSpec, PluginCall, PluginError, PluginReply};
-use corral::plugins::{ComponentSource, PluginHost, PluginsConfig};
+use corral_node::plugins::{ComponentSource, PluginHost, PluginsConfig};
+use corral_proto::job::{JobSpec, PluginCall, PluginError, PluginReply};
 
 /// The hostile component, or `None` (after printing why) when it is not built.
 fn hostile_wasm() -> Option<PathBuf> {
@@ -462,7 +462,7 @@ fn check_file_validates_a_component_against_its_manifest() {
     let plugins = Plugins::new(wasm);
     plugins.add(&ManifestText::new("hostile"));
     let path = plugins.dir.path().join("hostile.wasm");
-    let loaded = corral::plugins::check_file(&path, None).unwrap();
+    let loaded = corral_node::plugins::check_file(&path, None).unwrap();
     assert_eq!(loaded.info.name, "hostile");
     assert_eq!(loaded.grants.hosts, ["127.0.0.1:9"]);
     assert_eq!(loaded.digest.len(), 64);
@@ -470,7 +470,7 @@ fn check_file_validates_a_component_against_its_manifest() {
     m.programs = "[]".into();
     let other = plugins.dir.path().join("other.toml");
     std::fs::write(&other, m.text()).unwrap();
-    let err = corral::plugins::check_file(&path, Some(&other)).unwrap_err();
+    let err = corral_node::plugins::check_file(&path, Some(&other)).unwrap_err();
     assert!(
         format!("{err:#}").contains("corral:scheduler/process"),
         "{err:#}"

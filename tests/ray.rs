@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corral::coordinator::registry::NodeView;
-use corral::model::{RayState, RayStatus};
+use corral_proto::api::NodeView;
+use corral_proto::model::{RayState, RayStatus};
 use support::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -146,7 +146,7 @@ fn stand_in_venv(dir: &Path, python: &str, ray: &str) {
             "echo 'the stand-in ray must never be started' >&2; exit 1".to_string(),
         ),
     ] {
-        corral::testing::write_script(&bin.join(name), &body);
+        corral_base::testing::write_script(&bin.join(name), &body);
     }
 }
 

@@ -15,9 +15,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use corral::job::{JobSpec, JobState, JobStatus, PluginCall, PluginError, PluginReply};
-use corral::plugins::{PluginHost, PluginsConfig};
-use corral::ray::process::{leftovers, spawn, RayProcess};
+use corral_node::plugins::{PluginHost, PluginsConfig};
+use corral_node::ray::process::{leftovers, spawn, RayProcess};
+use corral_proto::job::{JobSpec, JobState, JobStatus, PluginCall, PluginError, PluginReply};
 use support::free_tcp_port;
 use support::slurm::{built_plugins_dir, skip};
 

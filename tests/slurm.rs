@@ -16,11 +16,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral::job::{
+use corral_node::plugins::{PluginHost, PluginsConfig};
+use corral_proto::job::{
     Dependency, DependencyKind, JobArray, JobSpec, JobState, JobStatus, PluginCall, PluginError,
     PluginReply,
 };
-use corral::plugins::{PluginHost, PluginsConfig};
 use support::slurm::{built_plugins_dir, node_state, Slurm, NODE};
 
 const NASTY: &[&str] = &[

@@ -3,8 +3,13 @@
 //! One file format for both daemons: a file holds an `[agent]` section, a
 //! `[coordinator]` section, or both (as `corral dev` writes), plus the shared `[tls]`,
 //! and the agent's `[health]` thresholds, `[gpu]` source, `[ray]` process
-//! ([`crate::ray::RayConfig`]) and `[plugins]` ([`crate::plugins::PluginsConfig`]), and
-//! the coordinator's `[api]` and `[jobs]` ([`JobsSection`]).
+//! ([`corral_node::ray::RayConfig`]) and `[plugins]`
+//! ([`corral_node::plugins::PluginsConfig`]), and the coordinator's `[api]` and `[jobs]`
+//! ([`corral_coordinator::config`]).
+//!
+//! This module only composes the file: each section's type and its checks live in the
+//! crate that uses it, and [`Config::agent_options`] / [`Config::coordinator_options`]
+//! turn a validated file into what each daemon starts from.
 //!
 //! Invariants:
 //! - Unknown keys are errors, so a typo never silently falls back to a default.
@@ -14,19 +19,23 @@
 //! - [`Config::load`] returns only validated configs: the daemons never see a value that
 //!   `corral config check` would reject.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::node::gpu::GpuConfig;
-use crate::node::health::{ConfigIssue, Thresholds};
-use crate::pki::TlsFiles;
-use crate::plugins::PluginsConfig;
-
-pub const DEFAULT_QUIC_PORT: u16 = 7440;
-pub const DEFAULT_API_PORT: u16 = 7441;
+use corral_base::config::{check_readable, parse_toml, ConfigIssue};
+use corral_coordinator::config::{ApiSection, CoordinatorSection, JobsSection};
+use corral_coordinator::registry::Settings;
+use corral_coordinator::CoordinatorOptions;
+use corral_node::config::AgentSection;
+use corral_node::health::gpu::GpuConfig;
+use corral_node::health::verdict::Thresholds;
+use corral_node::plugins::PluginsConfig;
+use corral_node::ray::RayConfig;
+use corral_node::AgentOptions;
+use corral_transport::pki::TlsFiles;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,147 +50,13 @@ pub struct Config {
     #[serde(default)]
     pub gpu: GpuConfig,
     /// The Ray process this agent supervises (absent: none).
-    pub ray: Option<crate::ray::RayConfig>,
+    pub ray: Option<RayConfig>,
     /// The scheduler plugins this agent loads (absent: none).
     #[serde(default)]
     pub plugins: PluginsConfig,
     /// How the coordinator tracks jobs.
     #[serde(default)]
     pub jobs: JobsSection,
-}
-
-/// The coordinator's `[jobs]` section: how submitted jobs are tracked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobsSection {
-    /// How often the status of unfinished jobs is asked for: one bulk `status` call per
-    /// scheduler plugin instance per poll.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// After failed polls the interval doubles, up to this.
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-    /// How long the coordinator waits for an agent's answer to one plugin call.
-    #[serde(with = "humantime_serde")]
-    pub call_timeout: Duration,
-    /// Most job ids in one `status` call; more jobs are asked about in several calls.
-    /// Bounds the size of one answer (a frame) whatever the number of jobs.
-    pub status_batch: usize,
-    /// Finished jobs are forgotten (memory and database) this long after their last
-    /// change. "0s": never.
-    #[serde(with = "humantime_serde")]
-    pub retention: Duration,
-}
-
-impl Default for JobsSection {
-    fn default() -> Self {
-        JobsSection {
-            poll_interval: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(300),
-            call_timeout: Duration::from_secs(60),
-            status_batch: 2000,
-            retention: Duration::from_secs(30 * 86400),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentSection {
-    /// This node's name; must equal the CN of `tls.cert`. Default: the hostname.
-    pub name: Option<String>,
-    /// `host:port` of the coordinator's QUIC endpoint.
-    pub coordinator: String,
-    /// The name in the coordinator's certificate. Default: the host part of
-    /// `coordinator`.
-    pub server_name: Option<String>,
-    #[serde(default = "default_beat", with = "humantime_serde")]
-    pub beat_interval: Duration,
-    #[serde(default = "default_report", with = "humantime_serde")]
-    pub report_interval: Duration,
-    /// How often health is re-evaluated (a change is reported at once).
-    #[serde(default = "default_sample", with = "humantime_serde")]
-    pub sample_interval: Duration,
-    /// Reconnect backoff: first delay and cap (full jitter in between).
-    #[serde(default = "default_backoff_base", with = "humantime_serde")]
-    pub reconnect_base: Duration,
-    #[serde(default = "default_backoff_cap", with = "humantime_serde")]
-    pub reconnect_cap: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CoordinatorSection {
-    /// UDP address of the QUIC endpoint agents connect to.
-    #[serde(default = "default_quic_listen")]
-    pub listen: SocketAddr,
-    /// Where the database lives.
-    pub state_dir: PathBuf,
-    /// A node is `disconnected` after this many beat intervals without a beat.
-    #[serde(default = "default_missed_beats")]
-    pub disconnect_after_beats: u32,
-    /// A node is `down` after this long without a beat.
-    #[serde(default = "default_down_after", with = "humantime_serde")]
-    pub down_after: Duration,
-    #[serde(default = "default_max_frame")]
-    pub max_frame_bytes: usize,
-    /// Events kept in the database (oldest are pruned).
-    #[serde(default = "default_event_retention")]
-    pub event_retention: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiSection {
-    /// TCP address of the HTTP API. Anything but loopback needs `token_file` or TLS.
-    pub listen: SocketAddr,
-    /// A file holding the bearer token clients must send (`Authorization: Bearer ...`).
-    pub token_file: Option<PathBuf>,
-    /// Serve the API over HTTPS with this certificate and key.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-}
-
-impl Default for ApiSection {
-    fn default() -> Self {
-        ApiSection {
-            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
-            token_file: None,
-            tls_cert: None,
-            tls_key: None,
-        }
-    }
-}
-
-fn default_beat() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_report() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_sample() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_backoff_base() -> Duration {
-    Duration::from_millis(250)
-}
-fn default_backoff_cap() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_quic_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], DEFAULT_QUIC_PORT))
-}
-fn default_missed_beats() -> u32 {
-    3
-}
-fn default_down_after() -> Duration {
-    Duration::from_secs(15)
-}
-fn default_max_frame() -> usize {
-    crate::wire::DEFAULT_MAX_FRAME_BYTES
-}
-fn default_event_retention() -> u32 {
-    10_000
 }
 
 /// A config that could not be used, with where and why.
@@ -288,114 +163,69 @@ impl Config {
             check_readable(key, path)?;
         }
         if let Some(a) = &self.agent {
-            if let Some(name) = &a.name {
-                crate::pki::validate_name(name).map_err(|m| issue("agent.name", m))?;
-            }
-            if split_host_port(&a.coordinator).is_none() {
-                return Err(issue(
-                    "agent.coordinator",
-                    format!(
-                        "{:?} is not HOST:PORT (for example \"head-01:{DEFAULT_QUIC_PORT}\")",
-                        a.coordinator
-                    ),
-                ));
-            }
-            for (key, d) in [
-                ("agent.beat_interval", a.beat_interval),
-                ("agent.report_interval", a.report_interval),
-                ("agent.sample_interval", a.sample_interval),
-                ("agent.reconnect_base", a.reconnect_base),
-            ] {
-                if d < Duration::from_millis(10) {
-                    return Err(issue(
-                        key,
-                        format!(
-                            "{} is too short; use at least 10ms",
-                            humantime::format_duration(d)
-                        ),
-                    ));
-                }
-            }
-            if a.report_interval < a.beat_interval {
-                return Err(issue(
-                    "agent.report_interval",
-                    "must not be shorter than agent.beat_interval (reports are the heavier message)".into(),
-                ));
-            }
-            if a.beat_interval > Duration::from_secs(3600) {
-                return Err(issue("agent.beat_interval", "must be at most 1h".into()));
-            }
-            if a.reconnect_cap < a.reconnect_base {
-                return Err(issue(
-                    "agent.reconnect_cap",
-                    "must be at least agent.reconnect_base".into(),
-                ));
-            }
+            a.validate()?;
         }
         if let Some(c) = &self.coordinator {
-            if c.disconnect_after_beats == 0 {
-                return Err(issue(
-                    "coordinator.disconnect_after_beats",
-                    "must be at least 1".into(),
-                ));
-            }
-            if c.down_after < Duration::from_millis(100) {
-                return Err(issue(
-                    "coordinator.down_after",
-                    "must be at least 100ms".into(),
-                ));
-            }
-            if !(1024..=64 << 20).contains(&c.max_frame_bytes) {
-                return Err(issue(
-                    "coordinator.max_frame_bytes",
-                    format!(
-                        "{} is out of range; use 1024 to 67108864",
-                        c.max_frame_bytes
-                    ),
-                ));
-            }
-            let api = &self.api;
-            if let Some(p) = &api.token_file {
-                check_readable("api.token_file", p)?;
-            }
-            match (&api.tls_cert, &api.tls_key) {
-                (Some(c), Some(k)) => {
-                    check_readable("api.tls_cert", c)?;
-                    check_readable("api.tls_key", k)?;
-                }
-                (None, None) => {}
-                (Some(_), None) => {
-                    return Err(issue(
-                        "api.tls_key",
-                        "api.tls_cert is set, so api.tls_key is required".into(),
-                    ))
-                }
-                (None, Some(_)) => {
-                    return Err(issue(
-                        "api.tls_cert",
-                        "api.tls_key is set, so api.tls_cert is required".into(),
-                    ))
-                }
-            }
-            if !api.listen.ip().is_loopback() && api.token_file.is_none() && api.tls_cert.is_none()
-            {
-                return Err(issue(
-                    "api.listen",
-                    format!(
-                        "{} is reachable from other machines; set api.token_file or api.tls_cert/api.tls_key, or listen on 127.0.0.1",
-                        api.listen
-                    ),
-                ));
-            }
+            corral_coordinator::config::validate(c, &self.api, &self.jobs)?;
         }
         self.health.validate()?;
         self.gpu.validate()?;
         if let Some(r) = &self.ray {
             r.validate()?;
         }
-        validate_plugins(&self.plugins)?;
-        validate_jobs(&self.jobs)?;
+        self.plugins.validate()?;
         Ok(())
+    }
+
+    /// What `corral agent` starts from.
+    pub fn agent_options(&self) -> Result<AgentOptions> {
+        let a = self
+            .agent
+            .as_ref()
+            .context("the config has no [agent] section")?;
+        Ok(AgentOptions {
+            name: a.node_name()?,
+            coordinator: a.coordinator.clone(),
+            server_name: a.server_name(),
+            beat_interval: a.beat_interval,
+            report_interval: a.report_interval,
+            sample_interval: a.sample_interval,
+            reconnect_base: a.reconnect_base,
+            reconnect_cap: a.reconnect_cap,
+            tls: self
+                .tls
+                .clone()
+                .context("the config has no [tls] section")?,
+            thresholds: self.health.clone(),
+            gpu: self.gpu.clone(),
+            ray: self.ray.clone(),
+            plugins: self.plugins.clone(),
+        })
+    }
+
+    /// What `corral coordinator` starts from.
+    pub fn coordinator_options(&self) -> Result<CoordinatorOptions> {
+        let c = self
+            .coordinator
+            .as_ref()
+            .context("the config has no [coordinator] section")?;
+        Ok(CoordinatorOptions {
+            listen: c.listen,
+            state_dir: c.state_dir.clone(),
+            settings: Settings {
+                disconnect_after_beats: c.disconnect_after_beats,
+                down_after: c.down_after,
+                persist_every: Duration::from_secs(60),
+                event_retention: c.event_retention as usize,
+            },
+            max_frame_bytes: c.max_frame_bytes,
+            api: self.api.clone(),
+            tls: self
+                .tls
+                .clone()
+                .context("the config has no [tls] section")?,
+            jobs: self.jobs.clone(),
+        })
     }
 
     /// The sections present, for `corral config check`.
@@ -409,169 +239,6 @@ impl Config {
         }
         parts.join(" + ")
     }
-}
-
-/// `[plugins]`: names are plain words, listed once, and need a directory to load from.
-/// Whether each plugin's files exist is *not* checked here: a plugin that cannot load is
-/// reported by the agent (and to the coordinator) without keeping the agent from running.
-fn validate_plugins(p: &PluginsConfig) -> Result<(), ConfigIssue> {
-    let issue = |key: &str, message: String| ConfigIssue {
-        key: key.into(),
-        message,
-    };
-    let mut seen = std::collections::HashSet::new();
-    for name in &p.enable {
-        let plain = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !plain {
-            return Err(issue(
-                "plugins.enable",
-                format!("{name:?} is not a plugin name; use the file name without .wasm (letters, digits, '-' and '_'), e.g. \"slurm\""),
-            ));
-        }
-        if !seen.insert(name) {
-            return Err(issue("plugins.enable", format!("{name:?} is listed twice")));
-        }
-    }
-    if !p.enable.is_empty() && p.dir.is_none() {
-        return Err(issue(
-            "plugins.dir",
-            "required when plugins.enable lists plugins: the directory holding NAME.wasm and NAME.toml".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_jobs(j: &JobsSection) -> Result<(), ConfigIssue> {
-    let issue = |key: &str, message: String| ConfigIssue {
-        key: key.into(),
-        message,
-    };
-    let fmt = |d: Duration| humantime::format_duration(d).to_string();
-    if j.poll_interval < Duration::from_millis(100) {
-        return Err(issue(
-            "jobs.poll_interval",
-            format!(
-                "{} is too short; use at least 100ms (every poll runs the scheduler's status command)",
-                fmt(j.poll_interval)
-            ),
-        ));
-    }
-    if j.max_backoff < j.poll_interval {
-        return Err(issue(
-            "jobs.max_backoff",
-            format!(
-                "{} is shorter than jobs.poll_interval ({}); use at least that",
-                fmt(j.max_backoff),
-                fmt(j.poll_interval)
-            ),
-        ));
-    }
-    if j.call_timeout < Duration::from_secs(1) {
-        return Err(issue(
-            "jobs.call_timeout",
-            format!(
-                "{} is too short; use at least 1s (a submission runs the scheduler's submit command)",
-                fmt(j.call_timeout)
-            ),
-        ));
-    }
-    if !(1..=100_000).contains(&j.status_batch) {
-        return Err(issue(
-            "jobs.status_batch",
-            format!("{} is out of range; use 1 to 100000", j.status_batch),
-        ));
-    }
-    if !j.retention.is_zero() && j.retention < Duration::from_secs(60) {
-        return Err(issue(
-            "jobs.retention",
-            format!(
-                "{} is too short; use at least 1m, or \"0s\" to keep finished jobs forever",
-                fmt(j.retention)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-impl AgentSection {
-    /// The node name: configured, or this machine's hostname.
-    pub fn node_name(&self) -> anyhow::Result<String> {
-        match &self.name {
-            Some(n) => Ok(n.clone()),
-            None => default_node_name(),
-        }
-    }
-
-    /// The name expected in the coordinator's certificate.
-    pub fn server_name(&self) -> String {
-        self.server_name.clone().unwrap_or_else(|| {
-            split_host_port(&self.coordinator)
-                .map(|(h, _)| h.to_string())
-                .unwrap_or_default()
-        })
-    }
-}
-
-/// The hostname, as a node name (first label only, so `gpu01.example.org` → `gpu01`).
-pub fn default_node_name() -> anyhow::Result<String> {
-    let host = hostname::get()?.to_string_lossy().into_owned();
-    let short = host.split('.').next().unwrap_or(&host).to_string();
-    crate::pki::validate_name(&short)
-        .map_err(|m| anyhow::anyhow!("the hostname cannot be a node name ({m}); set agent.name"))?;
-    Ok(short)
-}
-
-/// Splits `host:port` (also `[v6]:port`).
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = port.parse().ok()?;
-    (!host.is_empty()).then_some((host, port))
-}
-
-fn check_readable(key: &str, path: &Path) -> Result<(), ConfigIssue> {
-    std::fs::File::open(path)
-        .map(|_| ())
-        .map_err(|e| ConfigIssue {
-            key: key.into(),
-            message: format!("cannot read {}: {e}", path.display()),
-        })
-}
-
-/// Deserializes TOML `text` into `T`; an error names the dotted key (or the line of a
-/// syntax error) and says what is wrong. Shared by every TOML file corral reads (this
-/// config, plugin manifests), so their errors read alike.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigIssue> {
-    let de = toml::Deserializer::parse(text).map_err(|e| ConfigIssue {
-        key: e
-            .span()
-            .map(|s| format!("(line {})", line_of(text, s.start)))
-            .unwrap_or_else(|| "(file)".into()),
-        message: e.message().to_string(),
-    })?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        let line = inner
-            .span()
-            .map(|s| format!(" (line {})", line_of(text, s.start)))
-            .unwrap_or_default();
-        ConfigIssue {
-            key: if key == "." {
-                "(top level)".into()
-            } else {
-                key
-            },
-            message: format!("{}{line}", inner.message()),
-        }
-    })
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 #[cfg(test)]

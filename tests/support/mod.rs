@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use corral::coordinator::registry::{Event, NodeView};
-use corral::model::Liveness;
+use corral_proto::api::{Event, NodeView};
+use corral_proto::model::Liveness;
 
 pub fn corral() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::{ApiArgs, Exit};
-use crate::coordinator::registry::{Event, NodeView};
+use corral_proto::api::{Event, NodeView};
 
 pub struct ApiClient {
     http: reqwest::Client,
@@ -108,7 +108,7 @@ impl ApiClient {
 
     /// `POST {base}{path}` with an optional JSON body, waiting up to `wait` for the
     /// answer (calls that run a scheduler command take longer than reads).
-    pub(super) async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+    pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<&B>,
@@ -162,7 +162,7 @@ impl ApiClient {
             .context("answer without rtt_us")
     }
 
-    pub async fn stats(&self) -> Result<crate::coordinator::registry::StatsView> {
+    pub async fn stats(&self) -> Result<corral_proto::api::StatsView> {
         self.send(
             self.http.get(format!("{}/api/v1/stats", self.base)),
             "stats",

@@ -13,13 +13,15 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::AgentOptions;
-use crate::config::{ApiSection, DEFAULT_API_PORT, DEFAULT_QUIC_PORT};
-use crate::coordinator::registry::Settings;
-use crate::coordinator::CoordinatorOptions;
-use crate::node::gpu::GpuConfig;
-use crate::node::health::Thresholds;
-use crate::pki::{self, Role, TlsFiles};
+use corral_coordinator::config::ApiSection;
+use corral_coordinator::registry::Settings;
+use corral_coordinator::CoordinatorOptions;
+use corral_node::health::gpu::GpuConfig;
+use corral_node::health::verdict::Thresholds;
+use corral_node::session::AgentOptions;
+use corral_proto::api::DEFAULT_API_PORT;
+use corral_proto::wire::DEFAULT_QUIC_PORT;
+use corral_transport::pki::{self, Role, TlsFiles};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -82,11 +84,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
             pki::validate_name(&n).map_err(anyhow::Error::msg)?;
             n
         }
-        None => crate::config::default_node_name()?,
+        None => corral_node::config::default_node_name()?,
     };
     let (coord_tls, agent_tls) = ensure_certs(&state.join("tls"), &node)?;
 
-    let coordinator = crate::coordinator::start(CoordinatorOptions {
+    let coordinator = corral_coordinator::start(CoordinatorOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], args.quic_port)),
         state_dir: state.clone(),
         settings: Settings {
@@ -95,7 +97,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             persist_every: Duration::from_secs(60),
             event_retention: 10_000,
         },
-        max_frame_bytes: crate::wire::DEFAULT_MAX_FRAME_BYTES,
+        max_frame_bytes: corral_proto::wire::DEFAULT_MAX_FRAME_BYTES,
         api: ApiSection {
             listen: SocketAddr::from(([127, 0, 0, 1], args.api_port)),
             ..ApiSection::default()
@@ -108,14 +110,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     let gpu = match args.fake_gpus {
         Some(script) => GpuConfig {
-            backend: crate::node::gpu::GpuBackend::Fake,
+            backend: corral_node::health::gpu::GpuBackend::Fake,
             fake_script: Some(script),
             ..GpuConfig::default()
         },
         None => GpuConfig::default(),
     };
     let shutdown = CancellationToken::new();
-    let mut agent = tokio::spawn(crate::agent::run(
+    let mut agent = tokio::spawn(corral_node::session::run(
         AgentOptions {
             name: node.clone(),
             coordinator: coordinator.quic_addr.to_string(),

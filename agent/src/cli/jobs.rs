@@ -20,10 +20,9 @@ use clap::{Args, Subcommand};
 
 use super::show::{age, table};
 use super::{ApiArgs, ApiClient};
-use crate::coordinator::jobs::{JobId, JobView, Rendered, SubmitRequest};
-use crate::coordinator::registry::NodePlugins;
-use crate::job::{Dependency, DependencyKind, JobArray, JobSpec, LoadedPlugin};
-use crate::model::unix_ms;
+use corral_proto::api::{JobId, JobView, NodePlugins, Rendered, SubmitRequest};
+use corral_proto::job::{Dependency, DependencyKind, JobArray, JobSpec, LoadedPlugin};
+use corral_proto::model::unix_ms;
 
 /// How long the CLI waits for calls that run a scheduler command (the coordinator's own
 /// `jobs.call_timeout` ends them sooner).
@@ -436,7 +435,7 @@ pub async fn plugin(cmd: PluginCmd) -> Result<()> {
         } => {
             let f = file.clone();
             let loaded = tokio::task::spawn_blocking(move || {
-                crate::plugins::check_file(&f, manifest.as_deref())
+                corral_node::plugins::check_file(&f, manifest.as_deref())
             })
             .await
             .context("the plugin check stopped")?
@@ -529,7 +528,7 @@ pub fn job_detail(j: &JobView, now_ms: u64) -> String {
         j.state_word,
         age(now_ms, Some(j.updated_ms))
     );
-    if let Some(crate::job::JobState::Failed { reason }) = &j.state {
+    if let Some(corral_proto::job::JobState::Failed { reason }) = &j.state {
         let _ = writeln!(s, "Reason:     {reason}");
     }
     if let Some(m) = &j.message {

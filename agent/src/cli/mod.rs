@@ -1,15 +1,11 @@
-//! The `corral` command line: daemons, `corral dev`, certificates, config checks, the
-//! client commands that read the coordinator's HTTP API, and the load harness.
+//! The `corral` command line: daemons, `corral dev`, certificates, config checks, and the
+//! client commands that read the coordinator's HTTP API (with `corral_proto::api`
+//! types only). The load harnesses are the separate `corral-bench` binary.
 //!
 //! Exit codes (stable, for scripts): 0 success; 1 error; 2 usage error (from clap);
 //! 3 the coordinator API cannot be reached; 4 the named node, job or scheduler does not
 //! exist.
 
-mod bench;
-mod bench_gpu;
-mod bench_jobs;
-mod bench_plugin;
-mod bench_ray;
 mod client;
 mod dev;
 mod generate;
@@ -24,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pki::{self, Role};
+use corral_transport::pki::{self, Role};
 
 pub use client::ApiClient;
 
@@ -51,13 +47,13 @@ pub struct ApiArgs {
         default_value = "http://127.0.0.1:7441",
         global = true
     )]
-    api: String,
+    pub api: String,
     /// File holding the API bearer token (or set CORRAL_TOKEN).
     #[arg(long, global = true)]
-    token_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
     /// CA certificate to trust for an HTTPS API.
     #[arg(long, global = true)]
-    api_ca: Option<PathBuf>,
+    pub api_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,9 +131,6 @@ enum Cmd {
     /// Scheduler plugin files.
     #[command(subcommand)]
     Plugin(jobs::PluginCmd),
-    /// Load harnesses.
-    #[command(subcommand)]
-    Bench(bench::BenchCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(generate::CompletionsArgs),
     /// Man pages: corral.1 on stdout, or every page into --out DIR (for packaging).
@@ -228,7 +221,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = e.downcast_ref::<Exit>().map_or(1, |x| x.code);
             // Under journald, `<3>` makes this an error-priority entry.
-            let prefix = if crate::systemd::stderr_is_journal() {
+            let prefix = if corral_base::systemd::stderr_is_journal() {
                 "<3>"
             } else {
                 ""
@@ -239,11 +232,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: &str) {
+/// Logs to stderr through tracing (`CORRAL_LOG` filters; journal-shaped under systemd).
+pub fn init_logging(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // journald stamps and prioritises lines itself; colours only help a terminal.
-    let journal = crate::systemd::stderr_is_journal();
+    let journal = corral_base::systemd::stderr_is_journal();
     let colour = !journal
         && std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -255,7 +249,7 @@ fn init_logging(format: &str) {
         builder.json().init();
     } else if journal {
         builder
-            .event_format(crate::systemd::JournalFormat::default())
+            .event_format(corral_base::systemd::JournalFormat::default())
             .init();
     } else {
         builder.init();
@@ -283,8 +277,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Dev(args) => dev::run(args).await,
         Cmd::Coordinator { config } => {
             let cfg = Config::load(&config)?;
-            let opts = crate::coordinator::CoordinatorOptions::from_config(&cfg)?;
-            let running = crate::coordinator::start(opts).await?;
+            let opts = cfg.coordinator_options()?;
+            let running = corral_coordinator::start(opts).await?;
             shutdown_signal().await;
             tracing::info!("shutting down");
             running.stop().await;
@@ -295,18 +289,18 @@ async fn run(cli: Cli) -> Result<()> {
             if once {
                 let name = match cfg.as_ref().and_then(|c| c.agent.as_ref()) {
                     Some(a) => a.node_name()?,
-                    None => crate::config::default_node_name()?,
+                    None => corral_node::config::default_node_name()?,
                 };
                 let (health, gpu) = cfg.map(|c| (c.health, c.gpu)).unwrap_or_default();
                 let report = tokio::task::spawn_blocking(move || {
-                    crate::agent::sample_once(&name, &health, &gpu)
+                    corral_node::session::sample_once(&name, &health, &gpu)
                 })
                 .await??;
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
             }
             let cfg = cfg.context("--config is required")?;
-            let opts = crate::agent::AgentOptions::from_config(&cfg)?;
+            let opts = cfg.agent_options()?;
             // Time to close the connection, plus time for Ray to stop (SIGTERM, grace,
             // SIGKILL, sweep) so no process of ours outlives the agent.
             let stop_within = std::time::Duration::from_secs(5)
@@ -314,7 +308,7 @@ async fn run(cli: Cli) -> Result<()> {
                     r.stop_grace + std::time::Duration::from_secs(10)
                 });
             let shutdown = CancellationToken::new();
-            let mut agent = tokio::spawn(crate::agent::run(opts, shutdown.clone()));
+            let mut agent = tokio::spawn(corral_node::session::run(opts, shutdown.clone()));
             tokio::select! {
                 _ = shutdown_signal() => {
                     tracing::info!("shutting down");
@@ -362,7 +356,10 @@ async fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
-                print!("{}", show::nodes_table(&nodes, crate::model::unix_ms()));
+                print!(
+                    "{}",
+                    show::nodes_table(&nodes, corral_proto::model::unix_ms())
+                );
             }
             Ok(())
         }
@@ -371,7 +368,10 @@ async fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&node)?);
             } else {
-                print!("{}", show::node_detail(&node, crate::model::unix_ms()));
+                print!(
+                    "{}",
+                    show::node_detail(&node, corral_proto::model::unix_ms())
+                );
             }
             Ok(())
         }
@@ -407,7 +407,6 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Cancel(a) => jobs::cancel(a).await,
         Cmd::Plugins(a) => jobs::plugins(a).await,
         Cmd::Plugin(cmd) => jobs::plugin(cmd).await,
-        Cmd::Bench(cmd) => bench::run(cmd).await,
         Cmd::Completions(args) => generate::completions(args),
         Cmd::Man(args) => generate::man(args),
     }

@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::coordinator::registry::{Event, NodeView};
-use crate::model::{DeviceStatus, GpuSample, NodeReport};
+use corral_proto::api::{Event, NodeView};
+use corral_proto::model::{DeviceStatus, GpuSample, NodeReport};
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -579,7 +579,7 @@ pub fn events_table(events: &[Event]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Filesystem, HealthStatus, Liveness};
+    use corral_proto::model::{Filesystem, HealthStatus, Liveness};
 
     fn view() -> NodeView {
         let mut report = NodeReport::default();
@@ -644,7 +644,7 @@ mod tests {
 
     #[test]
     fn gpu_health_shows_in_the_table_and_every_reason_in_the_detail() {
-        use crate::model::{DeviceHealth, DeviceReason};
+        use corral_proto::model::{DeviceHealth, DeviceReason};
         let mut v = view();
         let gpus = &mut v.report.as_mut().unwrap().gpus;
         gpus[1].health = DeviceHealth {

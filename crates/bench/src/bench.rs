@@ -1,0 +1,577 @@
+//! Load harnesses (`corral-bench ...`). Figures from them are recorded in BENCHMARKS.md.
+//!
+//! The harness drives real `corral` processes: the `corral` binary beside this one (the
+//! same cargo target dir), or the one `CORRAL_BIN` names.
+//!
+//! `bench coordinator`: one real `corral coordinator` child process, and N simulated
+//! agents in this process, each with its own certificate and QUIC connection, beating at
+//! `--rate` Hz and sending a full report every `--report-every` beats (the default ratio
+//! of 1 s beats to 5 s reports). Measured over a window after all agents are connected:
+//! sustained beats and reports per second, beats sent vs applied (drops), p50/p99 of
+//! beat send → registry update (same host, same clock), coordinator CPU and peak RSS from
+//! /proc, and wire bytes per beat and per report.
+//!
+//! `bench agent`: a real coordinator and a real `corral agent` child with default
+//! intervals; measures the agent's CPU share and RSS over a window, then `kill -9`s it
+//! and measures how long the coordinator takes to mark it disconnected.
+//!
+//! Both drive the machine they run on, loopback only, and stop by themselves.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use tokio::process::{Child, Command};
+
+use corral::cli::{ApiArgs, ApiClient};
+use corral_proto::model::{unix_ns, Liveness, NodeReport};
+use corral_proto::wire::{self, AgentMsg, Beat, Hello, Welcome, PROTOCOL_VERSION};
+use corral_transport::frame::{FrameReader, FrameWriter};
+use corral_transport::pki::{self, Role};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// N simulated agents against one coordinator process.
+    Coordinator(CoordArgs),
+    /// One real agent process: CPU, RSS, and kill -9 → disconnected time.
+    Agent(AgentArgs),
+    /// CPU per sample of N fake GPUs (read + judge) and RSS.
+    GpuSample(crate::bench_gpu::GpuSampleArgs),
+    /// Ray head and worker start under corral vs plain `ray start` vs a fixed sleep.
+    Ray(crate::bench_ray::RayArgs),
+    /// `corral submit` vs plain `sbatch` on this machine's Slurm, and one poll of many jobs.
+    Submit(crate::bench_jobs::SubmitArgs),
+    /// Plugin host: per-call overhead (fresh store + `info`), cold and cached load.
+    Plugin(crate::bench_plugin::PluginArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CoordArgs {
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Beats per second per agent.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// A full report every this many beats.
+    #[arg(long, default_value_t = 5)]
+    report_every: u64,
+    /// Measurement window after all agents are connected, seconds.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Handshakes in flight at once while connecting.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Give the agent this many scripted fake GPUs.
+    #[arg(long, default_value_t = 0)]
+    fake_gpus: u32,
+}
+
+pub async fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Coordinator(a) => coordinator(a).await,
+        BenchCmd::Agent(a) => agent(a).await,
+        BenchCmd::Ray(a) => crate::bench_ray::run(a).await,
+        BenchCmd::Submit(a) => crate::bench_jobs::run(a).await,
+        BenchCmd::Plugin(a) => crate::bench_plugin::run(a).await,
+        BenchCmd::GpuSample(a) => crate::bench_gpu::run(a),
+    }
+}
+
+/// The `corral` binary the harness starts: `$CORRAL_BIN`, else the one beside
+/// `corral-bench` (cargo builds both into the same directory).
+pub(crate) fn corral_exe() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("CORRAL_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe().context("locating corral-bench")?;
+    let exe = me.with_file_name("corral");
+    if !exe.exists() {
+        bail!(
+            "{} not found: build it (`cargo build --release --bin corral`) or set CORRAL_BIN",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+/// CPU seconds (user + system) and peak RSS of a process, from /proc.
+fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+    let after = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = (f[11].parse::<f64>()? + f[12].parse::<f64>()?) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Ok((cpu, kb("VmHWM:"), kb("VmRSS:")))
+}
+
+/// A client for a coordinator API on loopback, once it answers (20 s at most).
+pub(crate) async fn local_api_when_up(port: u16) -> Result<ApiClient> {
+    let api = ApiClient::new(&ApiArgs {
+        api: format!("http://127.0.0.1:{port}"),
+        token_file: None,
+        api_ca: None,
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.stats().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the coordinator on 127.0.0.1:{port} did not come up within 20s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(api)
+}
+
+pub(crate) fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub(crate) fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    child: Child,
+    quic: SocketAddr,
+    api: ApiClient,
+    ca: pki::Ca,
+}
+
+/// A short-lived CA in `tls` with a coordinator certificate for loopback.
+pub(crate) fn bench_pki(tls: &Path) -> Result<pki::Ca> {
+    pki::init_ca(tls, "bench CA", 2)?;
+    let ca = pki::Ca::load(tls)?;
+    ca.issue_to_dir(
+        "coordinator",
+        Role::Coordinator,
+        &["localhost".into(), "127.0.0.1".into()],
+        2,
+        tls,
+    )?;
+    Ok(ca)
+}
+
+/// Starts a real coordinator process with a fresh CA in a temp dir.
+async fn start_coordinator() -> Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let ca = bench_pki(&dir.path().join("tls"))?;
+    let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+    let api_port = free_port()?;
+    let cfg = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[coordinator]\nlisten = \"{quic}\"\nstate_dir = \"state\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n"
+        ),
+    )?;
+    let child = Command::new(crate::bench::corral_exe()?)
+        .args(["coordinator", "--config"])
+        .arg(&cfg)
+        .env("CORRAL_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the coordinator process")?;
+    let api = local_api_when_up(api_port).await?;
+    Ok(Cluster {
+        dir,
+        child,
+        quic,
+        api,
+        ca,
+    })
+}
+
+#[derive(Default)]
+struct Counters {
+    beats: AtomicU64,
+    reports: AtomicU64,
+    beat_bytes: AtomicU64,
+    report_bytes: AtomicU64,
+    failed: AtomicU64,
+}
+
+async fn sim_agent(
+    endpoint: quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    addr: SocketAddr,
+    name: String,
+    report: Arc<NodeReport>,
+    period: Duration,
+    report_every: u64,
+    counters: Arc<Counters>,
+    connected: tokio::sync::mpsc::Sender<quinn::Connection>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let conn = endpoint.connect_with(cfg, addr, "localhost")?.await?;
+    let (send, recv) = conn.open_bi().await?;
+    let mut w = FrameWriter::new(send, wire::DEFAULT_MAX_FRAME_BYTES);
+    let mut r = FrameReader::new(recv, wire::DEFAULT_MAX_FRAME_BYTES);
+    let ms = period.as_millis() as u32;
+    w.send(
+        "hello",
+        &Hello {
+            protocol: PROTOCOL_VERSION,
+            node: name.clone(),
+            agent_version: "bench".into(),
+            beat_interval_ms: ms.max(1),
+        },
+    )
+    .await?;
+    let _: Welcome = r.recv("welcome").await?;
+    let mut report = (*report).clone();
+    report.node = name;
+    let report = AgentMsg::Report(Box::new(report));
+    let _ = connected.send(conn.clone()).await;
+    // Spread agents evenly over the period.
+    tokio::time::sleep(period.mul_f64(rand::random::<f64>())).await;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let n = w
+            .send(
+                "beat",
+                &AgentMsg::Beat(Beat {
+                    sent_at_ns: unix_ns(),
+                }),
+            )
+            .await?;
+        counters.beats.fetch_add(1, Ordering::Relaxed);
+        counters
+            .beat_bytes
+            .fetch_add(n as u64 + 4, Ordering::Relaxed);
+        sent += 1;
+        if sent % report_every == 0 {
+            let n = w.send("report", &report).await?;
+            counters.reports.fetch_add(1, Ordering::Relaxed);
+            counters
+                .report_bytes
+                .fetch_add(n as u64 + 4, Ordering::Relaxed);
+        }
+    }
+    // Finish the stream and let the coordinator drain it (it closes the connection when
+    // the stream ends), so that beats still in flight are counted, not discarded.
+    w.finish();
+    if tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .is_err()
+    {
+        conn.close(0u32.into(), b"bench done");
+    }
+    Ok(())
+}
+
+async fn coordinator(a: CoordArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.agents > 0 && a.rate > 0.0 && a.report_every > 0,
+        "--agents, --rate and --report-every must be positive"
+    );
+    raise_fd_limit();
+    let cluster = start_coordinator().await?;
+    let pid = cluster.child.id().context("coordinator pid")?;
+    eprintln!("issuing {} agent certificates", a.agents);
+    let t = Instant::now();
+    let transport = || {
+        let mut t = corral_transport::frame::transport_config();
+        t.keep_alive_interval(None);
+        t
+    };
+    let mut configs = Vec::with_capacity(a.agents);
+    for i in 0..a.agents {
+        let name = format!("bench-{i:05}");
+        let issued = cluster.ca.issue(&name, Role::Agent, &[], 2)?;
+        let files = write_issued(cluster.dir.path(), &name, &issued)?;
+        let tls = files.load()?;
+        configs.push((name, pki::quic_client_config(&tls, transport())?));
+    }
+    eprintln!("issued in {:.1}s; connecting", t.elapsed().as_secs_f64());
+    let report = Arc::new(
+        tokio::task::spawn_blocking(|| {
+            corral_node::session::sample_once("bench", &Default::default(), &Default::default())
+        })
+        .await??,
+    );
+    let endpoints: Vec<quinn::Endpoint> = (0..a.agents.div_ceil(500))
+        .map(|_| quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .collect::<Result<_, _>>()?;
+    let counters = Arc::new(Counters::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(a.agents);
+    let period = Duration::from_secs_f64(1.0 / a.rate);
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.connect_concurrency));
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (name, cfg)) in configs.into_iter().enumerate() {
+        let permit = sem.clone().acquire_owned().await?;
+        let (ep, report, counters, conn_tx, stop) = (
+            endpoints[i % endpoints.len()].clone(),
+            report.clone(),
+            counters.clone(),
+            conn_tx.clone(),
+            stop.clone(),
+        );
+        let addr = cluster.quic;
+        tasks.spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+            let run = sim_agent(ep, cfg, addr, name, report, period, a.report_every, counters.clone(), tx, stop);
+            tokio::pin!(run);
+            let mut permit = Some(permit);
+            loop {
+                tokio::select! {
+                    r = &mut run => {
+                        if let Err(e) = r { counters.failed.fetch_add(1, Ordering::Relaxed); tracing::debug!(error = %e, "simulated agent failed"); }
+                        return;
+                    }
+                    c = rx.recv(), if permit.is_some() => {
+                        permit.take();
+                        if let Some(c) = c { let _ = conn_tx.send(c).await; }
+                    }
+                }
+            }
+        });
+    }
+    drop(conn_tx);
+    let mut conns = Vec::with_capacity(a.agents);
+    while conns.len() + (counters.failed.load(Ordering::Relaxed) as usize) < a.agents {
+        match tokio::time::timeout(Duration::from_secs(60), conn_rx.recv()).await {
+            Ok(Some(c)) => conns.push(c),
+            _ => break,
+        }
+    }
+    let connect_secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{} agents connected in {connect_secs:.1}s ({} failed); warming up",
+        conns.len(),
+        counters.failed.load(Ordering::Relaxed)
+    );
+    tokio::time::sleep(Duration::from_secs(3).max(period * 2)).await;
+
+    cluster.api.reset_latency().await?;
+    let s0 = cluster.api.stats().await?;
+    let (cpu0, _, _) = proc_usage(pid)?;
+    let (own0, _, _) = proc_usage(std::process::id())?;
+    let sent0 = (
+        counters.beats.load(Ordering::Relaxed),
+        counters.reports.load(Ordering::Relaxed),
+    );
+    let udp0: u64 = conns.iter().map(|c| c.stats().udp_tx.bytes).sum();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.duration)).await;
+    let window = t0.elapsed().as_secs_f64();
+    let (cpu1, hwm, rss) = proc_usage(pid)?;
+    let (own1, _, _) = proc_usage(std::process::id())?;
+    let sent1 = (
+        counters.beats.load(Ordering::Relaxed),
+        counters.reports.load(Ordering::Relaxed),
+    );
+    let udp1: u64 = conns.iter().map(|c| c.stats().udp_tx.bytes).sum();
+    stop.cancel();
+    // Every simulated agent finishes its stream and waits for the coordinator to drain
+    // it; then what was sent is compared with what was applied.
+    while tasks.join_next().await.is_some() {}
+    let s1 = cluster.api.stats().await?;
+    let sent_beats_total = counters.beats.load(Ordering::Relaxed);
+    let applied_total = s1.beats_total;
+
+    let beats = (sent1.0 - sent0.0) as f64;
+    let reports = (sent1.1 - sent0.1) as f64;
+    let applied = (s1.beats_total - s0.beats_total) as f64;
+    let avg = |bytes: &AtomicU64, n: &AtomicU64| {
+        bytes.load(Ordering::Relaxed) as f64 / n.load(Ordering::Relaxed).max(1) as f64
+    };
+    println!(
+        "## bench coordinator: {} agents at {} Hz, report every {} beats, {}s window",
+        a.agents, a.rate, a.report_every, a.duration
+    );
+    println!(
+        "connected:               {} of {} in {connect_secs:.1}s",
+        conns.len(),
+        a.agents
+    );
+    println!(
+        "beats sent/s:            {:.0} (target {:.0})",
+        beats / window,
+        a.agents as f64 * a.rate
+    );
+    println!("reports sent/s:          {:.0}", reports / window);
+    println!("beats applied/s:         {:.0}", applied / window);
+    println!(
+        "beats sent vs applied:   {} sent, {} applied overall (dropped: {})",
+        sent_beats_total,
+        applied_total,
+        sent_beats_total.saturating_sub(applied_total)
+    );
+    println!(
+        "send→registry p50/p99:   {:.2} ms / {:.2} ms (max {:.2} ms, {} samples)",
+        s1.apply_latency_p50_us as f64 / 1000.0,
+        s1.apply_latency_p99_us as f64 / 1000.0,
+        s1.apply_latency_max_us as f64 / 1000.0,
+        s1.apply_latency_samples
+    );
+    println!(
+        "coordinator CPU:         {:.1}% of one core",
+        (cpu1 - cpu0) / window * 100.0
+    );
+    println!(
+        "coordinator RSS:         {:.1} MiB now, {:.1} MiB peak",
+        rss as f64 / 1048576.0,
+        hwm as f64 / 1048576.0
+    );
+    println!(
+        "simulated agents CPU:    {:.1}% of one core (this process; {} cores in the machine)",
+        (own1 - own0) / window * 100.0,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "frame bytes:             {:.0} per beat, {:.0} per report",
+        avg(&counters.beat_bytes, &counters.beats),
+        avg(&counters.report_bytes, &counters.reports)
+    );
+    println!(
+        "UDP bytes sent/s:        {:.0} (all agents, incl. QUIC/TLS overhead and ACKs)",
+        (udp1 - udp0) as f64 / window
+    );
+    let mut child = cluster.child;
+    let _ = child.kill().await;
+    Ok(())
+}
+
+fn write_issued(dir: &Path, name: &str, issued: &pki::Issued) -> Result<pki::TlsFiles> {
+    let files = pki::TlsFiles {
+        ca: dir.join("tls/ca.pem"),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    std::fs::write(&files.cert, &issued.cert_pem)?;
+    std::fs::write(&files.key, &issued.key_pem)?;
+    Ok(files)
+}
+
+fn raise_fd_limit() {
+    // Each QUIC endpoint is one socket; raising the soft limit is harmless and helps
+    // other harness files.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+async fn agent(a: AgentArgs) -> Result<()> {
+    let cluster = start_coordinator().await?;
+    let dir = cluster.dir.path();
+    let files = write_issued(
+        dir,
+        "bench-agent",
+        &cluster.ca.issue("bench-agent", Role::Agent, &[], 2)?,
+    )?;
+    let mut gpu = String::new();
+    if a.fake_gpus > 0 {
+        let script = dir.join("gpus.json");
+        corral_node::health::gpu::FakeGpuSource::uniform(a.fake_gpus).write_script(&script)?;
+        gpu = format!(
+            "[gpu]\nbackend = \"fake\"\nfake_script = \"{}\"\n",
+            script.display()
+        );
+    }
+    let cfg: PathBuf = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nname = \"bench-agent\"\ncoordinator = \"{}\"\nserver_name = \"localhost\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{gpu}",
+            cluster.quic,
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display()
+        ),
+    )?;
+    let mut child = Command::new(crate::bench::corral_exe()?)
+        .args(["agent", "--config"])
+        .arg(&cfg)
+        .env("CORRAL_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("agent pid")?;
+    let wait_for = |want: Liveness| {
+        let api = &cluster.api;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(n) = api.node("bench-agent").await {
+                    if n.liveness == want {
+                        return Ok(Instant::now());
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("bench-agent never became {want}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(Liveness::Ready).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (c0, _, _) = proc_usage(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.duration)).await;
+    let (c1, hwm, rss) = proc_usage(pid)?;
+    let window = t0.elapsed().as_secs_f64();
+    let killed = Instant::now();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let _ = child.wait().await;
+    let disconnected = wait_for(Liveness::Disconnected).await?;
+    println!("## bench agent: default intervals (beat 1s, sample 1s, report 5s), {} fake GPUs, {}s window", a.fake_gpus, a.duration);
+    println!(
+        "agent CPU:                     {:.3}% of one core",
+        (c1 - c0) / window * 100.0
+    );
+    println!(
+        "agent RSS:                     {:.1} MiB now, {:.1} MiB peak",
+        rss as f64 / 1048576.0,
+        hwm as f64 / 1048576.0
+    );
+    println!(
+        "kill -9 → disconnected:        {:.2}s",
+        (disconnected - killed).as_secs_f64()
+    );
+    Ok(())
+}

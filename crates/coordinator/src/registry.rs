@@ -1,0 +1,993 @@
+//! The coordinator's registry: every node ever seen, its liveness, health and latest
+//! report, and the events that record how those changed.
+//!
+//! Liveness state machine (per node):
+//! ```text
+//!            beat                       no beat for N × beat_interval,
+//!   (new) ──────────▶ ready ──────────────────────────────────────────▶ disconnected
+//!                       ▲      or the connection is lost                   │
+//!                       │ beat                                             │ no beat for
+//!                       └──────────────── disconnected / down ◀────────────┘ down_after
+//! ```
+//! Invariants:
+//! - The registry is the source of truth while the coordinator runs; the database
+//!   ([`super::store`]) is a write-behind copy. A node enters the database on its first
+//!   report or liveness change and never leaves it: a node that does not come back is
+//!   `down`, not forgotten.
+//! - After a restart, nodes loaded from the database are `disconnected` (they are not
+//!   connected to *this* process) with their liveness clock started at load, so they
+//!   become `down` after `down_after` unless they return; nodes already `down` stay down.
+//! - Only the connection that currently owns a node may change it: a late message or
+//!   close from a replaced connection is ignored (connection ids).
+//! - Every liveness or health change produces exactly one [`Event`].
+//! - The cluster's Ray head is the last one a node announced (`AgentMsg::RayHead`);
+//!   only the node that announced it can withdraw it. Every change is pushed to every
+//!   connected agent, and a connecting agent gets the current head first, so workers
+//!   never poll for it. Pushes use `try_send`: a full command queue drops the push, and
+//!   the next change or reconnect brings the agent up to date.
+//! - A node's scheduler plugins are what its *current* connection announced
+//!   (`AgentMsg::Plugins`): a new connection starts with none announced, so the
+//!   coordinator never routes a plugin call on the strength of what an earlier agent
+//!   process had loaded. The last announcement is kept after a disconnect, for display.
+//!
+//! Trade-off: one mutex guards the map. Every operation under it is O(1) except
+//! [`Registry::sweep`] and snapshots, which are O(nodes) and run a few times a second;
+//! measured in BENCHMARKS.md this is far from the limit at 10,000 nodes, and it keeps
+//! transitions atomic without lock ordering puzzles.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use corral_proto::api::{Event, EventKind, NodePlugins, NodeView, StatsView};
+use corral_proto::job::LoadFailure;
+use corral_proto::job::LoadedPlugin;
+use corral_proto::model::{unix_ms, unix_ns, HealthStatus, Liveness, NodeReport};
+use corral_proto::wire::{Beat, CoordMsg, RayHead};
+
+/// Liveness timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub disconnect_after_beats: u32,
+    pub down_after: Duration,
+    /// A node's report is re-persisted at most this often unless its state changed.
+    pub persist_every: Duration,
+    /// Events kept in memory for the API (the database keeps the same number).
+    pub event_retention: usize,
+}
+
+/// What a node's connection announced.
+struct Announced {
+    at_ms: u64,
+    loaded: Vec<LoadedPlugin>,
+    failed: Vec<LoadFailure>,
+}
+
+/// A node's live connection.
+struct Conn {
+    id: u64,
+    beat_interval: Duration,
+    commands: tokio::sync::mpsc::Sender<CoordMsg>,
+    quic: Option<quinn::Connection>,
+}
+
+struct Node {
+    view: NodeView,
+    /// Monotonic time of the last beat (or of load / connect), for liveness.
+    last_alive: Instant,
+    last_persisted: Option<Instant>,
+    conn: Option<Conn>,
+    plugins: Option<Announced>,
+}
+
+struct Inner {
+    nodes: HashMap<String, Node>,
+    dirty: HashSet<String>,
+    events: VecDeque<Event>,
+    unpersisted_events: Vec<Event>,
+    next_event_id: u64,
+    next_conn_id: u64,
+    event_retention: usize,
+    ray_head: Option<RayHead>,
+}
+
+/// Counters for the API, `/metrics` and the load harness.
+pub struct Stats {
+    pub beats: std::sync::atomic::AtomicU64,
+    pub reports: std::sync::atomic::AtomicU64,
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    pub rejected: Mutex<HashMap<&'static str, u64>>,
+    /// Beat send → registry update, microseconds (agent and coordinator clocks; only
+    /// meaningful when they share a host, as in the load harness).
+    pub apply_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    settings: Settings,
+    pub stats: Stats,
+}
+
+impl Registry {
+    pub fn new(settings: Settings, loaded: Vec<NodeView>, events: Vec<Event>) -> Registry {
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let next_event_id = events.iter().map(|e| e.id).max().unwrap_or(0) + 1;
+        let mut inner = Inner {
+            nodes: HashMap::new(),
+            dirty: HashSet::new(),
+            events: events.into_iter().collect(),
+            unpersisted_events: vec![],
+            next_event_id,
+            next_conn_id: 1,
+            event_retention: settings.event_retention.max(1),
+            ray_head: None,
+        };
+        for mut view in loaded {
+            let name = view.name.clone();
+            view.connected = false;
+            if view.liveness == Liveness::Ready {
+                let from = view.liveness;
+                view.liveness = Liveness::Disconnected;
+                view.liveness_since_ms = now_ms;
+                push_event(
+                    &mut inner,
+                    &name,
+                    EventKind::Liveness,
+                    Some(from.as_str()),
+                    Liveness::Disconnected.as_str(),
+                    "coordinator restarted; waiting for the node to reconnect".into(),
+                );
+                inner.dirty.insert(name.clone());
+            }
+            inner.nodes.insert(
+                name,
+                Node {
+                    view,
+                    last_alive: now,
+                    last_persisted: Some(now),
+                    conn: None,
+                    plugins: None,
+                },
+            );
+        }
+        Registry {
+            inner: Mutex::new(inner),
+            settings,
+            stats: Stats {
+                beats: Default::default(),
+                reports: Default::default(),
+                bytes_in: Default::default(),
+                rejected: Mutex::new(HashMap::new()),
+                apply_latency_us: Mutex::new(
+                    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
+                        .expect("valid bounds"),
+                ),
+            },
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug; the data stays usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// Registers a new connection for `name`; returns its id. A previous connection of
+    /// the same node is closed as replaced.
+    pub fn connect(
+        &self,
+        name: &str,
+        beat_interval: Duration,
+        address: String,
+        agent_version: String,
+        commands: tokio::sync::mpsc::Sender<CoordMsg>,
+        quic: Option<quinn::Connection>,
+    ) -> u64 {
+        let mut inner = self.lock();
+        let id = inner.next_conn_id;
+        inner.next_conn_id += 1;
+        let now_ms = unix_ms();
+        let is_new = !inner.nodes.contains_key(name);
+        // The current Ray head goes first, before anything else queued for this agent.
+        if let Some(head) = &inner.ray_head {
+            let _ = commands.try_send(CoordMsg::HeadChanged {
+                head: Some(head.clone()),
+            });
+        }
+        let node = inner.nodes.entry(name.to_string()).or_insert_with(|| Node {
+            view: NodeView {
+                name: name.to_string(),
+                liveness: Liveness::Ready,
+                liveness_since_ms: now_ms,
+                health: HealthStatus::Healthy,
+                reasons: vec![],
+                connected: false,
+                address: None,
+                agent_version: None,
+                first_seen_ms: now_ms,
+                last_beat_ms: None,
+                last_report_ms: None,
+                report: None,
+            },
+            last_alive: Instant::now(),
+            last_persisted: None,
+            conn: None,
+            plugins: None,
+        });
+        if let Some(old) = node.conn.take() {
+            if let Some(q) = old.quic {
+                q.close(
+                    corral_transport::frame::refusal_code(corral_proto::wire::Refusal::Replaced),
+                    b"replaced by a newer connection from the same node",
+                );
+            }
+        }
+        // What this agent process hosts is known once it says so.
+        node.plugins = None;
+        node.view.connected = true;
+        node.view.address = Some(address.clone());
+        node.view.agent_version = Some(agent_version);
+        node.conn = Some(Conn {
+            id,
+            beat_interval,
+            commands,
+            quic,
+        });
+        node.last_alive = Instant::now();
+        inner.dirty.insert(name.to_string());
+        let why = format!("connected from {address}");
+        if is_new {
+            tracing::info!(node = name, %address, "new node registered");
+            push_event(
+                &mut inner,
+                name,
+                EventKind::Liveness,
+                None,
+                Liveness::Ready.as_str(),
+                format!("new node, {why}"),
+            );
+        } else {
+            self.set_liveness(&mut inner, name, Liveness::Ready, why);
+        }
+        id
+    }
+
+    /// Applies a beat. Returns false if `conn` no longer owns the node.
+    pub fn beat(&self, name: &str, conn: u64, beat: &Beat) -> bool {
+        let mut inner = self.lock();
+        let Some(node) = inner.nodes.get_mut(name) else {
+            return false;
+        };
+        if node.conn.as_ref().map(|c| c.id) != Some(conn) {
+            return false;
+        }
+        node.last_alive = Instant::now();
+        node.view.last_beat_ms = Some(unix_ms());
+        let was = node.view.liveness;
+        if was != Liveness::Ready {
+            self.set_liveness(&mut inner, name, Liveness::Ready, "beating".into());
+        }
+        drop(inner);
+        self.stats
+            .beats
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let latency_us = unix_ns().saturating_sub(beat.sent_at_ns) / 1000;
+        if let Ok(mut h) = self.stats.apply_latency_us.lock() {
+            let _ = h.record(latency_us.max(1));
+        }
+        true
+    }
+
+    /// Applies a full report (already checked to be about `name`).
+    pub fn report(&self, name: &str, conn: u64, report: NodeReport) -> bool {
+        let mut inner = self.lock();
+        let persist_every = self.settings.persist_every;
+        let Some(node) = inner.nodes.get_mut(name) else {
+            return false;
+        };
+        if node.conn.as_ref().map(|c| c.id) != Some(conn) {
+            return false;
+        }
+        let now_ms = unix_ms();
+        node.last_alive = Instant::now();
+        node.view.last_report_ms = Some(now_ms);
+        node.view.last_beat_ms = Some(now_ms);
+        let old_health = node.view.health;
+        let first_report = node.view.report.is_none();
+        let new_health = report.health.status;
+        let gpu_changes = gpu_health_changes(node.view.report.as_ref(), &report);
+        node.view.reasons = report.health.reasons.clone();
+        node.view.health = new_health;
+        node.view.report = Some(report);
+        let stale = node
+            .last_persisted
+            .is_none_or(|t| t.elapsed() >= persist_every);
+        let was = node.view.liveness;
+        if first_report || stale || old_health != new_health || !gpu_changes.is_empty() {
+            inner.dirty.insert(name.to_string());
+        }
+        for (from, to, message) in gpu_changes {
+            tracing::info!(node = name, from = from.as_deref().unwrap_or("-"), to = %to, %message, "GPU health changed");
+            push_event(
+                &mut inner,
+                name,
+                EventKind::Gpu,
+                from.as_deref(),
+                &to,
+                message,
+            );
+        }
+        if old_health != new_health || (first_report && new_health != HealthStatus::Healthy) {
+            let reasons = inner.nodes[name]
+                .view
+                .reasons
+                .iter()
+                .map(|r| r.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let message = if reasons.is_empty() {
+                "all checks pass".into()
+            } else {
+                reasons
+            };
+            push_event(
+                &mut inner,
+                name,
+                EventKind::Health,
+                Some(old_health.as_str()),
+                new_health.as_str(),
+                message,
+            );
+        }
+        if was != Liveness::Ready {
+            self.set_liveness(&mut inner, name, Liveness::Ready, "reporting".into());
+        }
+        drop(inner);
+        self.stats
+            .reports
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    /// `name` announces its Ray head ready (`Some`) or gone (`None`). Returns false when
+    /// ignored (stale connection, or a withdrawal of another node's head).
+    pub fn ray_head_announced(&self, name: &str, conn: u64, head: Option<RayHead>) -> bool {
+        let mut inner = self.lock();
+        let owns = inner
+            .nodes
+            .get(name)
+            .and_then(|n| n.conn.as_ref())
+            .map(|c| c.id)
+            == Some(conn);
+        if !owns {
+            return false;
+        }
+        let head = head.map(|mut h| {
+            // The certificate's name, whatever the message says.
+            h.node = name.to_string();
+            h
+        });
+        let current_is_ours = inner.ray_head.as_ref().is_some_and(|h| h.node == name);
+        if head.is_none() && !current_is_ours {
+            return false;
+        }
+        if inner.ray_head == head {
+            return true;
+        }
+        match &head {
+            Some(h) => {
+                tracing::info!(node = name, address = %h.address, python = %h.python, ray = %h.ray, "ray head ready")
+            }
+            None => tracing::info!(node = name, "ray head withdrawn"),
+        }
+        inner.ray_head = head.clone();
+        for n in inner.nodes.values() {
+            if let Some(c) = &n.conn {
+                let _ = c
+                    .commands
+                    .try_send(CoordMsg::HeadChanged { head: head.clone() });
+            }
+        }
+        true
+    }
+
+    /// `name`'s current connection announces its scheduler plugins. Returns false when
+    /// ignored (a replaced connection).
+    pub fn plugins_announced(
+        &self,
+        name: &str,
+        conn: u64,
+        loaded: Vec<LoadedPlugin>,
+        failed: Vec<LoadFailure>,
+    ) -> bool {
+        let mut inner = self.lock();
+        let Some(node) = inner.nodes.get_mut(name) else {
+            return false;
+        };
+        if node.conn.as_ref().map(|c| c.id) != Some(conn) {
+            return false;
+        }
+        for p in &loaded {
+            tracing::info!(node = name, plugin = %p.info.name, version = %p.info.version, digest = %p.digest, "node hosts scheduler plugin");
+        }
+        for f in &failed {
+            tracing::warn!(node = name, plugin = %f.name, error = %f.message, "plugin failed to load on node");
+        }
+        node.plugins = Some(Announced {
+            at_ms: unix_ms(),
+            loaded,
+            failed,
+        });
+        true
+    }
+
+    /// Every node that is connected or has announced plugins, sorted by name.
+    pub fn plugins(&self) -> Vec<NodePlugins> {
+        let inner = self.lock();
+        let mut v: Vec<NodePlugins> = inner
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.conn.is_some() || n.plugins.is_some())
+            .map(|(name, n)| NodePlugins {
+                node: name.clone(),
+                connected: n.conn.is_some(),
+                announced_ms: n.plugins.as_ref().map(|a| a.at_ms),
+                loaded: n
+                    .plugins
+                    .as_ref()
+                    .map(|a| a.loaded.clone())
+                    .unwrap_or_default(),
+                failed: n
+                    .plugins
+                    .as_ref()
+                    .map(|a| a.failed.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        drop(inner);
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+
+    /// Connected nodes whose current connection announced `plugin`, sorted by name.
+    pub fn plugin_hosts(&self, plugin: &str) -> Vec<String> {
+        let inner = self.lock();
+        let mut v: Vec<String> = inner
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.conn.is_some()
+                    && n.plugins
+                        .as_ref()
+                        .is_some_and(|a| a.loaded.iter().any(|p| p.info.name == plugin))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        drop(inner);
+        v.sort();
+        v
+    }
+
+    /// The cluster's current Ray head.
+    pub fn ray_head(&self) -> Option<RayHead> {
+        self.lock().ray_head.clone()
+    }
+
+    /// The connection `conn` of `name` ended.
+    pub fn disconnect(&self, name: &str, conn: u64, reason: &str) {
+        let mut inner = self.lock();
+        let Some(node) = inner.nodes.get_mut(name) else {
+            return;
+        };
+        if node.conn.as_ref().map(|c| c.id) != Some(conn) {
+            return;
+        }
+        node.conn = None;
+        node.view.connected = false;
+        inner.dirty.insert(name.to_string());
+        if inner.nodes[name].view.liveness == Liveness::Ready {
+            self.set_liveness(
+                &mut inner,
+                name,
+                Liveness::Disconnected,
+                format!("connection lost: {reason}"),
+            );
+        }
+    }
+
+    /// Marks every connected node disconnected because this coordinator is stopping, so
+    /// the database records why they were last seen.
+    pub fn shutdown_all(&self) {
+        let mut inner = self.lock();
+        let connected: Vec<String> = inner
+            .nodes
+            .iter_mut()
+            .filter_map(|(name, n)| {
+                n.view.connected = false;
+                n.conn.take().map(|_| name.clone())
+            })
+            .collect();
+        for name in connected {
+            inner.dirty.insert(name.clone());
+            self.set_liveness(
+                &mut inner,
+                &name,
+                Liveness::Disconnected,
+                "coordinator shutting down".into(),
+            );
+        }
+    }
+
+    /// Applies time-based transitions; call a few times per second.
+    pub fn sweep(&self) {
+        let mut inner = self.lock();
+        let mut changes = vec![];
+        for (name, node) in &inner.nodes {
+            let silent = node.last_alive.elapsed();
+            match node.view.liveness {
+                Liveness::Ready => {
+                    let interval = node
+                        .conn
+                        .as_ref()
+                        .map(|c| c.beat_interval)
+                        .unwrap_or(Duration::from_secs(1));
+                    let limit = interval * self.settings.disconnect_after_beats;
+                    if silent > limit {
+                        changes.push((
+                            name.clone(),
+                            Liveness::Disconnected,
+                            format!(
+                                "no beat for {:.1}s ({} beat intervals)",
+                                silent.as_secs_f64(),
+                                self.settings.disconnect_after_beats
+                            ),
+                        ));
+                    }
+                }
+                Liveness::Disconnected if silent > self.settings.down_after => {
+                    changes.push((
+                        name.clone(),
+                        Liveness::Down,
+                        format!(
+                            "no beat for {:.1}s (down_after {}s)",
+                            silent.as_secs_f64(),
+                            self.settings.down_after.as_secs_f64()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (name, to, why) in changes {
+            self.set_liveness(&mut inner, &name, to, why);
+        }
+    }
+
+    fn set_liveness(&self, inner: &mut Inner, name: &str, to: Liveness, why: String) {
+        let Some(node) = inner.nodes.get_mut(name) else {
+            return;
+        };
+        let from = node.view.liveness;
+        if from == to {
+            return;
+        }
+        node.view.liveness = to;
+        node.view.liveness_since_ms = unix_ms();
+        inner.dirty.insert(name.to_string());
+        tracing::info!(node = name, from = %from, to = %to, reason = %why, "node liveness changed");
+        push_event(
+            inner,
+            name,
+            EventKind::Liveness,
+            Some(from.as_str()),
+            to.as_str(),
+            why,
+        );
+    }
+
+    /// All nodes, sorted by name.
+    pub fn snapshot(&self) -> Vec<NodeView> {
+        let inner = self.lock();
+        let mut v: Vec<NodeView> = inner.nodes.values().map(|n| n.view.clone()).collect();
+        drop(inner);
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn get(&self, name: &str) -> Option<NodeView> {
+        self.lock().nodes.get(name).map(|n| n.view.clone())
+    }
+
+    /// Events after `since` (by id), optionally for one node, oldest first, at most `limit`
+    /// (the newest ones when more match).
+    pub fn events(&self, since: u64, node: Option<&str>, limit: usize) -> Vec<Event> {
+        let inner = self.lock();
+        let matching: Vec<&Event> = inner
+            .events
+            .iter()
+            .filter(|e| e.id > since && node.is_none_or(|n| e.node == n))
+            .collect();
+        let skip = matching.len().saturating_sub(limit);
+        matching.into_iter().skip(skip).cloned().collect()
+    }
+
+    /// The command channel of a connected node.
+    pub fn command_channel(&self, name: &str) -> Option<tokio::sync::mpsc::Sender<CoordMsg>> {
+        self.lock()
+            .nodes
+            .get(name)
+            .and_then(|n| n.conn.as_ref().map(|c| c.commands.clone()))
+    }
+
+    /// Takes what changed since the last call, for the store.
+    pub fn take_dirty(&self) -> (Vec<NodeView>, Vec<Event>) {
+        let mut inner = self.lock();
+        let names: Vec<String> = inner.dirty.drain().collect();
+        let now = Instant::now();
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(n) = inner.nodes.get_mut(&name) {
+                n.last_persisted = Some(now);
+                nodes.push(n.view.clone());
+            }
+        }
+        let events = std::mem::take(&mut inner.unpersisted_events);
+        (nodes, events)
+    }
+
+    pub fn record_rejection(&self, reason: &'static str) {
+        if let Ok(mut m) = self.stats.rejected.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn stats_view(&self) -> StatsView {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (nodes, connected) = {
+            let inner = self.lock();
+            (
+                inner.nodes.len(),
+                inner.nodes.values().filter(|n| n.conn.is_some()).count(),
+            )
+        };
+        let h = self.stats.apply_latency_us.lock().map(|h| h.clone()).ok();
+        StatsView {
+            nodes,
+            connected,
+            beats_total: self.stats.beats.load(Relaxed),
+            reports_total: self.stats.reports.load(Relaxed),
+            bytes_in_total: self.stats.bytes_in.load(Relaxed),
+            rejected_total: self
+                .stats
+                .rejected
+                .lock()
+                .map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+                .unwrap_or_default(),
+            apply_latency_p50_us: h.as_ref().map_or(0, |h| h.value_at_quantile(0.5)),
+            apply_latency_p99_us: h.as_ref().map_or(0, |h| h.value_at_quantile(0.99)),
+            apply_latency_max_us: h.as_ref().map_or(0, |h| h.max()),
+            apply_latency_samples: h.as_ref().map_or(0, |h| h.len()),
+        }
+    }
+
+    /// Clears the latency histogram (the load harness measures steady state only).
+    pub fn reset_latency(&self) {
+        if let Ok(mut h) = self.stats.apply_latency_us.lock() {
+            h.reset();
+        }
+    }
+}
+
+/// GPU health changes between two reports of a node, by UUID: `(from, to, message)`. A GPU
+/// seen for the first time makes an event only when it is not `ok`.
+fn gpu_health_changes(
+    old: Option<&NodeReport>,
+    new: &NodeReport,
+) -> Vec<(Option<String>, String, String)> {
+    let before: HashMap<&str, corral_proto::model::DeviceStatus> = old
+        .map(|r| {
+            r.gpus
+                .iter()
+                .map(|g| (g.uuid.as_str(), g.health.status))
+                .collect()
+        })
+        .unwrap_or_default();
+    new.gpus
+        .iter()
+        .filter_map(|g| {
+            let from = before.get(g.uuid.as_str()).copied();
+            let to = g.health.status;
+            let changed = match from {
+                Some(f) => f != to,
+                None => to != corral_proto::model::DeviceStatus::Ok,
+            };
+            if !changed {
+                return None;
+            }
+            let reasons: Vec<&str> = g
+                .health
+                .reasons
+                .iter()
+                .map(|r| r.message.as_str())
+                .collect();
+            let why = if reasons.is_empty() {
+                "all checks pass".to_string()
+            } else {
+                reasons.join("; ")
+            };
+            Some((
+                from.map(|f| f.as_str().to_string()),
+                to.as_str().to_string(),
+                format!("GPU {} ({}): {why}", g.index, g.uuid),
+            ))
+        })
+        .collect()
+}
+
+fn push_event(
+    inner: &mut Inner,
+    node: &str,
+    kind: EventKind,
+    from: Option<&str>,
+    to: &str,
+    message: String,
+) {
+    let event = Event {
+        id: inner.next_event_id,
+        at_ms: unix_ms(),
+        node: node.to_string(),
+        kind,
+        from: from.map(str::to_string),
+        to: to.to_string(),
+        message,
+    };
+    inner.next_event_id += 1;
+    inner.unpersisted_events.push(event.clone());
+    inner.events.push_back(event);
+    // The in-memory window is bounded like the database's.
+    while inner.events.len() > inner.event_retention {
+        inner.events.pop_front();
+    }
+}
+
+/// Shared handle.
+pub type SharedRegistry = Arc<Registry>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_proto::model::{Health, Reason};
+
+    fn settings() -> Settings {
+        Settings {
+            disconnect_after_beats: 3,
+            down_after: Duration::from_millis(300),
+            persist_every: Duration::from_secs(60),
+            event_retention: 1000,
+        }
+    }
+
+    fn connect(r: &Registry, name: &str, beat_ms: u64) -> u64 {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        r.connect(
+            name,
+            Duration::from_millis(beat_ms),
+            "127.0.0.1:1".into(),
+            "0.1.0".into(),
+            tx,
+            None,
+        )
+    }
+
+    fn beat() -> Beat {
+        Beat {
+            sent_at_ns: unix_ns(),
+        }
+    }
+
+    #[test]
+    fn silent_node_goes_disconnected_then_down_then_ready_again() {
+        let r = Registry::new(settings(), vec![], vec![]);
+        let c = connect(&r, "n1", 20);
+        assert!(r.beat("n1", c, &beat()));
+        assert_eq!(r.get("n1").unwrap().liveness, Liveness::Ready);
+        std::thread::sleep(Duration::from_millis(80));
+        r.sweep();
+        assert_eq!(r.get("n1").unwrap().liveness, Liveness::Disconnected);
+        std::thread::sleep(Duration::from_millis(300));
+        r.sweep();
+        assert_eq!(r.get("n1").unwrap().liveness, Liveness::Down);
+        r.beat("n1", c, &beat());
+        assert_eq!(r.get("n1").unwrap().liveness, Liveness::Ready);
+        let kinds: Vec<_> = r
+            .events(0, Some("n1"), 10)
+            .into_iter()
+            .map(|e| e.to)
+            .collect();
+        assert_eq!(kinds, ["ready", "disconnected", "down", "ready"]);
+        assert_eq!(
+            r.events(0, Some("n1"), 10)[0].from,
+            None,
+            "first event registers the node"
+        );
+    }
+
+    #[test]
+    fn messages_from_a_replaced_connection_are_ignored() {
+        let r = Registry::new(settings(), vec![], vec![]);
+        let old = connect(&r, "n1", 1000);
+        let new = connect(&r, "n1", 1000);
+        assert!(!r.beat("n1", old, &beat()));
+        r.disconnect("n1", old, "late close");
+        assert!(r.beat("n1", new, &beat()));
+        assert_eq!(r.get("n1").unwrap().liveness, Liveness::Ready);
+        assert!(r.get("n1").unwrap().connected);
+    }
+
+    fn head(node: &str, started_ms: u64) -> corral_proto::wire::RayHead {
+        corral_proto::wire::RayHead {
+            node: node.into(),
+            address: "10.0.0.1:6379".into(),
+            dashboard: "http://10.0.0.1:8265".into(),
+            python: "3.11.7".into(),
+            ray: "2.60.0".into(),
+            venv: "/opt/ray".into(),
+            started_ms,
+        }
+    }
+
+    #[test]
+    fn ray_head_is_pushed_to_every_agent_and_to_late_joiners() {
+        let r = Registry::new(settings(), vec![], vec![]);
+        let (wtx, mut wrx) = tokio::sync::mpsc::channel(8);
+        r.connect(
+            "w1",
+            Duration::from_secs(1),
+            "a".into(),
+            "v".into(),
+            wtx,
+            None,
+        );
+        let h = connect(&r, "h1", 1000);
+        assert!(r.ray_head_announced("h1", h, Some(head("claimed-other", 1))));
+        let Ok(CoordMsg::HeadChanged { head: Some(got) }) = wrx.try_recv() else {
+            panic!("worker got no head");
+        };
+        assert_eq!(got.node, "h1", "the certificate name wins over the message");
+        // An agent that connects later learns the head first thing.
+        let (ltx, mut lrx) = tokio::sync::mpsc::channel(8);
+        r.connect(
+            "w2",
+            Duration::from_secs(1),
+            "a".into(),
+            "v".into(),
+            ltx,
+            None,
+        );
+        assert!(matches!(
+            lrx.try_recv(),
+            Ok(CoordMsg::HeadChanged { head: Some(_) })
+        ));
+        // Another node cannot withdraw it; its own node can.
+        let w1c = connect(&r, "w3", 1000);
+        assert!(!r.ray_head_announced("w3", w1c, None));
+        assert!(r.ray_head().is_some());
+        assert!(r.ray_head_announced("h1", h, None));
+        assert!(matches!(
+            wrx.try_recv(),
+            Ok(CoordMsg::HeadChanged { head: None })
+        ));
+        assert!(r.ray_head().is_none());
+    }
+
+    fn loaded(name: &str) -> LoadedPlugin {
+        LoadedPlugin {
+            info: corral_proto::job::PluginInfo {
+                name: name.into(),
+                version: "0.1.0".into(),
+                scheduler: name.into(),
+                features: vec![],
+            },
+            digest: "00".into(),
+            grants: Default::default(),
+        }
+    }
+
+    #[test]
+    fn plugins_are_routable_only_while_the_announcing_connection_lasts() {
+        let r = Registry::new(settings(), vec![], vec![]);
+        let c = connect(&r, "n1", 1000);
+        assert!(r.plugin_hosts("slurm").is_empty(), "nothing announced yet");
+        let failed = vec![LoadFailure {
+            name: "pbs".into(),
+            message: "pbs.wasm: missing".into(),
+        }];
+        assert!(r.plugins_announced("n1", c, vec![loaded("slurm")], failed.clone()));
+        assert_eq!(r.plugin_hosts("slurm"), ["n1"]);
+        assert!(r.plugin_hosts("pbs").is_empty());
+        let view = r.plugins();
+        assert_eq!(view.len(), 1);
+        assert!(view[0].hosts("slurm") && !view[0].hosts("pbs"));
+        assert_eq!(view[0].failed, failed);
+
+        // A replaced connection's late announcement is ignored, and a new connection
+        // starts with nothing routable until it announces.
+        let c2 = connect(&r, "n1", 1000);
+        assert!(!r.plugins_announced("n1", c, vec![loaded("slurm")], vec![]));
+        assert!(r.plugin_hosts("slurm").is_empty());
+        assert!(r.plugins_announced("n1", c2, vec![loaded("slurm")], vec![]));
+        assert_eq!(r.plugin_hosts("slurm"), ["n1"]);
+
+        // After a disconnect the last announcement is shown but not routable.
+        r.disconnect("n1", c2, "gone");
+        assert!(r.plugin_hosts("slurm").is_empty());
+        let view = r.plugins();
+        assert!(!view[0].connected && view[0].announced_ms.is_some());
+        assert_eq!(view[0].loaded.len(), 1);
+    }
+
+    #[test]
+    fn lost_connection_is_disconnected_at_once() {
+        let r = Registry::new(settings(), vec![], vec![]);
+        let c = connect(&r, "n1", 1000);
+        r.beat("n1", c, &beat());
+        r.disconnect("n1", c, "peer closed");
+        let v = r.get("n1").unwrap();
+        assert_eq!(v.liveness, Liveness::Disconnected);
+        assert!(!v.connected);
+        assert!(r
+            .events(0, None, 10)
+            .last()
+            .unwrap()
+            .message
+            .contains("peer closed"));
+    }
+
+    #[test]
+    fn health_change_is_one_event_with_reasons() {
+        let r = Registry::new(settings(), vec![], vec![]);
+        let c = connect(&r, "n1", 1000);
+        let bad = NodeReport {
+            node: "n1".into(),
+            health: Health::from_reasons(vec![Reason {
+                check: "disk".into(),
+                status: HealthStatus::Unhealthy,
+                message: "disk / 97% full > 95%".into(),
+            }]),
+            ..Default::default()
+        };
+        r.report("n1", c, bad.clone());
+        r.report("n1", c, bad);
+        let health: Vec<_> = r
+            .events(0, None, 10)
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Health)
+            .collect();
+        assert_eq!(health.len(), 1);
+        assert_eq!(health[0].to, "unhealthy");
+        assert!(health[0].message.contains("97%"));
+    }
+
+    #[test]
+    fn reloaded_nodes_wait_as_disconnected_and_then_go_down() {
+        let r = Registry::new(settings(), vec![], vec![]);
+        let c = connect(&r, "n1", 1000);
+        r.beat("n1", c, &beat());
+        let (nodes, events) = r.take_dirty();
+        let r2 = Registry::new(settings(), nodes, events);
+        let v = r2.get("n1").unwrap();
+        assert_eq!(v.liveness, Liveness::Disconnected);
+        assert!(!v.connected);
+        std::thread::sleep(Duration::from_millis(350));
+        r2.sweep();
+        assert_eq!(r2.get("n1").unwrap().liveness, Liveness::Down);
+        assert!(r2
+            .events(0, None, 100)
+            .iter()
+            .any(|e| e.message.contains("coordinator restarted")));
+    }
+}

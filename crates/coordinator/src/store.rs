@@ -1,0 +1,559 @@
+//! The coordinator's embedded database: SQLite (through rusqlite, SQLite compiled in).
+//!
+//! Why SQLite rather than redb: the data is relational and small (nodes, events, and
+//! jobs with state histories), operators can inspect it with the stock `sqlite3`
+//! tool during an incident, its durability story (WAL, atomic transactions) is decades
+//! old, and the bundled build removes any dependency on the host's library version.
+//! redb would save a C compile but give us a key-value API to build queries on.
+//!
+//! Invariants:
+//! - One thread owns the connection; the async side sends it batches over a channel and
+//!   never blocks on disk. A batch (dirty nodes + new events) is one transaction, so a
+//!   crash leaves either all of it or none.
+//! - Reports are stored as JSON, not postcard: the database outlives wire-protocol
+//!   versions, and JSON stays readable with `sqlite3`.
+//! - Write-behind: the registry hands over changed nodes every flush interval (1 s).
+//!   A crash loses at most that window of *changes*; nodes themselves are written on
+//!   first sight, so a node is never lost once its first flush is done.
+//! - Events beyond the retention count are pruned, oldest first.
+//! - Jobs ([`super::jobs`]) are written in two ways: *durably*
+//!   ([`Store::insert_job`], [`Store::put_jobs_durably`]: the call returns once the
+//!   transaction is committed, for the steps of a submission) and write-behind
+//!   ([`Store::put_jobs`], for poll results). Both go through the same thread in order,
+//!   so a later write-behind batch can never be overtaken by an earlier durable one.
+//!   Job ids come from SQLite's `AUTOINCREMENT`, so an id is never reused, even after
+//!   the job it named was pruned. Committed means on disk for a coordinator crash
+//!   (WAL, `synchronous = NORMAL`); a power loss may take back the last transactions.
+//! - A job row holds the job as JSON (without its history) plus plain columns for
+//!   `sqlite3` users; the history is one row per entry, append-only.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection};
+
+use corral_proto::api::{Event, EventKind, JobId, JobView, NodeView, Transition};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    view TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_node ON events(node, id);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    scheduler TEXT NOT NULL,
+    node TEXT NOT NULL,
+    native_id TEXT,
+    state TEXT NOT NULL,
+    submitted_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_history (
+    job INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    native_state TEXT,
+    message TEXT,
+    PRIMARY KEY (job, seq)
+) WITHOUT ROWID;
+";
+
+type Ack<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
+
+enum Op {
+    Write(Vec<NodeView>, Vec<Event>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+    InsertJob(Box<JobView>, Ack<u64>),
+    PutJobs(Vec<JobView>, Option<Ack<()>>),
+    DeleteJobs(Vec<u64>),
+}
+
+/// Handle to the store thread.
+pub struct Store {
+    tx: mpsc::Sender<Op>,
+    path: PathBuf,
+}
+
+/// What a coordinator starts from.
+pub struct Loaded {
+    pub nodes: Vec<NodeView>,
+    pub events: Vec<Event>,
+    /// Every job, oldest first, with its history.
+    pub jobs: Vec<JobView>,
+}
+
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("coordinator.db")
+}
+
+fn open_db(path: &Path) -> Result<Connection> {
+    let conn =
+        Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)
+        .with_context(|| format!("creating the schema in {}", path.display()))?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `state_dir`, loads what it holds and
+    /// starts the writer thread.
+    pub fn open(state_dir: &Path, event_retention: u32) -> Result<(Store, Loaded)> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        let path = db_path(state_dir);
+        let conn = open_db(&path)?;
+        let loaded =
+            load(&conn, event_retention).with_context(|| format!("reading {}", path.display()))?;
+        let (tx, rx) = mpsc::channel();
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("corral-store".into())
+            .spawn(move || writer(conn, rx, event_retention, thread_path))
+            .context("starting the store thread")?;
+        Ok((Store { tx, path }, loaded))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a batch; returns at once.
+    pub fn write(&self, nodes: Vec<NodeView>, events: Vec<Event>) {
+        if nodes.is_empty() && events.is_empty() {
+            return;
+        }
+        if self.tx.send(Op::Write(nodes, events)).is_err() {
+            tracing::error!(db = %self.path.display(), "the store thread has stopped; state is not being persisted");
+        }
+    }
+
+    /// Waits until everything queued so far is on disk.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Op::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn acked<T>(&self, op: impl FnOnce(Ack<T>) -> Op) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(op(tx))
+            .map_err(|_| anyhow::anyhow!("the store thread has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the store thread has stopped"))?
+            .map_err(|e| anyhow::anyhow!("{e} (database {})", self.path.display()))
+    }
+
+    /// Records a new job and returns its id once committed (the `id` in `job` is
+    /// ignored).
+    pub async fn insert_job(&self, job: JobView) -> Result<u64> {
+        self.acked(|ack| Op::InsertJob(Box::new(job), ack)).await
+    }
+
+    /// Writes jobs (and their new history entries) and returns once committed.
+    pub async fn put_jobs_durably(&self, jobs: Vec<JobView>) -> Result<()> {
+        self.acked(|ack| Op::PutJobs(jobs, Some(ack))).await
+    }
+
+    /// Queues jobs for writing; returns at once.
+    pub fn put_jobs(&self, jobs: Vec<JobView>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if self.tx.send(Op::PutJobs(jobs, None)).is_err() {
+            tracing::error!(db = %self.path.display(), "the store thread has stopped; jobs are not being persisted");
+        }
+    }
+
+    /// Deletes jobs and their histories; returns at once.
+    pub fn delete_jobs(&self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            let _ = self.tx.send(Op::DeleteJobs(ids));
+        }
+    }
+}
+
+fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
+    let mut nodes = vec![];
+    let mut stmt = conn.prepare("SELECT name, view FROM nodes ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let json: String = row.get(1)?;
+        match serde_json::from_str::<NodeView>(&json) {
+            Ok(v) => nodes.push(v),
+            // A row we cannot read (written by a newer corral, or damaged) is kept in the
+            // database, reported, and skipped: losing one node's cache beats refusing
+            // to start.
+            Err(e) => tracing::warn!(node = %name, error = %e, "skipping unreadable node row"),
+        }
+    }
+    let mut stmt = conn.prepare(
+        "SELECT id, at_ms, node, kind, from_state, to_state, message FROM events ORDER BY id DESC LIMIT ?1",
+    )?;
+    let mut events: Vec<Event> = stmt
+        .query_map([retention], |r| {
+            let kind: String = r.get(3)?;
+            Ok(Event {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                node: r.get(2)?,
+                kind: EventKind::parse(&kind).unwrap_or(EventKind::Liveness),
+                from: r.get(4)?,
+                to: r.get(5)?,
+                message: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    events.reverse();
+    let jobs = load_jobs(conn)?;
+    Ok(Loaded {
+        nodes,
+        events,
+        jobs,
+    })
+}
+
+fn load_jobs(conn: &Connection) -> Result<Vec<JobView>> {
+    let mut jobs = std::collections::BTreeMap::new();
+    let mut stmt = conn.prepare("SELECT id, record FROM jobs ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: u64 = row.get(0)?;
+        let json: String = row.get(1)?;
+        match serde_json::from_str::<JobView>(&json) {
+            Ok(mut j) => {
+                j.id = JobId(id);
+                j.history.clear();
+                jobs.insert(id, j);
+            }
+            // As for nodes: kept in the database, reported, skipped.
+            Err(e) => tracing::warn!(job = %JobId(id), error = %e, "skipping unreadable job row"),
+        }
+    }
+    let mut stmt = conn.prepare(
+        "SELECT job, at_ms, state, native_state, message FROM job_history ORDER BY job, seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: u64 = row.get(0)?;
+        if let Some(j) = jobs.get_mut(&id) {
+            j.history.push(Transition {
+                at_ms: row.get(1)?,
+                state: row.get(2)?,
+                native_state: row.get(3)?,
+                message: row.get(4)?,
+            });
+        }
+    }
+    Ok(jobs.into_values().collect())
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, retention: u32, path: PathBuf) {
+    let mut since_prune = 0usize;
+    while let Ok(op) = rx.recv() {
+        match op {
+            Op::Write(nodes, events) => {
+                since_prune += events.len();
+                let prune = since_prune >= 1000;
+                if let Err(e) = write_batch(&mut conn, &nodes, &events, prune.then_some(retention))
+                {
+                    tracing::error!(db = %path.display(), error = format!("{e:#}"), nodes = nodes.len(), events = events.len(), "writing to the database failed");
+                } else if prune {
+                    since_prune = 0;
+                }
+            }
+            Op::Flush(done) => {
+                let _ = done.send(());
+            }
+            Op::InsertJob(job, ack) => {
+                let r = insert_job(&mut conn, &job);
+                if let Err(e) = &r {
+                    tracing::error!(db = %path.display(), error = format!("{e:#}"), "recording a job failed");
+                }
+                let _ = ack.send(r.map_err(|e| format!("{e:#}")));
+            }
+            Op::PutJobs(jobs, ack) => {
+                let r = put_jobs(&mut conn, &jobs);
+                if let Err(e) = &r {
+                    tracing::error!(db = %path.display(), error = format!("{e:#}"), jobs = jobs.len(), "writing jobs failed");
+                }
+                if let Some(ack) = ack {
+                    let _ = ack.send(r.map_err(|e| format!("{e:#}")));
+                }
+            }
+            Op::DeleteJobs(ids) => {
+                if let Err(e) = delete_jobs(&mut conn, &ids) {
+                    tracing::error!(db = %path.display(), error = format!("{e:#}"), "deleting finished jobs failed");
+                }
+            }
+        }
+    }
+}
+
+fn insert_job(conn: &mut Connection, job: &JobView) -> Result<u64> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO jobs(scheduler, node, native_id, state, submitted_ms, updated_ms, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')",
+        params![
+            job.scheduler,
+            job.node,
+            job.native_id,
+            job.state_word,
+            job.submitted_ms,
+            job.updated_ms
+        ],
+    )?;
+    let id = tx.last_insert_rowid() as u64;
+    let mut job = job.clone();
+    job.id = JobId(id);
+    write_job(&tx, &job)?;
+    tx.commit()?;
+    Ok(id)
+}
+
+fn put_jobs(conn: &mut Connection, jobs: &[JobView]) -> Result<()> {
+    let tx = conn.transaction()?;
+    for j in jobs {
+        write_job(&tx, j)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Upserts the row and appends the history entries not yet written.
+fn write_job(tx: &rusqlite::Transaction<'_>, job: &JobView) -> Result<()> {
+    let record = serde_json::to_string(&JobView {
+        history: vec![],
+        ..job.clone()
+    })?;
+    tx.prepare_cached(
+        "INSERT INTO jobs(id, scheduler, node, native_id, state, submitted_ms, updated_ms, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(id) DO UPDATE SET native_id = excluded.native_id, state = excluded.state,
+             updated_ms = excluded.updated_ms, record = excluded.record",
+    )?
+    .execute(params![
+        job.id.0,
+        job.scheduler,
+        job.node,
+        job.native_id,
+        job.state_word,
+        job.submitted_ms,
+        job.updated_ms,
+        record
+    ])?;
+    let mut hist = tx.prepare_cached(
+        "INSERT OR IGNORE INTO job_history(job, seq, at_ms, state, native_state, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (seq, t) in job.history.iter().enumerate() {
+        hist.execute(params![
+            job.id.0,
+            seq as u64,
+            t.at_ms,
+            t.state,
+            t.native_state,
+            t.message
+        ])?;
+    }
+    Ok(())
+}
+
+fn delete_jobs(conn: &mut Connection, ids: &[u64]) -> Result<()> {
+    let tx = conn.transaction()?;
+    for id in ids {
+        tx.execute("DELETE FROM job_history WHERE job = ?1", [id])?;
+        tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    nodes: &[NodeView],
+    events: &[Event],
+    prune: Option<u32>,
+) -> Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO nodes(name, view, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET view = excluded.view, updated_ms = excluded.updated_ms",
+        )?;
+        let now = corral_proto::model::unix_ms();
+        for n in nodes {
+            put.execute(params![n.name, serde_json::to_string(n)?, now])?;
+        }
+        let mut ev = tx.prepare_cached(
+            "INSERT OR REPLACE INTO events(id, at_ms, node, kind, from_state, to_state, message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for e in events {
+            ev.execute(params![
+                e.id,
+                e.at_ms,
+                e.node,
+                e.kind.as_str(),
+                e.from,
+                e.to,
+                e.message
+            ])?;
+        }
+        if let Some(keep) = prune {
+            tx.execute(
+                "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
+                [keep],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_proto::model::{HealthStatus, Liveness};
+
+    fn view(name: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            liveness: Liveness::Ready,
+            liveness_since_ms: 1,
+            health: HealthStatus::Healthy,
+            reasons: vec![],
+            connected: true,
+            address: None,
+            agent_version: None,
+            first_seen_ms: 1,
+            last_beat_ms: Some(2),
+            last_report_ms: None,
+            report: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_and_events_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, loaded) = Store::open(dir.path(), 100).unwrap();
+            assert!(loaded.nodes.is_empty());
+            let ev = Event {
+                id: 7,
+                at_ms: 3,
+                node: "a".into(),
+                kind: EventKind::Liveness,
+                from: None,
+                to: "ready".into(),
+                message: "hi".into(),
+            };
+            store.write(vec![view("a"), view("b")], vec![ev]);
+            store.flush().await;
+        }
+        let (_store, loaded) = Store::open(dir.path(), 100).unwrap();
+        let names: Vec<_> = loaded.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(loaded.events.len(), 1);
+        assert_eq!(loaded.events[0].id, 7);
+    }
+
+    #[tokio::test]
+    async fn unreadable_node_row_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = open_db(&db_path(dir.path())).unwrap();
+            conn.execute("INSERT INTO nodes VALUES ('x', '{not json', 0)", [])
+                .unwrap();
+        }
+        let (_s, loaded) = Store::open(dir.path(), 10).unwrap();
+        assert!(loaded.nodes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn job_ids_are_never_reused_after_a_prune() {
+        use corral_proto::api::Phase;
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobView {
+            id: JobId(0),
+            scheduler: "slurm".into(),
+            node: "n".into(),
+            native_id: None,
+            phase: Phase::Rejected,
+            state: None,
+            state_word: "rejected".into(),
+            native_state: None,
+            exit_code: None,
+            message: None,
+            spec: Default::default(),
+            submitted_ms: 1,
+            updated_ms: 1,
+            polled_ms: None,
+            poll_error: None,
+            history: vec![Transition {
+                at_ms: 1,
+                state: "rejected".into(),
+                native_state: None,
+                message: Some("no".into()),
+            }],
+        };
+        let (store, _) = Store::open(dir.path(), 10).unwrap();
+        let a = store.insert_job(job.clone()).await.unwrap();
+        let b = store.insert_job(job.clone()).await.unwrap();
+        assert!(b > a);
+        store.delete_jobs(vec![a, b]);
+        store.flush().await;
+        let c = store.insert_job(job).await.unwrap();
+        assert!(c > b, "{c} after {b}");
+        let (_s, loaded) = Store::open(dir.path(), 10).unwrap();
+        assert_eq!(loaded.jobs.len(), 1);
+        assert_eq!(loaded.jobs[0].id, JobId(c));
+        assert_eq!(loaded.jobs[0].history.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn unreadable_job_row_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = open_db(&db_path(dir.path())).unwrap();
+            conn.execute(
+                "INSERT INTO jobs VALUES (1, 's', 'n', NULL, 'queued', 0, 0, '{not json')",
+                [],
+            )
+            .unwrap();
+        }
+        let (_s, loaded) = Store::open(dir.path(), 10).unwrap();
+        assert!(loaded.jobs.is_empty());
+    }
+
+    #[test]
+    fn unwritable_state_dir_is_a_clear_error() {
+        let err = Store::open(Path::new("/proc/corral-cannot-exist"), 10)
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("/proc/corral-cannot-exist"),
+            "{err:#}"
+        );
+    }
+}

@@ -1,0 +1,619 @@
+//! The plugin host: sandboxed WebAssembly scheduler plugins (wasmtime component model).
+//!
+//! A plugin is a component implementing `wit/scheduler.wit` (world `plugin`), shipped as
+//! `NAME.wasm` with its manifest `NAME.toml` ([`manifest`]) in `[plugins] dir`. The agent
+//! loads the plugins listed in `[plugins] enable` at start, announces them to the
+//! coordinator ([`PluginHost::loaded`]) and runs the calls routed to it
+//! ([`PluginHost::call`]).
+//!
+//! Invariants:
+//! - A plugin reaches only what its manifest grants: the programs, the `host:port`s, its
+//!   own config values, the agent's log and the clock ([`imports`]). Anything else is a
+//!   `denied` error value, never a trap; a component importing an interface it was not
+//!   granted fails at load, naming the interface ([`engine::check_imports`]).
+//! - Every call runs in a fresh store on a blocking thread, bounded by the plugin's
+//!   memory limit, an epoch deadline and a wall-clock timeout. A trap, a timeout or a
+//!   blown memory limit fails that call with a message saying which (as
+//!   [`PluginError::Plugin`] or [`PluginError::Timeout`]); the agent, the plugin's next
+//!   call and every other plugin are unaffected.
+//! - A plugin that fails to load is reported ([`LoadFailure`], naming the file and what
+//!   to do) and does not stop the others or the agent.
+//! - Load checks, in order: the manifest parses and its `plugin.name` is the file name;
+//!   the component is valid (compiled, or taken from the disk cache, [`cache`]); its
+//!   imports are granted; it links against this host's WIT; its `info().name` is the
+//!   manifest's name. [`check_file`] runs the same checks for `corral plugin check`.
+//! - Granted programs are resolved once, at load. One not found still lets the plugin
+//!   load: calls to it are `denied` saying it was not found, and the load reports it as
+//!   a warning ([`PluginDetails::warnings`], also logged) naming the manifest and key.
+//!   An operator would rather keep `sbatch` working on a node without `sacct` than lose
+//!   the whole plugin, and a plugin can fall back when an optional program is missing.
+//! - At most `limits.concurrent_calls` calls of one plugin run at once (each holds up to
+//!   `limits.memory_mb`); further calls wait, within their own timeout.
+
+mod bindings;
+pub mod cache;
+mod convert;
+mod engine;
+mod imports;
+pub mod manifest;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+
+pub use cache::ComponentSource;
+pub use manifest::{Limits, Manifest, ManifestError};
+
+use corral_base::config::ConfigIssue;
+use corral_proto::job::{Grants, LoadFailure, LoadedPlugin, PluginCall, PluginError, PluginReply};
+use engine::{Instance, Ticker};
+use imports::Granted;
+
+/// The agent's `[plugins]` config section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Where `NAME.wasm` and its manifest `NAME.toml` live.
+    pub dir: Option<PathBuf>,
+    /// Which plugins to load from `dir`, by name. Empty: none.
+    pub enable: Vec<String>,
+    /// Where compiled components are cached. None: no disk cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl PluginsConfig {
+    /// `[plugins]`: names are plain words, listed once, and need a directory to load from.
+    /// Whether each plugin's files exist is *not* checked here: a plugin that cannot load is
+    /// reported by the agent (and to the coordinator) without keeping the agent from running.
+    pub fn validate(&self) -> Result<(), ConfigIssue> {
+        let p = self;
+        let issue = |key: &str, message: String| ConfigIssue {
+            key: key.into(),
+            message,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for name in &p.enable {
+            let plain = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !plain {
+                return Err(issue(
+                    "plugins.enable",
+                    format!("{name:?} is not a plugin name; use the file name without .wasm (letters, digits, '-' and '_'), e.g. \"slurm\""),
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(issue("plugins.enable", format!("{name:?} is listed twice")));
+            }
+        }
+        if !p.enable.is_empty() && p.dir.is_none() {
+            return Err(issue(
+                "plugins.dir",
+                "required when plugins.enable lists plugins: the directory holding NAME.wasm and NAME.toml".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A loaded plugin in full: what is announced, and what the operator may want to know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginDetails {
+    /// What the agent announces to the coordinator.
+    pub loaded: LoadedPlugin,
+    pub wasm: PathBuf,
+    pub manifest: PathBuf,
+    pub limits: Limits,
+    /// Where the compiled component came from.
+    pub source: ComponentSource,
+    /// How long loading took (read, compile or cache, link, `info`).
+    pub load_ms: f64,
+    /// Problems that did not stop the load (a granted program not found), each naming
+    /// the manifest and key.
+    pub warnings: Vec<String>,
+}
+
+/// One loaded plugin.
+struct Plugin {
+    instance: Arc<Instance>,
+    details: PluginDetails,
+    permits: Arc<Semaphore>,
+}
+
+struct Inner {
+    plugins: BTreeMap<String, Plugin>,
+    /// Advances the engine's epoch while the host lives.
+    _ticker: Option<Ticker>,
+}
+
+/// The loaded plugins of one agent. Cheap to share (`Arc` inside); calls run on blocking
+/// threads and never block the caller's runtime.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<Inner>,
+}
+
+/// Extra wall-clock time a call gets beyond `limits.call_timeout` before the caller stops
+/// waiting; the epoch deadline normally ends it first, with a better message.
+const WALL_GRACE: Duration = Duration::from_secs(1);
+
+/// The files of plugin `name` in `dir`.
+fn files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}.wasm")),
+        dir.join(format!("{name}.toml")),
+    )
+}
+
+/// Where to find what a load needs.
+struct LoadContext<'a> {
+    engine: &'a Engine,
+    engine_key: &'a str,
+    cache: Option<&'a cache::Cache>,
+}
+
+/// Loads one plugin from `wasm` and `manifest_file`; `expect_name` is the name it was
+/// enabled under (the file name), which the manifest must carry.
+fn load_one(
+    cx: &LoadContext<'_>,
+    wasm: &Path,
+    manifest_file: &Path,
+    expect_name: Option<&str>,
+) -> anyhow::Result<(Arc<Instance>, PluginDetails)> {
+    let started = Instant::now();
+    let manifest = Manifest::load(manifest_file)?;
+    if let Some(expected) = expect_name {
+        if manifest.name != expected {
+            return Err(manifest
+                .error(
+                    "plugin.name",
+                    format!(
+                        "{:?} does not match the plugin's file name {expected:?}; NAME.wasm, NAME.toml and plugin.name share one name",
+                        manifest.name
+                    ),
+                )
+                .into());
+        }
+    }
+    let bytes = std::fs::read(wasm)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the plugin: {e}", wasm.display()))?;
+    let digest = cache::sha256_hex(&bytes);
+    let (component, source) = match cx.cache {
+        Some(c) => c.load(cx.engine, cx.engine_key, &manifest.name, &bytes, &digest),
+        None => cache::compile(cx.engine, &bytes).map(|c| (c, ComponentSource::Compiled)),
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a valid WebAssembly component: {e:#}; build plugins with `cargo xtask plugins`",
+            wasm.display()
+        )
+    })?;
+    engine::check_imports(cx.engine, &component, wasm, &manifest)?;
+    let programs = manifest::resolve_programs(&manifest, std::env::var_os("PATH").as_deref());
+    let warnings: Vec<String> = programs
+        .missing
+        .iter()
+        .map(|(_, e)| e.to_string())
+        .collect();
+    let http = if manifest.hosts.is_empty() {
+        None
+    } else {
+        Some(imports::http_client(manifest.hosts.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "plugin {}: cannot build its HTTP client: {e:#}",
+                manifest.name
+            )
+        })?)
+    };
+    let grants = Grants {
+        programs: programs
+            .found
+            .iter()
+            .map(|(n, p)| (n.clone(), p.display().to_string()))
+            .collect(),
+        hosts: manifest.hosts.iter().map(ToString::to_string).collect(),
+        config_keys: manifest.config.keys().cloned().collect(),
+    };
+    let limits = manifest.limits.clone();
+    let name = manifest.name.clone();
+    let granted = Arc::new(Granted {
+        name: name.clone(),
+        manifest,
+        programs,
+        http,
+    });
+    let instance = Instance::new(cx.engine, &component, granted).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: does not fit this agent's plugin interface ({}@0.1.x): {e:#}",
+            wasm.display(),
+            "corral:scheduler"
+        )
+    })?;
+    let info = instance
+        .info()
+        .map_err(|e| anyhow::anyhow!("{}: its info() call failed: {e}", wasm.display()))?;
+    if info.name != name {
+        anyhow::bail!(
+            "{}: info().name is {:?} but its manifest {} says plugin.name = {name:?}; they must agree",
+            wasm.display(),
+            info.name,
+            manifest_file.display()
+        );
+    }
+    let details = PluginDetails {
+        loaded: LoadedPlugin {
+            info,
+            digest,
+            grants,
+        },
+        wasm: wasm.to_path_buf(),
+        manifest: manifest_file.to_path_buf(),
+        limits,
+        source,
+        load_ms: started.elapsed().as_secs_f64() * 1000.0,
+        warnings,
+    };
+    Ok((Arc::new(instance), details))
+}
+
+impl PluginHost {
+    /// Loads every enabled plugin. A plugin that fails to load is reported in the second
+    /// element and does not stop the others.
+    pub fn load(cfg: &PluginsConfig) -> (PluginHost, Vec<LoadFailure>) {
+        if cfg.enable.is_empty() {
+            return (PluginHost::empty(), Vec::new());
+        }
+        let fail_all = |message: String| {
+            let failures = cfg
+                .enable
+                .iter()
+                .map(|name| LoadFailure {
+                    name: name.clone(),
+                    message: message.clone(),
+                })
+                .collect();
+            (PluginHost::empty(), failures)
+        };
+        let Some(dir) = &cfg.dir else {
+            return fail_all(
+                "plugins.dir is not set: the directory holding NAME.wasm and NAME.toml".into(),
+            );
+        };
+        // Manifests are read once more by each load; here only their limits count, to
+        // size the engine's instance pool (a bad manifest is reported by its load).
+        let limits: Vec<Limits> = cfg
+            .enable
+            .iter()
+            .filter_map(|name| Manifest::load(&files(dir, name).1).ok())
+            .map(|m| m.limits)
+            .collect();
+        let engine = match engine::new_engine(engine::Pool::for_limits(&limits)) {
+            Ok(e) => e,
+            Err(e) => return fail_all(format!("cannot start the WebAssembly engine: {e:#}")),
+        };
+        let ticker = match Ticker::start(&engine) {
+            Ok(t) => t,
+            Err(e) => return fail_all(format!("cannot start the plugin epoch thread: {e}")),
+        };
+        let engine_key = cache::engine_key(&engine);
+        let cache = cfg.cache_dir.as_deref().and_then(|d| match cache::Cache::open(d) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(dir = %d.display(), error = %e, "plugin cache unusable; compiling plugins in memory");
+                None
+            }
+        });
+        let cx = LoadContext {
+            engine: &engine,
+            engine_key: &engine_key,
+            cache: cache.as_ref(),
+        };
+        let mut plugins = BTreeMap::new();
+        let mut failures = Vec::new();
+        for name in &cfg.enable {
+            if plugins.contains_key(name) || failures.iter().any(|f: &LoadFailure| &f.name == name)
+            {
+                continue;
+            }
+            let (wasm, manifest) = files(dir, name);
+            match load_one(&cx, &wasm, &manifest, Some(name)) {
+                Ok((instance, details)) => {
+                    for w in &details.warnings {
+                        tracing::warn!(plugin = %name, warning = %w, "plugin loaded with a warning");
+                    }
+                    tracing::info!(
+                        plugin = %name,
+                        version = %details.loaded.info.version,
+                        digest = %details.loaded.digest,
+                        source = ?details.source,
+                        load_ms = details.load_ms,
+                        "plugin loaded"
+                    );
+                    let permits =
+                        Arc::new(Semaphore::new(details.limits.concurrent_calls as usize));
+                    plugins.insert(
+                        name.clone(),
+                        Plugin {
+                            instance,
+                            details,
+                            permits,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    tracing::warn!(plugin = %name, error = %message, "plugin failed to load");
+                    failures.push(LoadFailure {
+                        name: name.clone(),
+                        message,
+                    });
+                }
+            }
+        }
+        let host = PluginHost {
+            inner: Arc::new(Inner {
+                plugins,
+                _ticker: Some(ticker),
+            }),
+        };
+        (host, failures)
+    }
+
+    /// A host with no plugins.
+    pub fn empty() -> PluginHost {
+        PluginHost {
+            inner: Arc::new(Inner {
+                plugins: BTreeMap::new(),
+                _ticker: None,
+            }),
+        }
+    }
+
+    /// What is loaded, as announced to the coordinator.
+    pub fn loaded(&self) -> Vec<LoadedPlugin> {
+        self.inner
+            .plugins
+            .values()
+            .map(|p| p.details.loaded.clone())
+            .collect()
+    }
+
+    /// What is loaded, in full (source, limits, load time, warnings).
+    pub fn details(&self) -> Vec<PluginDetails> {
+        self.inner
+            .plugins
+            .values()
+            .map(|p| p.details.clone())
+            .collect()
+    }
+
+    /// Calls one export of one plugin in a fresh store.
+    pub async fn call(&self, plugin: &str, call: PluginCall) -> Result<PluginReply, PluginError> {
+        let p = self
+            .inner
+            .plugins
+            .get(plugin)
+            .ok_or_else(|| PluginError::NotLoaded(plugin.into()))?;
+        let timeout = p.details.limits.call_timeout;
+        let export = call.export();
+        let started = Instant::now();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(PluginError::Plugin(format!(
+                "{plugin}.{export}: plugin calls must be made from within the agent's tokio runtime"
+            )));
+        };
+        let permit = match tokio::time::timeout(timeout, p.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(PluginError::Plugin(format!("plugin {plugin} is shutting down"))),
+            Err(_) => {
+                return Err(PluginError::Timeout(format!(
+                    "{plugin}.{export}: {} calls already running did not leave room within {} (limits.concurrent_calls)",
+                    p.details.limits.concurrent_calls,
+                    humantime::format_duration(timeout)
+                )))
+            }
+        };
+        let instance = p.instance.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            instance.call(call, Some(runtime))
+        });
+        let result = match tokio::time::timeout(timeout + WALL_GRACE, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(PluginError::Plugin(format!(
+                "{plugin}.{export}: the call's thread failed: {e}"
+            ))),
+            Err(_) => Err(PluginError::Timeout(format!(
+                "{plugin}.{export} did not return within {} (limits.call_timeout); its thread ends when its current host call does",
+                humantime::format_duration(timeout)
+            ))),
+        };
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &result {
+            Ok(_) => tracing::debug!(plugin, export, elapsed_ms, "plugin call"),
+            Err(e @ (PluginError::Plugin(_) | PluginError::Timeout(_))) => {
+                tracing::warn!(plugin, export, elapsed_ms, error = %e, "plugin call failed")
+            }
+            Err(e) => {
+                tracing::debug!(plugin, export, elapsed_ms, error = %e, "plugin call returned an error")
+            }
+        }
+        result
+    }
+}
+
+/// Validates `wasm` against the WIT world and its manifest (`manifest`, or the `.toml`
+/// beside it) and returns what loading it would announce. For `corral plugin check`.
+pub fn check_file(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<LoadedPlugin> {
+    check_file_details(wasm, manifest).map(|d| d.loaded)
+}
+
+/// [`check_file`] with everything a load reports (warnings, limits, load time). No disk
+/// cache is used or written. Without an explicit manifest, the wasm's file name must be
+/// the plugin's name, as it must be in `[plugins] dir`.
+pub fn check_file_details(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<PluginDetails> {
+    let (manifest_file, expect_name) = match manifest {
+        Some(m) => (m.to_path_buf(), None),
+        None => (
+            wasm.with_extension("toml"),
+            wasm.file_stem().map(|s| s.to_string_lossy().into_owned()),
+        ),
+    };
+    let limits = Manifest::load(&manifest_file)
+        .map(|m| m.limits)
+        .unwrap_or_default();
+    let engine = engine::new_engine(engine::Pool::for_limits([&limits]))?;
+    // The epoch must advance for call timeouts to fire during the `info` check.
+    let _ticker = Ticker::start(&engine)?;
+    let engine_key = cache::engine_key(&engine);
+    let cx = LoadContext {
+        engine: &engine,
+        engine_key: &engine_key,
+        cache: None,
+    };
+    load_one(&cx, wasm, &manifest_file, expect_name.as_deref()).map(|(_, d)| d)
+}
+
+/// Timings of the host's own work, for `corral bench plugin`.
+pub mod bench {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// One plugin loaded outside an agent, to time calls and loads.
+    pub struct Bench {
+        instance: Arc<Instance>,
+        _ticker: Ticker,
+    }
+
+    /// How long a load took and where the component came from.
+    pub struct LoadTiming {
+        pub elapsed: Duration,
+        pub source: ComponentSource,
+    }
+
+    impl Bench {
+        /// Loads `wasm` with its manifest beside it, with a disk cache in `cache_dir`
+        /// (each call makes a fresh engine, as an agent start does).
+        pub fn load(wasm: &Path, cache_dir: Option<&Path>) -> anyhow::Result<(Bench, LoadTiming)> {
+            let limits = Manifest::load(&wasm.with_extension("toml"))?.limits;
+            let engine = engine::new_engine(engine::Pool::for_limits([&limits]))?;
+            let ticker = Ticker::start(&engine)?;
+            let engine_key = cache::engine_key(&engine);
+            let cache = cache_dir.map(cache::Cache::open).transpose()?;
+            let cx = LoadContext {
+                engine: &engine,
+                engine_key: &engine_key,
+                cache: cache.as_ref(),
+            };
+            let started = Instant::now();
+            let name = wasm.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let (instance, details) =
+                load_one(&cx, wasm, &wasm.with_extension("toml"), name.as_deref())?;
+            let elapsed = started.elapsed();
+            Ok((
+                Bench {
+                    instance,
+                    _ticker: ticker,
+                },
+                LoadTiming {
+                    elapsed,
+                    source: details.source,
+                },
+            ))
+        }
+
+        /// One `info` call in a fresh store, on this thread (what every call pays).
+        pub fn call_info(&self) -> Result<(), PluginError> {
+            self.instance.call(PluginCall::Info, None).map(|_| ())
+        }
+
+        /// A fresh store and instance without a call (the part of a call's cost that
+        /// is instantiation).
+        pub fn instantiate_only(&self) -> Result<(), PluginError> {
+            self.instance.instantiate_only()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_host_has_nothing_loaded_and_refuses_calls_by_name() {
+        let host = PluginHost::empty();
+        assert!(host.loaded().is_empty());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(host.call("slurm", PluginCall::Info))
+            .unwrap_err();
+        assert_eq!(err, PluginError::NotLoaded("slurm".into()));
+    }
+
+    #[test]
+    fn plugins_that_cannot_load_are_reported_each_naming_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.toml"), "[plugin]\nname = \"bad\"\n").unwrap();
+        std::fs::write(dir.path().join("bad.wasm"), b"\0asm not really").unwrap();
+        std::fs::write(
+            dir.path().join("other.toml"),
+            "[plugin]\nname = \"wrong\"\n",
+        )
+        .unwrap();
+        let cfg = PluginsConfig {
+            dir: Some(dir.path().to_path_buf()),
+            enable: vec!["missing".into(), "bad".into(), "other".into()],
+            cache_dir: None,
+        };
+        let (host, failures) = PluginHost::load(&cfg);
+        assert!(host.loaded().is_empty());
+        let names: Vec<&str> = failures.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["missing", "bad", "other"]);
+        assert!(
+            failures[0].message.contains("missing.toml"),
+            "{}",
+            failures[0].message
+        );
+        assert!(
+            failures[0].message.contains("needs its NAME.toml"),
+            "{}",
+            failures[0].message
+        );
+        assert!(
+            failures[1]
+                .message
+                .contains("bad.wasm: not a valid WebAssembly component"),
+            "{}",
+            failures[1].message
+        );
+        assert!(
+            failures[2]
+                .message
+                .contains("other.toml: key `plugin.name`"),
+            "{}",
+            failures[2].message
+        );
+    }
+
+    #[test]
+    fn enabling_plugins_without_a_directory_fails_each_with_the_key_to_set() {
+        let cfg = PluginsConfig {
+            dir: None,
+            enable: vec!["slurm".into()],
+            cache_dir: None,
+        };
+        let (_, failures) = PluginHost::load(&cfg);
+        assert_eq!(failures.len(), 1);
+        assert!(failures[0].message.contains("plugins.dir"));
+    }
+}

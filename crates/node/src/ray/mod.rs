@@ -1,0 +1,804 @@
+//! Ray on a node: the agent starts a Ray head or worker from a configured venv,
+//! supervises it, and stops exactly what it started. It replaces launcher scripts that
+//! ran `ray start` after a fixed sleep and `ray stop` on the way out.
+//!
+//! Life of the supervisor ([`start`] spawns it as one task):
+//! 1. Kill what a previous agent with the same Ray temp dir left behind
+//!    ([`process::sweep_leftovers`]): a head that outlived a `kill -9` of its agent would
+//!    otherwise hold the ports and the persisted session name.
+//! 2. [`probe::probe`] the venv (exists, Python runs, `ray` imports, dashboard extras on a
+//!    head) and read the exact Python and Ray versions. A failure is state `failed` with
+//!    a message naming the path and the fix, re-probed every `restart_cap`, so fixing the
+//!    venv needs no agent restart.
+//! 3. Head: `VENV/bin/ray start --head --block ...` in its own process group. Ready when
+//!    the GCS port accepts a connection *and* the dashboard answers `GET /api/version`
+//!    (polled every 100 ms, never a fixed sleep). Then the head is announced to the
+//!    coordinator ([`corral_proto::wire::AgentMsg::RayHead`]), which pushes it to every agent.
+//! 4. Worker: waits for a ready head from the coordinator (or probes an explicit
+//!    `head_address`), compares versions ([`versions_match`]) and either refuses, a
+//!    visible `refused` state whose message names both versions and both venvs, or runs
+//!    `VENV/bin/ray start --address HEAD --block ...`; running once Ray prints
+//!    "Ray runtime started.". A head with another address or start time (a restart)
+//!    makes the worker stop and rejoin.
+//! 5. An unexpected exit is cleaned up (the whole group, and leftovers naming the temp
+//!    dir: a half-started head leaves gcs_server behind), then restarted after
+//!    exponential backoff with jitter, at most `max_restarts` times per
+//!    `restart_window`; one more is state `failed`.
+//! 6. On shutdown: SIGTERM to the group, `stop_grace`, SIGKILL, sweep. Never `ray stop`,
+//!    which kills every Ray process on the machine, other clusters' included.
+//!
+//! Trade-offs:
+//! - The coordinator keeps the last announced head when the head's agent merely loses
+//!   its connection (the Ray head may well still be running); a head agent that shuts
+//!   down, or whose head exits, withdraws it explicitly.
+//! - With an explicit `head_address` and no head announced by the coordinator, the
+//!   versions of the head are unknown to corral; Ray's own version check then applies.
+
+pub mod config;
+pub mod probe;
+pub mod process;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use config::{PythonMatch, RayConfig, RoleConfig};
+use corral_proto::model::{unix_ms, NodeReport, RayRole, RayState, RayStatus};
+use corral_proto::wire::RayHead;
+use probe::VenvInfo;
+use process::RayProcess;
+
+/// SIGTERM → SIGKILL grace for a worker leaving a head that is gone.
+const LEAVE_GRACE: Duration = Duration::from_secs(1);
+
+/// What the agent holds of a running supervisor.
+pub struct RayHandles {
+    /// This node's Ray status, for its reports.
+    pub status: watch::Receiver<Option<RayStatus>>,
+    /// The head this node runs, once ready (heads only), for the coordinator.
+    pub own_head: watch::Receiver<Option<RayHead>>,
+    /// The cluster's head as the coordinator announces it; the agent writes here.
+    pub cluster_head: watch::Sender<Option<RayHead>>,
+    pub task: JoinHandle<()>,
+}
+
+/// Whether a worker with `mine` (python, ray) may join a head with `head`.
+pub fn versions_match(level: PythonMatch, mine: (&str, &str), head: (&str, &str)) -> bool {
+    if mine.1 != head.1 {
+        return false;
+    }
+    match level {
+        PythonMatch::Patch => mine.0 == head.0,
+        PythonMatch::Minor => {
+            let mm = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+            mm(mine.0) == mm(head.0)
+        }
+    }
+}
+
+/// The refusal message: both versions, both venvs, and what to do.
+pub fn refusal_message(level: PythonMatch, me: &VenvInfo, head: &RayHead) -> String {
+    let level = match level {
+        PythonMatch::Patch => "patch",
+        PythonMatch::Minor => "minor",
+    };
+    format!(
+        "refusing to join the Ray head at {} (node {}): the head runs Python {} and Ray {} from {}, this worker has Python {} and Ray {} from {}; Ray and Python (to the {level} version, ray.python_match) must match. Recreate {} with Python {} and `{}/bin/pip install \"ray[default]=={}\"`",
+        head.address,
+        head.node,
+        head.python,
+        head.ray,
+        head.venv,
+        me.python,
+        me.ray,
+        me.venv.display(),
+        me.venv.display(),
+        head.python,
+        me.venv.display(),
+        head.ray
+    )
+}
+
+/// Starts the supervisor for `cfg` (role head or worker; `None` for role none).
+///
+/// `coordinator` is the coordinator's `host:port`, used to pick the address Ray
+/// advertises when `node_ip` is not set; `reports` gives the detected GPUs.
+pub fn start(
+    cfg: &RayConfig,
+    node: &str,
+    coordinator: &str,
+    reports: watch::Receiver<Option<Arc<NodeReport>>>,
+    shutdown: CancellationToken,
+) -> Option<RayHandles> {
+    let role = match cfg.role {
+        RoleConfig::Head => RayRole::Head,
+        RoleConfig::Worker => RayRole::Worker,
+        RoleConfig::None => return None,
+    };
+    let venv = cfg.venv.clone()?;
+    let temp_dir = cfg.temp_dir_for(node);
+    let status = RayStatus {
+        role,
+        state: RayState::Starting,
+        since_ms: unix_ms(),
+        venv: venv.display().to_string(),
+        python_version: None,
+        ray_version: None,
+        head_address: None,
+        restarts: 0,
+        message: Some("probing the venv".into()),
+        pid: None,
+        log_file: Some(
+            temp_dir
+                .join(format!("corral-ray-{role}.log"))
+                .display()
+                .to_string(),
+        ),
+    };
+    let (status_tx, status_rx) = watch::channel(Some(status));
+    let (own_tx, own_rx) = watch::channel(None);
+    let (cluster_tx, cluster_rx) = watch::channel(None);
+    let sup = Supervisor {
+        cfg: cfg.clone(),
+        node: node.to_string(),
+        coordinator: coordinator.to_string(),
+        role,
+        venv,
+        temp_dir,
+        status: status_tx,
+        own_head: own_tx,
+        cluster_head: cluster_rx,
+        reports,
+        shutdown,
+        failures: VecDeque::new(),
+        attempt: 0,
+    };
+    let task = tokio::spawn(sup.run());
+    Some(RayHandles {
+        status: status_rx,
+        own_head: own_rx,
+        cluster_head: cluster_tx,
+        task,
+    })
+}
+
+struct Supervisor {
+    cfg: RayConfig,
+    node: String,
+    coordinator: String,
+    role: RayRole,
+    venv: PathBuf,
+    temp_dir: PathBuf,
+    status: watch::Sender<Option<RayStatus>>,
+    own_head: watch::Sender<Option<RayHead>>,
+    cluster_head: watch::Receiver<Option<RayHead>>,
+    reports: watch::Receiver<Option<Arc<NodeReport>>>,
+    shutdown: CancellationToken,
+    /// Unexpected exits inside the restart window.
+    failures: VecDeque<Instant>,
+    attempt: u32,
+}
+
+/// How one run of the Ray process ended.
+enum Ended {
+    Shutdown,
+    /// Exited (or failed to start) on its own: restart within budget.
+    Crashed(String),
+    /// Worker: the head changed; rejoin at once.
+    HeadChanged,
+}
+
+impl Supervisor {
+    fn set(&self, state: RayState, message: Option<String>) {
+        self.status.send_modify(|s| {
+            if let Some(s) = s {
+                if s.state != state {
+                    info!(node = %self.node, role = %self.role, from = %s.state, to = %state, message = message.as_deref().unwrap_or(""), "ray state changed");
+                    s.since_ms = unix_ms();
+                }
+                s.state = state;
+                s.message = message;
+            }
+        });
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RayStatus)) {
+        self.status.send_modify(|s| {
+            if let Some(s) = s {
+                f(s)
+            }
+        });
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.temp_dir.join(format!("corral-ray-{}.log", self.role))
+    }
+
+    async fn run(mut self) {
+        // The default temp dir carries the node name, so check it here too.
+        if let Err(m) = config::check_temp_dir(&self.temp_dir) {
+            self.set(RayState::Failed, Some(format!("{m}; set ray.temp_dir")));
+            self.shutdown.cancelled().await;
+            return;
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.temp_dir) {
+            self.set(
+                RayState::Failed,
+                Some(format!(
+                    "cannot create the Ray temp dir {}: {e}; fix ray.temp_dir or its permissions",
+                    self.temp_dir.display()
+                )),
+            );
+            self.shutdown.cancelled().await;
+            return;
+        }
+        let swept = process::sweep_leftovers(None, &self.temp_dir).await;
+        if swept > 0 {
+            warn!(count = swept, temp_dir = %self.temp_dir.display(), "killed Ray processes left behind by an earlier agent");
+        }
+        let info = loop {
+            match probe::probe(&self.venv, self.role == RayRole::Head).await {
+                Ok(i) => break i,
+                Err(e) => {
+                    error!(venv = %self.venv.display(), error = %e, "the Ray venv is not usable");
+                    self.set(RayState::Failed, Some(e.to_string()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.cfg.restart_cap) => continue,
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        };
+        info!(venv = %info.venv.display(), python = %info.python, ray = %info.ray, "Ray venv probed");
+        self.update(|s| {
+            s.python_version = Some(info.python.clone());
+            s.ray_version = Some(info.ray.clone());
+        });
+        match self.role {
+            RayRole::Head => self.run_head(&info).await,
+            RayRole::Worker => self.run_worker(&info).await,
+        }
+        self.own_head.send_replace(None);
+        self.set(RayState::Stopped, None);
+    }
+
+    /// Records an unexpected exit; `false` when the restart budget is spent.
+    fn budget_left(&mut self) -> bool {
+        let now = Instant::now();
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.cfg.restart_window)
+        {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(now);
+        self.failures.len() as u32 <= self.cfg.max_restarts
+    }
+
+    /// After a crash: backoff (Restarting) or Failed. Returns false on shutdown.
+    async fn after_crash(&mut self, why: String) -> bool {
+        warn!(node = %self.node, role = %self.role, reason = %why, "ray exited unexpectedly");
+        if !self.budget_left() {
+            let msg = format!(
+                "{why}; gave up after {} restarts within {} (ray.max_restarts, ray.restart_window); see {}",
+                self.cfg.max_restarts,
+                humantime::format_duration(self.cfg.restart_window),
+                self.log_file().display()
+            );
+            error!(node = %self.node, role = %self.role, "{msg}");
+            self.set(RayState::Failed, Some(msg));
+            self.update(|s| s.pid = None);
+            // Workers try again when a new head appears; heads wait for the operator.
+            loop {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return false,
+                    c = self.cluster_head.changed(), if self.role == RayRole::Worker => {
+                        if c.is_err() { self.shutdown.cancelled().await; return false; }
+                        if self.cluster_head.borrow().is_some() {
+                            self.failures.clear();
+                            self.attempt = 0;
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+        let delay = corral_base::backoff::backoff(
+            self.cfg.restart_base,
+            self.cfg.restart_cap,
+            self.attempt,
+        );
+        self.attempt = self.attempt.saturating_add(1);
+        self.update(|s| {
+            s.restarts += 1;
+            s.pid = None;
+        });
+        self.set(
+            RayState::Restarting,
+            Some(format!(
+                "{why}; restarting in {}",
+                humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+            )),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+
+    fn node_ip(&self) -> String {
+        if let Some(ip) = &self.cfg.node_ip {
+            return ip.clone();
+        }
+        // The local address that routes to the coordinator; connect() on UDP sends nothing.
+        let guess = || -> Option<String> {
+            use std::net::ToSocketAddrs;
+            let target = self.coordinator.to_socket_addrs().ok()?.next()?;
+            let bind = if target.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let s = std::net::UdpSocket::bind(bind).ok()?;
+            s.connect(target).ok()?;
+            Some(s.local_addr().ok()?.ip().to_string())
+        };
+        guess().unwrap_or_else(|| "127.0.0.1".into())
+    }
+
+    async fn common_args(&self) -> Vec<String> {
+        let cpus = self.cfg.num_cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        });
+        let mut a = vec![
+            "--node-ip-address".to_string(),
+            self.node_ip(),
+            "--num-cpus".into(),
+            cpus.to_string(),
+        ];
+        let gpus = match self.cfg.num_gpus {
+            Some(g) => Some(g),
+            None => {
+                let mut r = self.reports.clone();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), r.wait_for(|x| x.is_some())).await;
+                let n = r.borrow().as_ref().map(|r| r.gpus.len() as u32);
+                n
+            }
+        };
+        if let Some(g) = gpus {
+            a.extend(["--num-gpus".into(), g.to_string()]);
+        }
+        if !self.cfg.resources.is_empty() {
+            a.extend([
+                "--resources".into(),
+                serde_json::to_string(&self.cfg.resources).unwrap_or_else(|_| "{}".into()),
+            ]);
+        }
+        a.extend([
+            "--temp-dir".into(),
+            self.temp_dir.display().to_string(),
+            "--disable-usage-stats".into(),
+        ]);
+        a.extend(self.cfg.extra_args.iter().cloned());
+        a
+    }
+
+    fn spawn(&self, info: &VenvInfo, args: Vec<String>) -> anyhow::Result<RayProcess> {
+        let p = process::spawn(
+            &info.ray_bin(),
+            &args,
+            &self.temp_dir,
+            &self.log_file(),
+            self.role.as_str(),
+        )?;
+        self.update(|s| s.pid = Some(p.pid));
+        Ok(p)
+    }
+
+    async fn stop(&self, p: RayProcess) {
+        self.stop_within(p, self.cfg.stop_grace).await
+    }
+
+    async fn stop_within(&self, p: RayProcess, grace: Duration) {
+        let pid = p.pid;
+        let stragglers = p.stop(grace, &self.temp_dir).await;
+        info!(node = %self.node, role = %self.role, pid, stragglers, "ray process group stopped");
+        self.update(|s| s.pid = None);
+    }
+
+    fn dashboard_addr(&self) -> (String, u16) {
+        let host = if self.cfg.dashboard_host == "0.0.0.0" || self.cfg.dashboard_host == "::" {
+            "127.0.0.1".to_string()
+        } else {
+            self.cfg.dashboard_host.clone()
+        };
+        (host, self.cfg.dashboard_port)
+    }
+
+    async fn run_head(&mut self, info: &VenvInfo) {
+        let ip = self.node_ip();
+        let address = join_host_port(&ip, self.cfg.port);
+        self.update(|s| s.head_address = Some(address.clone()));
+        loop {
+            self.set(RayState::Starting, Some("starting the Ray head".into()));
+            let mut args = vec![
+                "start".to_string(),
+                "--head".into(),
+                "--block".into(),
+                "--port".into(),
+                self.cfg.port.to_string(),
+                "--dashboard-host".into(),
+                self.cfg.dashboard_host.clone(),
+                "--dashboard-port".into(),
+                self.cfg.dashboard_port.to_string(),
+                "--ray-client-server-port".into(),
+                self.cfg.client_server_port.to_string(),
+            ];
+            args.extend(self.common_args().await);
+            let ended = match self.spawn(info, args) {
+                Err(e) => Ended::Crashed(format!("{e:#}")),
+                Ok(mut p) => {
+                    let started = Instant::now();
+                    let (dash_host, dash_port) = self.dashboard_addr();
+                    let ready = tokio::select! {
+                        r = wait_head_ready(&ip, self.cfg.port, &dash_host, dash_port) => Ok(r),
+                        st = p.wait() => Err(Ended::Crashed(format!("ray start exited before the head was ready ({})", exit_text(st)))),
+                        _ = tokio::time::sleep(self.cfg.start_timeout) => Err(Ended::Crashed(format!("the head was not ready within {} (ray.start_timeout)", humantime::format_duration(self.cfg.start_timeout)))),
+                        _ = self.shutdown.cancelled() => Err(Ended::Shutdown),
+                    };
+                    match ready {
+                        Err(end) => {
+                            let end = with_tail(end, &p).await;
+                            self.stop(p).await;
+                            end
+                        }
+                        Ok(()) => {
+                            let ready_ms = started.elapsed().as_millis() as u64;
+                            let head = RayHead {
+                                node: self.node.clone(),
+                                address: address.clone(),
+                                dashboard: format!(
+                                    "http://{}",
+                                    join_host_port(&dash_host, dash_port)
+                                ),
+                                python: info.python.clone(),
+                                ray: info.ray.clone(),
+                                venv: info.venv.display().to_string(),
+                                started_ms: unix_ms(),
+                            };
+                            info!(node = %self.node, address = %address, ready_ms, "ray head ready");
+                            self.set(RayState::Running, None);
+                            self.own_head.send_replace(Some(head));
+                            let up = Instant::now();
+                            let end = tokio::select! {
+                                st = p.wait() => Ended::Crashed(format!("ray start --head exited ({})", exit_text(st))),
+                                _ = self.shutdown.cancelled() => Ended::Shutdown,
+                            };
+                            self.own_head.send_replace(None);
+                            if up.elapsed() > self.cfg.restart_cap {
+                                self.attempt = 0;
+                            }
+                            let end = with_tail(end, &p).await;
+                            self.stop(p).await;
+                            end
+                        }
+                    }
+                }
+            };
+            match ended {
+                Ended::Shutdown => return,
+                Ended::Crashed(why) => {
+                    if !self.after_crash(why).await {
+                        return;
+                    }
+                }
+                Ended::HeadChanged => {}
+            }
+        }
+    }
+
+    /// The head to join: the coordinator's, at the configured address if one is set.
+    fn target_head(&self) -> Option<RayHead> {
+        let announced = self.cluster_head.borrow().clone();
+        match (&self.cfg.head_address, announced) {
+            (Some(addr), Some(h)) => Some(RayHead {
+                address: addr.clone(),
+                ..h
+            }),
+            (None, h) => h,
+            (Some(addr), None) => Some(RayHead {
+                node: "(configured)".into(),
+                address: addr.clone(),
+                dashboard: String::new(),
+                python: String::new(),
+                ray: String::new(),
+                venv: "(unknown)".into(),
+                started_ms: 0,
+            }),
+        }
+    }
+
+    async fn run_worker(&mut self, info: &VenvInfo) {
+        loop {
+            let Some(head) = self.target_head() else {
+                self.update(|s| s.head_address = None);
+                self.set(
+                    RayState::Starting,
+                    Some("waiting for the coordinator to announce a ready Ray head".into()),
+                );
+                tokio::select! {
+                    c = self.cluster_head.changed() => if c.is_err() { self.shutdown.cancelled().await; return; },
+                    _ = self.shutdown.cancelled() => return,
+                }
+                continue;
+            };
+            self.update(|s| s.head_address = Some(head.address.clone()));
+            // Versions are known when the coordinator announced the head.
+            if !head.ray.is_empty()
+                && !versions_match(
+                    self.cfg.python_match,
+                    (&info.python, &info.ray),
+                    (&head.python, &head.ray),
+                )
+            {
+                let msg = refusal_message(self.cfg.python_match, info, &head);
+                error!(node = %self.node, head = %head.address, "{msg}");
+                self.set(RayState::Refused, Some(msg));
+                tokio::select! {
+                    c = self.cluster_head.changed() => if c.is_err() { self.shutdown.cancelled().await; return; },
+                    _ = self.shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            if head.started_ms == 0 {
+                // Configured address without an announcement: probe its GCS port.
+                self.set(
+                    RayState::Starting,
+                    Some(format!(
+                        "waiting for the Ray head at {} to accept connections",
+                        head.address
+                    )),
+                );
+                tokio::select! {
+                    _ = wait_tcp(&head.address) => {}
+                    c = self.cluster_head.changed() => { if c.is_err() { self.shutdown.cancelled().await; return; } continue; }
+                    _ = self.shutdown.cancelled() => return,
+                }
+            }
+            self.set(
+                RayState::Starting,
+                Some(format!("joining the Ray head at {}", head.address)),
+            );
+            let mut args = vec![
+                "start".to_string(),
+                "--address".into(),
+                head.address.clone(),
+                "--block".into(),
+            ];
+            args.extend(self.common_args().await);
+            let ended = match self.spawn(info, args) {
+                Err(e) => Ended::Crashed(format!("{e:#}")),
+                Ok(mut p) => {
+                    let mut joined = false;
+                    let started = Instant::now();
+                    let mut started_rx =
+                        std::mem::replace(&mut p.started, tokio::sync::mpsc::channel(1).1);
+                    let deadline = tokio::time::sleep(self.cfg.start_timeout);
+                    tokio::pin!(deadline);
+                    let end = loop {
+                        tokio::select! {
+                            s = started_rx.recv(), if !joined => {
+                                if s.is_some() {
+                                    joined = true;
+                                    info!(node = %self.node, head = %head.address, join_ms = started.elapsed().as_millis() as u64, "ray worker joined the head");
+                                    self.set(RayState::Running, None);
+                                }
+                            }
+                            st = p.wait() => break Ended::Crashed(format!("ray start --address {} exited ({})", head.address, exit_text(st))),
+                            _ = &mut deadline, if !joined => break Ended::Crashed(format!("not joined within {} (ray.start_timeout)", humantime::format_duration(self.cfg.start_timeout))),
+                            c = self.cluster_head.changed() => {
+                                if c.is_err() { break Ended::Shutdown; }
+                                let new = self.target_head();
+                                if new.as_ref().map(|h| (&h.address, h.started_ms)) != Some((&head.address, head.started_ms)) {
+                                    info!(node = %self.node, old = %head.address, new = ?new.as_ref().map(|h| &h.address), "the Ray head changed; leaving the old one");
+                                    break Ended::HeadChanged;
+                                }
+                            }
+                            _ = self.shutdown.cancelled() => break Ended::Shutdown,
+                        }
+                    };
+                    if joined && started.elapsed() > self.cfg.restart_cap {
+                        self.attempt = 0;
+                    }
+                    let end = with_tail(end, &p).await;
+                    if matches!(end, Ended::HeadChanged) {
+                        self.set(
+                            RayState::Starting,
+                            Some("the head changed; rejoining".into()),
+                        );
+                        // The old head is gone: there is nothing to drain (Ray would wait
+                        // 30 s for it), and its restart cannot bind its port while this
+                        // raylet still names it ("already running").
+                        self.stop_within(p, self.cfg.stop_grace.min(LEAVE_GRACE))
+                            .await;
+                    } else {
+                        self.stop(p).await;
+                    }
+                    end
+                }
+            };
+            match ended {
+                Ended::Shutdown => return,
+                Ended::HeadChanged => {}
+                Ended::Crashed(why) => {
+                    if !self.after_crash(why).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds Ray's last output lines to a crash reason.
+async fn with_tail(end: Ended, p: &RayProcess) -> Ended {
+    match end {
+        Ended::Crashed(why) => {
+            let tail = p.last_output().await;
+            if tail.is_empty() {
+                Ended::Crashed(why)
+            } else {
+                Ended::Crashed(format!("{why}; last output: {tail}"))
+            }
+        }
+        other => other,
+    }
+}
+
+fn exit_text(st: std::io::Result<std::process::ExitStatus>) -> String {
+    match st {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Polls until `addr` accepts a TCP connection.
+async fn wait_tcp(addr: &str) {
+    loop {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One `GET path` over plain HTTP/1.0; whether the answer is a 200.
+async fn http_ok(host: &str, port: u16, path: &str) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(join_host_port(host, port)).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = [0u8; 32];
+        let n = s.read(&mut buf).await?;
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        Ok::<bool, std::io::Error>(
+            head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200"),
+        )
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Polls until the head's GCS port accepts and its dashboard answers.
+pub async fn wait_head_ready(gcs_host: &str, gcs_port: u16, dash_host: &str, dash_port: u16) {
+    wait_tcp(&join_host_port(gcs_host, gcs_port)).await;
+    while !http_ok(dash_host, dash_port, "/api/version").await {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Path helper for tests and the bench: where a node's Ray log goes.
+pub fn log_file_for(temp_dir: &Path, role: RayRole) -> PathBuf {
+    temp_dir.join(format!("corral-ray-{role}.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_level_demands_the_same_python_and_ray() {
+        let p = PythonMatch::Patch;
+        assert!(versions_match(
+            p,
+            ("3.11.7", "2.60.0"),
+            ("3.11.7", "2.60.0")
+        ));
+        assert!(!versions_match(
+            p,
+            ("3.11.6", "2.60.0"),
+            ("3.11.7", "2.60.0")
+        ));
+        assert!(!versions_match(
+            p,
+            ("3.11.7", "2.59.0"),
+            ("3.11.7", "2.60.0")
+        ));
+    }
+
+    #[test]
+    fn minor_level_accepts_another_python_patch_but_never_another_ray() {
+        let m = PythonMatch::Minor;
+        assert!(versions_match(
+            m,
+            ("3.11.6", "2.60.0"),
+            ("3.11.7", "2.60.0")
+        ));
+        assert!(!versions_match(
+            m,
+            ("3.10.7", "2.60.0"),
+            ("3.11.7", "2.60.0")
+        ));
+        assert!(!versions_match(
+            m,
+            ("3.11.7", "2.60.1"),
+            ("3.11.7", "2.60.0")
+        ));
+    }
+
+    #[test]
+    fn refusal_names_both_versions_and_both_venvs() {
+        let me = VenvInfo {
+            venv: "/opt/w".into(),
+            python: "3.10.1".into(),
+            ray: "2.60.0".into(),
+            dashboard: true,
+        };
+        let head = RayHead {
+            node: "h".into(),
+            address: "h:6379".into(),
+            dashboard: String::new(),
+            python: "3.11.7".into(),
+            ray: "2.60.0".into(),
+            venv: "/opt/h".into(),
+            started_ms: 1,
+        };
+        let m = refusal_message(PythonMatch::Patch, &me, &head);
+        for want in [
+            "3.10.1",
+            "3.11.7",
+            "/opt/w",
+            "/opt/h",
+            "h:6379",
+            "pip install",
+        ] {
+            assert!(m.contains(want), "{want} missing: {m}");
+        }
+    }
+}

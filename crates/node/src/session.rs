@@ -1,0 +1,566 @@
+//! The agent daemon: samples this node, keeps one QUIC connection to the coordinator,
+//! beats, reports, and answers the coordinator's commands.
+//!
+//! Shape:
+//! - A dedicated *sampler thread* owns the [`Sampler`] (sysinfo and NVML calls block and
+//!   some take milliseconds). It samples every `sample_interval`, or at once when asked,
+//!   and publishes the newest report through a `watch` channel. The async side never
+//!   blocks on sampling, and a slow GPU driver delays reports, never beats.
+//! - The *session* task runs one connection: hello, welcome, then a `select!` over the
+//!   beat timer, the report timer, new samples, commands from the coordinator and
+//!   shutdown. A report goes out every `report_interval`, and at once when a new sample's
+//!   health differs from the last one reported: another status, or a check that appeared,
+//!   cleared or changed severity ([`condition_changed`]; live values alone are not news).
+//! - The *reconnect loop* wraps sessions with exponential backoff and jitter
+//!   (`reconnect_base` doubling to `reconnect_cap`); the backoff resets after a session
+//!   that got as far as the coordinator's welcome. A refusal the agent cannot fix by
+//!   retrying (wrong certificate, incompatible protocol) is logged as an error with the
+//!   coordinator's reason and retried at the cap, so fixing the coordinator side needs
+//!   no agent restart.
+//! - The *Ray supervisor* ([`crate::ray`]), when `[ray]` asks for a head or worker, runs
+//!   beside the sessions and outlives them: losing the coordinator does not stop Ray. The
+//!   session carries its status in every report (a change is reported at once), relays
+//!   its head to the coordinator (again after each reconnect) and the coordinator's head
+//!   to it. On shutdown the session withdraws this node's head before closing, and the
+//!   agent waits for the supervisor to stop its process group.
+//! - *Scheduler plugins* ([`crate::plugins`]) listed in `[plugins]` are loaded on a
+//!   blocking thread while the agent already connects and beats (compiling a component
+//!   can take seconds; liveness must not wait for it). Once loaded, every session
+//!   announces them (`AgentMsg::Plugins`: loaded ones with their grants, failures with
+//!   their reasons), again after each reconnect and whenever the set changes. A
+//!   `Command::Plugin` is run on its own task and its result sent when it is done, so a
+//!   slow scheduler command never delays beats, reports or other commands; a result
+//!   whose session ended meanwhile is dropped (the coordinator's wait times out).
+//!
+//! Invariant: the agent checks its own certificate against its configured name at start,
+//! so a mis-issued certificate is a start-up error on the node, not a mystery refusal.
+
+use std::net::SocketAddr;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::watch;
+use tokio::time::{interval, timeout, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::health::gpu::{self, GpuConfig};
+use crate::health::verdict::{condition_changed, Thresholds};
+use crate::health::Sampler;
+use crate::plugins::{PluginHost, PluginsConfig};
+use corral_base::backoff::backoff;
+use corral_proto::job::LoadFailure;
+use corral_proto::job::{LoadedPlugin, PluginError};
+use corral_proto::model::{unix_ns, Health, NodeReport};
+use corral_proto::wire::{
+    AgentMsg, Beat, Command, CommandOutput, CoordMsg, Hello, Refusal, Welcome, WireError,
+    DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+use corral_transport::frame::{self, refusal_code, FrameReader, FrameWriter};
+use corral_transport::pki::{self, Role, TlsFiles};
+
+/// Everything the agent daemon needs, resolved from its config.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub name: String,
+    /// `host:port` of the coordinator.
+    pub coordinator: String,
+    pub server_name: String,
+    pub beat_interval: Duration,
+    pub report_interval: Duration,
+    pub sample_interval: Duration,
+    pub reconnect_base: Duration,
+    pub reconnect_cap: Duration,
+    pub tls: TlsFiles,
+    pub thresholds: Thresholds,
+    pub gpu: GpuConfig,
+    /// `[ray]`, when present.
+    pub ray: Option<crate::ray::RayConfig>,
+    /// `[plugins]`: the scheduler plugins to load.
+    pub plugins: PluginsConfig,
+}
+
+/// Samples this node once (for `corral agent --once`).
+pub fn sample_once(name: &str, thresholds: &Thresholds, gpu: &GpuConfig) -> Result<NodeReport> {
+    let source = gpu::open(gpu)?;
+    let mut sampler =
+        Sampler::new(thresholds.clone(), source).with_gpu_policy(gpu.policy(thresholds));
+    // CPU use is a difference between two readings; give it one interval. Custom checks
+    // get their first run (bounded by their timeouts) in the meantime.
+    std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+    let longest = thresholds.checks.iter().map(|c| c.timeout).max();
+    sampler.wait_for_checks(longest.unwrap_or_default() + Duration::from_millis(100));
+    Ok(sampler.sample(name))
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> {
+    let tls = opts.tls.load().context("loading the agent's TLS files")?;
+    if tls.identity.name != opts.name {
+        bail!(
+            "certificate {} is for {:?} but this agent is named {:?}; issue one with `corral certs issue --name {} --role agent` or set agent.name",
+            opts.tls.cert.display(),
+            tls.identity.name,
+            opts.name,
+            opts.name
+        );
+    }
+    if tls.identity.role != Role::Agent {
+        bail!(
+            "certificate {} has role {}, not agent",
+            opts.tls.cert.display(),
+            tls.identity.role
+        );
+    }
+    let client_cfg = pki::quic_client_config(&tls, corral_transport::frame::transport_config())?;
+    let endpoint = client_endpoint()?;
+
+    let source = gpu::open(&opts.gpu)?;
+    let (reports, sample_now) = spawn_sampler(
+        opts.name.clone(),
+        Sampler::new(opts.thresholds.clone(), source)
+            .with_gpu_policy(opts.gpu.policy(&opts.thresholds)),
+        opts.sample_interval,
+    )?;
+    let plugins = load_plugins(&opts.name, &opts.plugins);
+    let ray = opts.ray.as_ref().and_then(|cfg| {
+        crate::ray::start(
+            cfg,
+            &opts.name,
+            &opts.coordinator,
+            reports.clone(),
+            shutdown.clone(),
+        )
+    });
+
+    corral_base::systemd::ready(
+        &format!("node {}: connecting to {}", opts.name, opts.coordinator),
+        &shutdown,
+    );
+    let mut attempt: u32 = 0;
+    loop {
+        // The session watches `shutdown` itself, so that it can close its connection
+        // with a reason; this outer branch only covers the connect phase.
+        let outcome = tokio::select! {
+            biased;
+            r = session(&opts, &endpoint, &client_cfg, reports.clone(), &sample_now, ray.as_ref(), plugins.clone(), &shutdown) => r,
+            _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
+        };
+        match outcome {
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::Lost { welcomed, reason }) => {
+                if welcomed {
+                    attempt = 0;
+                }
+                warn!(coordinator = %opts.coordinator, %reason, "connection to the coordinator lost");
+            }
+            Err(SessionError::Refused { refusal, reason }) => {
+                error!(coordinator = %opts.coordinator, ?refusal, %reason, "the coordinator refused this agent");
+                if refusal.is_permanent() {
+                    attempt = u32::MAX / 2;
+                }
+            }
+            Err(SessionError::Other(e)) => {
+                warn!(coordinator = %opts.coordinator, error = format!("{e:#}"), "cannot reach the coordinator");
+            }
+        }
+        corral_base::systemd::status(&format!(
+            "node {}: no coordinator session, reconnecting to {}",
+            opts.name, opts.coordinator
+        ));
+        let delay = backoff(opts.reconnect_base, opts.reconnect_cap, attempt);
+        attempt = attempt.saturating_add(1);
+        debug!(
+            delay_ms = delay.as_millis() as u64,
+            attempt, "reconnecting after backoff"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    corral_base::systemd::stopping("stopping: leaving the coordinator, stopping Ray");
+    endpoint.close(refusal_code(Refusal::Shutdown), b"agent shutting down");
+    let _ = timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if let Some(ray) = ray {
+        // The supervisor saw `shutdown` too and is stopping its process group.
+        let _ = ray.task.await;
+    }
+    info!(node = %opts.name, "agent stopped");
+    Ok(())
+}
+
+fn client_endpoint() -> Result<quinn::Endpoint> {
+    // Dual-stack where the kernel has IPv6, plain IPv4 where it does not.
+    quinn::Endpoint::client(SocketAddr::from(([0u16; 8], 0)))
+        .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))))
+        .context("opening a UDP socket for QUIC")
+}
+
+/// The sampler thread; returns the report channel and the "sample now" trigger.
+fn spawn_sampler(
+    name: String,
+    mut sampler: Sampler,
+    every: Duration,
+) -> Result<(
+    watch::Receiver<Option<Arc<NodeReport>>>,
+    std_mpsc::Sender<()>,
+)> {
+    let (tx, rx) = watch::channel(None);
+    let (now_tx, now_rx) = std_mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("corral-sampler".into())
+        .spawn(move || loop {
+            let report = sampler.sample(&name);
+            if tx.send(Some(Arc::new(report))).is_err() {
+                return;
+            }
+            match now_rx.recv_timeout(every) {
+                Ok(()) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        })
+        .context("starting the sampler thread")?;
+    Ok((rx, now_tx))
+}
+
+/// The loaded plugin host and what the agent announces about it.
+struct Plugins {
+    host: PluginHost,
+    loaded: Vec<LoadedPlugin>,
+    failed: Vec<LoadFailure>,
+}
+
+impl Plugins {
+    fn announcement(&self) -> AgentMsg {
+        AgentMsg::Plugins {
+            loaded: self.loaded.clone(),
+            failed: self.failed.clone(),
+        }
+    }
+}
+
+type PluginsRx = watch::Receiver<Option<Arc<Plugins>>>;
+
+/// Loads the enabled plugins on a blocking thread; the channel holds `None` until done.
+fn load_plugins(node: &str, cfg: &PluginsConfig) -> PluginsRx {
+    let (tx, rx) = watch::channel(None);
+    if cfg.enable.is_empty() {
+        tx.send_replace(Some(Arc::new(Plugins {
+            host: PluginHost::empty(),
+            loaded: vec![],
+            failed: vec![],
+        })));
+        return rx;
+    }
+    let cfg = cfg.clone();
+    let node = node.to_string();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let enabled = cfg.enable.clone();
+        let plugins = match tokio::task::spawn_blocking(move || PluginHost::load(&cfg)).await {
+            Ok((host, failed)) => Plugins {
+                loaded: host.loaded(),
+                host,
+                failed,
+            },
+            // A bug in the host must not take the agent down: every plugin is reported
+            // failed, with the reason.
+            Err(e) => Plugins {
+                host: PluginHost::empty(),
+                loaded: vec![],
+                failed: enabled
+                    .into_iter()
+                    .map(|name| LoadFailure {
+                        name,
+                        message: format!("the plugin host failed while loading: {e}"),
+                    })
+                    .collect(),
+            },
+        };
+        for p in &plugins.loaded {
+            info!(%node, plugin = %p.info.name, version = %p.info.version, scheduler = %p.info.scheduler, digest = %p.digest, "plugin loaded");
+        }
+        for f in &plugins.failed {
+            warn!(%node, plugin = %f.name, error = %f.message, "plugin failed to load");
+        }
+        info!(%node, loaded = plugins.loaded.len(), failed = plugins.failed.len(), ms = started.elapsed().as_millis() as u64, "plugins ready");
+        tx.send_replace(Some(Arc::new(plugins)));
+    });
+    rx
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost { welcomed: bool, reason: String },
+}
+
+enum SessionError {
+    Refused { refusal: Refusal, reason: String },
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SessionError {
+    fn from(e: E) -> Self {
+        SessionError::Other(e.into())
+    }
+}
+
+/// Turns "the connection went away" into the coordinator's refusal when it sent one.
+fn refusal_of(conn: &quinn::Connection) -> Option<(Refusal, String)> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            let refusal = frame::refusal_of(close.error_code)?;
+            Some((refusal, String::from_utf8_lossy(&close.reason).into_owned()))
+        }
+        _ => None,
+    }
+}
+
+// The session's inputs are distinct channels and handles; bundling them into a struct
+// would only rename the list.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    opts: &AgentOptions,
+    endpoint: &quinn::Endpoint,
+    client_cfg: &quinn::ClientConfig,
+    mut reports: watch::Receiver<Option<Arc<NodeReport>>>,
+    sample_now: &std_mpsc::Sender<()>,
+    ray: Option<&crate::ray::RayHandles>,
+    plugins: PluginsRx,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, SessionError> {
+    let addr = tokio::net::lookup_host(&opts.coordinator)
+        .await
+        .with_context(|| format!("resolving {}", opts.coordinator))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", opts.coordinator))?;
+    let connecting = endpoint
+        .connect_with(client_cfg.clone(), addr, &opts.server_name)
+        .context("starting the QUIC handshake")?;
+    // QUIC retransmits the initial packet with backoff inside this window, so a
+    // coordinator that comes up during it is reached without waiting for the next attempt.
+    let conn = timeout(Duration::from_secs(5), connecting)
+        .await
+        .with_context(|| {
+            format!(
+                "no answer from {addr} within 5s (is the coordinator running and UDP reachable?)"
+            )
+        })?
+        .map_err(|e| anyhow::anyhow!("QUIC handshake with {addr} failed: {e}"))?;
+    let (send, recv) = conn.open_bi().await.context("opening the control stream")?;
+    let mut writer = FrameWriter::new(send, DEFAULT_MAX_FRAME_BYTES);
+    let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME_BYTES);
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        node: opts.name.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        beat_interval_ms: opts.beat_interval.as_millis().min(u32::MAX as u128) as u32,
+    };
+    let welcome: Result<Welcome, WireError> = async {
+        writer.send("hello", &hello).await?;
+        reader.recv("welcome").await
+    }
+    .await;
+    let welcome = match welcome {
+        Ok(w) => w,
+        Err(e) => {
+            // A refusal arrives as a connection close; give it a moment to land.
+            let _ = timeout(Duration::from_millis(500), conn.closed()).await;
+            if let Some((refusal, reason)) = refusal_of(&conn) {
+                return Err(SessionError::Refused { refusal, reason });
+            }
+            return Err(anyhow::anyhow!("no welcome from the coordinator: {e}").into());
+        }
+    };
+    info!(coordinator = %addr, protocol = welcome.protocol, coordinator_version = %welcome.coordinator_version, node = %opts.name, "connected to the coordinator");
+    corral_base::systemd::status(&format!("node {}: connected to {addr}", opts.name));
+
+    let mut beat_tick = interval(opts.beat_interval);
+    beat_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut report_tick = interval(opts.report_interval);
+    report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Health as last reported to the coordinator on this connection.
+    let mut last_health: Option<Health> = None;
+    let mut forced_report = false;
+    // Report what we have at once, so a (re)connected node is complete immediately.
+    reports.mark_changed();
+    let mut ray_status = ray.map(|r| r.status.clone());
+    let mut own_head = ray.map(|r| r.own_head.clone());
+    // A head tells a (re)connected coordinator where it is, or that it has none yet.
+    let is_head = ray.and_then(|r| r.status.borrow().as_ref().map(|s| s.role))
+        == Some(corral_proto::model::RayRole::Head);
+    if let (true, Some(h)) = (is_head, &mut own_head) {
+        let head = h.borrow_and_update().clone();
+        if let Err(e) = writer.send("ray head", &AgentMsg::RayHead(head)).await {
+            return Err(anyhow::anyhow!("sending the Ray head: {e}").into());
+        }
+    }
+    // The sampler's report with this node's Ray status.
+    let with_ray = |report: &NodeReport, ray_status: &Option<watch::Receiver<_>>| {
+        let mut r = report.clone();
+        r.ray = ray_status.as_ref().and_then(
+            |s: &watch::Receiver<Option<corral_proto::model::RayStatus>>| s.borrow().clone(),
+        );
+        AgentMsg::Report(Box::new(r))
+    };
+
+    // Plugins: announced now if loaded, else as soon as they are. Calls run on their own
+    // tasks and hand their results back through `results`.
+    let mut plugins = Some(plugins);
+    let current = plugins.as_mut().and_then(|p| p.borrow_and_update().clone());
+    if let Some(p) = current {
+        if let Err(e) = writer.send("plugins", &p.announcement()).await {
+            return Err(anyhow::anyhow!("announcing the plugins: {e}").into());
+        }
+    }
+    let (results_tx, mut results) = tokio::sync::mpsc::channel::<AgentMsg>(64);
+
+    let lost = |e: WireError, conn: &quinn::Connection| {
+        let reason = refusal_of(conn)
+            .map(|(r, why)| format!("{r:?}: {why}"))
+            .unwrap_or_else(|| e.to_string());
+        Ok(SessionEnd::Lost {
+            welcomed: true,
+            reason,
+        })
+    };
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                if is_head {
+                    // Workers leave at once instead of waiting for Ray's own timeouts.
+                    let _ = timeout(Duration::from_millis(500), writer.send("ray head", &AgentMsg::RayHead(None))).await;
+                }
+                writer.finish();
+                conn.close(refusal_code(Refusal::Shutdown), b"agent shutting down");
+                return Ok(SessionEnd::Shutdown);
+            }
+            _ = beat_tick.tick() => {
+                let beat = Beat { sent_at_ns: unix_ns() };
+                if let Err(e) = writer.send("beat", &AgentMsg::Beat(beat)).await {
+                    return lost(e, &conn);
+                }
+            }
+            _ = report_tick.tick() => {
+                let report = reports.borrow().clone();
+                if let Some(report) = report {
+                    last_health = Some(report.health.clone());
+                    if let Err(e) = writer.send("report", &with_ray(&report, &ray_status)).await {
+                        return lost(e, &conn);
+                    }
+                }
+            }
+            changed = reports.changed() => {
+                if changed.is_err() {
+                    return Err(anyhow::anyhow!("the sampler thread stopped").into());
+                }
+                let report = reports.borrow_and_update().clone();
+                let Some(report) = report else { continue };
+                let changed = last_health.as_ref().is_none_or(|h| condition_changed(h, &report.health));
+                if forced_report || changed {
+                    if let (true, Some(prev)) = (changed, &last_health) {
+                        info!(node = %opts.name, from = %prev.status, to = %report.health.status, reasons = report.health.reasons.len(), "health changed; reporting now");
+                    }
+                    forced_report = false;
+                    last_health = Some(report.health.clone());
+                    if let Err(e) = writer.send("report", &with_ray(&report, &ray_status)).await {
+                        return lost(e, &conn);
+                    }
+                    report_tick.reset();
+                }
+            }
+            _ = watch_changed(&mut ray_status) => {
+                let report = reports.borrow().clone();
+                if let Some(report) = report {
+                    if let Err(e) = writer.send("report", &with_ray(&report, &ray_status)).await {
+                        return lost(e, &conn);
+                    }
+                    report_tick.reset();
+                }
+            }
+            _ = watch_changed(&mut plugins) => {
+                let current = plugins.as_mut().and_then(|p| p.borrow_and_update().clone());
+                if let Some(p) = current {
+                    if let Err(e) = writer.send("plugins", &p.announcement()).await {
+                        return lost(e, &conn);
+                    }
+                }
+            }
+            Some(result) = results.recv() => {
+                if let Err(e) = writer.send("command result", &result).await {
+                    return lost(e, &conn);
+                }
+            }
+            _ = watch_changed(&mut own_head) => {
+                let head = own_head.as_mut().and_then(|h| h.borrow_and_update().clone());
+                if let Err(e) = writer.send("ray head", &AgentMsg::RayHead(head)).await {
+                    return lost(e, &conn);
+                }
+            }
+            msg = reader.recv::<CoordMsg>("coordinator message") => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => return lost(e, &conn),
+                };
+                let (id, command) = match msg {
+                    CoordMsg::Command { id, command } => (id, command),
+                    CoordMsg::HeadChanged { head } => {
+                        debug!(head = ?head.as_ref().map(|h| &h.address), "Ray head announced by the coordinator");
+                        if let Some(r) = ray {
+                            r.cluster_head.send_replace(head);
+                        }
+                        continue;
+                    }
+                };
+                debug!(id, ?command, "command from the coordinator");
+                let result = match command {
+                    Command::Ping { nonce } => Ok(CommandOutput::Pong { nonce }),
+                    Command::ReportNow => {
+                        forced_report = true;
+                        sample_now.send(()).map(|_| CommandOutput::ReportQueued).map_err(|_| "the sampler thread stopped".to_string())
+                    }
+                    Command::Plugin { plugin, call } => {
+                        let host = plugins.as_ref().and_then(|p| p.borrow().as_ref().map(|p| p.host.clone()));
+                        let results = results_tx.clone();
+                        tokio::spawn(async move {
+                            let export = call.export();
+                            let started = std::time::Instant::now();
+                            let answer = match host {
+                                Some(h) => h.call(&plugin, *call).await,
+                                None => Err(PluginError::NotLoaded(plugin.clone())),
+                            };
+                            match &answer {
+                                Ok(_) => debug!(id, %plugin, export, ms = started.elapsed().as_millis() as u64, "plugin call done"),
+                                Err(e) => debug!(id, %plugin, export, error = %e, ms = started.elapsed().as_millis() as u64, "plugin call failed"),
+                            }
+                            let msg = AgentMsg::CommandResult { id, result: Ok(CommandOutput::Plugin(answer)) };
+                            // The session may have ended meanwhile; then nobody waits for it.
+                            let _ = results.send(msg).await;
+                        });
+                        continue;
+                    }
+                };
+                if let Err(e) = writer.send("command result", &AgentMsg::CommandResult { id, result }).await {
+                    return lost(e, &conn);
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when the watched value changes; never when there is nothing to watch or its
+/// sender is gone.
+async fn watch_changed<T>(rx: &mut Option<watch::Receiver<T>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,261 @@
+//! The HTTP API's schema: what `/api/v1/...` answers and accepts, as the coordinator
+//! serves it and the CLI (or any outside client) reads it.
+//!
+//! Invariants:
+//! - These are the API's types and nothing else's: the coordinator keeps its runtime
+//!   state and its database rows in types of its own and converts explicitly, so a
+//!   change to how it tracks or stores something never changes the API by accident.
+//! - JSON only (serde_json); field names are the API's documented names. New fields are
+//!   added with `#[serde(default)]` so an older client keeps reading a newer answer.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{JobSpec, JobState, LoadFailure, LoadedPlugin};
+use crate::model::{HealthStatus, Liveness, NodeReport, Reason};
+
+/// The HTTP API's default TCP port.
+pub const DEFAULT_API_PORT: u16 = 7441;
+
+/// A node as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub liveness: Liveness,
+    pub liveness_since_ms: u64,
+    pub health: HealthStatus,
+    pub reasons: Vec<Reason>,
+    pub connected: bool,
+    pub address: Option<String>,
+    pub agent_version: Option<String>,
+    pub first_seen_ms: u64,
+    pub last_beat_ms: Option<u64>,
+    pub last_report_ms: Option<u64>,
+    pub report: Option<NodeReport>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Liveness,
+    Health,
+    /// One GPU's health changed (`ok`, `warn`, `fail`); the message names the GPU.
+    Gpu,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Liveness => "liveness",
+            EventKind::Health => "health",
+            EventKind::Gpu => "gpu",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [EventKind::Liveness, EventKind::Health, EventKind::Gpu]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    pub at_ms: u64,
+    pub node: String,
+    pub kind: EventKind,
+    pub from: Option<String>,
+    pub to: String,
+    pub message: String,
+}
+
+/// A node's scheduler plugins, as the API shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodePlugins {
+    pub node: String,
+    pub connected: bool,
+    /// When the node's current (or last) connection announced its plugins; `None`: not
+    /// yet (the agent is still loading them, or it just connected).
+    pub announced_ms: Option<u64>,
+    pub loaded: Vec<LoadedPlugin>,
+    pub failed: Vec<LoadFailure>,
+}
+
+impl NodePlugins {
+    /// Whether a plugin call for `plugin` can be routed to this node now.
+    pub fn hosts(&self, plugin: &str) -> bool {
+        self.connected && self.loaded.iter().any(|p| p.info.name == plugin)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsView {
+    pub nodes: usize,
+    pub connected: usize,
+    pub beats_total: u64,
+    pub reports_total: u64,
+    pub bytes_in_total: u64,
+    pub rejected_total: HashMap<String, u64>,
+    pub apply_latency_p50_us: u64,
+    pub apply_latency_p99_us: u64,
+    pub apply_latency_max_us: u64,
+    pub apply_latency_samples: u64,
+}
+
+/// A corral job id, written `c17` (a number alone would read like a native id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<JobId, String> {
+        let digits = s.strip_prefix('c').unwrap_or("");
+        match digits.parse::<u64>() {
+            Ok(n) if n > 0 && !digits.starts_with('+') => Ok(JobId(n)),
+            _ if s.chars().all(|c| c.is_ascii_digit()) && !s.is_empty() => Err(format!(
+                "{s:?} is not a corral job id; corral ids look like c{s} (a bare number reads like the scheduler's own id; `corral jobs` lists both)"
+            )),
+            _ => Err(format!(
+                "{s:?} is not a corral job id; corral ids look like c17 (`corral jobs` lists them)"
+            )),
+        }
+    }
+}
+
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JobId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a job is in corral's hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Recorded; the plugin's `submit` is running.
+    Submitting,
+    /// The scheduler accepted it: `native_id` and `state` are set.
+    Submitted,
+    /// The plugin refused it, or it never reached the plugin (`message` says why).
+    Rejected,
+    /// The coordinator lost track during `submit` (it stopped, or the agent did not
+    /// answer): the scheduler may or may not have the job; no native id is known.
+    Orphaned,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Submitting => "submitting",
+            Phase::Submitted => "submitted",
+            Phase::Rejected => "rejected",
+            Phase::Orphaned => "orphaned",
+        }
+    }
+}
+
+/// One entry of a job's state history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at_ms: u64,
+    /// [`JobView::state_word`] after the change.
+    pub state: String,
+    pub native_state: Option<String>,
+    pub message: Option<String>,
+}
+
+/// A job as the coordinator tracks it and the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: JobId,
+    /// The scheduler plugin's name.
+    pub scheduler: String,
+    /// The node whose plugin took (or is taking) the submission; status and cancel go
+    /// there.
+    pub node: String,
+    pub native_id: Option<String>,
+    pub phase: Phase,
+    /// The scheduler's latest word on it (set once submitted).
+    pub state: Option<JobState>,
+    /// One word for tables and metrics: the state's ([`JobState::word`]) once submitted,
+    /// else the phase's.
+    pub state_word: String,
+    pub native_state: Option<String>,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    /// The spec as submitted (dependencies by corral id).
+    pub spec: JobSpec,
+    pub submitted_ms: u64,
+    /// Last change of state.
+    pub updated_ms: u64,
+    /// Last successful status answer about it.
+    pub polled_ms: Option<u64>,
+    /// Why its state is not being refreshed, while that lasts.
+    pub poll_error: Option<String>,
+    /// Oldest first. Left out of listings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Transition>,
+}
+
+impl JobView {
+    /// Whether corral is done with it: terminal state, rejected or orphaned.
+    pub fn is_finished(&self) -> bool {
+        match self.phase {
+            Phase::Rejected | Phase::Orphaned => true,
+            Phase::Submitting => false,
+            Phase::Submitted => self.state.as_ref().is_some_and(JobState::is_terminal),
+        }
+    }
+}
+
+/// A submission, as `POST /api/v1/jobs` takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    pub scheduler: String,
+    pub spec: JobSpec,
+    /// Submit through this node's plugin (default: the first connected host by name).
+    #[serde(default)]
+    pub via: Option<String>,
+    /// Render the script only; nothing is submitted or recorded.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a dry run returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rendered {
+    pub scheduler: String,
+    pub node: String,
+    pub script: String,
+}
+
+/// What one pass of the job poller did (the poll benchmark reads it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollReport {
+    /// (node, plugin) pairs asked.
+    pub groups: usize,
+    /// `status` calls made.
+    pub calls: usize,
+    /// Jobs asked about.
+    pub jobs: usize,
+    /// Jobs whose state changed.
+    pub changed: usize,
+    pub failed_groups: usize,
+}

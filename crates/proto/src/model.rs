@@ -1,0 +1,552 @@
+//! The data a node reports about itself, shared by the agent that samples it, the wire
+//! protocol that carries it, the coordinator's registry that keeps it and the HTTP API
+//! that shows it.
+//!
+//! Invariants and trade-offs:
+//! - These types cross the wire encoded with postcard, which is not self-describing:
+//!   field order *is* the format. Any change here (adding, removing or reordering a
+//!   field, adding an enum variant anywhere but the end) must bump
+//!   [`crate::wire::PROTOCOL_VERSION`]. For the same reason no serde attribute that skips
+//!   fields conditionally (`skip_serializing_if`, `flatten`, `untagged`) may be used.
+//! - A reading the machine cannot give is `None` (JSON `null`), never zero: "no GPU
+//!   temperature sensor" and "0 °C" must stay distinguishable.
+//! - Sizes are bytes, ratios are percent (0–100), times are Unix milliseconds.
+
+use serde::{Deserialize, Serialize};
+
+/// Facts about a host that change rarely (sent with every report; they are small).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    /// Logical CPUs the OS schedules on.
+    pub cpu_cores: u32,
+    pub physical_cores: Option<u32>,
+    pub memory_total_bytes: u64,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct LoadAverage {
+    pub one: f64,
+    pub five: f64,
+    pub fifteen: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Memory {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub available_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_used_bytes: u64,
+}
+
+/// One mounted filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Filesystem {
+    pub mount: String,
+    pub device: String,
+    pub fs_type: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+impl Filesystem {
+    /// Percent of the filesystem in use, 0 for an empty (size 0) filesystem.
+    pub fn used_percent(&self) -> f64 {
+        if self.total_bytes == 0 {
+            return 0.0;
+        }
+        let used = self.total_bytes.saturating_sub(self.available_bytes);
+        used as f64 * 100.0 / self.total_bytes as f64
+    }
+}
+
+/// A temperature sensor the kernel exposes (hwmon / thermal zones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Temperature {
+    pub label: String,
+    pub celsius: f32,
+}
+
+/// One sample of the host's live state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostSample {
+    pub taken_at_ms: u64,
+    pub uptime_secs: u64,
+    /// Whole-machine CPU use, percent of all cores.
+    pub cpu_percent: f32,
+    pub per_core_percent: Vec<f32>,
+    pub load: LoadAverage,
+    pub memory: Memory,
+    pub filesystems: Vec<Filesystem>,
+    pub cpu_temperatures: Vec<Temperature>,
+}
+
+/// One GPU (or one MIG instance) as the agent's GPU source sees it, with the health the
+/// agent judged it to have. Every reading a device may not support is optional: `None`
+/// means "not supported / not available here", never zero. Units follow the module doc;
+/// counters are cumulative as NVML reports them. The mapping of each field to NVML and to
+/// dcgm-exporter's `DCGM_FI_DEV_*` names is in `docs/gpu-metrics.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct GpuSample {
+    /// NVML index; for a MIG instance, the index of its parent GPU.
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    /// GPU (SM) utilization, percent.
+    pub utilization_percent: Option<u32>,
+    pub temperature_celsius: Option<u32>,
+    pub power_watts: Option<f64>,
+
+    // Identity and configuration.
+    pub serial: Option<String>,
+    /// PCI bus id as NVML writes it (`00000000:17:00.0`).
+    pub pci_bus_id: Option<String>,
+    pub driver_version: Option<String>,
+    /// Highest CUDA version the driver supports (`12.4`).
+    pub cuda_driver_version: Option<String>,
+    pub vbios_version: Option<String>,
+    pub persistence_mode: Option<bool>,
+    /// `default`, `exclusive_thread`, `prohibited` or `exclusive_process`.
+    pub compute_mode: Option<String>,
+    /// MIG mode currently in effect (`None` on GPUs without MIG).
+    pub mig_enabled: Option<bool>,
+    /// For a MIG instance, the UUID of its parent GPU; `None` for a whole GPU.
+    #[serde(default)]
+    pub parent_uuid: Option<String>,
+    /// For a MIG instance, its index under the parent.
+    #[serde(default)]
+    pub mig_index: Option<u32>,
+
+    // Live readings.
+    pub memory_free_bytes: Option<u64>,
+    /// Memory controller utilization, percent.
+    pub memory_utilization_percent: Option<u32>,
+    pub encoder_utilization_percent: Option<u32>,
+    pub decoder_utilization_percent: Option<u32>,
+    /// HBM temperature (data-centre GPUs only).
+    pub memory_temperature_celsius: Option<u32>,
+    /// Fan 0 speed, percent of maximum (passively cooled GPUs have none).
+    pub fan_speed_percent: Option<u32>,
+    pub power_limit_watts: Option<f64>,
+    /// Energy consumed since the driver was loaded, joules.
+    pub energy_joules: Option<f64>,
+    pub sm_clock_mhz: Option<u32>,
+    pub memory_clock_mhz: Option<u32>,
+    /// Active clock throttle reasons by name (`hw_thermal_slowdown`, `sw_power_cap`, ...;
+    /// see [`THROTTLE_REASONS`]); `None` when the GPU cannot say, empty when none is
+    /// active.
+    pub throttle_reasons: Option<Vec<String>>,
+    pub pcie_link_gen: Option<u32>,
+    pub pcie_link_gen_max: Option<u32>,
+    pub pcie_link_width: Option<u32>,
+    pub pcie_link_width_max: Option<u32>,
+    pub pcie_replay_count: Option<u64>,
+    /// ECC mode currently in effect.
+    pub ecc_enabled: Option<bool>,
+    /// ECC error counts, since the last driver load / GPU reset (volatile) and over the
+    /// GPU's life (aggregate).
+    pub ecc_corrected_volatile: Option<u64>,
+    pub ecc_uncorrected_volatile: Option<u64>,
+    pub ecc_corrected_aggregate: Option<u64>,
+    pub ecc_uncorrected_aggregate: Option<u64>,
+    /// Pages retired for single- and double-bit errors (pre-Ampere GPUs).
+    pub retired_pages_single_bit: Option<u64>,
+    pub retired_pages_double_bit: Option<u64>,
+    /// Pages waiting to be retired at the next GPU reset.
+    pub retired_pages_pending: Option<bool>,
+    /// Row remapping (Ampere and later).
+    pub remapped_rows_correctable: Option<u64>,
+    pub remapped_rows_uncorrectable: Option<u64>,
+    pub remapped_rows_pending: Option<bool>,
+    pub remapped_rows_failure: Option<bool>,
+    /// NVLink links the GPU has (empty without NVLink).
+    #[serde(default)]
+    pub nvlinks: Vec<NvLinkSample>,
+    /// XID errors that arrived (through the NVML event set) since the previous sample, in
+    /// arrival order. The lasting view is in `health` (`xid_last`, `xid_total`).
+    #[serde(default)]
+    pub xids: Vec<u64>,
+    /// Why the device could not be read at all ("GPU is lost", "no longer enumerated by
+    /// the driver"); its readings are then all absent.
+    #[serde(default)]
+    pub lost: Option<String>,
+    /// The agent's verdict on this device (see `node::device_health`).
+    #[serde(default)]
+    pub health: DeviceHealth,
+}
+
+impl GpuSample {
+    /// A healthy, plausible H100 (80 GB, a quarter used, 40 °C, 18 NVLinks) with every
+    /// reading present: for fake GPU sources, tests and load harnesses.
+    pub fn plausible(index: u32) -> GpuSample {
+        const TOTAL: u64 = 80 * 1_000_000_000;
+        GpuSample {
+            index,
+            uuid: format!("GPU-fa4e0000-0000-0000-0000-{index:012x}"),
+            name: "Fake H100 80GB".into(),
+            memory_used_bytes: Some(TOTAL / 4),
+            memory_total_bytes: Some(TOTAL),
+            utilization_percent: Some(50),
+            temperature_celsius: Some(40),
+            power_watts: Some(250.0),
+            serial: Some(format!("165{index:010}")),
+            pci_bus_id: Some(format!("00000000:{:02X}:00.0", 0x18 + index * 0x10)),
+            driver_version: Some("550.54.15".into()),
+            cuda_driver_version: Some("12.4".into()),
+            vbios_version: Some("96.00.89.00.01".into()),
+            persistence_mode: Some(true),
+            compute_mode: Some("default".into()),
+            mig_enabled: Some(false),
+            memory_free_bytes: Some(TOTAL - TOTAL / 4),
+            memory_utilization_percent: Some(20),
+            encoder_utilization_percent: Some(0),
+            decoder_utilization_percent: Some(0),
+            memory_temperature_celsius: Some(45),
+            power_limit_watts: Some(700.0),
+            energy_joules: Some(1.0e6),
+            sm_clock_mhz: Some(1980),
+            memory_clock_mhz: Some(2619),
+            throttle_reasons: Some(vec![]),
+            pcie_link_gen: Some(5),
+            pcie_link_gen_max: Some(5),
+            pcie_link_width: Some(16),
+            pcie_link_width_max: Some(16),
+            pcie_replay_count: Some(0),
+            ecc_enabled: Some(true),
+            ecc_corrected_volatile: Some(0),
+            ecc_uncorrected_volatile: Some(0),
+            ecc_corrected_aggregate: Some(0),
+            ecc_uncorrected_aggregate: Some(0),
+            retired_pages_single_bit: Some(0),
+            retired_pages_double_bit: Some(0),
+            retired_pages_pending: Some(false),
+            remapped_rows_correctable: Some(0),
+            remapped_rows_uncorrectable: Some(0),
+            remapped_rows_pending: Some(false),
+            remapped_rows_failure: Some(false),
+            nvlinks: (0..18)
+                .map(|link| NvLinkSample {
+                    link,
+                    active: true,
+                    crc_flit_errors: Some(0),
+                    crc_data_errors: Some(0),
+                    replay_errors: Some(0),
+                    recovery_errors: Some(0),
+                })
+                .collect(),
+            ..GpuSample::default()
+        }
+    }
+}
+
+/// Throttle reason names, in the order NVML defines their bits.
+pub const THROTTLE_REASONS: &[&str] = &[
+    "gpu_idle",
+    "applications_clocks_setting",
+    "sw_power_cap",
+    "hw_slowdown",
+    "sync_boost",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+    "display_clock_setting",
+];
+
+/// One NVLink link of a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NvLinkSample {
+    pub link: u32,
+    pub active: bool,
+    pub crc_flit_errors: Option<u64>,
+    pub crc_data_errors: Option<u64>,
+    pub replay_errors: Option<u64>,
+    pub recovery_errors: Option<u64>,
+}
+
+/// A device's health: `ok`, `warn` or `fail`, best first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    #[default]
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl DeviceStatus {
+    pub const ALL: [DeviceStatus; 3] = [DeviceStatus::Ok, DeviceStatus::Warn, DeviceStatus::Fail];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Ok => "ok",
+            DeviceStatus::Warn => "warn",
+            DeviceStatus::Fail => "fail",
+        }
+    }
+
+    /// The node health a device in this state implies.
+    pub fn node_status(self) -> HealthStatus {
+        match self {
+            DeviceStatus::Ok => HealthStatus::Healthy,
+            DeviceStatus::Warn => HealthStatus::Degraded,
+            DeviceStatus::Fail => HealthStatus::Unhealthy,
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a device is not `ok`: a stable code for dashboards and a message an operator can
+/// act on ("XID 79: GPU has fallen off the bus; reset the GPU to clear").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReason {
+    /// `xid`, `temperature`, `ecc_uncorrectable`, `ecc_corrected_growing`,
+    /// `row_remap_failure`, `row_remap_pending`, `retired_pages_pending`, `pcie_width`,
+    /// `pcie_replays_growing`, `throttle_thermal`, `throttle_hw_slowdown`,
+    /// `nvlink_down`, `nvlink_errors_growing`, `lost`, `disappeared`.
+    pub code: String,
+    pub status: DeviceStatus,
+    pub message: String,
+    /// True when only a GPU reset (or reboot) clears this reason.
+    pub needs_reset: bool,
+}
+
+/// A device's verdict, worst reason first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeviceHealth {
+    pub status: DeviceStatus,
+    pub reasons: Vec<DeviceReason>,
+    /// The most recent XID error seen on this device since the agent started.
+    pub xid_last: Option<u64>,
+    /// XID errors seen on this device since the agent started (ignored ones included).
+    pub xid_total: u64,
+}
+
+/// Node health, worst first in severity.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    #[default]
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl std::fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a node is not healthy: which check, how bad, and a message an operator can act on
+/// ("disk / 97% full > 95%").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub check: String,
+    /// `Degraded` or `Unhealthy`.
+    pub status: HealthStatus,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Health {
+    pub status: HealthStatus,
+    pub reasons: Vec<Reason>,
+}
+
+impl Health {
+    /// Builds a health value whose status is the worst of its reasons.
+    pub fn from_reasons(reasons: Vec<Reason>) -> Self {
+        let status = reasons
+            .iter()
+            .map(|r| r.status)
+            .max()
+            .unwrap_or(HealthStatus::Healthy);
+        Health { status, reasons }
+    }
+}
+
+/// The full report an agent sends every report interval and whenever health changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NodeReport {
+    /// The node this report is about; must equal the name in the sender's certificate.
+    pub node: String,
+    pub facts: HostFacts,
+    pub host: HostSample,
+    pub gpus: Vec<GpuSample>,
+    /// Why GPUs could not be read, when a GPU library is present but failing. A node
+    /// without an NVIDIA driver has no GPUs and no error.
+    pub gpu_error: Option<String>,
+    pub health: Health,
+    /// This node's Ray process as corral supervises it; `None` when `[ray] role` is
+    /// `none` (or absent).
+    pub ray: Option<RayStatus>,
+}
+
+/// Which Ray process corral runs on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RayRole {
+    Head,
+    Worker,
+}
+
+impl RayRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RayRole::Head => "head",
+            RayRole::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for RayRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the supervised Ray process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RayState {
+    /// Probing the venv, waiting for the head, or started and not yet ready.
+    Starting,
+    /// Ready: the head answers on its GCS port and dashboard, or the worker has joined.
+    Running,
+    /// Exited unexpectedly; waiting out the backoff before the next start.
+    Restarting,
+    /// A worker that will not join its head (Python or Ray versions differ).
+    Refused,
+    /// The venv is unusable, or the restart budget is spent; `message` says why.
+    Failed,
+    /// Stopped by corral (agent shutdown).
+    Stopped,
+}
+
+impl RayState {
+    pub const ALL: [RayState; 6] = [
+        RayState::Starting,
+        RayState::Running,
+        RayState::Restarting,
+        RayState::Refused,
+        RayState::Failed,
+        RayState::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RayState::Starting => "starting",
+            RayState::Running => "running",
+            RayState::Restarting => "restarting",
+            RayState::Refused => "refused",
+            RayState::Failed => "failed",
+            RayState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for RayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Ray process a node's agent supervises (see [`crate::ray`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RayStatus {
+    pub role: RayRole,
+    pub state: RayState,
+    /// When `state` last changed (Unix ms).
+    pub since_ms: u64,
+    pub venv: String,
+    /// Exact versions read from the venv (`None` until the probe succeeded).
+    pub python_version: Option<String>,
+    pub ray_version: Option<String>,
+    /// `host:port` of the head's GCS (the head's own address on the head).
+    pub head_address: Option<String>,
+    /// Restarts after unexpected exits since the agent started.
+    pub restarts: u32,
+    /// Why the state is what it is, when it is not plainly `running` ("waiting for the
+    /// head", the refusal or failure message).
+    pub message: Option<String>,
+    /// Process id of `ray start --block` (also its process group id).
+    pub pid: Option<u32>,
+    /// Where Ray's output goes.
+    pub log_file: Option<String>,
+}
+
+/// The coordinator's view of whether a node is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// Connected and beating.
+    Ready,
+    /// Connection lost or no beat for the configured number of beat intervals.
+    Disconnected,
+    /// No beat for `down_after`, or not back since the coordinator restarted.
+    Down,
+}
+
+impl Liveness {
+    pub const ALL: [Liveness; 3] = [Liveness::Ready, Liveness::Disconnected, Liveness::Down];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Ready => "ready",
+            Liveness::Disconnected => "disconnected",
+            Liveness::Down => "down",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Nanoseconds since the Unix epoch, from the system clock.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,504 @@
+//! The agent ⇄ coordinator wire protocol.
+//!
+//! One QUIC connection per agent (mutual TLS, see `corral_transport::pki`) carries one
+//! bidirectional stream opened by the agent. On it both sides write *frames*: a 4-byte
+//! big-endian length followed by a postcard-encoded message.
+//!
+//! The framing itself (`FrameReader`, `FrameWriter`) lives in `corral_transport::frame`;
+//! this module is only what the frames hold.
+//!
+//! 1. The agent's first frame is a [`Hello`]. Its first field is the protocol version,
+//!    so a coordinator can read the version of *any* agent, past or future, with
+//!    [`peek_version`] even when it cannot decode the rest.
+//! 2. The coordinator answers with a [`Welcome`], or closes the connection with a
+//!    [`Refusal`] code and a human-readable reason (QUIC `CONNECTION_CLOSE` carries both),
+//!    so an incompatible or unauthorised peer learns *why*, not just that decoding failed.
+//! 3. Then the agent sends [`AgentMsg`]s (small [`Beat`]s every beat interval, full
+//!    reports every report interval and on health changes, command results, the
+//!    scheduler plugins it hosts) and the coordinator sends [`CoordMsg`]s (commands,
+//!    among them plugin calls), interleaved freely.
+//!
+//! Invariants:
+//! - A frame longer than the receiver's limit is never buffered: the length prefix is
+//!   checked first and the connection is refused with [`Refusal::FrameTooLarge`].
+//! - Any change to these types or to [`crate::model`] bumps [`PROTOCOL_VERSION`]
+//!   (postcard is positional). Versions outside
+//!   [`MIN_PROTOCOL_VERSION`]`..=`[`PROTOCOL_VERSION`] are refused with both ranges named.
+//!
+//! - New variants go at the *end* of their enum, so the indexes of the old ones (what
+//!   postcard writes) never change.
+//!
+//! Version history (nothing is released yet; the rule above still holds so that a
+//! development build of one side meets a clear refusal, not a decode error):
+//! - 1: hello, beats, reports, commands `Ping`/`ReportNow`, Ray head discovery.
+//! - 2: scheduler plugins: [`AgentMsg::Plugins`], [`Command::Plugin`],
+//!   [`CommandOutput::Plugin`]. Protocol 1 is not accepted: it was never released, and a
+//!   protocol-2 coordinator tracks jobs through agents that announce plugins, which a
+//!   protocol-1 agent cannot, so accepting it would promise a compatibility nobody needs.
+//! - 3: a beat carries only its send time (`seq` and `health` were never read: health
+//!   travels in reports), and the hello no longer carries the report interval (unused).
+//!   Protocol 2 is not accepted, for the same reason as 1.
+//!
+//! The golden-bytes tests at the end of this file pin the encoding of every message:
+//! reordering, retyping or inserting a field fails them, which is the reminder to bump
+//! the version.
+//!
+//! Reading the version of a hello, whatever else it carries:
+//!
+//! ```
+//! use corral_proto::wire::{encode, peek_version, Hello, PROTOCOL_VERSION};
+//!
+//! let hello = Hello {
+//!     protocol: PROTOCOL_VERSION,
+//!     node: "gpu-01".into(),
+//!     agent_version: "0.1.0".into(),
+//!     beat_interval_ms: 1000,
+//! };
+//! let frame = encode("hello", &hello).unwrap();
+//! assert_eq!(peek_version(&frame).unwrap(), PROTOCOL_VERSION);
+//! ```
+//!
+//! Trade-off: beats share the stream with reports, so a large report can delay a beat by
+//! its transmission time (microseconds on a LAN); in exchange ordering is simple and a
+//! beat never overtakes the report that changed health.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::job::{LoadFailure, LoadedPlugin, PluginCall, PluginError, PluginReply};
+use crate::model::NodeReport;
+
+/// The coordinator's default QUIC (UDP) port.
+pub const DEFAULT_QUIC_PORT: u16 = 7440;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The oldest agent protocol this coordinator still accepts.
+pub const MIN_PROTOCOL_VERSION: u32 = 3;
+/// Default largest frame accepted (reports of nodes with many filesystems and GPUs fit
+/// comfortably; a hostile peer cannot make the coordinator buffer more).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must stay the first field: see [`peek_version`].
+    pub protocol: u32,
+    pub node: String,
+    pub agent_version: String,
+    /// How often this agent beats; the coordinator's liveness timers scale with it.
+    pub beat_interval_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol: u32,
+    pub coordinator_version: String,
+}
+
+/// The small liveness signal.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Beat {
+    /// Agent clock at send time, for latency measurement on one host (benchmarks).
+    pub sent_at_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMsg {
+    Beat(Beat),
+    Report(Box<NodeReport>),
+    CommandResult {
+        id: u64,
+        result: Result<CommandOutput, String>,
+    },
+    /// This node's Ray head is ready (`Some`), or no longer is (`None`: stopped,
+    /// restarting, failed). Sent on every change and again after each (re)connect.
+    RayHead(Option<RayHead>),
+    /// The scheduler plugins this agent hosts (`loaded`, with their grants) and those
+    /// it could not load, and why. Sent once loading is done, again after each
+    /// (re)connect, and whenever the set changes. Until the first one arrives the
+    /// coordinator routes no plugin call to this agent.
+    Plugins {
+        loaded: Vec<LoadedPlugin>,
+        failed: Vec<LoadFailure>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordMsg {
+    Command {
+        id: u64,
+        command: Command,
+    },
+    /// The cluster's Ray head changed (`None`: there is no ready head). Pushed to every
+    /// connected agent on a change and to each agent when it connects.
+    HeadChanged {
+        head: Option<RayHead>,
+    },
+}
+
+/// A ready Ray head, as its agent announces it and workers need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RayHead {
+    /// The node whose agent runs the head.
+    pub node: String,
+    /// `host:port` of the head's GCS, what `ray start --address` takes.
+    pub address: String,
+    /// `http://host:port` of the dashboard (and Jobs API).
+    pub dashboard: String,
+    /// Exact versions of the head's venv, for the workers' match check.
+    pub python: String,
+    pub ray: String,
+    pub venv: String,
+    /// When this head process became ready (Unix ms): a new value means a new head
+    /// process (restart), which workers must rejoin even at the same address.
+    pub started_ms: u64,
+}
+
+/// What the coordinator can ask of an agent. Later capabilities add variants at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Round-trip check of the command path.
+    Ping { nonce: u64 },
+    /// Sample now and send a full report.
+    ReportNow,
+    /// Call one export of one of the agent's scheduler plugins. The agent runs it beside
+    /// its session (a slow scheduler never delays beats) and answers with
+    /// [`CommandOutput::Plugin`] when it is done.
+    /// (Boxed: a job spec is large, the other commands are small.)
+    Plugin {
+        plugin: String,
+        call: Box<PluginCall>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandOutput {
+    Pong {
+        nonce: u64,
+    },
+    ReportQueued,
+    /// The plugin's answer; a plugin's own failure is an `Err` here, while the outer
+    /// command result's `Err` is kept for the agent failing to run the command at all.
+    Plugin(Result<PluginReply, PluginError>),
+}
+
+/// Why a coordinator closes an agent's connection; the QUIC application error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Refusal {
+    /// Normal close (shutdown of either side).
+    Shutdown = 0,
+    UnsupportedVersion = 1,
+    /// The certificate names another node than the hello or a report.
+    IdentityMismatch = 2,
+    /// The certificate's role is not `agent`.
+    NotAnAgent = 3,
+    /// Undecodable or unexpected message.
+    ProtocolViolation = 4,
+    FrameTooLarge = 5,
+    /// A newer connection from the same node took over.
+    Replaced = 6,
+    /// The handshake or hello did not arrive in time.
+    Timeout = 7,
+}
+
+impl Refusal {
+    /// The QUIC application error code (`corral_transport` turns it into a `VarInt`).
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_code(code: u64) -> Option<Refusal> {
+        use Refusal::*;
+        [
+            Shutdown,
+            UnsupportedVersion,
+            IdentityMismatch,
+            NotAnAgent,
+            ProtocolViolation,
+            FrameTooLarge,
+            Replaced,
+            Timeout,
+        ]
+        .into_iter()
+        .find(|r| u64::from(r.code()) == code)
+    }
+
+    /// Whether retrying without operator action can help.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            Refusal::UnsupportedVersion | Refusal::IdentityMismatch | Refusal::NotAnAgent
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame exceeds the limit of {max} bytes")]
+    FrameTooLarge { max: usize },
+    #[error("undecodable {what}: {source}")]
+    Decode {
+        what: &'static str,
+        source: postcard::Error,
+    },
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: postcard::Error,
+    },
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the stream")]
+    Closed,
+}
+
+/// Reads the protocol version from a hello frame of any version.
+pub fn peek_version(frame: &[u8]) -> Result<u32, WireError> {
+    postcard::take_from_bytes::<u32>(frame)
+        .map(|(v, _)| v)
+        .map_err(|source| WireError::Decode {
+            what: "hello",
+            source,
+        })
+}
+
+pub fn encode<T: Serialize>(what: &'static str, msg: &T) -> Result<Vec<u8>, WireError> {
+    postcard::to_allocvec(msg).map_err(|source| WireError::Encode { what, source })
+}
+
+pub fn decode<T: DeserializeOwned>(what: &'static str, frame: &[u8]) -> Result<T, WireError> {
+    postcard::from_bytes(frame).map_err(|source| WireError::Decode { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Health, NodeReport};
+
+    #[test]
+    fn version_is_readable_from_a_hello_of_any_later_layout() {
+        #[derive(Serialize)]
+        struct FutureHello {
+            protocol: u32,
+            something_new: Vec<u64>,
+        }
+        let frame = encode(
+            "hello",
+            &FutureHello {
+                protocol: 42,
+                something_new: vec![1, 2, 3],
+            },
+        )
+        .unwrap();
+        assert_eq!(peek_version(&frame).unwrap(), 42);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let msg = AgentMsg::Report(Box::new(NodeReport {
+            node: "n1".into(),
+            health: Health::default(),
+            ..Default::default()
+        }));
+        let bytes = encode("report", &msg).unwrap();
+        assert_eq!(decode::<AgentMsg>("report", &bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn ray_head_messages_round_trip() {
+        let head = RayHead {
+            node: "h".into(),
+            address: "10.0.0.1:6379".into(),
+            dashboard: "http://10.0.0.1:8265".into(),
+            python: "3.11.7".into(),
+            ray: "2.60.0".into(),
+            venv: "/opt/ray".into(),
+            started_ms: 7,
+        };
+        for msg in [
+            AgentMsg::RayHead(Some(head.clone())),
+            AgentMsg::RayHead(None),
+        ] {
+            let bytes = encode("ray head", &msg).unwrap();
+            assert_eq!(decode::<AgentMsg>("ray head", &bytes).unwrap(), msg);
+        }
+        let msg = CoordMsg::HeadChanged { head: Some(head) };
+        let bytes = encode("head", &msg).unwrap();
+        assert_eq!(decode::<CoordMsg>("head", &bytes).unwrap(), msg);
+    }
+
+    fn sample_spec() -> crate::job::JobSpec {
+        use crate::job::{Dependency, DependencyKind, JobArray, JobSpec};
+        JobSpec {
+            name: Some("it's a \"test\"; rm -rf / `id` $(id)".into()),
+            executable: "/bin/sh".into(),
+            arguments: vec!["-c".into(), "echo \"$1\" >&2".into(), "a b".into()],
+            directory: Some("/tmp/work dir".into()),
+            environment: vec![("A".into(), "1 2".into())],
+            stdout_path: Some("/tmp/out-%j".into()),
+            nodes: Some(2),
+            gpus_per_node: Some(8),
+            memory_mb: Some(4096),
+            walltime_seconds: Some(5400),
+            queue: Some("debug".into()),
+            array: Some(JobArray {
+                first: 1,
+                last: 10,
+                step: 2,
+                max_running: Some(3),
+            }),
+            dependencies: vec![Dependency {
+                kind: DependencyKind::AfterOk,
+                job: "123".into(),
+            }],
+            attributes: vec![("slurm.constraint".into(), "a100".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plugin_calls_and_answers_round_trip() {
+        use crate::job::{JobState, JobStatus, PluginInfo};
+        let calls = [
+            PluginCall::Info,
+            PluginCall::Render(sample_spec()),
+            PluginCall::Submit(sample_spec()),
+            PluginCall::Status(vec!["1".into(), "2_3".into()]),
+            PluginCall::Cancel("42".into()),
+            PluginCall::List,
+            PluginCall::Logs {
+                id: "42".into(),
+                max_bytes: 4096,
+            },
+            PluginCall::DrainNode {
+                node: "n1".into(),
+                reason: "bad GPU".into(),
+            },
+            PluginCall::ResumeNode { node: "n1".into() },
+        ];
+        for call in calls {
+            let msg = CoordMsg::Command {
+                id: 7,
+                command: Command::Plugin {
+                    plugin: "slurm".into(),
+                    call: Box::new(call),
+                },
+            };
+            let bytes = encode("command", &msg).unwrap();
+            assert_eq!(decode::<CoordMsg>("command", &bytes).unwrap(), msg);
+        }
+        let statuses = [
+            JobState::Queued { held: true },
+            JobState::Queued { held: false },
+            JobState::Running,
+            JobState::Suspended,
+            JobState::Completing,
+            JobState::Succeeded,
+            JobState::Failed {
+                reason: "exit 3".into(),
+            },
+            JobState::Cancelled,
+            JobState::TimedOut,
+            JobState::Unknown,
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, state)| JobStatus {
+            id: i.to_string(),
+            state,
+            native_state: "PENDING".into(),
+            exit_code: Some(-1),
+            message: None,
+        })
+        .collect();
+        let answers = [
+            Ok(PluginReply::Info(PluginInfo {
+                name: "slurm".into(),
+                version: "0.1.0".into(),
+                scheduler: "Slurm".into(),
+                features: vec![crate::job::Feature::Arrays, crate::job::Feature::List],
+            })),
+            Ok(PluginReply::Text("#!/bin/sh\n".into())),
+            Ok(PluginReply::Submitted("42".into())),
+            Ok(PluginReply::Statuses(statuses)),
+            Ok(PluginReply::Done),
+            Err(PluginError::Invalid("bad spec".into())),
+            Err(PluginError::NotLoaded("pbs".into())),
+        ];
+        for answer in answers {
+            let msg = AgentMsg::CommandResult {
+                id: 9,
+                result: Ok(CommandOutput::Plugin(answer)),
+            };
+            let bytes = encode("command result", &msg).unwrap();
+            assert_eq!(decode::<AgentMsg>("command result", &bytes).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn plugin_announcements_round_trip() {
+        use crate::job::{Feature, Grants, PluginInfo};
+        let msg = AgentMsg::Plugins {
+            loaded: vec![LoadedPlugin {
+                info: PluginInfo {
+                    name: "slurm".into(),
+                    version: "0.1.0".into(),
+                    scheduler: "Slurm".into(),
+                    features: vec![Feature::Arrays, Feature::Dependencies],
+                },
+                digest: "ab".repeat(32),
+                grants: Grants {
+                    programs: vec![("sbatch".into(), "/usr/bin/sbatch".into())],
+                    hosts: vec!["127.0.0.1:8265".into()],
+                    config_keys: vec!["partition".into()],
+                },
+            }],
+            failed: vec![LoadFailure {
+                name: "pbs".into(),
+                message: "pbs.wasm: no such file".into(),
+            }],
+        };
+        let bytes = encode("plugins", &msg).unwrap();
+        assert_eq!(decode::<AgentMsg>("plugins", &bytes).unwrap(), msg);
+        let empty = AgentMsg::Plugins {
+            loaded: vec![],
+            failed: vec![],
+        };
+        let bytes = encode("plugins", &empty).unwrap();
+        assert_eq!(decode::<AgentMsg>("plugins", &bytes).unwrap(), empty);
+    }
+
+    #[test]
+    fn variants_of_protocol_1_keep_their_encoding() {
+        // Appending variants must not renumber the old ones: postcard writes the index.
+        assert_eq!(
+            encode("c", &Command::ReportNow).unwrap().as_slice(),
+            &[1u8][..]
+        );
+        assert_eq!(
+            encode("m", &AgentMsg::RayHead(None)).unwrap().as_slice(),
+            &[3u8, 0][..]
+        );
+        assert_eq!(
+            encode("o", &CommandOutput::ReportQueued)
+                .unwrap()
+                .as_slice(),
+            &[1u8][..]
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error_not_a_panic() {
+        let err =
+            decode::<AgentMsg>("agent message", &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).unwrap_err();
+        assert!(matches!(err, WireError::Decode { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_beat_is_small() {
+        let beat = AgentMsg::Beat(Beat {
+            sent_at_ns: crate::model::unix_ns(),
+        });
+        assert!(encode("beat", &beat).unwrap().len() <= 16);
+    }
+}

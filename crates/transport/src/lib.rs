@@ -1,0 +1,12 @@
+//! corral's transport: how agent and coordinator reach each other.
+//!
+//! - [`frame`]: length-prefixed postcard frames over a QUIC stream, size-checked before
+//!   buffering, and the QUIC transport settings both ends share.
+//! - [`pki`]: the cluster CA, the certificates it issues (CN = name, OU = role) and the
+//!   mutual-TLS configurations for QUIC and the HTTPS API.
+//!
+//! Depends on `corral-proto` for what the frames hold; knows nothing of what either
+//! daemon does with them.
+
+pub mod frame;
+pub mod pki;
