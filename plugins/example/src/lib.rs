@@ -4,16 +4,23 @@
 //! Invariants: the job runs through a script on `at`'s stdin whose every value the SDK
 //! quotes, so `render` is exactly what `submit` sends; `at` keeps no record of ended
 //! jobs, so a job that left `atq` is `unknown` with that reason, never assumed to have
-//! succeeded.
+//! succeeded. What fits the SDK's [`Batch`] declaration (`info`, `status`, `cancel`) is
+//! declared; `at` reports a new job on stderr, so `render` and `submit` are written here.
 
+use corral_plugin_sdk::batch::{Batch, Cancel};
+use corral_plugin_sdk::ids::{JobId, Tasks};
 use corral_plugin_sdk::script::batch_script;
+use corral_plugin_sdk::status::Found;
 use corral_plugin_sdk::{
-    failure, run, Backend, Command, Error, JobSpec, JobState, JobStatus, PluginInfo, Scheduler,
+    failure, run, run_ok, Backend, Command, Error, JobSpec, JobState, JobStatus, Scheduler,
 };
 
 pub struct Example;
 
 corral_plugin_sdk::export_plugin!(Example);
+
+/// at's job numbers: digits, no array tasks.
+const ID: JobId = JobId::new("at", Tasks::None);
 
 fn at(spec: &JobSpec) -> Result<Command, Error> {
     let args = vec!["now".to_string()];
@@ -21,27 +28,29 @@ fn at(spec: &JobSpec) -> Result<Command, Error> {
     Ok(Command::new("at").args(args).stdin(script))
 }
 
-fn check_id(id: &str) -> Result<(), Error> {
-    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("{id:?} is not an at job number")))
-    }
+/// The one lookup: `atq` ("7<TAB>Thu Nov 23 20:30:00 2026 a root"; queue `=` is running).
+fn atq(b: &dyn Backend, ids: &[String]) -> Result<Vec<Found>, Error> {
+    let queue = run_ok(b, &Command::new("atq"))?;
+    let answer = |id: &String| {
+        let line = queue.lines().find(|l| l.split('\t').next() == Some(id));
+        match line.and_then(|l| l.split_whitespace().rev().nth(1)) {
+            Some("=") => Found::Parts(vec![JobStatus::new(id, JobState::Running, "=")]),
+            Some(q) => Found::Parts(vec![JobStatus::new(id, JobState::Queued(false), q)]),
+            None => Found::Gone("not in atq: at keeps no record of ended jobs".into()),
+        }
+    };
+    Ok(ids.iter().map(answer).collect())
 }
 
+const EXAMPLE: Batch = Batch::new("example", env!("CARGO_PKG_VERSION"), "POSIX at")
+    .status(|id| ID.check(id), atq, None)
+    .cancel(Cancel::new("atrm", &["Cannot find jobid"]));
+
 impl Scheduler for Example {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "example".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            scheduler: "POSIX at".into(),
-            features: vec![],
-        }
-    }
+    const BATCH: Option<Batch> = Some(EXAMPLE);
 
     fn render(_b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
-        let cmd = at(&spec)?;
-        Ok(String::from_utf8_lossy(&cmd.stdin.unwrap_or_default()).into_owned())
+        Ok(at(&spec)?.stdin_text())
     }
 
     fn submit(b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
@@ -53,45 +62,8 @@ impl Scheduler for Example {
             .find_map(|l| l.strip_prefix("job "))
             .and_then(|rest| rest.split_whitespace().next());
         match id {
-            Some(id) if out.success() && check_id(id).is_ok() => Ok(id.to_string()),
+            Some(id) if out.success() && ID.check(id).is_ok() => Ok(id.to_string()),
             _ => Err(failure("at", &out)),
-        }
-    }
-
-    fn status(b: &dyn Backend, ids: Vec<String>) -> Result<Vec<JobStatus>, Error> {
-        let out = run(b, &Command::new("atq"))?;
-        if !out.success() {
-            return Err(failure("atq", &out));
-        }
-        let queue = out.stdout_text();
-        ids.iter()
-            .map(|id| {
-                check_id(id)?;
-                // `atq`: "7<TAB>Thu Nov 23 20:30:00 2026 a root"; queue "=" is running.
-                let line = queue
-                    .lines()
-                    .find(|l| l.split('\t').next() == Some(id.as_str()));
-                let queue_letter = line.and_then(|l| l.split_whitespace().rev().nth(1));
-                Ok(match queue_letter {
-                    Some("=") => JobStatus::new(id, JobState::Running, "="),
-                    Some(q) => JobStatus::new(id, JobState::Queued(false), q),
-                    None => {
-                        let mut s = JobStatus::new(id, JobState::Unknown, "");
-                        s.message = Some("not in atq: at keeps no record of ended jobs".into());
-                        s
-                    }
-                })
-            })
-            .collect()
-    }
-
-    fn cancel(b: &dyn Backend, id: String) -> Result<(), Error> {
-        check_id(&id)?;
-        let out = run(b, &Command::new("atrm").arg(&id))?;
-        if out.success() || out.stderr_text().contains("Cannot find jobid") {
-            Ok(())
-        } else {
-            Err(failure("atrm", &out))
         }
     }
 }

@@ -18,12 +18,25 @@
 //! - States are the table [`STATES`] (the one place); `EXIT` is read by [`exited`]:
 //!   killed by its owner or an administrator is cancelled, `TERM_RUNLIMIT` timed out,
 //!   anything else failed with the exit code and reason.
+//! - `lsf.*` attributes pass through as `-FLAG [value]`, but not the managed ones
+//!   (interactive modes, `-K`, `-J`, `-U`); bsub has no option that changes who a job
+//!   runs as.
+//! - What is LSF's own is here (argv, parsers, table, lookup); the rest is the SDK's,
+//!   wired by the one declaration `LSF` ([`corral_plugin_sdk::batch::Batch`]).
 
-use corral_plugin_sdk::script::{batch_script, check_line};
-use corral_plugin_sdk::serde_json::{self, Value};
+use corral_plugin_sdk::batch::{Batch, Cancel};
+use corral_plugin_sdk::ids::{JobId, Tasks};
+use corral_plugin_sdk::nodes::{Arg, NodeAdmin};
+use corral_plugin_sdk::records::{self, Deserialize};
+use corral_plugin_sdk::script::check_line;
+use corral_plugin_sdk::spec::{check_array, check_counts, cpus_per_node, dependencies};
+use corral_plugin_sdk::spec::{is_word, Passthrough, TextFlags};
+use corral_plugin_sdk::states::{Facts, Means, Rows, StateTable};
+use corral_plugin_sdk::status::Found;
+use corral_plugin_sdk::submit::Submit;
+use corral_plugin_sdk::Feature::{Arrays, Dependencies, Drain, Gpus, List, Logs, Reservations};
 use corral_plugin_sdk::{
-    aggregate, failure, log, run, run_ok, Backend, Command, DependencyKind, Error, Feature,
-    JobSpec, JobState, JobStatus, PluginInfo, Scheduler,
+    failure, run, run_ok, Backend, Command, Error, JobSpec, JobState, JobStatus, Scheduler,
 };
 
 pub struct Lsf;
@@ -33,32 +46,25 @@ corral_plugin_sdk::export_plugin!(Lsf);
 /// The `bjobs -o` fields the plugin reads.
 pub const FIELDS: &str = "jobid jobindex stat exit_code exit_reason kill_reason pend_reason";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Queued,
-    Held,
-    Running,
-    Suspended,
-    Completing,
-    Succeeded,
-    Exited,
-    Unknown,
-}
-
-/// LSF job states and their portable meaning: the one place they are interpreted.
-pub const STATES: &[(&str, Kind)] = &[
-    ("PEND", Kind::Queued),
-    ("WAIT", Kind::Queued),
-    ("PROV", Kind::Queued),
-    ("PSUSP", Kind::Held),
-    ("RUN", Kind::Running),
-    ("USUSP", Kind::Suspended),
-    ("SSUSP", Kind::Suspended),
-    ("ZOMBI", Kind::Completing),
-    ("DONE", Kind::Succeeded),
-    ("EXIT", Kind::Exited),
-    ("UNKWN", Kind::Unknown),
+/// LSF job states and their portable meaning: the one place they are interpreted
+/// (`EXIT` by [`exited`]).
+pub const STATES: Rows<&str> = &[
+    (Means::Queued, &["PEND", "WAIT", "PROV"]),
+    (Means::Held, &["PSUSP"]),
+    (Means::Running, &["RUN"]),
+    (Means::Suspended, &["USUSP", "SSUSP"]),
+    (Means::Completing, &["ZOMBI"]),
+    (Means::Succeeded, &["DONE"]),
+    (Means::Ended, &["EXIT"]),
+    (
+        Means::Unknown("mbatchd lost contact with the job's host"),
+        &["UNKWN"],
+    ),
 ];
+
+const TABLE: StateTable<&str> = StateTable::new("LSF", STATES);
+
+const ID: JobId = JobId::new("LSF", Tasks::Bracketed);
 
 /// `EXIT_REASON`/`KILL_REASON` markers of a job someone killed.
 const CANCELLED_BY: &[&str] = &[
@@ -71,6 +77,15 @@ const CANCELLED_BY: &[&str] = &[
 ];
 /// ...and of a job LSF killed at its run limit.
 const RUN_LIMIT: &[&str] = &["TERM_RUNLIMIT", "run time limit"];
+
+/// `lsf.*` attributes become `-FLAG [value]`. Managed: interactive modes and waiting
+/// would block the call, the name carries the array (`-J`), and `-U` is the spec's
+/// reservation. bsub has no option that picks the user a job runs as (submitting as
+/// another user takes a separate setuid wrapper, `bsubmit`), so no key is refused for
+/// identity; LSF options are case-sensitive (`-u` mails, `-U` reserves).
+const ATTRIBUTES: Passthrough = Passthrough::new("lsf", is_word)
+    .form("a bsub option name")
+    .managed("I Ip Is IS ISp ISs IX K J U");
 
 /// One `bjobs -json` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,32 +106,41 @@ pub struct NotFound {
     pub error: String,
 }
 
+/// `bjobs -json`: every field a string, absent ones empty.
+#[derive(Deserialize)]
+#[serde(crate = "corral_plugin_sdk::serde")]
+struct Bjobs {
+    #[serde(rename = "RECORDS", default)]
+    records: Vec<Raw>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(
+    crate = "corral_plugin_sdk::serde",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    default
+)]
+struct Raw {
+    jobid: String,
+    jobindex: String,
+    stat: String,
+    exit_code: String,
+    exit_reason: String,
+    kill_reason: String,
+    pend_reason: String,
+    error: String,
+}
+
 /// Parses `bjobs -json` output into records and "not found" errors.
 pub fn parse_bjobs(text: &str) -> Result<(Vec<Record>, Vec<NotFound>), Error> {
-    if text.trim().is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let doc: Value = serde_json::from_str(text)
-        .map_err(|e| Error::Backend(format!("bjobs printed JSON that does not parse: {e}")))?;
-    let field = |r: &Value, k: &str| {
-        r.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .trim()
-            .to_string()
-    };
+    let doc: Bjobs = records::json("bjobs", text)?;
     let mut recs = Vec::new();
     let mut missing = Vec::new();
-    for r in doc
-        .get("RECORDS")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let error = field(r, "ERROR");
+    for r in doc.records {
+        let error = r.error.trim().to_string();
         if !error.is_empty() {
-            let job = match field(r, "JOBID") {
-                j if !j.is_empty() => j,
+            let job = match r.jobid.trim() {
+                j if !j.is_empty() => j.to_string(),
                 _ => error
                     .split_once('<')
                     .and_then(|(_, rest)| rest.split_once('>'))
@@ -126,21 +150,21 @@ pub fn parse_bjobs(text: &str) -> Result<(Vec<Record>, Vec<NotFound>), Error> {
             missing.push(NotFound { job, error });
             continue;
         }
-        let reason = [field(r, "EXIT_REASON"), field(r, "KILL_REASON")]
+        let reason = [r.exit_reason.trim(), r.kill_reason.trim()]
             .into_iter()
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
         recs.push(Record {
-            job: field(r, "JOBID"),
-            index: match field(r, "JOBINDEX") {
-                i if i.is_empty() => "0".into(),
-                i => i,
+            job: r.jobid.trim().to_string(),
+            index: match r.jobindex.trim() {
+                "" => "0".into(),
+                i => i.to_string(),
             },
-            stat: field(r, "STAT"),
-            exit_code: field(r, "EXIT_CODE").parse().ok(),
+            stat: r.stat.trim().to_string(),
+            exit_code: r.exit_code.trim().parse().ok(),
             reason,
-            pend_reason: field(r, "PEND_REASON"),
+            pend_reason: r.pend_reason.trim().to_string(),
         });
     }
     Ok((recs, missing))
@@ -176,89 +200,43 @@ impl Record {
     }
 
     pub fn status(&self) -> JobStatus {
-        let kind = STATES
-            .iter()
-            .find(|(n, _)| *n == self.stat)
-            .map(|(_, k)| *k);
-        let state = match kind {
-            Some(Kind::Queued) => JobState::Queued(self.pend_reason.contains("dependency")),
-            Some(Kind::Held) => JobState::Queued(true),
-            Some(Kind::Running) => JobState::Running,
-            Some(Kind::Suspended) => JobState::Suspended,
-            Some(Kind::Completing) => JobState::Completing,
-            Some(Kind::Succeeded) => JobState::Succeeded,
-            Some(Kind::Exited) => exited(self),
-            Some(Kind::Unknown) | None => JobState::Unknown,
+        let note = [&self.pend_reason, &self.reason]
+            .into_iter()
+            .find(|n| !n.is_empty())
+            .cloned();
+        let facts = Facts {
+            held: self.pend_reason.contains("dependency"),
+            exit_code: self.exit_code,
+            note,
+            ended: Some(exited(self)),
+            ..Facts::default()
         };
-        let mut s = JobStatus::new(&self.label(), state, &self.stat);
-        s.exit_code = match kind {
-            Some(Kind::Succeeded) => Some(0),
-            Some(Kind::Exited) => self.exit_code,
-            _ => None,
-        };
-        let note = match kind {
-            Some(Kind::Unknown) => Some("mbatchd lost contact with the job's host".to_string()),
-            None => Some(format!("unrecognised LSF state {:?}", self.stat)),
-            _ if !self.pend_reason.is_empty() => Some(self.pend_reason.clone()),
-            _ if !self.reason.is_empty() => Some(self.reason.clone()),
-            _ => None,
-        };
-        s.message = note;
-        s
-    }
-}
-
-/// `123` or `123[4]`.
-pub fn is_job_id(id: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-    match id.split_once('[') {
-        Some((j, rest)) => digits(j) && rest.strip_suffix(']').is_some_and(digits),
-        None => digits(id),
+        TABLE.status(&self.label(), self.stat.as_str(), &self.stat, facts)
     }
 }
 
 fn check_id(id: &str) -> Result<(), Error> {
-    if is_job_id(id) {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{id:?} is not an LSF job id (expected digits, or JOB[INDEX])"
-        )))
-    }
+    ID.check(id)
 }
 
-/// bsub options an `lsf.*` attribute may not set: interactive modes and waiting would
-/// block the call; the name carries the array.
-const RESERVED: &[&str] = &["I", "Ip", "Is", "IS", "ISp", "ISs", "IX", "K", "J"];
+/// The options for the spec's one-line fields but the name (which carries the array):
+/// `-P` project (LSF's account), `-U` advance reservation, `-cwd` working directory.
+const TEXT: TextFlags = TextFlags::new("", "-q", "-P", "-U", "-cwd", "-o", "-e");
 
 /// The bsub argv (after the program name) for `spec`.
 pub fn bsub_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
+    check_counts(spec)?;
     let mut a: Vec<String> = Vec::new();
-    let mut pair = |field: &str, flag: &str, v: &str| -> Result<(), Error> {
-        check_line(field, v)?;
-        a.push(flag.into());
-        a.push(v.into());
-        Ok(())
-    };
     let name = spec.name.clone().unwrap_or_default();
     if name.contains('[') || name.contains(']') {
         return Err(Error::Invalid(format!(
             "job name {name:?}: LSF reads [ ] in a job name as an array range; remove them"
         )));
     }
-    match &spec.array {
+    let job_name = match &spec.array {
         Some(arr) => {
-            if arr.step == 0 || arr.first == 0 || arr.first > arr.last {
-                return Err(Error::Invalid(format!(
-                    "array {}-{} step {}: LSF indices start at 1, first must not exceed last, step at least 1",
-                    arr.first, arr.last, arr.step
-                )));
-            }
-            let base = if name.is_empty() {
-                "corral"
-            } else {
-                name.as_str()
-            };
+            check_array(arr, 1, "LSF")?;
+            let base = if name.is_empty() { "corral" } else { &name };
             let mut j = format!("{base}[{}-{}", arr.first, arr.last);
             if arr.step != 1 {
                 j.push_str(&format!(":{}", arr.step));
@@ -267,36 +245,17 @@ pub fn bsub_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
             if let Some(m) = arr.max_running {
                 j.push_str(&format!("%{m}"));
             }
-            pair("job name", "-J", &j)?;
+            Some(j)
         }
-        None if !name.is_empty() => pair("job name", "-J", &name)?,
-        None => {}
+        None => Some(name).filter(|n| !n.is_empty()),
+    };
+    if let Some(j) = job_name {
+        check_line("job name", &j)?;
+        a.extend(["-J".into(), j]);
     }
-    if let Some(q) = &spec.queue {
-        pair("queue", "-q", q)?;
-    }
-    if let Some(p) = &spec.account {
-        pair("account", "-P", p)?;
-    }
-    if let Some(r) = &spec.reservation {
-        pair("reservation", "-U", r)?;
-    }
-    if let Some(d) = &spec.directory {
-        pair("directory", "-cwd", d)?;
-    }
-    if let Some(p) = &spec.stdout_path {
-        pair("stdout path", "-o", p)?;
-    }
-    if let Some(p) = &spec.stderr_path {
-        pair("stderr path", "-e", p)?;
-    }
-    if [spec.nodes, spec.tasks_per_node, spec.cpus_per_task].contains(&Some(0)) {
-        return Err(Error::Invalid(
-            "nodes, tasks per node and cpus per task must be at least 1".into(),
-        ));
-    }
+    a.extend(TEXT.argv(spec)?);
     if spec.nodes.is_some() || spec.tasks_per_node.is_some() || spec.cpus_per_task.is_some() {
-        let per_node = spec.tasks_per_node.unwrap_or(1) * spec.cpus_per_task.unwrap_or(1);
+        let per_node = cpus_per_node(spec).unwrap_or(1);
         a.push("-n".into());
         a.push((spec.nodes.unwrap_or(1) * per_node).to_string());
         a.push("-R".into());
@@ -318,39 +277,18 @@ pub fn bsub_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
         a.extend(["-gpu".into(), format!("num={g}")]);
     }
     if !spec.dependencies.is_empty() {
-        let mut terms = Vec::new();
-        for d in &spec.dependencies {
-            check_id(&d.job)?;
-            let f = match d.kind {
-                DependencyKind::AfterStart => "started",
-                DependencyKind::AfterOk => "done",
-                DependencyKind::AfterNotOk => "exit",
-                DependencyKind::AfterAny => "ended",
-            };
-            terms.push(format!("{f}({})", d.job));
-        }
+        let words = ["started", "done", "exit", "ended"];
+        let deps = dependencies(&spec.dependencies, words, check_id)?;
+        let terms: Vec<String> = deps.iter().map(|(f, job)| format!("{f}({job})")).collect();
         a.extend(["-w".into(), terms.join(" && ")]);
     }
-    for (flag, value) in spec.attributes_for("lsf") {
-        let ok = !flag.is_empty() && flag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok || RESERVED.contains(&flag) {
-            return Err(Error::Invalid(format!(
-                "attribute lsf.{flag}: not a bsub option this plugin passes on (interactive, waiting and -J are managed)"
-            )));
-        }
-        check_line(&format!("attribute lsf.{flag}"), value)?;
+    for (flag, value) in ATTRIBUTES.pairs(spec)? {
         a.push(format!("-{flag}"));
         if !value.is_empty() {
             a.push(value.to_string());
         }
     }
     Ok(a)
-}
-
-fn bsub(spec: &JobSpec) -> Result<Command, Error> {
-    let args = bsub_args(spec)?;
-    let script = batch_script("bsub", &args, spec)?;
-    Ok(Command::new("bsub").args(args).stdin(script))
 }
 
 /// The id in `Job <123> is submitted to queue <normal>.`
@@ -360,7 +298,7 @@ pub fn parse_bsub(stdout: &str) -> Result<String, Error> {
         .find_map(|l| l.trim().strip_prefix("Job <"))
         .and_then(|rest| rest.split_once('>'))
         .map(|(id, _)| id.to_string())
-        .filter(|id| is_job_id(id));
+        .filter(|id| ID.split(id).is_some());
     id.ok_or_else(|| Error::Backend(format!("bsub printed no job id: {:?}", stdout.trim())))
 }
 
@@ -383,89 +321,37 @@ fn bjobs(b: &dyn Backend, ids: &[String]) -> Result<(Vec<Record>, Vec<NotFound>)
     }
 }
 
+/// The one lookup: `bjobs -a` for every id (`-a`: jobs finished within `CLEAN_PERIOD`
+/// too); an array's id finds all its elements.
+fn lookup(b: &dyn Backend, ids: &[String]) -> Result<Vec<Found>, Error> {
+    let (recs, missing) = bjobs(b, ids)?;
+    Ok(ids.iter().map(|id| found(&recs, &missing, id)).collect())
+}
+
+/// What bjobs said of `id`: its records, or LSF's words about not knowing it.
+fn found(recs: &[Record], missing: &[NotFound], id: &str) -> Found {
+    let mine = recs.iter().filter(|r| ID.covers(id, &r.job, &r.index));
+    let job = ID.split(id).map_or(id, |(job, _)| job);
+    let said = missing.iter().find(|m| m.job == job);
+    let said = said.map_or("bjobs did not report it", |m| m.error.as_str());
+    let why =
+        format!("LSF no longer knows the job (finished longer ago than CLEAN_PERIOD): {said}");
+    Found::or_gone(mine.map(Record::status).collect(), Some(&why))
+}
+
+/// What bkill says of a job that already ended or that LSF forgot.
+const BKILL_GONE: &[&str] = &["already finished", "No matching job found"];
+
+/// This plugin: `bsub` submits, `bkill` cancels, `badmin` closes hosts.
+const LSF: Batch = Batch::new("lsf", env!("CARGO_PKG_VERSION"), "IBM Spectrum LSF")
+    .features(&[Arrays, Dependencies, Gpus, Reservations, Drain, Logs, List])
+    .submit(Submit::script("bsub", bsub_args, parse_bsub))
+    .status(check_id, lookup, None)
+    .cancel(Cancel::new("bkill", BKILL_GONE))
+    .nodes(ADMIN);
+
 impl Scheduler for Lsf {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "lsf".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            scheduler: "IBM Spectrum LSF".into(),
-            features: vec![
-                Feature::Arrays,
-                Feature::Dependencies,
-                Feature::Gpus,
-                Feature::Reservations,
-                Feature::Drain,
-                Feature::Logs,
-                Feature::List,
-            ],
-        }
-    }
-
-    fn render(_b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
-        let cmd = bsub(&spec)?;
-        Ok(String::from_utf8_lossy(cmd.stdin.as_deref().unwrap_or_default()).into_owned())
-    }
-
-    fn submit(b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
-        let id = parse_bsub(&run_ok(b, &bsub(&spec)?)?)?;
-        log::info(b, &format!("submitted LSF job {id}"));
-        Ok(id)
-    }
-
-    fn status(b: &dyn Backend, ids: Vec<String>) -> Result<Vec<JobStatus>, Error> {
-        let mut unique: Vec<String> = Vec::new();
-        for id in ids {
-            check_id(&id)?;
-            if !unique.contains(&id) {
-                unique.push(id);
-            }
-        }
-        if unique.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (recs, missing) = bjobs(b, &unique)?;
-        Ok(unique
-            .iter()
-            .map(|id| {
-                let (job, index) = match id.split_once('[') {
-                    Some((j, rest)) => (j, Some(rest.trim_end_matches(']'))),
-                    None => (id.as_str(), None),
-                };
-                let mine: Vec<JobStatus> = recs
-                    .iter()
-                    .filter(|r| r.job == job && index.is_none_or(|i| r.index == i))
-                    .map(Record::status)
-                    .collect();
-                if !mine.is_empty() {
-                    return aggregate(id, mine);
-                }
-                let said = missing
-                    .iter()
-                    .find(|m| m.job == job)
-                    .map(|m| m.error.clone())
-                    .unwrap_or_else(|| "bjobs did not report it".into());
-                let mut s = JobStatus::new(id, JobState::Unknown, "");
-                s.message = Some(format!(
-                    "LSF no longer knows the job (finished longer ago than CLEAN_PERIOD): {said}"
-                ));
-                s
-            })
-            .collect())
-    }
-
-    fn cancel(b: &dyn Backend, id: String) -> Result<(), Error> {
-        check_id(&id)?;
-        let out = run(b, &Command::new("bkill").arg(&id))?;
-        let text = format!("{}{}", out.stdout_text(), out.stderr_text());
-        if out.success()
-            || text.contains("already finished")
-            || text.contains("No matching job found")
-        {
-            Ok(())
-        } else {
-            Err(failure("bkill", &out))
-        }
-    }
+    const BATCH: Option<Batch> = Some(LSF);
 
     fn list(b: &dyn Backend) -> Result<Vec<JobStatus>, Error> {
         let (recs, _) = bjobs(b, &[])?;
@@ -481,37 +367,12 @@ impl Scheduler for Lsf {
         };
         Ok(corral_plugin_sdk::tail(body.as_bytes(), max_bytes))
     }
-
-    fn drain_node(b: &dyn Backend, node: String, reason: String) -> Result<(), Error> {
-        check_node(&node)?;
-        check_line("drain reason", &reason)?;
-        let mut cmd = Command::new("badmin").arg("hclose");
-        if !reason.is_empty() {
-            cmd = cmd.args(["-C", reason.as_str()]);
-        }
-        run_ok(b, &cmd.arg(node))?;
-        Ok(())
-    }
-
-    fn resume_node(b: &dyn Backend, node: String) -> Result<(), Error> {
-        check_node(&node)?;
-        run_ok(b, &Command::new("badmin").args(["hopen", &node]))?;
-        Ok(())
-    }
 }
 
-fn check_node(node: &str) -> Result<(), Error> {
-    let ok = !node.is_empty()
-        && !node.starts_with('-')
-        && node
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("{node:?} is not an LSF host name")))
-    }
-}
+/// `badmin hclose [-C COMMENT] HOST` closes a host to new jobs, `badmin hopen` reopens it.
+const ADMIN: NodeAdmin = NodeAdmin::new("badmin", "", "LSF host name")
+    .drain(&[Arg::Text("hclose"), Arg::ReasonFlag("-C"), Arg::Node("")])
+    .resume(&[Arg::Text("hopen"), Arg::Node("")]);
 
 #[cfg(test)]
 mod tests;

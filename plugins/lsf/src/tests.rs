@@ -3,7 +3,7 @@
 
 use super::*;
 use corral_plugin_sdk::testing::Script;
-use corral_plugin_sdk::{Dependency, JobArray};
+use corral_plugin_sdk::{Dependency, DependencyKind, JobArray};
 
 const BJOBS: &str = include_str!("../fixtures/bjobs.json");
 const BSUB: &str = include_str!("../fixtures/bsub.txt");
@@ -37,8 +37,9 @@ fn the_state_table_maps_every_lsf_state() {
     );
     assert_eq!(rec("UNKWN").status().state, JobState::Unknown);
     assert_eq!(rec("NEW").status().state, JobState::Unknown);
-    for (i, (n, _)) in STATES.iter().enumerate() {
-        assert!(!STATES[..i].iter().any(|(m, _)| m == n), "{n} listed twice");
+    let states: Vec<&str> = STATES.iter().flat_map(|(_, n)| n.iter().copied()).collect();
+    for (i, n) in states.iter().enumerate() {
+        assert!(!states[..i].contains(n), "{n} listed twice");
     }
 }
 
@@ -89,7 +90,10 @@ fn cancel_of_a_finished_or_forgotten_job_is_not_an_error() {
         let b = Script::new().run("bkill", 255, "", stderr);
         Lsf::cancel(&b, "301".into()).unwrap();
     }
-    let b = Script::new().run("bkill", 255, "", "Job <301>: User permission denied\n");
+    // A refusal of bkill's own, and bjobs confirms the job still runs: an error.
+    let b = Script::new()
+        .run("bkill", 255, "", "Job <301>: User permission denied\n")
+        .ok("bjobs", r#"{"RECORDS":[{"JOBID":"301","STAT":"RUN"}]}"#);
     assert!(matches!(
         Lsf::cancel(&b, "301".into()),
         Err(Error::Backend(_))
@@ -201,4 +205,15 @@ fn malformed_ids_are_refused() {
             "{bad:?}"
         );
     }
+}
+
+#[test]
+fn the_reservation_option_is_managed_not_passed_through() {
+    let mut spec = JobSpec::command("true", Vec::<String>::new());
+    spec.attributes = vec![("lsf.U".into(), "other#0".into())];
+    assert!(
+        matches!(bsub_args(&spec), Err(Error::Invalid(m)) if m.contains("managed by the plugin"))
+    );
+    spec.attributes = vec![("lsf.u".into(), "ops@example.org".into())];
+    assert_eq!(bsub_args(&spec).unwrap(), ["-u", "ops@example.org"]);
 }

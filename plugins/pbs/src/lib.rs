@@ -22,15 +22,29 @@
 //!   `resources_used.walltime` reached `Resource_List.walltime`), negative values PBS's
 //!   own `JOB_EXEC_*` failures. An array (`123[]`) ends with 0 (all subjobs succeeded),
 //!   1 (some failed) or 2 (some deleted or requeued).
+//! - `pbs.*` attributes become `-l resource=value`; names of PBS's identity attributes
+//!   (`-u`'s `User_List`, `group_list`) are refused, so none can change who a job runs as.
+//! - What is PBS's own is here (argv, parsers, table, lookup); the rest is the SDK's,
+//!   wired by the one declaration `PBS` ([`corral_plugin_sdk::batch::Batch`]).
 //! - Torque differs: its `qstat -x` means XML, it has no `-F json`, arrays use `-t` and
 //!   ids `123[]` differently, and states include `C`. Torque is therefore not supported
 //!   by this plugin (its state table still names `C` for completeness).
 
-use corral_plugin_sdk::script::{batch_script, check_line};
-use corral_plugin_sdk::serde_json::{self, Value};
+use std::collections::BTreeMap;
+
+use corral_plugin_sdk::batch::{Batch, Cancel};
+use corral_plugin_sdk::ids::is_number;
+use corral_plugin_sdk::nodes::{Arg, NodeAdmin};
+use corral_plugin_sdk::records::{self, Deserialize};
+use corral_plugin_sdk::script::check_line;
+use corral_plugin_sdk::spec::{self, check_array, check_counts, is_word, Passthrough, TextFlags};
+use corral_plugin_sdk::states::{Facts, Means, Rows, StateTable};
+use corral_plugin_sdk::status::Found;
+use corral_plugin_sdk::submit::Submit;
+use corral_plugin_sdk::Feature::{Arrays, Dependencies, Drain, Gpus, List, Reservations};
 use corral_plugin_sdk::{
-    failure, first_line, log, run, run_ok, Backend, Command, DependencyKind, Error, Feature,
-    JobSpec, JobState, JobStatus, PluginInfo, Scheduler,
+    failure, first_line, run, run_ok, Backend, Command, Error, JobSpec, JobState, JobStatus,
+    Scheduler,
 };
 
 pub struct Pbs;
@@ -39,34 +53,21 @@ corral_plugin_sdk::export_plugin!(Pbs);
 
 /// PBS job states (`job_state`) and what they mean portably; `Ended` ones are read by
 /// [`ended`]. The one place PBS states are interpreted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Queued,
-    Held,
-    Running,
-    Suspended,
-    Completing,
-    Ended,
-    /// Moved to another server: this server cannot tell.
-    Moved,
-}
-
-pub const STATES: &[(&str, Kind)] = &[
-    ("Q", Kind::Queued),
-    ("T", Kind::Queued),
-    ("W", Kind::Queued),
-    ("H", Kind::Held),
-    ("R", Kind::Running),
-    ("B", Kind::Running),
-    ("S", Kind::Suspended),
-    ("U", Kind::Suspended),
-    ("E", Kind::Completing),
-    ("F", Kind::Ended),
-    ("X", Kind::Ended),
-    // Torque's "completed".
-    ("C", Kind::Ended),
-    ("M", Kind::Moved),
+pub const STATES: Rows<&str> = &[
+    (Means::Queued, &["Q", "T", "W"]),
+    (Means::Held, &["H"]),
+    (Means::Running, &["R", "B"]),
+    (Means::Suspended, &["S", "U"]),
+    (Means::Completing, &["E"]),
+    // `C` is Torque's "completed".
+    (Means::Ended, &["F", "X", "C"]),
+    (
+        Means::Unknown("the job moved to another PBS server"),
+        &["M"],
+    ),
 ];
+
+const TABLE: StateTable<&str> = StateTable::new("PBS", STATES);
 
 /// `JOB_EXEC_*` values PBS puts in `Exit_status` when it could not run the job.
 pub const EXEC_FAILURES: &[(i64, &str)] = &[
@@ -96,6 +97,15 @@ pub const EXEC_FAILURES: &[(i64, &str)] = &[
 /// The substate of a job terminated by `qdel` (`JOB_SUBSTATE_TERMINATED`).
 pub const SUBSTATE_TERMINATED: i64 = 91;
 
+/// `pbs.*` attributes become `-l resource=value`, which can ask for resources only.
+/// qsub's `-u` (the job's `User_List`) and `-W group_list` pick the user and group a job
+/// runs as: those names are refused as resource names too, so no attribute ever names
+/// them, whatever qsub makes of it.
+const ATTRIBUTES: Passthrough = Passthrough::new("pbs", is_word)
+    .form("a PBS resource name")
+    .identity("u user_list group_list")
+    .fold_case();
+
 /// One job as `qstat -f -F json` reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -108,10 +118,40 @@ pub struct Record {
     pub walltime_limit: Option<u64>,
 }
 
-fn hms(v: Option<&Value>) -> Option<u64> {
-    let s = v?.as_str()?;
+/// `qstat -f -F json`: the `Jobs` object (absent when there are none), by job id.
+#[derive(Deserialize)]
+#[serde(crate = "corral_plugin_sdk::serde")]
+struct Qstat {
+    #[serde(rename = "Jobs", default)]
+    jobs: BTreeMap<String, Job>,
+}
+
+#[derive(Deserialize)]
+#[serde(crate = "corral_plugin_sdk::serde")]
+struct Job {
+    #[serde(default)]
+    job_state: String,
+    #[serde(default, deserialize_with = "records::int")]
+    substate: Option<i64>,
+    #[serde(rename = "Exit_status", default, deserialize_with = "records::int")]
+    exit_status: Option<i64>,
+    comment: Option<String>,
+    #[serde(default)]
+    resources_used: Walltime,
+    #[serde(rename = "Resource_List", default)]
+    resource_list: Walltime,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(crate = "corral_plugin_sdk::serde")]
+struct Walltime {
+    walltime: Option<String>,
+}
+
+/// Seconds from `HH:MM:SS`.
+fn hms(s: Option<&str>) -> Option<u64> {
     let mut total = 0u64;
-    for part in s.split(':') {
+    for part in s?.split(':') {
         total = total
             .checked_mul(60)?
             .checked_add(part.trim().parse().ok()?)?;
@@ -119,38 +159,20 @@ fn hms(v: Option<&Value>) -> Option<u64> {
     Some(total)
 }
 
-fn int(v: Option<&Value>) -> Option<i64> {
-    match v? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// Parses `qstat -f -F json` output (the `Jobs` object; absent when there are none).
+/// Parses `qstat -f -F json` output.
 pub fn parse_qstat(text: &str) -> Result<Vec<Record>, Error> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let doc: Value = serde_json::from_str(text)
-        .map_err(|e| Error::Backend(format!("qstat printed JSON that does not parse: {e}")))?;
-    let Some(jobs) = doc.get("Jobs").and_then(Value::as_object) else {
-        return Ok(Vec::new());
-    };
-    Ok(jobs
-        .iter()
+    let doc: Qstat = records::json("qstat", text)?;
+    Ok(doc
+        .jobs
+        .into_iter()
         .map(|(id, j)| Record {
-            id: id.clone(),
-            job_state: j
-                .get("job_state")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            substate: int(j.get("substate")),
-            exit_status: int(j.get("Exit_status")),
-            comment: j.get("comment").and_then(Value::as_str).map(str::to_string),
-            walltime_used: hms(j.pointer("/resources_used/walltime")),
-            walltime_limit: hms(j.pointer("/Resource_List/walltime")),
+            id,
+            job_state: j.job_state,
+            substate: j.substate,
+            exit_status: j.exit_status,
+            comment: j.comment,
+            walltime_used: hms(j.resources_used.walltime.as_deref()),
+            walltime_limit: hms(j.resource_list.walltime.as_deref()),
         })
         .collect())
 }
@@ -200,35 +222,16 @@ pub fn ended(r: &Record) -> JobState {
 
 impl Record {
     pub fn status(&self) -> JobStatus {
-        let kind = STATES
-            .iter()
-            .find(|(n, _)| *n == self.job_state)
-            .map(|(_, k)| *k);
-        let state = match kind {
-            Some(Kind::Queued) => JobState::Queued(false),
-            Some(Kind::Held) => JobState::Queued(true),
-            Some(Kind::Running) => JobState::Running,
-            Some(Kind::Suspended) => JobState::Suspended,
-            Some(Kind::Completing) => JobState::Completing,
-            Some(Kind::Ended) => ended(self),
-            Some(Kind::Moved) | None => JobState::Unknown,
-        };
-        let mut s = JobStatus::new(&self.id, state, &self.job_state);
-        if kind == Some(Kind::Ended) {
-            s.exit_code = self
+        let facts = Facts {
+            exit_code: self
                 .exit_status
                 .filter(|c| (0..=255).contains(c))
-                .map(|c| c as i32);
-        }
-        s.message = match kind {
-            Some(Kind::Moved) => Some("the job moved to another PBS server".into()),
-            None => Some(format!("unrecognised PBS job state {:?}", self.job_state)),
-            _ if s.state == JobState::Unknown => {
-                Some("PBS reports the job finished without an exit status".into())
-            }
-            _ => self.comment.clone(),
+                .map(|c| c as i32),
+            note: self.comment.clone(),
+            ended: Some(ended(self)),
+            ..Facts::default()
         };
-        s
+        TABLE.status(&self.id, self.job_state.as_str(), &self.job_state, facts)
     }
 }
 
@@ -238,15 +241,14 @@ pub fn is_job_id(id: &str) -> bool {
         Some((a, b)) => (a, Some(b)),
         None => (id, None),
     };
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
     let seq_ok = match seq.split_once('[') {
         Some((n, rest)) => {
-            digits(n)
+            is_number(n)
                 && rest
                     .strip_suffix(']')
-                    .is_some_and(|i| i.is_empty() || digits(i))
+                    .is_some_and(|i| i.is_empty() || is_number(i))
         }
-        None => digits(seq),
+        None => is_number(seq),
     };
     let server_ok = server.is_none_or(|s| {
         !s.is_empty()
@@ -271,141 +273,61 @@ fn same_job(id: &str, rec_id: &str) -> bool {
     id == rec_id || rec_id.split_once('.').is_some_and(|(seq, _)| seq == id)
 }
 
-fn hhmmss(secs: u64) -> String {
-    format!(
-        "{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
+/// The options for the spec's one-line fields but the queue and reservation (one `-q`,
+/// below). PBS has no working-directory option: the script `cd`s.
+const TEXT: TextFlags = TextFlags::new("-N", "", "-A", "", "", "-o", "-e");
 
 /// The qsub argv (after the program name) for `spec`.
 pub fn qsub_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
+    check_counts(spec)?;
     let mut a: Vec<String> = vec!["-S".into(), "/bin/sh".into()];
-    let mut pair = |field: &str, flag: &str, v: &str| -> Result<(), Error> {
-        check_line(field, v)?;
-        a.push(flag.into());
-        a.push(v.into());
-        Ok(())
-    };
-    if let Some(n) = &spec.name {
-        pair("job name", "-N", n)?;
-    }
-    match (&spec.queue, &spec.reservation) {
+    a.extend(TEXT.argv(spec)?);
+    let queue = match (&spec.queue, &spec.reservation) {
         (Some(_), Some(_)) => {
             return Err(Error::Invalid(
                 "PBS runs a reservation's jobs in the reservation's own queue: set queue or reservation, not both".into(),
             ))
         }
-        (Some(q), None) => pair("queue", "-q", q)?,
+        (Some(q), None) => Some(("queue", q.as_str())),
         // A PBS reservation (R123.server) is a queue named R123.
-        (None, Some(r)) => pair("reservation", "-q", r.split('.').next().unwrap_or(r))?,
-        (None, None) => {}
+        (None, Some(r)) => Some(("reservation", r.split('.').next().unwrap_or(r))),
+        (None, None) => None,
+    };
+    if let Some((field, q)) = queue {
+        check_line(field, q)?;
+        a.extend(["-q".into(), q.into()]);
     }
-    if let Some(acct) = &spec.account {
-        pair("account", "-A", acct)?;
-    }
-    if let Some(p) = &spec.stdout_path {
-        pair("stdout path", "-o", p)?;
-    }
-    if let Some(p) = &spec.stderr_path {
-        pair("stderr path", "-e", p)?;
-    }
-    let mut chunk = Vec::new();
-    let tasks = spec.tasks_per_node.unwrap_or(1);
-    if spec.cpus_per_task.is_some() || spec.tasks_per_node.is_some() {
-        chunk.push(format!("ncpus={}", tasks * spec.cpus_per_task.unwrap_or(1)));
+    let mut select = format!("select={}", spec.nodes.unwrap_or(1));
+    if let Some(cpus) = spec::cpus_per_node(spec) {
+        select.push_str(&format!(":ncpus={cpus}"));
     }
     if let Some(t) = spec.tasks_per_node {
-        chunk.push(format!("mpiprocs={t}"));
+        select.push_str(&format!(":mpiprocs={t}"));
     }
     if let Some(g) = spec.gpus_per_node {
-        chunk.push(format!("ngpus={g}"));
+        select.push_str(&format!(":ngpus={g}"));
     }
     if let Some(mb) = spec.memory_mb {
-        chunk.push(format!("mem={mb}mb"));
+        select.push_str(&format!(":mem={mb}mb"));
     }
-    if spec.nodes.is_some() || !chunk.is_empty() {
-        let n = spec.nodes.unwrap_or(1);
-        if n == 0 || spec.tasks_per_node == Some(0) || spec.cpus_per_task == Some(0) {
-            return Err(Error::Invalid(
-                "nodes, tasks per node and cpus per task must be at least 1".into(),
-            ));
-        }
-        let mut select = format!("select={n}");
-        for c in chunk {
-            select.push(':');
-            select.push_str(&c);
-        }
-        a.push("-l".into());
-        a.push(select);
+    if spec.nodes.is_some() || select.contains(':') {
+        a.extend(["-l".into(), select]);
     }
     if let Some(s) = spec.walltime_seconds {
-        a.push("-l".into());
-        a.push(format!("walltime={}", hhmmss(s)));
+        a.extend(["-l".into(), format!("walltime={}", spec::hhmmss(s))]);
     }
     if let Some(arr) = &spec.array {
-        if arr.step == 0 || arr.first > arr.last {
-            return Err(Error::Invalid(format!(
-                "array {}-{} step {}: first must not exceed last and step must be at least 1",
-                arr.first, arr.last, arr.step
-            )));
-        }
-        let mut j = format!("{}-{}", arr.first, arr.last);
-        if arr.step != 1 {
-            j.push_str(&format!(":{}", arr.step));
-        }
-        if let Some(m) = arr.max_running {
-            j.push_str(&format!("%{m}"));
-        }
-        a.push("-J".into());
-        a.push(j);
+        check_array(arr, 0, "PBS")?;
+        a.extend(["-J".into(), spec::array_range(arr)]);
     }
     if !spec.dependencies.is_empty() {
-        let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-        for d in &spec.dependencies {
-            check_id(&d.job)?;
-            let kind = match d.kind {
-                DependencyKind::AfterStart => "after",
-                DependencyKind::AfterOk => "afterok",
-                DependencyKind::AfterNotOk => "afternotok",
-                DependencyKind::AfterAny => "afterany",
-            };
-            match groups.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, ids)) => ids.push(&d.job),
-                None => groups.push((kind, vec![&d.job])),
-            }
-        }
-        let dep = groups
-            .iter()
-            .map(|(k, ids)| format!("{k}:{}", ids.join(":")))
-            .collect::<Vec<_>>()
-            .join(",");
-        a.push("-W".into());
-        a.push(format!("depend={dep}"));
+        let deps = spec::dependency_list(&spec.dependencies, check_id)?;
+        a.extend(["-W".into(), format!("depend={deps}")]);
     }
-    for (resource, value) in spec.attributes_for("pbs") {
-        let ok = !resource.is_empty()
-            && resource
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            return Err(Error::Invalid(format!(
-                "attribute pbs.{resource}: {resource:?} is not a PBS resource name"
-            )));
-        }
-        check_line(&format!("attribute pbs.{resource}"), value)?;
-        a.push("-l".into());
-        a.push(format!("{resource}={value}"));
+    for (resource, value) in ATTRIBUTES.pairs(spec)? {
+        a.extend(["-l".into(), format!("{resource}={value}")]);
     }
     Ok(a)
-}
-
-fn qsub(spec: &JobSpec) -> Result<Command, Error> {
-    let args = qsub_args(spec)?;
-    let script = batch_script("qsub", &args, spec)?;
-    Ok(Command::new("qsub").args(args).stdin(script))
 }
 
 /// The job id qsub printed.
@@ -421,133 +343,67 @@ pub fn parse_qsub(stdout: &str) -> Result<String, Error> {
     }
 }
 
+const UNKNOWN_JOB: &str = "Unknown Job Id";
+
 fn unknown_job(line: &str) -> bool {
-    line.contains("Unknown Job Id")
+    line.contains(UNKNOWN_JOB)
 }
 
+/// The one lookup: `qstat -f -F json -x` for every id (`-x`: finished jobs too, from the
+/// server's job history).
+fn qstat(b: &dyn Backend, ids: &[String]) -> Result<Vec<Found>, Error> {
+    let cmd = Command::new("qstat")
+        .args(["-f", "-F", "json", "-x"])
+        .args(ids.iter().cloned());
+    let out = run(b, &cmd)?;
+    let stderr = out.stderr_text();
+    // qstat exits non-zero when any id is unknown, and still prints the others.
+    let other_errors = stderr
+        .lines()
+        .any(|l| !l.trim().is_empty() && !unknown_job(l));
+    if !out.success() && other_errors {
+        return Err(failure("qstat", &out));
+    }
+    let recs = parse_qstat(&out.stdout_text())?;
+    Ok(ids.iter().map(|id| found(&recs, &stderr, id)).collect())
+}
+
+/// What qstat said of `id`: its record, or its own words about not knowing it.
+fn found(recs: &[Record], stderr: &str, id: &str) -> Found {
+    if let Some(r) = recs.iter().find(|r| same_job(id, &r.id)) {
+        return Found::Parts(vec![r.status()]);
+    }
+    let said = stderr.lines().find(|l| unknown_job(l) && l.contains(id));
+    Found::Gone(format!(
+        "PBS no longer knows the job (job history disabled or expired): {}",
+        said.map(str::trim).unwrap_or("qstat did not report it")
+    ))
+}
+
+/// This plugin: `qsub` submits, `qstat` looks up, `qdel` cancels, `pbsnodes` drains.
+const PBS: Batch = Batch::new("pbs", env!("CARGO_PKG_VERSION"), SCHEDULER)
+    .features(&[Arrays, Dependencies, Gpus, Reservations, Drain, List])
+    .submit(Submit::script("qsub", qsub_args, parse_qsub))
+    .status(check_id, qstat, None)
+    .cancel(Cancel::new("qdel", &["Job has finished", UNKNOWN_JOB]))
+    .nodes(ADMIN);
+
+const SCHEDULER: &str = "PBS Professional / OpenPBS";
+
 impl Scheduler for Pbs {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "pbs".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            scheduler: "PBS Professional / OpenPBS".into(),
-            features: vec![
-                Feature::Arrays,
-                Feature::Dependencies,
-                Feature::Gpus,
-                Feature::Reservations,
-                Feature::Drain,
-                Feature::List,
-            ],
-        }
-    }
-
-    fn render(_b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
-        let cmd = qsub(&spec)?;
-        Ok(String::from_utf8_lossy(cmd.stdin.as_deref().unwrap_or_default()).into_owned())
-    }
-
-    fn submit(b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
-        let id = parse_qsub(&run_ok(b, &qsub(&spec)?)?)?;
-        log::info(b, &format!("submitted PBS job {id}"));
-        Ok(id)
-    }
-
-    fn status(b: &dyn Backend, ids: Vec<String>) -> Result<Vec<JobStatus>, Error> {
-        let mut unique: Vec<String> = Vec::new();
-        for id in ids {
-            check_id(&id)?;
-            if !unique.contains(&id) {
-                unique.push(id);
-            }
-        }
-        if unique.is_empty() {
-            return Ok(Vec::new());
-        }
-        let cmd = Command::new("qstat")
-            .args(["-f", "-F", "json", "-x"])
-            .args(unique.iter().cloned());
-        let out = run(b, &cmd)?;
-        let stderr = out.stderr_text();
-        // qstat exits non-zero when any id is unknown, and still prints the others.
-        let other_errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !unknown_job(l))
-            .collect();
-        if !out.success() && !other_errors.is_empty() {
-            return Err(failure("qstat", &out));
-        }
-        let recs = parse_qstat(&out.stdout_text())?;
-        Ok(unique
-            .iter()
-            .map(|id| match recs.iter().find(|r| same_job(id, &r.id)) {
-                Some(r) => {
-                    let mut s = r.status();
-                    s.id = id.clone();
-                    s
-                }
-                None => {
-                    let said = stderr
-                        .lines()
-                        .find(|l| unknown_job(l) && l.contains(id.as_str()))
-                        .map(str::trim)
-                        .unwrap_or("qstat did not report it");
-                    let mut s = JobStatus::new(id, JobState::Unknown, "");
-                    s.message = Some(format!(
-                        "PBS no longer knows the job (job history disabled or expired): {said}"
-                    ));
-                    s
-                }
-            })
-            .collect())
-    }
-
-    fn cancel(b: &dyn Backend, id: String) -> Result<(), Error> {
-        check_id(&id)?;
-        let out = run(b, &Command::new("qdel").arg(&id))?;
-        let err = out.stderr_text();
-        if out.success() || err.contains("Job has finished") || unknown_job(&err) {
-            Ok(())
-        } else {
-            Err(failure("qdel", &out))
-        }
-    }
+    const BATCH: Option<Batch> = Some(PBS);
 
     fn list(b: &dyn Backend) -> Result<Vec<JobStatus>, Error> {
         let text = run_ok(b, &Command::new("qstat").args(["-f", "-F", "json"]))?;
         Ok(parse_qstat(&text)?.iter().map(Record::status).collect())
     }
-
-    fn drain_node(b: &dyn Backend, node: String, reason: String) -> Result<(), Error> {
-        check_node(&node)?;
-        check_line("drain reason", &reason)?;
-        let mut cmd = Command::new("pbsnodes").arg("-o");
-        if !reason.is_empty() {
-            cmd = cmd.args(["-C", reason.as_str()]);
-        }
-        run_ok(b, &cmd.arg(node))?;
-        Ok(())
-    }
-
-    fn resume_node(b: &dyn Backend, node: String) -> Result<(), Error> {
-        check_node(&node)?;
-        run_ok(b, &Command::new("pbsnodes").args(["-r", &node]))?;
-        Ok(())
-    }
 }
 
-fn check_node(node: &str) -> Result<(), Error> {
-    let ok = !node.is_empty()
-        && !node.starts_with('-')
-        && node
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.[]".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("{node:?} is not a PBS vnode name")))
-    }
-}
+/// `pbsnodes -o [-C COMMENT] NODE` marks a vnode offline (running jobs finish),
+/// `pbsnodes -r NODE` clears it.
+const ADMIN: NodeAdmin = NodeAdmin::new("pbsnodes", "[]", "PBS vnode name")
+    .drain(&[Arg::Text("-o"), Arg::ReasonFlag("-C"), Arg::Node("")])
+    .resume(&[Arg::Text("-r"), Arg::Node("")]);
 
 #[cfg(test)]
 mod tests;

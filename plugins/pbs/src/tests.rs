@@ -3,7 +3,7 @@
 
 use super::*;
 use corral_plugin_sdk::testing::Script;
-use corral_plugin_sdk::{Dependency, JobArray};
+use corral_plugin_sdk::{Dependency, DependencyKind, JobArray};
 
 const QSTAT: &str = include_str!("../fixtures/qstat-f-json-x.json");
 const QSTAT_UNKNOWN: &str = include_str!("../fixtures/qstat-unknown.stderr");
@@ -42,8 +42,9 @@ fn the_state_table_maps_every_pbs_state() {
     assert_eq!(rec("F").status().state, JobState::Succeeded);
     assert_eq!(rec("M").status().state, JobState::Unknown);
     assert_eq!(rec("Z").status().state, JobState::Unknown);
-    for (i, (n, _)) in STATES.iter().enumerate() {
-        assert!(!STATES[..i].iter().any(|(m, _)| m == n), "{n} listed twice");
+    let states: Vec<&str> = STATES.iter().flat_map(|(_, n)| n.iter().copied()).collect();
+    for (i, n) in states.iter().enumerate() {
+        assert!(!states[..i].contains(n), "{n} listed twice");
     }
 }
 
@@ -162,7 +163,10 @@ fn cancel_of_a_finished_or_forgotten_job_is_not_an_error() {
         let b = Script::new().run("qdel", 35, "", stderr);
         Pbs::cancel(&b, "101.pbs-head".into()).unwrap();
     }
-    let b = Script::new().run("qdel", 1, "", "qdel: Unauthorized Request  101.pbs-head\n");
+    // A refusal of qdel's own, and qstat confirms the job still runs: an error.
+    let b = Script::new()
+        .run("qdel", 1, "", "qdel: Unauthorized Request  101.pbs-head\n")
+        .ok("qstat", r#"{"Jobs":{"101.pbs-head":{"job_state":"R"}}}"#);
     assert!(matches!(
         Pbs::cancel(&b, "101.pbs-head".into()),
         Err(Error::Backend(_))
@@ -271,4 +275,16 @@ fn drain_and_resume_use_pbsnodes_offline_with_a_literal_comment() {
         Pbs::drain_node(&b, "-r".into(), "".into()),
         Err(Error::Invalid(_))
     ));
+}
+
+#[test]
+fn resource_names_of_identity_attributes_are_refused() {
+    for key in ["u", "group_list", "User_List"] {
+        let mut spec = JobSpec::command("true", Vec::<String>::new());
+        spec.attributes = vec![(format!("pbs.{key}"), "root".into())];
+        assert!(
+            matches!(qsub_args(&spec), Err(Error::Invalid(m)) if m.contains("runs as")),
+            "{key}"
+        );
+    }
 }

@@ -13,13 +13,31 @@
 //!   `wasm32-unknown-unknown` (`cargo xtask plugins`), so there is no WASI, no files, no
 //!   sockets, no clock but the host's.
 //! - Programs run by argument vector, never through a shell. Text that must pass through
-//!   a shell script (a batch script's body) is quoted by [`script::sh_quote`], the one
-//!   quoting function plugins use.
+//!   a shell script (a batch script's body) is quoted by [`script::sh_quote`]; text in a
+//!   `key = value` submit description is written under that format's
+//!   [`submit::Escaping`]. Plugins quote by no other means.
 //! - A program that exits non-zero becomes [`Error::Backend`] naming the program, its exit
 //!   status and the first line of what it printed ([`run_ok`]); plugins that treat some
 //!   failures as answers (an already-finished job) look at [`run`]'s output themselves.
 //! - The generated import functions exist only on wasm; off wasm they are unreachable, so
 //!   native code must reach the host only through a [`Backend`].
+//!
+//! A batch-scheduler plugin keeps only what is its own (its argv, its parsers, its state
+//! table) and takes the rest from here:
+//! - [`batch::Batch`] ([`Scheduler::BATCH`]): the one declaration from which `info`,
+//!   `render`, `submit`, `status`, `cancel` and node draining follow; [`batch::Cancel`]
+//!   cancels, confirming through `status` when the cancel program fails.
+//! - [`submit::Submit`]: `render` and `submit` from one argv builder, one stdin builder
+//!   and one id parser; [`submit::Description`] for `key = value` submit descriptions
+//!   under an explicit [`submit::Escaping`].
+//! - [`states::StateTable`]: native states (names, numbers, letters) to portable ones,
+//!   with [`states::Facts`] for holds, exit codes, signals and removal reasons.
+//! - [`status::Resolver`]: live query, then history, de-duplication, aggregation,
+//!   `unknown` with the reasons.
+//! - [`nodes::NodeAdmin`]: `drain_node`/`resume_node` as argv templates.
+//! - [`ids`]: job id and node name checks; [`spec`]: standard refusals, counts, arrays,
+//!   dependency lists and attribute pass-through that never changes identity;
+//!   [`records`]: typed JSON and XML output.
 
 wit_bindgen::generate!({
     world: "plugin",
@@ -36,9 +54,18 @@ pub use corral::scheduler::process::{Command, Output};
 pub use corral::scheduler::types::{
     Dependency, DependencyKind, Error, Feature, JobArray, JobSpec, JobState, JobStatus, PluginInfo,
 };
-pub use serde_json;
+pub use status::unique_ids;
+pub use {serde, serde_json};
 
+pub mod batch;
+pub mod ids;
+pub mod nodes;
+pub mod records;
 pub mod script;
+pub mod spec;
+pub mod states;
+pub mod status;
+pub mod submit;
 pub mod testing;
 
 /// Exports a [`Scheduler`] as the component's `scheduler` interface:
@@ -116,27 +143,67 @@ impl Backend for Host {
 /// A scheduler plugin. Export one with `corral_plugin_sdk::export_plugin!(MyPlugin);`.
 /// Optional exports default to [`Error::Unsupported`]; say what is supported in
 /// `info().features`.
+///
+/// A batch-scheduler plugin declares [`Scheduler::BATCH`] ([`batch::Batch`]: its name,
+/// features, submit program, status lookups, cancel program, node admin program) and
+/// writes only `list`/`logs` where it has them; `info`, `render`, `submit`, `status`,
+/// `cancel`, `drain_node` and `resume_node` follow from the declaration. A plugin that
+/// works otherwise (over HTTP) implements those itself. Without either, `info` names no
+/// plugin (so the host refuses to load it) and the others answer `unsupported`.
 pub trait Scheduler {
-    fn info() -> PluginInfo;
+    /// The plugin's declaration, for a plugin that drives a batch scheduler's programs.
+    const BATCH: Option<batch::Batch> = None;
+    fn info() -> PluginInfo {
+        match Self::BATCH {
+            Some(b) => b.info(),
+            None => PluginInfo::new("", "", "", &[]),
+        }
+    }
     /// Exactly what `submit` would send (the script, or the request body), unsent.
-    fn render(b: &dyn Backend, spec: JobSpec) -> Result<String, Error>;
-    fn submit(b: &dyn Backend, spec: JobSpec) -> Result<String, Error>;
+    fn render(_b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
+        match Self::BATCH.and_then(|b| b.submit) {
+            Some(s) => s.render(&spec),
+            None => Err(Error::Unsupported("render".into())),
+        }
+    }
+    fn submit(b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
+        match Self::BATCH.and_then(|b| b.submit) {
+            Some(s) => s.submit(b, &spec),
+            None => Err(Error::Unsupported("submit".into())),
+        }
+    }
     /// One status per id; a job gone from the live queue is resolved to its real final
     /// state or reported unknown with the reason, never assumed to have succeeded.
-    fn status(b: &dyn Backend, ids: Vec<String>) -> Result<Vec<JobStatus>, Error>;
+    fn status(b: &dyn Backend, ids: Vec<String>) -> Result<Vec<JobStatus>, Error> {
+        match Self::BATCH.and_then(|b| b.status) {
+            Some(lookups) => lookups.resolve(b, ids),
+            None => Err(Error::Unsupported("status".into())),
+        }
+    }
     /// Idempotent: cancelling a job that already ended is not an error.
-    fn cancel(b: &dyn Backend, id: String) -> Result<(), Error>;
+    fn cancel(b: &dyn Backend, id: String) -> Result<(), Error> {
+        match Self::BATCH {
+            Some(batch) => batch.cancel_job(b, &id),
+            None => Err(Error::Unsupported("cancel".into())),
+        }
+    }
     fn list(_b: &dyn Backend) -> Result<Vec<JobStatus>, Error> {
         Err(Error::Unsupported("list".into()))
     }
     fn logs(_b: &dyn Backend, _id: String, _max_bytes: u32) -> Result<String, Error> {
         Err(Error::Unsupported("logs".into()))
     }
-    fn drain_node(_b: &dyn Backend, _node: String, _reason: String) -> Result<(), Error> {
-        Err(Error::Unsupported("drain-node".into()))
+    fn drain_node(b: &dyn Backend, node: String, reason: String) -> Result<(), Error> {
+        match Self::BATCH.and_then(|b| b.nodes) {
+            Some(n) => n.drain_node(b, &node, &reason),
+            None => Err(Error::Unsupported("drain-node".into())),
+        }
     }
-    fn resume_node(_b: &dyn Backend, _node: String) -> Result<(), Error> {
-        Err(Error::Unsupported("resume-node".into()))
+    fn resume_node(b: &dyn Backend, node: String) -> Result<(), Error> {
+        match Self::BATCH.and_then(|b| b.nodes) {
+            Some(n) => n.resume_node(b, &node),
+            None => Err(Error::Unsupported("resume-node".into())),
+        }
     }
 }
 
@@ -205,6 +272,12 @@ impl Command {
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Command {
         self.stdin = Some(bytes.into());
         self
+    }
+
+    /// The stdin this command sends, as text: what a batch plugin's `render` returns, so
+    /// that `render` shows exactly the script `submit` sends.
+    pub fn stdin_text(&self) -> String {
+        String::from_utf8_lossy(self.stdin.as_deref().unwrap_or_default()).into_owned()
     }
 
     /// `program arg...` for messages (arguments in Rust debug quoting, one line).
@@ -368,6 +441,20 @@ impl JobState {
             self,
             JobState::Succeeded | JobState::Failed(_) | JobState::Cancelled | JobState::TimedOut
         )
+    }
+}
+
+impl PluginInfo {
+    /// `info()` in one line: `PluginInfo::new("slurm", env!("CARGO_PKG_VERSION"),
+    /// "Slurm", &[Feature::Arrays])` (the version is the plugin crate's, hence the
+    /// caller's `env!`).
+    pub fn new(name: &str, version: &str, scheduler: &str, features: &[Feature]) -> Self {
+        PluginInfo {
+            name: name.to_string(),
+            version: version.to_string(),
+            scheduler: scheduler.to_string(),
+            features: features.to_vec(),
+        }
     }
 }
 

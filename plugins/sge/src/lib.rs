@@ -23,11 +23,22 @@
 //!   NONE is cancelled; exit 137 (SIGKILL) after `ru_wallclock` reached the `h_rt` of
 //!   the job's `category` timed out; anything else failed, with qacct's reason. A job
 //!   deleted while still queued never reaches accounting, so it ends `unknown`.
+//! - What is Grid Engine's own is here (argv, parsers, letters, lookups); the rest is the
+//!   SDK's, wired by the one declaration `SGE` ([`corral_plugin_sdk::batch::Batch`]).
 
-use corral_plugin_sdk::script::{batch_script, check_line};
+use corral_plugin_sdk::batch::{Batch, Cancel};
+use corral_plugin_sdk::ids::{JobId, Tasks};
+use corral_plugin_sdk::nodes::{Arg, NodeAdmin};
+use corral_plugin_sdk::records;
+use corral_plugin_sdk::script::check_line;
+use corral_plugin_sdk::spec::{self, check_array, check_counts, is_word, Passthrough, TextFlags};
+use corral_plugin_sdk::states::{Facts, Means, Rows, StateTable};
+use corral_plugin_sdk::status::Found;
+use corral_plugin_sdk::submit::Submit;
+use corral_plugin_sdk::Feature::{Arrays, Dependencies, Drain, List, Reservations};
 use corral_plugin_sdk::{
-    aggregate, failure, first_line, log, run, run_ok, Backend, Command, DependencyKind, Error,
-    Feature, JobSpec, JobState, JobStatus, PluginInfo, Scheduler,
+    failure, first_line, run, run_ok, Backend, Command, DependencyKind, Error, JobSpec, JobState,
+    JobStatus, Scheduler,
 };
 
 pub struct Sge;
@@ -36,47 +47,33 @@ corral_plugin_sdk::export_plugin!(Sge);
 
 /// What each letter of a Grid Engine state code means; the first letter found in this
 /// order decides (`Eqw` is in error, `hqw` held, `dr` being deleted).
-pub const LETTERS: &[(char, Letter)] = &[
-    ('d', Letter::Deleting),
-    ('E', Letter::Error),
-    ('h', Letter::Held),
-    ('s', Letter::Suspended),
-    ('S', Letter::Suspended),
-    ('T', Letter::Suspended),
-    ('r', Letter::Running),
-    ('t', Letter::Running),
-    ('q', Letter::Queued),
-    ('w', Letter::Queued),
+pub const LETTERS: Rows<char> = &[
+    (Means::Noted(&Means::Completing, "being deleted"), &['d']),
+    (Means::Noted(&Means::Held, ERROR_STATE), &['E']),
+    (Means::Held, &['h']),
+    (Means::Suspended, &['s', 'S', 'T']),
+    (Means::Running, &['r', 't']),
+    (Means::Queued, &['q', 'w']),
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Letter {
-    Deleting,
-    Error,
-    Held,
-    Suspended,
-    Running,
-    Queued,
-}
+const ERROR_STATE: &str = "in error state: see `qstat -j` for why, `qmod -cj` clears it";
+
+const TABLE: StateTable<char> = StateTable::new("Grid Engine", LETTERS);
+
+const ID: JobId = JobId::new("Grid Engine", Tasks::Joined('.'));
+
+/// `sge.*` attributes become `-l resource=value` (`sge.pe` names the parallel
+/// environment instead). Grid Engine's qsub has no option that picks the user a job runs
+/// as (its `-u` exists for qalter only), and resources cannot, so no key is refused for
+/// identity.
+const ATTRIBUTES: Passthrough =
+    Passthrough::new("sge", is_word).form("a Grid Engine resource name");
 
 /// The portable state of a live Grid Engine state code, with a note when it needs one.
-pub fn live_state(code: &str) -> (JobState, Option<&'static str>) {
-    let letter = LETTERS
-        .iter()
-        .find(|(c, _)| code.contains(*c))
-        .map(|(_, l)| *l);
-    match letter {
-        Some(Letter::Deleting) => (JobState::Completing, Some("being deleted")),
-        Some(Letter::Error) => (
-            JobState::Queued(true),
-            Some("in error state: see `qstat -j` for why, `qmod -cj` clears it"),
-        ),
-        Some(Letter::Held) => (JobState::Queued(true), None),
-        Some(Letter::Suspended) => (JobState::Suspended, None),
-        Some(Letter::Running) => (JobState::Running, None),
-        Some(Letter::Queued) => (JobState::Queued(false), None),
-        None => (JobState::Unknown, Some("unrecognised Grid Engine state")),
-    }
+pub fn live_state(code: &str) -> (JobState, Option<String>) {
+    let means = TABLE.first(|c| code.contains(*c));
+    let s = TABLE.resolve("", means, code, Facts::default());
+    (s.state, s.message)
 }
 
 /// One `job_list` entry of `qstat -xml`.
@@ -88,24 +85,26 @@ pub struct Live {
     pub tasks: Option<String>,
 }
 
+impl Live {
+    fn status(&self) -> JobStatus {
+        let id = match &self.tasks {
+            Some(t) => format!("{}.{t}", self.job),
+            None => self.job.clone(),
+        };
+        let means = TABLE.first(|c| self.state.contains(*c));
+        TABLE.resolve(&id, means, &self.state, Facts::default())
+    }
+}
+
 /// Parses `qstat -xml` (running jobs under `queue_info`, pending under `job_info`).
 pub fn parse_qstat(xml: &str) -> Result<Vec<Live>, Error> {
-    let doc = roxmltree::Document::parse(xml)
-        .map_err(|e| Error::Backend(format!("qstat printed XML that does not parse: {e}")))?;
-    let text = |n: roxmltree::Node, tag: &str| {
-        n.children()
-            .find(|c| c.has_tag_name(tag))
-            .and_then(|c| c.text())
-            .map(|t| t.trim().to_string())
-    };
-    Ok(doc
-        .descendants()
-        .filter(|n| n.has_tag_name("job_list"))
-        .filter_map(|n| {
+    Ok(records::xml("qstat", xml, "job_list")?
+        .iter()
+        .filter_map(|r| {
             Some(Live {
-                job: text(n, "JB_job_number")?,
-                state: text(n, "state").unwrap_or_default(),
-                tasks: text(n, "tasks").filter(|t| !t.is_empty()),
+                job: r.get("JB_job_number")?.to_string(),
+                state: r.get("state").unwrap_or_default().to_string(),
+                tasks: r.get("tasks").map(str::to_string),
             })
         })
         .collect())
@@ -208,23 +207,8 @@ impl Accounted {
     }
 }
 
-/// A job id as `submit` returns it (`123`) or one array task (`123.4`).
-pub fn is_job_id(id: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-    match id.split_once('.') {
-        Some((j, t)) => digits(j) && digits(t),
-        None => digits(id),
-    }
-}
-
 fn check_id(id: &str) -> Result<(), Error> {
-    if is_job_id(id) {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{id:?} is not a Grid Engine job id (expected digits, or JOB.TASK)"
-        )))
-    }
+    ID.check(id)
 }
 
 /// Whether the task list of a `qstat` entry (`2-6:2`, `1`, `1,3`) holds `task`.
@@ -244,56 +228,21 @@ fn tasks_hold(tasks: &str, task: u64) -> bool {
     })
 }
 
-fn hms(secs: u64) -> String {
-    format!(
-        "{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
+/// The options for the spec's one-line fields (`-ar`: an advance reservation, `-wd`:
+/// the working directory).
+const TEXT: TextFlags = TextFlags::new("-N", "-q", "-A", "-ar", "-wd", "-o", "-e");
 
 /// The qsub argv (after the program name) for `spec`.
 pub fn qsub_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
     let mut a: Vec<String> = vec!["-terse".into(), "-S".into(), "/bin/sh".into()];
-    let mut pair = |field: &str, flag: &str, v: &str| -> Result<(), Error> {
-        check_line(field, v)?;
-        a.push(flag.into());
-        a.push(v.into());
-        Ok(())
-    };
-    if let Some(n) = &spec.name {
-        pair("job name", "-N", n)?;
-    }
-    if let Some(q) = &spec.queue {
-        pair("queue", "-q", q)?;
-    }
-    if let Some(acct) = &spec.account {
-        pair("account", "-A", acct)?;
-    }
-    if let Some(r) = &spec.reservation {
-        pair("reservation", "-ar", r)?;
-    }
-    if let Some(d) = &spec.directory {
-        pair("directory", "-wd", d)?;
-    }
-    if let Some(p) = &spec.stdout_path {
-        pair("stdout path", "-o", p)?;
-    }
-    if let Some(p) = &spec.stderr_path {
-        pair("stderr path", "-e", p)?;
-    }
+    a.extend(TEXT.argv(spec)?);
+    check_counts(spec)?;
     let slots = spec.nodes.unwrap_or(1)
         * spec.tasks_per_node.unwrap_or(1)
         * spec.cpus_per_task.unwrap_or(1);
     let wants_pe =
         spec.nodes.is_some() || spec.tasks_per_node.is_some() || spec.cpus_per_task.is_some();
     if wants_pe {
-        if slots == 0 {
-            return Err(Error::Invalid(
-                "nodes, tasks per node and cpus per task must be at least 1".into(),
-            ));
-        }
         let Some(pe) = spec.attribute("sge.pe") else {
             return Err(Error::Invalid(
                 "Grid Engine needs a parallel environment for more than one slot: set the attribute sge.pe to the site's PE name (e.g. smp)".into(),
@@ -307,25 +256,20 @@ pub fn qsub_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
         resources.push(format!("h_vmem={mb}M"));
     }
     if let Some(s) = spec.walltime_seconds {
-        resources.push(format!("h_rt={}", hms(s)));
+        resources.push(format!("h_rt={}", spec::hhmmss(s)));
     }
     if let Some(g) = spec.gpus_per_node {
         resources.push(format!("gpu={g}"));
     }
-    for (resource, value) in spec.attributes_for("sge") {
+    for (resource, value) in ATTRIBUTES.pairs(spec)? {
         if resource == "pe" {
             continue;
         }
-        let ok = !resource.is_empty()
-            && resource
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok || value.contains(',') {
+        if value.contains(',') {
             return Err(Error::Invalid(format!(
-                "attribute sge.{resource}: expected a resource name and a value without ','"
+                "attribute sge.{resource}: a value cannot hold ',', which separates resources"
             )));
         }
-        check_line(&format!("attribute sge.{resource}"), value)?;
         resources.push(format!("{resource}={value}"));
     }
     if !resources.is_empty() {
@@ -333,12 +277,7 @@ pub fn qsub_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
         a.push(resources.join(","));
     }
     if let Some(arr) = &spec.array {
-        if arr.step == 0 || arr.first == 0 || arr.first > arr.last {
-            return Err(Error::Invalid(format!(
-                "array {}-{} step {}: Grid Engine task ids start at 1, first must not exceed last, step at least 1",
-                arr.first, arr.last, arr.step
-            )));
-        }
+        check_array(arr, 1, "Grid Engine")?;
         a.push("-t".into());
         a.push(format!("{}-{}:{}", arr.first, arr.last, arr.step));
         if let Some(m) = arr.max_running {
@@ -364,17 +303,11 @@ pub fn qsub_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
     Ok(a)
 }
 
-fn qsub(spec: &JobSpec) -> Result<Command, Error> {
-    let args = qsub_args(spec)?;
-    let script = batch_script("qsub", &args, spec)?;
-    Ok(Command::new("qsub").args(args).stdin(script))
-}
-
 /// The job id in `qsub -terse` output (`123`, or `123.1-3:1` for an array).
 pub fn parse_qsub(stdout: &str) -> Result<String, Error> {
     let line = first_line(stdout).unwrap_or_default();
     let id = line.split('.').next().unwrap_or("");
-    if is_job_id(id) {
+    if ID.split(id).is_some() {
         Ok(id.to_string())
     } else {
         Err(Error::Backend(format!(
@@ -384,7 +317,8 @@ pub fn parse_qsub(stdout: &str) -> Result<String, Error> {
     }
 }
 
-fn qacct(b: &dyn Backend, id: &str) -> Result<Result<Vec<Accounted>, String>, Error> {
+/// What the accounting file knows of a job that is not in qstat.
+fn qacct(b: &dyn Backend, id: &str) -> Result<Found, Error> {
     let (job, task) = match id.split_once('.') {
         Some((j, t)) => (j, Some(t)),
         None => (id, None),
@@ -394,174 +328,90 @@ fn qacct(b: &dyn Backend, id: &str) -> Result<Result<Vec<Accounted>, String>, Er
         cmd = cmd.args(["-t", t]);
     }
     let out = run(b, &cmd)?;
-    if out.success() {
+    let said = if out.success() {
         let recs = parse_qacct(&out.stdout_text());
-        if recs.is_empty() {
-            return Ok(Err("qacct printed no record".into()));
+        if !recs.is_empty() {
+            return Ok(Found::Parts(recs.iter().map(Accounted::status).collect()));
         }
-        return Ok(Ok(recs));
-    }
-    let said = first_line(&out.stderr_text())
-        .or_else(|| first_line(&out.stdout_text()))
-        .unwrap_or_default();
-    if said.contains("not found") {
-        Ok(Err(said))
+        "qacct printed no record".to_string()
     } else {
-        Err(failure("qacct", &out))
-    }
+        let said = first_line(&out.stderr_text())
+            .or_else(|| first_line(&out.stdout_text()))
+            .unwrap_or_default();
+        if !said.contains("not found") {
+            return Err(failure("qacct", &out));
+        }
+        said
+    };
+    Ok(Found::Gone(format!(
+        "the job is neither queued nor in Grid Engine's accounting (deleted before it ran, or accounting rotated): {said}"
+    )))
 }
+
+/// Every live job (`qstat -xml -u *`: all users').
+fn qstat(b: &dyn Backend) -> Result<Vec<Live>, Error> {
+    parse_qstat(&run_ok(
+        b,
+        &Command::new("qstat").args(["-xml", "-u", "*"]),
+    )?)
+}
+
+/// The live lookup: one `qstat` for every id. Tasks of an array that already ended are
+/// in accounting, not in qstat; while any task is live the array is live, so qstat
+/// suffices.
+fn live(b: &dyn Backend, ids: &[String]) -> Result<Vec<Found>, Error> {
+    let live = qstat(b)?;
+    Ok(ids
+        .iter()
+        .map(|id| Found::Parts(live_parts(&live, id)))
+        .collect())
+}
+
+/// The history: `qacct` for each job not in qstat.
+fn accounting(b: &dyn Backend, ids: &[String]) -> Result<Vec<Found>, Error> {
+    ids.iter().map(|id| qacct(b, id)).collect()
+}
+
+/// The live entries about `id`: a job, or one task of an array.
+fn live_parts(live: &[Live], id: &str) -> Vec<JobStatus> {
+    let (job, task) = match ID.split(id) {
+        Some((j, t)) => (j, t.and_then(|t| t.parse::<u64>().ok())),
+        None => (id, None),
+    };
+    live.iter()
+        .filter(|l| l.job == job)
+        .filter(|l| match (task, &l.tasks) {
+            (None, _) => true,
+            (Some(t), Some(ts)) => tasks_hold(ts, t),
+            (Some(_), None) => false,
+        })
+        .map(Live::status)
+        .collect()
+}
+
+/// This plugin: `qsub` submits, `qdel` cancels, `qmod` disables a host's queues.
+const SGE: Batch = Batch::new("sge", env!("CARGO_PKG_VERSION"), SCHEDULER)
+    .features(&[Arrays, Dependencies, Reservations, Drain, List])
+    .submit(Submit::script("qsub", qsub_args, parse_qsub))
+    .status(check_id, live, Some(accounting))
+    .cancel(Cancel::new("qdel", &["does not exist"]))
+    .nodes(ADMIN);
+
+const SCHEDULER: &str = "Grid Engine (SGE, Son of Grid Engine, Open Grid Scheduler)";
 
 impl Scheduler for Sge {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "sge".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            scheduler: "Grid Engine (SGE, Son of Grid Engine, Open Grid Scheduler)".into(),
-            features: vec![
-                Feature::Arrays,
-                Feature::Dependencies,
-                Feature::Reservations,
-                Feature::Drain,
-                Feature::List,
-            ],
-        }
-    }
-
-    fn render(_b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
-        let cmd = qsub(&spec)?;
-        Ok(String::from_utf8_lossy(cmd.stdin.as_deref().unwrap_or_default()).into_owned())
-    }
-
-    fn submit(b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
-        let id = parse_qsub(&run_ok(b, &qsub(&spec)?)?)?;
-        log::info(b, &format!("submitted Grid Engine job {id}"));
-        Ok(id)
-    }
-
-    fn status(b: &dyn Backend, ids: Vec<String>) -> Result<Vec<JobStatus>, Error> {
-        let mut unique: Vec<String> = Vec::new();
-        for id in ids {
-            check_id(&id)?;
-            if !unique.contains(&id) {
-                unique.push(id);
-            }
-        }
-        if unique.is_empty() {
-            return Ok(Vec::new());
-        }
-        let live = parse_qstat(&run_ok(
-            b,
-            &Command::new("qstat").args(["-xml", "-u", "*"]),
-        )?)?;
-        let mut out = Vec::new();
-        for id in &unique {
-            let (job, task) = match id.split_once('.') {
-                Some((j, t)) => (j, t.parse::<u64>().ok()),
-                None => (id.as_str(), None),
-            };
-            let mine: Vec<JobStatus> = live
-                .iter()
-                .filter(|l| l.job == job)
-                .filter(|l| match (task, &l.tasks) {
-                    (None, _) => true,
-                    (Some(t), Some(ts)) => tasks_hold(ts, t),
-                    (Some(_), None) => false,
-                })
-                .map(|l| {
-                    let (state, note) = live_state(&l.state);
-                    let label = match &l.tasks {
-                        Some(t) => format!("{}.{t}", l.job),
-                        None => l.job.clone(),
-                    };
-                    let mut s = JobStatus::new(&label, state, &l.state);
-                    s.message = note.map(str::to_string);
-                    s
-                })
-                .collect();
-            if !mine.is_empty() {
-                // Tasks of an array that already ended are in accounting, not in
-                // qstat; while any task is live the array is live, so qstat suffices.
-                out.push(aggregate(id, mine));
-                continue;
-            }
-            match qacct(b, id)? {
-                Ok(recs) => out.push(aggregate(id, recs.iter().map(Accounted::status).collect())),
-                Err(said) => {
-                    let mut s = JobStatus::new(id, JobState::Unknown, "");
-                    s.message = Some(format!(
-                        "the job is neither queued nor in Grid Engine's accounting (deleted before it ran, or accounting rotated): {said}"
-                    ));
-                    out.push(s);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn cancel(b: &dyn Backend, id: String) -> Result<(), Error> {
-        check_id(&id)?;
-        let out = run(b, &Command::new("qdel").arg(&id))?;
-        let text = format!("{}{}", out.stdout_text(), out.stderr_text());
-        if out.success() || text.contains("does not exist") {
-            Ok(())
-        } else {
-            Err(failure("qdel", &out))
-        }
-    }
+    const BATCH: Option<Batch> = Some(SGE);
 
     fn list(b: &dyn Backend) -> Result<Vec<JobStatus>, Error> {
-        let live = parse_qstat(&run_ok(
-            b,
-            &Command::new("qstat").args(["-xml", "-u", "*"]),
-        )?)?;
-        Ok(live
-            .iter()
-            .map(|l| {
-                let (state, note) = live_state(&l.state);
-                let id = match &l.tasks {
-                    Some(t) => format!("{}.{t}", l.job),
-                    None => l.job.clone(),
-                };
-                let mut s = JobStatus::new(&id, state, &l.state);
-                s.message = note.map(str::to_string);
-                s
-            })
-            .collect())
-    }
-
-    fn drain_node(b: &dyn Backend, node: String, _reason: String) -> Result<(), Error> {
-        check_node(&node)?;
-        // Disabling every queue instance on the host: running jobs finish, no new ones
-        // start. Grid Engine keeps no reason with it.
-        run_ok(
-            b,
-            &Command::new("qmod").args(["-d".to_string(), format!("*@{node}")]),
-        )?;
-        Ok(())
-    }
-
-    fn resume_node(b: &dyn Backend, node: String) -> Result<(), Error> {
-        check_node(&node)?;
-        run_ok(
-            b,
-            &Command::new("qmod").args(["-e".to_string(), format!("*@{node}")]),
-        )?;
-        Ok(())
+        Ok(qstat(b)?.iter().map(Live::status).collect())
     }
 }
 
-fn check_node(node: &str) -> Result<(), Error> {
-    let ok = !node.is_empty()
-        && !node.starts_with('-')
-        && node
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("{node:?} is not a host name")))
-    }
-}
+/// `qmod -d '*@HOST'` disables every queue instance on the host (running jobs finish,
+/// no new ones start; Grid Engine keeps no reason with it), `qmod -e` enables them.
+const ADMIN: NodeAdmin = NodeAdmin::new("qmod", "", "host name")
+    .drain(&[Arg::Text("-d"), Arg::Node("*@")])
+    .resume(&[Arg::Text("-e"), Arg::Node("*@")]);
 
 #[cfg(test)]
 mod tests;

@@ -136,12 +136,11 @@ fn a_job_nobody_remembers_is_unknown_with_qaccts_words() {
 fn cancel_of_a_job_grid_engine_forgot_is_not_an_error() {
     let b = Script::new().run("qdel", 1, "", QDEL_UNKNOWN);
     Sge::cancel(&b, "999".into()).unwrap();
-    let b = Script::new().run(
-        "qdel",
-        1,
-        "",
-        "error: commlib error: can't connect to service\n",
-    );
+    // qdel cannot reach the qmaster, and neither can qstat's confirmation: an error.
+    let commlib = "error: commlib error: can't connect to service\n";
+    let b = Script::new()
+        .run("qdel", 1, "", commlib)
+        .run("qstat", 1, "", commlib);
     assert!(matches!(
         Sge::cancel(&b, "1".into()),
         Err(Error::Backend(_))
@@ -241,4 +240,11 @@ fn task_lists_match_the_tasks_they_name() {
     assert!(!tasks_hold("2-6:2", 5));
     assert!(tasks_hold("1,3", 3));
     assert!(!tasks_hold("1", 2));
+}
+
+#[test]
+fn a_resource_value_with_a_comma_cannot_add_resources() {
+    let mut spec = JobSpec::command("true", Vec::<String>::new());
+    spec.attributes = vec![("sge.arch".into(), "lx-amd64,h_rt=99:00:00".into())];
+    assert!(matches!(qsub_args(&spec), Err(Error::Invalid(_))));
 }

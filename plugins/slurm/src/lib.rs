@@ -22,64 +22,56 @@
 //! - An array's id (what `submit` returned) stands for all its tasks; their states are
 //!   combined by [`corral_plugin_sdk::aggregate`]. A task id (`12_3`) is its own job.
 //! - Native-to-portable states are the table [`STATES`], the one place they are read.
+//! - `slurm.*` attributes pass through as `--option[=value]`, except those this plugin
+//!   manages and `--uid`/`--gid` (jobs run as the submitting user), abbreviations
+//!   included, since sbatch's getopt_long expands them.
 //! - Stdout/stderr paths are Slurm filename patterns: `%j`, `%A`, `%a` expand there.
+//! - What is Slurm's own is here (argv, parsers, table, lookups); the rest is the SDK's,
+//!   wired by the one declaration `SLURM` ([`corral_plugin_sdk::batch::Batch`]).
 
-use corral_plugin_sdk::script::{batch_script, check_line, check_text};
+use corral_plugin_sdk::batch::{Batch, Cancel};
+use corral_plugin_sdk::ids::{JobId, Tasks};
+use corral_plugin_sdk::nodes::{Arg, NodeAdmin};
+use corral_plugin_sdk::spec::{array_range, check_array, dependency_list, Passthrough, TextFlags};
+use corral_plugin_sdk::states::{Facts, Means, Rows, StateTable};
+use corral_plugin_sdk::status::Found;
+use corral_plugin_sdk::submit::Submit;
+use corral_plugin_sdk::Feature::{Arrays, Dependencies, Drain, Gpus, List, Logs, Reservations};
 use corral_plugin_sdk::{
-    aggregate, failure, first_line, log, run, run_ok, Backend, Command, DependencyKind, Error,
-    Feature, JobSpec, JobState, JobStatus, PluginInfo, Scheduler,
+    failure, first_line, run, Backend, Command, Error, JobSpec, JobState, JobStatus, Scheduler,
 };
 
 pub struct Slurm;
 
 corral_plugin_sdk::export_plugin!(Slurm);
 
-/// How Slurm's job states map to portable ones: the one place they are interpreted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Queued; held when the reason says so ([`HELD_REASONS`]).
-    Pending,
-    Queued,
-    Held,
-    Running,
-    Suspended,
-    Completing,
-    Succeeded,
-    /// Failed, with what the state means.
-    Failed(&'static str),
-    Cancelled,
-    TimedOut,
-}
-
-pub const STATES: &[(&str, Kind)] = &[
-    ("PENDING", Kind::Pending),
-    ("CONFIGURING", Kind::Queued),
-    ("REQUEUED", Kind::Queued),
-    ("REQUEUE_FED", Kind::Queued),
-    ("REQUEUE_HOLD", Kind::Held),
-    ("RESV_DEL_HOLD", Kind::Held),
-    ("RUNNING", Kind::Running),
-    ("RESIZING", Kind::Running),
-    ("SIGNALING", Kind::Running),
-    ("SUSPENDED", Kind::Suspended),
-    ("STOPPED", Kind::Suspended),
-    ("COMPLETING", Kind::Completing),
-    ("STAGE_OUT", Kind::Completing),
-    ("COMPLETED", Kind::Succeeded),
-    ("FAILED", Kind::Failed("the job failed")),
-    ("BOOT_FAIL", Kind::Failed("a node failed to boot")),
-    ("NODE_FAIL", Kind::Failed("a node of the job failed")),
-    ("OUT_OF_MEMORY", Kind::Failed("out of memory")),
-    ("DEADLINE", Kind::Failed("the job's deadline passed")),
-    ("PREEMPTED", Kind::Failed("preempted")),
+/// How Slurm's job states map to portable ones: the one place they are interpreted. A
+/// queued state is held when its reason is one of [`HELD_REASONS`].
+pub const STATES: Rows<&str> = &[
     (
-        "SPECIAL_EXIT",
-        Kind::Failed("special exit (held for requeue)"),
+        Means::Queued,
+        &["PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED"],
     ),
-    ("CANCELLED", Kind::Cancelled),
-    ("REVOKED", Kind::Cancelled),
-    ("TIMEOUT", Kind::TimedOut),
+    (Means::Held, &["REQUEUE_HOLD", "RESV_DEL_HOLD"]),
+    (Means::Running, &["RUNNING", "RESIZING", "SIGNALING"]),
+    (Means::Suspended, &["SUSPENDED", "STOPPED"]),
+    (Means::Completing, &["COMPLETING", "STAGE_OUT"]),
+    (Means::Succeeded, &["COMPLETED"]),
+    (Means::Failed("the job failed"), &["FAILED"]),
+    (Means::Failed("a node failed to boot"), &["BOOT_FAIL"]),
+    (Means::Failed("a node of the job failed"), &["NODE_FAIL"]),
+    (Means::Failed("out of memory"), &["OUT_OF_MEMORY"]),
+    (Means::Failed("the job's deadline passed"), &["DEADLINE"]),
+    (Means::Failed("preempted"), &["PREEMPTED"]),
+    (
+        Means::Failed("special exit (held for requeue)"),
+        &["SPECIAL_EXIT"],
+    ),
+    (Means::Cancelled, &["CANCELLED", "REVOKED"]),
+    (Means::TimedOut, &["TIMEOUT"]),
 ];
+
+const TABLE: StateTable<&str> = StateTable::new("Slurm", STATES);
 
 /// Pending reasons that mean the job waits on a person or another job.
 pub const HELD_REASONS: &[&str] = &[
@@ -89,41 +81,41 @@ pub const HELD_REASONS: &[&str] = &[
     "DependencyNeverSatisfied",
 ];
 
+const ID: JobId = JobId::new("Slurm", Tasks::Joined('_'));
+
 /// The squeue format: ids and states only (`|` cannot occur in any of them).
 const SQUEUE_FORMAT: &str = "%i|%A|%F|%K|%T|%r";
 
-/// sbatch options a `slurm.*` attribute may not set: they would break this plugin's
-/// contract (parsable output, a script on stdin, submit returning at once).
-const RESERVED_OPTIONS: &[&str] = &[
-    "parsable",
-    "wrap",
-    "test-only",
-    "wait",
-    "help",
-    "usage",
-    "version",
-];
+/// `slurm.*` attributes become `--option[=value]`. Refused: options that would break
+/// this plugin's contract (parsable output, a script on stdin, submit returning at
+/// once), and `--uid`/`--gid`, which pick the user the job runs as. sbatch parses with
+/// getopt_long, which expands abbreviations (`--ui=0` is `--uid=0`), so those are
+/// refused too.
+const ATTRIBUTES: Passthrough = Passthrough::new("slurm", |o| {
+    o.starts_with(|c: char| c.is_ascii_lowercase())
+        && o.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+})
+.form("an sbatch long option name")
+.managed("parsable wrap test-only wait help usage version")
+.identity("uid gid")
+.abbreviations();
+
+/// The state word of a native state: `CANCELLED by 0` (sacct) and `CANCELLED+`
+/// (truncated) name the same state.
+fn state_word(native: &str) -> &str {
+    let mut words = native.split(|c: char| c.is_whitespace() || c == '+');
+    words.next().unwrap_or("")
+}
 
 /// The portable state of a native one (`reason`: squeue's `%r` / scontrol's `Reason`).
 pub fn portable(native: &str, reason: &str) -> JobState {
-    // `CANCELLED by 0` (sacct) and `CANCELLED+` (truncated) name the same state.
-    let word = native
-        .split(|c: char| c.is_whitespace() || c == '+')
-        .next()
-        .unwrap_or("");
-    match STATES.iter().find(|(n, _)| *n == word).map(|(_, k)| *k) {
-        Some(Kind::Pending) => JobState::Queued(HELD_REASONS.contains(&reason)),
-        Some(Kind::Queued) => JobState::Queued(false),
-        Some(Kind::Held) => JobState::Queued(true),
-        Some(Kind::Running) => JobState::Running,
-        Some(Kind::Suspended) => JobState::Suspended,
-        Some(Kind::Completing) => JobState::Completing,
-        Some(Kind::Succeeded) => JobState::Succeeded,
-        Some(Kind::Failed(what)) => JobState::Failed(what.to_string()),
-        Some(Kind::Cancelled) => JobState::Cancelled,
-        Some(Kind::TimedOut) => JobState::TimedOut,
-        None => JobState::Unknown,
-    }
+    let facts = Facts {
+        held: HELD_REASONS.contains(&reason),
+        ..Facts::default()
+    };
+    let means = TABLE.means(state_word(native));
+    TABLE.resolve("", means, native, facts).state
 }
 
 /// One job (or array task) as a Slurm command reported it.
@@ -143,39 +135,20 @@ pub struct Record {
 
 impl Record {
     fn status(&self) -> JobStatus {
-        let mut state = portable(&self.native, &self.reason);
-        let mut st = JobStatus::new(&self.display, JobState::Unknown, &self.native);
-        let mut notes = Vec::new();
-        if let Some((code, signal)) = self.exit {
-            if signal == 0 {
-                if state.is_terminal() || state == JobState::Completing {
-                    st.exit_code = Some(code);
-                }
-            } else {
-                notes.push(format!("killed by signal {signal}"));
-            }
-        }
-        if !self.reason.is_empty() && self.reason != "None" {
-            notes.insert(0, self.reason.clone());
-        }
-        if let JobState::Failed(what) = &state {
-            let mut r = what.clone();
-            if let Some(code) = st.exit_code.filter(|c| *c != 0) {
-                r.push_str(&format!(" (exit code {code})"));
-            }
-            if !notes.is_empty() {
-                r.push_str(&format!(": {}", notes.join("; ")));
-            }
-            state = JobState::Failed(r);
-        }
-        if state == JobState::Unknown {
-            notes.push(format!("unrecognised Slurm state {:?}", self.native));
-        }
-        if !notes.is_empty() {
-            st.message = Some(notes.join("; "));
-        }
-        st.state = state;
-        st
+        let (exit_code, signal) = match self.exit {
+            Some((code, 0)) => (Some(code), None),
+            Some((_, signal)) => (None, Some(signal)),
+            None => (None, None),
+        };
+        let facts = Facts {
+            held: HELD_REASONS.contains(&self.reason.as_str()),
+            exit_code,
+            signal,
+            note: Some(self.reason.clone()).filter(|r| !r.is_empty() && r != "None"),
+            ..Facts::default()
+        };
+        let means = TABLE.means(state_word(&self.native));
+        TABLE.resolve(&self.display, means, &self.native, facts)
     }
 
     /// Whether this record is about `id` (a job, an array, or one array task).
@@ -296,40 +269,8 @@ pub fn parse_exit(s: &str) -> Option<(i32, i32)> {
     Some((code.parse().ok()?, signal.parse().ok()?))
 }
 
-/// A Slurm job id as `submit` returns it, or one array task (`12`, `12_3`).
-pub fn is_job_id(id: &str) -> bool {
-    let mut parts = id.splitn(2, '_');
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-    match (parts.next(), parts.next()) {
-        (Some(j), None) => digits(j),
-        (Some(j), Some(t)) => digits(j) && digits(t),
-        _ => false,
-    }
-}
-
 fn check_id(id: &str) -> Result<(), Error> {
-    if is_job_id(id) {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{id:?} is not a Slurm job id (expected digits, or ARRAYID_TASK)"
-        )))
-    }
-}
-
-/// A node name or hostlist expression (`node[01-04]`), as scontrol takes it.
-fn check_node(node: &str) -> Result<(), Error> {
-    let ok = !node.is_empty()
-        && node
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.[],".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{node:?} is not a Slurm node name (letters, digits, '-', '_', '.', or a hostlist like node[01-04])"
-        )))
-    }
+    ID.check(id)
 }
 
 /// `--time` from seconds: `D-HH:MM:SS`.
@@ -343,35 +284,22 @@ fn slurm_time(secs: u64) -> String {
     )
 }
 
+/// The options for the spec's one-line fields.
+const TEXT: TextFlags = TextFlags::new(
+    "--job-name=",
+    "--partition=",
+    "--account=",
+    "--reservation=",
+    "--chdir=",
+    "--output=",
+    "--error=",
+)
+.joined();
+
 /// The sbatch argv (after the program name) for `spec`.
 pub fn sbatch_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
     let mut a = vec!["--parsable".to_string()];
-    let mut opt = |field: &str, flag: &str, v: &str| -> Result<(), Error> {
-        check_line(field, v)?;
-        a.push(format!("--{flag}={v}"));
-        Ok(())
-    };
-    if let Some(n) = &spec.name {
-        opt("job name", "job-name", n)?;
-    }
-    if let Some(q) = &spec.queue {
-        opt("queue", "partition", q)?;
-    }
-    if let Some(acct) = &spec.account {
-        opt("account", "account", acct)?;
-    }
-    if let Some(r) = &spec.reservation {
-        opt("reservation", "reservation", r)?;
-    }
-    if let Some(d) = &spec.directory {
-        opt("directory", "chdir", d)?;
-    }
-    if let Some(p) = &spec.stdout_path {
-        opt("stdout path", "output", p)?;
-    }
-    if let Some(p) = &spec.stderr_path {
-        opt("stderr path", "error", p)?;
-    }
+    a.extend(TEXT.argv(spec)?);
     for (field, flag, v) in [
         ("nodes", "nodes", spec.nodes),
         ("tasks per node", "ntasks-per-node", spec.tasks_per_node),
@@ -392,59 +320,14 @@ pub fn sbatch_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
         a.push(format!("--time={}", slurm_time(s)));
     }
     if let Some(arr) = &spec.array {
-        if arr.step == 0 || arr.first > arr.last {
-            return Err(Error::Invalid(format!(
-                "array {}-{} step {}: first must not exceed last and step must be at least 1",
-                arr.first, arr.last, arr.step
-            )));
-        }
-        let mut s = format!("--array={}-{}", arr.first, arr.last);
-        if arr.step != 1 {
-            s.push_str(&format!(":{}", arr.step));
-        }
-        if let Some(m) = arr.max_running {
-            s.push_str(&format!("%{m}"));
-        }
-        a.push(s);
+        check_array(arr, 0, "Slurm")?;
+        a.push(format!("--array={}", array_range(arr)));
     }
     if !spec.dependencies.is_empty() {
-        let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-        for d in &spec.dependencies {
-            check_id(&d.job)?;
-            let kind = match d.kind {
-                DependencyKind::AfterStart => "after",
-                DependencyKind::AfterOk => "afterok",
-                DependencyKind::AfterNotOk => "afternotok",
-                DependencyKind::AfterAny => "afterany",
-            };
-            match groups.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, ids)) => ids.push(&d.job),
-                None => groups.push((kind, vec![&d.job])),
-            }
-        }
-        let dep = groups
-            .iter()
-            .map(|(k, ids)| format!("{k}:{}", ids.join(":")))
-            .collect::<Vec<_>>()
-            .join(",");
-        a.push(format!("--dependency={dep}"));
+        let deps = dependency_list(&spec.dependencies, check_id)?;
+        a.push(format!("--dependency={deps}"));
     }
-    for (option, value) in spec.attributes_for("slurm") {
-        let well_formed = option.starts_with(|c: char| c.is_ascii_lowercase())
-            && option
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !well_formed {
-            return Err(Error::Invalid(format!(
-                "attribute slurm.{option}: {option:?} is not an sbatch long option name"
-            )));
-        }
-        if RESERVED_OPTIONS.contains(&option) {
-            return Err(Error::Invalid(format!(
-                "attribute slurm.{option}: --{option} is managed by the plugin and cannot be set"
-            )));
-        }
-        check_line(&format!("attribute slurm.{option}"), value)?;
+    for (option, value) in ATTRIBUTES.pairs(spec)? {
         // An empty value is a flag option (`slurm.hold` = "" → `--hold`).
         if value.is_empty() {
             a.push(format!("--{option}"));
@@ -455,36 +338,25 @@ pub fn sbatch_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
     Ok(a)
 }
 
-fn sbatch(spec: &JobSpec) -> Result<Command, Error> {
-    check_text("executable", &spec.executable)?;
-    let args = sbatch_args(spec)?;
-    let script = batch_script("sbatch", &args, spec)?;
-    Ok(Command::new("sbatch").args(args).stdin(script))
-}
-
 /// The job id in `sbatch --parsable` output (`ID` or `ID;CLUSTER`).
 pub fn parse_sbatch(stdout: &str) -> Result<String, Error> {
-    let id = stdout
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .and_then(|l| l.split(';').next())
-        .unwrap_or("")
-        .trim();
-    if is_job_id(id) {
-        Ok(id.to_string())
-    } else {
-        Err(Error::Backend(format!(
+    let line = first_line(stdout).unwrap_or_default();
+    let id = line.split(';').next().unwrap_or("").trim();
+    match ID.split(id) {
+        Some(_) => Ok(id.to_string()),
+        None => Err(Error::Backend(format!(
             "sbatch printed no job id (expected `ID` or `ID;CLUSTER`): {:?}",
             stdout.trim()
-        )))
+        ))),
     }
 }
 
 /// Whether a Slurm command's error output says the job is not (or no longer) known.
 fn says_invalid_job(stderr: &str) -> bool {
-    stderr.contains("Invalid job id specified")
+    stderr.contains(INVALID_JOB)
 }
+
+const INVALID_JOB: &str = "Invalid job id specified";
 
 fn squeue(b: &dyn Backend, jobs: Option<&str>) -> Result<Vec<Record>, Error> {
     let mut cmd = Command::new("squeue").args(["--noheader", "--array", "--states=all"]);
@@ -503,19 +375,31 @@ fn squeue(b: &dyn Backend, jobs: Option<&str>) -> Result<Vec<Record>, Error> {
     }
 }
 
-/// What scontrol, then sacct, know of a job that is not live in squeue.
-enum Resolved {
-    Known(Vec<Record>),
-    /// Neither knows it; why, for the message.
-    Gone(String),
+/// The live lookup: one `squeue` for every id (an array's id finds all its tasks).
+fn live(b: &dyn Backend, ids: &[String]) -> Result<Vec<Found>, Error> {
+    let recs = squeue(b, Some(&ids.join(",")))?;
+    let about = |id: &str| {
+        recs.iter()
+            .filter(|r| r.is_about(id))
+            .map(Record::status)
+            .collect()
+    };
+    Ok(ids.iter().map(|id| Found::Parts(about(id))).collect())
 }
 
-fn resolve(b: &dyn Backend, id: &str) -> Result<Resolved, Error> {
+/// The history, for each job that ended or left squeue: scontrol (exit code, reason),
+/// then sacct. squeue's word stands only if both have forgotten the job.
+fn history(b: &dyn Backend, ids: &[String]) -> Result<Vec<Found>, Error> {
+    ids.iter().map(|id| history_of(b, id)).collect()
+}
+
+/// What scontrol, then sacct, know of a job that is not live in squeue.
+fn history_of(b: &dyn Backend, id: &str) -> Result<Found, Error> {
     let out = run(b, &Command::new("scontrol").args(["show", "job", id]))?;
     let scontrol_said = if out.success() {
         let recs = parse_scontrol(&out.stdout_text());
         if !recs.is_empty() {
-            return Ok(Resolved::Known(recs));
+            return Ok(Found::Parts(recs.iter().map(Record::status).collect()));
         }
         "scontrol printed no job record".to_string()
     } else if says_invalid_job(&out.stderr_text()) {
@@ -532,12 +416,14 @@ fn resolve(b: &dyn Backend, id: &str) -> Result<Resolved, Error> {
     ]);
     let sacct_said = match run(b, &cmd) {
         Ok(out) if out.success() => {
-            let recs: Vec<Record> = parse_sacct(&out.stdout_text())
-                .into_iter()
+            let recs = parse_sacct(&out.stdout_text());
+            let mine: Vec<JobStatus> = recs
+                .iter()
                 .filter(|r| r.is_about(id))
+                .map(Record::status)
                 .collect();
-            if !recs.is_empty() {
-                return Ok(Resolved::Known(recs));
+            if !mine.is_empty() {
+                return Ok(Found::Parts(mine));
             }
             "sacct has no record of it".to_string()
         }
@@ -547,105 +433,28 @@ fn resolve(b: &dyn Backend, id: &str) -> Result<Resolved, Error> {
         // sacct may be ungranted (no accounting here): that is an answer, not a failure.
         Err(e) => format!("sacct could not run: {e:?}"),
     };
-    Ok(Resolved::Gone(format!(
+    Ok(Found::Gone(format!(
         "the job left Slurm's queue and its end is not known: scontrol: {scontrol_said}; sacct: {sacct_said}"
     )))
 }
 
-fn combine(id: &str, recs: &[Record]) -> JobStatus {
-    aggregate(id, recs.iter().map(Record::status).collect())
-}
+/// What scancel says of a job that already ended or that Slurm forgot (Slurm 22.05
+/// exits 0 even then, others 1): either way the job is where cancel wants it.
+const SCANCEL_GONE: &[&str] = &["already completing or completed", INVALID_JOB];
+
+/// This plugin: `sbatch` submits, `scancel` cancels, `scontrol` drains.
+const SLURM: Batch = Batch::new("slurm", env!("CARGO_PKG_VERSION"), "Slurm")
+    .features(&[Arrays, Dependencies, Gpus, Reservations, Drain, Logs, List])
+    .submit(Submit::script("sbatch", sbatch_args, parse_sbatch))
+    .status(check_id, live, Some(history))
+    .cancel(Cancel::new("scancel", SCANCEL_GONE))
+    .nodes(ADMIN);
 
 impl Scheduler for Slurm {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "slurm".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            scheduler: "Slurm".into(),
-            features: vec![
-                Feature::Arrays,
-                Feature::Dependencies,
-                Feature::Gpus,
-                Feature::Reservations,
-                Feature::Drain,
-                Feature::Logs,
-                Feature::List,
-            ],
-        }
-    }
-
-    fn render(_b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
-        let cmd = sbatch(&spec)?;
-        Ok(String::from_utf8_lossy(cmd.stdin.as_deref().unwrap_or_default()).into_owned())
-    }
-
-    fn submit(b: &dyn Backend, spec: JobSpec) -> Result<String, Error> {
-        let cmd = sbatch(&spec)?;
-        let id = parse_sbatch(&run_ok(b, &cmd)?)?;
-        log::info(b, &format!("submitted Slurm job {id}"));
-        Ok(id)
-    }
-
-    fn status(b: &dyn Backend, ids: Vec<String>) -> Result<Vec<JobStatus>, Error> {
-        let mut unique: Vec<String> = Vec::new();
-        for id in ids {
-            check_id(&id)?;
-            if !unique.contains(&id) {
-                unique.push(id);
-            }
-        }
-        if unique.is_empty() {
-            return Ok(Vec::new());
-        }
-        let live = squeue(b, Some(&unique.join(",")))?;
-        let mut out = Vec::with_capacity(unique.len());
-        for id in &unique {
-            let mine: Vec<Record> = live.iter().filter(|r| r.is_about(id)).cloned().collect();
-            let now = combine(id, &mine);
-            if !mine.is_empty() && !now.state.is_terminal() {
-                out.push(now);
-                continue;
-            }
-            // Ended or gone from the queue: the exit code and reason come from scontrol
-            // (or sacct); squeue's word is used only if both have forgotten the job.
-            match resolve(b, id)? {
-                Resolved::Known(recs) => out.push(combine(id, &recs)),
-                Resolved::Gone(_) if !mine.is_empty() => out.push(now),
-                Resolved::Gone(why) => {
-                    let mut s = JobStatus::new(id, JobState::Unknown, "");
-                    s.message = Some(why);
-                    out.push(s);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn cancel(b: &dyn Backend, id: String) -> Result<(), Error> {
-        check_id(&id)?;
-        let out = run(b, &Command::new("scancel").arg(&id))?;
-        let err = out.stderr_text();
-        // Slurm 22.05 exits 0 even then; others exit 1: either way an ended or purged
-        // job is already where cancel wants it.
-        if out.success()
-            || err.contains("already completing or completed")
-            || says_invalid_job(&err)
-        {
-            Ok(())
-        } else {
-            Err(failure("scancel", &out))
-        }
-    }
+    const BATCH: Option<Batch> = Some(SLURM);
 
     fn list(b: &dyn Backend) -> Result<Vec<JobStatus>, Error> {
-        Ok(squeue(b, None)?
-            .iter()
-            .map(|r| {
-                let mut s = r.status();
-                s.id = r.display.clone();
-                s
-            })
-            .collect())
+        Ok(squeue(b, None)?.iter().map(Record::status).collect())
     }
 
     fn logs(b: &dyn Backend, id: String, max_bytes: u32) -> Result<String, Error> {
@@ -676,41 +485,22 @@ impl Scheduler for Slurm {
         }
         Ok(corral_plugin_sdk::tail(&out.stdout, max_bytes))
     }
-
-    fn drain_node(b: &dyn Backend, node: String, reason: String) -> Result<(), Error> {
-        check_node(&node)?;
-        check_line("drain reason", &reason)?;
-        // Slurm refuses to drain without a reason.
-        let reason = if reason.trim().is_empty() {
-            "drained by corral".to_string()
-        } else {
-            reason
-        };
-        run_ok(
-            b,
-            &Command::new("scontrol").args([
-                "update".to_string(),
-                format!("NodeName={node}"),
-                "State=DRAIN".into(),
-                format!("Reason={reason}"),
-            ]),
-        )?;
-        Ok(())
-    }
-
-    fn resume_node(b: &dyn Backend, node: String) -> Result<(), Error> {
-        check_node(&node)?;
-        run_ok(
-            b,
-            &Command::new("scontrol").args([
-                "update".to_string(),
-                format!("NodeName={node}"),
-                "State=RESUME".into(),
-            ]),
-        )?;
-        Ok(())
-    }
 }
+
+/// `scontrol update NodeName=N State=DRAIN Reason=R` (Slurm refuses to drain without a
+/// reason) and `State=RESUME`; a node may be a hostlist (`node[01-04]`).
+const ADMIN: NodeAdmin = NodeAdmin::new("scontrol", "[],", "Slurm node name or hostlist")
+    .drain(&[
+        Arg::Text("update"),
+        Arg::Node("NodeName="),
+        Arg::Text("State=DRAIN"),
+        Arg::Reason("Reason=", "drained by corral"),
+    ])
+    .resume(&[
+        Arg::Text("update"),
+        Arg::Node("NodeName="),
+        Arg::Text("State=RESUME"),
+    ]);
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 
 use super::*;
 use corral_plugin_sdk::testing::Script;
-use corral_plugin_sdk::{Dependency, JobArray};
+use corral_plugin_sdk::{Dependency, DependencyKind, JobArray};
 
 const SQUEUE_MIXED: &str = include_str!("../fixtures/squeue-mixed.txt");
 const SQUEUE_ARRAY_DONE: &str = include_str!("../fixtures/squeue-array-done.txt");
@@ -21,6 +21,11 @@ const SBATCH_PARSABLE: &str = include_str!("../fixtures/sbatch-parsable.txt");
 
 fn ids(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
+}
+
+/// One status for a job's records, as `status` combines them.
+fn combine(id: &str, recs: &[Record]) -> JobStatus {
+    corral_plugin_sdk::aggregate(id, recs.iter().map(Record::status).collect())
 }
 
 fn one(statuses: Vec<JobStatus>) -> JobStatus {
@@ -46,8 +51,9 @@ fn the_state_table_maps_every_slurm_state() {
     assert_eq!(want("TIMEOUT"), JobState::TimedOut);
     assert_eq!(want("SOMETHING_NEW"), JobState::Unknown);
     // Every entry is reachable and no state is listed twice.
-    for (i, (n, _)) in STATES.iter().enumerate() {
-        assert!(!STATES[..i].iter().any(|(m, _)| m == n), "{n} listed twice");
+    let states: Vec<&str> = STATES.iter().flat_map(|(_, n)| n.iter().copied()).collect();
+    for (i, n) in states.iter().enumerate() {
+        assert!(!states[..i].contains(n), "{n} listed twice");
         assert_ne!(portable(n, "None"), JobState::Unknown, "{n}");
     }
 }
@@ -272,12 +278,15 @@ fn cancel_of_a_finished_job_is_not_an_error() {
 
 #[test]
 fn cancel_reports_a_real_failure() {
-    let b = Script::new().run(
-        "scancel",
-        1,
-        "",
-        "scancel: error: Kill job error on job id 4: Access/permission denied\n",
-    );
+    // scancel fails for a reason of its own; squeue confirms the job still runs.
+    let b = Script::new()
+        .run(
+            "scancel",
+            1,
+            "",
+            "scancel: error: Kill job error on job id 4: Access/permission denied\n",
+        )
+        .ok("squeue", "4|4|4|N/A|RUNNING|None\n");
     let e = Slurm::cancel(&b, "4".into()).unwrap_err();
     assert!(
         matches!(&e, Error::Backend(m) if m.contains("permission denied")),
@@ -519,4 +528,33 @@ fn list_reports_every_job_squeue_knows() {
     let all = Slurm::list(&b).unwrap();
     assert_eq!(all.len(), 9);
     assert!(!b.commands()[0].args.iter().any(|a| a.starts_with("--jobs")));
+}
+
+#[test]
+fn attributes_that_would_change_the_user_are_refused_even_abbreviated() {
+    for key in ["uid", "gid", "ui", "gi"] {
+        let mut spec = JobSpec::command("true", Vec::<String>::new());
+        spec.attributes = vec![(format!("slurm.{key}"), "0".into())];
+        let e = sbatch_args(&spec).unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("submitting user")),
+            "{key}: {e:?}"
+        );
+    }
+    // An abbreviation of a managed option is managed too (`--wr` is `--wrap`).
+    let mut spec = JobSpec::command("true", Vec::<String>::new());
+    spec.attributes = vec![("slurm.wr".into(), "id".into())];
+    assert!(
+        matches!(sbatch_args(&spec), Err(Error::Invalid(m)) if m.contains("managed by the plugin"))
+    );
+}
+
+#[test]
+fn a_failed_scancel_of_a_job_that_already_ended_is_confirmed_and_succeeds() {
+    let b = Script::new()
+        .run("scancel", 1, "", "scancel: error: Unexpected error\n")
+        .ok("squeue", "")
+        .ok("scontrol", SCONTROL_COMPLETED);
+    Slurm::cancel(&b, "10".into()).unwrap();
+    b.assert_done();
 }
