@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test corral has: formatting, unit tests, and the integration tests in tests/
+# Runs every test corral has: formatting, lints, unit tests, and the integration tests in tests/
 # (real coordinators and agents over QUIC with real certificates on loopback).
 # Needs the Rust toolchain (rustup, stable); creates a Python venv with a pinned Ray for
 # the Ray tests (installing python3-venv with apt when it is missing and we are root),
@@ -23,6 +23,10 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+
+# Lints: [workspace.lints] plus clippy's defaults, every crate and target, warnings fatal.
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # --- Ray (tests/ray.rs; added with the Ray supervision issue) ---------------------------
 # tests/ray.rs starts real Ray clusters from the venv in CORRAL_RAY_VENV. Unless one is

@@ -30,7 +30,11 @@ fn files(tls: &Path, name: &str) -> TlsFiles {
     }
 }
 
-async fn raw_connect(c: &Cluster, tls: TlsFiles) -> Result<Raw, String> {
+/// The QUIC handshake alone (a coordinator may refuse right after it, before any stream).
+async fn raw_handshake(
+    c: &Cluster,
+    tls: TlsFiles,
+) -> Result<(quinn::Connection, quinn::Endpoint), String> {
     let material = tls.load().map_err(|e| format!("{e:#}"))?;
     let cfg =
         corral_transport::pki::quic_client_config(&material, frame::transport_config()).unwrap();
@@ -41,6 +45,11 @@ async fn raw_connect(c: &Cluster, tls: TlsFiles) -> Result<Raw, String> {
         .unwrap()
         .await
         .map_err(|e| e.to_string())?;
+    Ok((conn, endpoint))
+}
+
+async fn raw_connect(c: &Cluster, tls: TlsFiles) -> Result<Raw, String> {
+    let (conn, endpoint) = raw_handshake(c, tls).await?;
     let (s, r) = conn.open_bi().await.map_err(|e| e.to_string())?;
     Ok(Raw {
         conn,
@@ -61,7 +70,11 @@ fn hello(node: &str, protocol: u32) -> Hello {
 
 /// Waits for the coordinator to close the connection; returns the refusal and reason.
 async fn refusal(raw: &Raw) -> (Refusal, String) {
-    let err = tokio::time::timeout(Duration::from_secs(15), raw.conn.closed())
+    refusal_on(&raw.conn).await
+}
+
+async fn refusal_on(conn: &quinn::Connection) -> (Refusal, String) {
+    let err = tokio::time::timeout(Duration::from_secs(15), conn.closed())
         .await
         .expect("connection not closed");
     match err {
@@ -278,8 +291,12 @@ async fn unknown_protocol_version_gets_a_readable_refusal() {
 async fn operator_certificate_cannot_pose_as_an_agent() {
     let c = cluster_with_good_agent().await;
     c.issue("alice", "operator");
-    let raw = raw_connect(&c, files(&c.tls_dir(), "alice")).await.unwrap();
-    let (why, reason) = refusal(&raw).await;
+    // The refusal may come before the control stream could be opened: wait on the
+    // connection itself.
+    let (conn, _endpoint) = raw_handshake(&c, files(&c.tls_dir(), "alice"))
+        .await
+        .unwrap();
+    let (why, reason) = refusal_on(&conn).await;
     assert_eq!(why, Refusal::NotAnAgent);
     assert!(reason.contains("role operator"), "{reason}");
     assert_good_agent_unharmed(&c).await;

@@ -269,7 +269,8 @@ async fn a_plugin_without_a_process_grant_fails_at_load_naming_the_interface() {
 async fn manifest_errors_name_the_file_and_key_and_a_missing_program_is_a_warning() {
     let Some(wasm) = hostile_wasm() else { return };
     let plugins = Plugins::new(wasm);
-    let cases: Vec<(Box<dyn Fn(&mut ManifestText)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut ManifestText)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|m| m.limits.push_str("memory_gb = 1\n")),
             "hostile.toml: key `limits.memory_gb`: unknown field `memory_gb`",

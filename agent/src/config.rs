@@ -112,6 +112,18 @@ impl Config {
         if let Some(c) = &mut self.coordinator {
             fix(&mut c.state_dir);
         }
+        if let Some(dir) = self.agent.as_mut().and_then(|a| a.state_dir.as_mut()) {
+            fix(dir);
+        }
+        // An empty `gpu.kernel_log` turns the source off; it is not a relative path.
+        if let Some(log) = self
+            .gpu
+            .kernel_log
+            .as_mut()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            fix(log);
+        }
         for p in [
             &mut self.api.token_file,
             &mut self.api.tls_cert,
@@ -197,7 +209,11 @@ impl Config {
                 .clone()
                 .context("the config has no [tls] section")?,
             thresholds: self.health.clone(),
-            gpu: self.gpu.clone(),
+            gpu: GpuConfig {
+                // The GPU failure state lives in the agent's state dir.
+                state_dir: a.state_dir.clone(),
+                ..self.gpu.clone()
+            },
             ray: self.ray.clone(),
             plugins: self.plugins.clone(),
         })
@@ -437,6 +453,26 @@ mod tests {
             assert_eq!(err.key, key, "{body}: {err:?}");
             assert!(err.message.contains(words), "{body}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn agent_state_dir_and_kernel_log_get_absolute_paths() {
+        let dir = tls_dir();
+        let cfg = Config::parse(
+            &format!("[agent]\nname = \"n1\"\ncoordinator = \"h:1\"\nstate_dir = \"state\"\n[gpu]\nbackend = \"nvml\"\nkernel_log = \"kmsg.fifo\"\n{TLS}"),
+            dir.path(),
+        )
+        .unwrap();
+        let opts = cfg.agent_options().unwrap();
+        assert_eq!(opts.gpu.state_dir, Some(dir.path().join("state")));
+        assert_eq!(opts.gpu.kernel_log, Some(dir.path().join("kmsg.fifo")));
+        let off = parse("[agent]\ncoordinator = \"h:1\"\n[gpu]\nkernel_log = \"\"").unwrap();
+        assert_eq!(
+            off.gpu.kernel_log,
+            Some(PathBuf::new()),
+            "empty stays empty: off"
+        );
+        assert_eq!(off.gpu.kernel_log_path(), None);
     }
 
     #[test]

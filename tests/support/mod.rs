@@ -4,6 +4,7 @@
 //! nothing running.
 #![allow(dead_code)]
 
+pub mod fake_programs;
 pub mod slurm;
 
 use std::collections::HashMap;

@@ -1,10 +1,13 @@
 //! `cargo xtask`: the project's build tasks that cargo alone cannot express.
 //!
-//! `cargo xtask plugins [--out DIR] [--toolchain auto|rustup|debian] [NAME...]` builds
-//! every scheduler plugin crate (each folder with a `Cargo.toml` under `plugins/`, except
-//! the `sdk`, and under `tests/plugins/`) for `wasm32-unknown-unknown`, turns each core
-//! module into a component with `wit-component`, and writes `OUT/NAME.wasm` beside a copy
-//! of the crate's manifest `OUT/NAME.toml`, where NAME is the crate's folder name.
+//! `cargo xtask plugins [--out DIR] [--toolchain auto|rustup|debian] [--crate PATH]...
+//! [NAME...]` builds every scheduler plugin crate (each folder with a `Cargo.toml` under
+//! `plugins/`, except the `sdk`, and under `tests/plugins/`) for `wasm32-unknown-unknown`,
+//! turns each core module into a component with `wit-component`, and writes
+//! `OUT/NAME.wasm` beside a copy of the crate's manifest `OUT/NAME.toml`, where NAME is the
+//! crate's folder name. `--crate PATH` builds a plugin crate outside the workspace (one
+//! `corral plugin new --dir` made: its own `[workspace]` and `plugin` profile) the same
+//! way, instead of the workspace's plugins unless NAMEs are given too.
 //!
 //! Invariants and trade-offs:
 //! - OUT defaults to `<target dir>/plugins`; the wasm build itself goes to
@@ -20,6 +23,10 @@
 //! - Each crate is built by its own cargo invocation, so one broken plugin does not
 //!   keep the others from being built; the task still fails, naming every failure.
 //! - Nothing built is committed: `*.wasm` is ignored by git.
+//! - A `--crate` build uses the same `<target dir>/wasm` as the workspace's plugins, so a
+//!   crate that pins the same dependency versions (a `corral plugin new` crate starts
+//!   with a copy of the workspace's `Cargo.lock`) and the same profile reuses what is
+//!   already compiled there instead of building the SDK and its dependencies again.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -35,13 +42,14 @@ const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_STD_SOURCE: &str = "/usr/lib/rustlib/src/rust/library";
 
-const USAGE: &str =
-    "usage: cargo xtask plugins [--out DIR] [--toolchain auto|rustup|debian] [NAME...]
+const USAGE: &str = "usage: cargo xtask plugins [--out DIR] [--toolchain auto|rustup|debian] [--crate PATH]... [NAME...]
 
 Builds the scheduler plugins (plugins/*, except sdk, and tests/plugins/*) for
 wasm32-unknown-unknown, componentizes them, and writes OUT/NAME.wasm and OUT/NAME.toml.
 OUT defaults to <target dir>/plugins (target dir: $CARGO_TARGET_DIR or <workspace>/target).
-NAME limits the build to those plugin folders.";
+NAME limits the build to those plugin folders. --crate PATH builds the plugin crate in
+PATH (outside the workspace, with its own [workspace] and [profile.plugin]; NAME is its
+folder name and PATH/NAME.toml its manifest) instead of the workspace's plugins.";
 
 fn main() -> ExitCode {
     match run() {
@@ -77,6 +85,8 @@ struct Options {
     out: Option<PathBuf>,
     route: Option<Route>,
     only: Vec<String>,
+    /// Plugin crates outside the workspace (`--crate PATH`).
+    crates: Vec<PathBuf>,
 }
 
 impl Options {
@@ -85,6 +95,7 @@ impl Options {
             out: None,
             route: None,
             only: Vec::new(),
+            crates: Vec::new(),
         };
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -102,6 +113,10 @@ impl Options {
                         "debian" => Some(Route::Debian),
                         _ => bail!("--toolchain {v:?}: expected auto, rustup or debian"),
                     };
+                }
+                "--crate" => {
+                    let v = args.next().context("--crate needs a plugin crate folder")?;
+                    o.crates.push(PathBuf::from(v));
                 }
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -123,6 +138,8 @@ struct PluginCrate {
     dir: PathBuf,
     /// The cargo package name.
     package: String,
+    /// A crate outside the workspace: built by `--manifest-path` (its own workspace).
+    external: bool,
 }
 
 impl PluginCrate {
@@ -176,6 +193,9 @@ fn plugins(opts: Options) -> Result<()> {
     let wasm_target = target.join("wasm");
 
     let mut crates = discover(&root)?;
+    if !opts.crates.is_empty() && opts.only.is_empty() {
+        crates.clear();
+    }
     if !opts.only.is_empty() {
         for n in &opts.only {
             if !crates.iter().any(|c| &c.name == n) {
@@ -184,6 +204,9 @@ fn plugins(opts: Options) -> Result<()> {
             }
         }
         crates.retain(|c| opts.only.contains(&c.name));
+    }
+    for path in &opts.crates {
+        crates.push(external_crate(path)?);
     }
     if crates.is_empty() {
         bail!("no plugin crates found under plugins/ or tests/plugins/");
@@ -231,11 +254,40 @@ fn discover(root: &Path) -> Result<Vec<PluginCrate>> {
                 continue;
             }
             let package = package_name(&dir.join("Cargo.toml"))?;
-            found.push(PluginCrate { name, dir, package });
+            found.push(PluginCrate {
+                name,
+                dir,
+                package,
+                external: false,
+            });
         }
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(found)
+}
+
+/// The plugin crate in `path`, a folder outside the workspace (`--crate`).
+fn external_crate(path: &Path) -> Result<PluginCrate> {
+    let dir = std::fs::canonicalize(path)
+        .with_context(|| format!("--crate {}: no such folder", path.display()))?;
+    let cargo_toml = dir.join("Cargo.toml");
+    if !cargo_toml.is_file() {
+        bail!(
+            "--crate {}: no Cargo.toml there; pass the folder of a plugin crate (`corral plugin new NAME --dir DIR` makes one)",
+            path.display()
+        );
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("--crate {}: the folder has no name", path.display()))?;
+    let package = package_name(&cargo_toml)?;
+    Ok(PluginCrate {
+        name,
+        dir,
+        package,
+        external: true,
+    })
 }
 
 fn package_name(manifest: &Path) -> Result<String> {
@@ -383,7 +435,7 @@ fn ensure_debian() -> Result<()> {
     Ok(())
 }
 
-fn cargo_command(route: Route, root: &Path, wasm_target: &Path, package: &str) -> Command {
+fn cargo_command(route: Route, root: &Path, wasm_target: &Path, c: &PluginCrate) -> Command {
     let mut cmd = match route {
         Route::Rustup => Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
         Route::Debian => {
@@ -406,15 +458,12 @@ fn cargo_command(route: Route, root: &Path, wasm_target: &Path, package: &str) -
     };
     cmd.current_dir(root)
         .env("CARGO_TARGET_DIR", wasm_target)
-        .args([
-            "build",
-            "--target",
-            TARGET,
-            "--profile",
-            PROFILE,
-            "--package",
-            package,
-        ]);
+        .args(["build", "--target", TARGET, "--profile", PROFILE]);
+    if c.external {
+        cmd.arg("--manifest-path").arg(c.dir.join("Cargo.toml"));
+    } else {
+        cmd.args(["--package", &c.package]);
+    }
     if route == Route::Debian {
         cmd.arg("-Zbuild-std=std,panic_abort");
     }
@@ -435,7 +484,7 @@ fn build_one(
             manifest.display()
         );
     }
-    let status = cargo_command(route, root, wasm_target, &c.package)
+    let status = cargo_command(route, root, wasm_target, c)
         .status()
         .with_context(|| format!("running cargo for {}", c.package))?;
     if !status.success() {
@@ -490,6 +539,38 @@ mod tests {
         assert_eq!(o.out, Some(PathBuf::from("x")));
         assert_eq!(o.route, Some(Route::Debian));
         assert_eq!(o.only, vec!["slurm", "pbs"]);
+        assert!(o.crates.is_empty());
+        let o = Options::parse(
+            ["--crate", "a/mine", "--crate", "b"]
+                .into_iter()
+                .map(String::from),
+        )
+        .unwrap();
+        assert_eq!(o.crates, [PathBuf::from("a/mine"), PathBuf::from("b")]);
+    }
+
+    #[test]
+    fn a_crate_outside_the_workspace_is_named_by_its_folder_and_built_by_manifest_path() {
+        let dir = std::env::temp_dir().join(format!("xtask-crate-{}", std::process::id()));
+        let krate = dir.join("mine");
+        std::fs::create_dir_all(&krate).unwrap();
+        std::fs::write(
+            krate.join("Cargo.toml"),
+            "[package]\nname = \"corral-plugin-mine\"\n",
+        )
+        .unwrap();
+        let c = external_crate(&krate).unwrap();
+        assert_eq!((c.name.as_str(), c.external), ("mine", true));
+        let cmd = cargo_command(Route::Rustup, &workspace_root(), Path::new("t"), &c);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.contains(&"--manifest-path".to_string()), "{args:?}");
+        assert!(!args.contains(&"--package".to_string()), "{args:?}");
+        let e = external_crate(&dir).unwrap_err().to_string();
+        assert!(e.contains("no Cargo.toml there"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

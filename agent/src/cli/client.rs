@@ -1,5 +1,11 @@
 //! The CLI's client for the coordinator HTTP API. Every failure names the URL and says
 //! what to do; "cannot connect" and "no such node" get their own exit codes.
+//!
+//! Invariants:
+//! - Answers decode into `corral_proto::api` types (or plain JSON), never into a
+//!   daemon's own types: the CLI depends on the API's schema, not on the coordinator.
+//! - [`ApiClient`] is public (`corral::cli::ApiClient`) because `corral-bench` drives
+//!   the API with it; what only the CLI's own commands call stays private to `cli`.
 
 use std::time::Duration;
 
@@ -122,7 +128,7 @@ impl ApiClient {
         self.send(req, what).await
     }
 
-    pub async fn nodes(&self) -> Result<Vec<NodeView>> {
+    pub(super) async fn nodes(&self) -> Result<Vec<NodeView>> {
         self.send(
             self.http.get(format!("{}/api/v1/nodes", self.base)),
             "listing nodes",
@@ -138,7 +144,7 @@ impl ApiClient {
         .await
     }
 
-    pub async fn events(&self, node: Option<&str>, limit: usize) -> Result<Vec<Event>> {
+    pub(super) async fn events(&self, node: Option<&str>, limit: usize) -> Result<Vec<Event>> {
         let mut req = self
             .http
             .get(format!("{}/api/v1/events", self.base))
@@ -149,7 +155,7 @@ impl ApiClient {
         self.send(req, "listing events").await
     }
 
-    pub async fn ping(&self, name: &str) -> Result<u64> {
+    pub(super) async fn ping(&self, name: &str) -> Result<u64> {
         let v: serde_json::Value = self
             .send(
                 self.http
@@ -168,24 +174,5 @@ impl ApiClient {
             "stats",
         )
         .await
-    }
-
-    pub async fn reset_latency(&self) -> Result<()> {
-        let _: serde_json::Value = self
-            .send(
-                self.http
-                    .post(format!("{}/api/v1/stats/reset-latency", self.base)),
-                "reset latency",
-            )
-            .await?;
-        Ok(())
-    }
-
-    pub async fn metrics_text(&self) -> Result<String> {
-        let mut req = self.http.get(format!("{}/metrics", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        Ok(req.send().await?.error_for_status()?.text().await?)
     }
 }

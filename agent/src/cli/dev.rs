@@ -4,9 +4,21 @@
 //! It runs exactly the production code paths (real QUIC, real mutual TLS, real SQLite);
 //! only the wiring is automatic. The state directory is reused across runs, so a restart
 //! keeps the node and its events, just as a production coordinator does.
+//!
+//! Scheduler plugins: every `NAME.wasm` with its `NAME.toml` in one folder is enabled
+//! (`--enable` narrows that). The folder is `--plugins DIR` (or `CORRAL_PLUGINS_DIR`),
+//! else the first of these beside the running binary that holds a plugin:
+//! `../plugins` (`target/debug/corral` finds `target/plugins`, where `cargo xtask
+//! plugins` writes every plugin crate of the checkout, an author's new one included)
+//! and `../lib/corral/plugins` (a package's `/usr/bin/corral` finds the shipped ones).
+//! Compiled components are cached in the state directory, so only the first start pays
+//! for compiling them. Which plugins loaded (or why not) is printed once the agent has
+//! announced them, read back from the dev coordinator's own API: what `corral plugins`
+//! would show. Granted programs are looked up on the `PATH` `corral dev` runs with, so
+//! fake scheduler programs put first on it stand in for a scheduler that is not there.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -18,6 +30,7 @@ use corral_coordinator::registry::Settings;
 use corral_coordinator::CoordinatorOptions;
 use corral_node::health::gpu::GpuConfig;
 use corral_node::health::verdict::Thresholds;
+use corral_node::plugins::PluginsConfig;
 use corral_node::session::AgentOptions;
 use corral_proto::api::DEFAULT_API_PORT;
 use corral_proto::wire::DEFAULT_QUIC_PORT;
@@ -41,6 +54,166 @@ pub struct DevArgs {
     /// Scripted fake GPUs (a JSON script, see docs) instead of NVML.
     #[arg(long)]
     fake_gpus: Option<PathBuf>,
+    /// The folder of scheduler plugins to load (NAME.wasm + NAME.toml; default: the
+    /// built plugins beside this binary, see below).
+    #[arg(long, env = "CORRAL_PLUGINS_DIR")]
+    plugins: Option<PathBuf>,
+    /// Load only these plugins of the folder (comma-separated names; default: all).
+    #[arg(long, value_delimiter = ',')]
+    enable: Vec<String>,
+    /// Load no scheduler plugins.
+    #[arg(long)]
+    no_plugins: bool,
+}
+
+/// Whether `dir` holds at least one plugin.
+fn has_plugins(dir: &Path) -> bool {
+    !plugin_names(dir).is_empty()
+}
+
+/// The plugins in `dir`: each `NAME.wasm` with a `NAME.toml` beside it, sorted.
+fn plugin_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_stem()?.to_str()?.to_string();
+            let ok = path.extension()? == "wasm"
+                && corral_node::plugins::manifest::valid_name(&name)
+                && dir.join(format!("{name}.toml")).is_file();
+            ok.then_some(name)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The built plugins beside the running binary (see the module docs).
+fn default_plugins_dir() -> Option<PathBuf> {
+    plugins_dir_beside(&std::env::current_exe().ok()?)
+}
+
+/// The first folder holding a plugin of `BIN/../plugins` and `BIN/../lib/corral/plugins`,
+/// where BIN is the folder of the binary `exe`.
+fn plugins_dir_beside(exe: &Path) -> Option<PathBuf> {
+    let prefix = exe.parent()?.parent()?;
+    [prefix.join("plugins"), prefix.join("lib/corral/plugins")]
+        .into_iter()
+        .find(|d| has_plugins(d))
+}
+
+/// The plugins to load: the folder and the names enabled in it (none: `None`).
+fn plugins_config(args: &DevArgs, state: &Path) -> Result<(PluginsConfig, String)> {
+    if args.no_plugins {
+        return Ok((PluginsConfig::default(), "none (--no-plugins)".into()));
+    }
+    let Some(dir) = args.plugins.clone().or_else(default_plugins_dir) else {
+        return Ok((
+            PluginsConfig::default(),
+            "none found (build them with `cargo xtask plugins`, or pass --plugins DIR)".into(),
+        ));
+    };
+    let found = plugin_names(&dir);
+    if args.plugins.is_some() && found.is_empty() {
+        anyhow::bail!(
+            "--plugins {}: no plugin there (a plugin is NAME.wasm with its manifest NAME.toml beside it; `cargo xtask plugins --out {}` builds them)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    for name in &args.enable {
+        if !found.contains(name) {
+            anyhow::bail!(
+                "--enable {name}: {} has no {name}.wasm with {name}.toml (it has: {})",
+                dir.display(),
+                found.join(", ")
+            );
+        }
+    }
+    let enable = if args.enable.is_empty() {
+        found
+    } else {
+        args.enable.clone()
+    };
+    let shown = format!("{} ({})", dir.display(), enable.join(", "));
+    let cfg = PluginsConfig {
+        dir: Some(dir),
+        enable,
+        cache_dir: Some(state.join("plugin-cache")),
+    };
+    Ok((cfg, shown))
+}
+
+/// Waits for the dev agent to announce its plugins and prints what loaded, with the
+/// granted programs this `PATH` lacks, and what failed.
+async fn report_plugins(api: String, node: String, cfg: PluginsConfig) {
+    use corral_proto::api::NodePlugins;
+    let Ok(client) = super::ApiClient::new(&super::ApiArgs {
+        api,
+        token_file: None,
+        api_ca: None,
+    }) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let ours = loop {
+        let nodes: Vec<NodePlugins> = client
+            .get_json("/api/v1/plugins", "listing plugins")
+            .await
+            .unwrap_or_default();
+        if let Some(n) = nodes
+            .into_iter()
+            .find(|n| n.node == node && n.announced_ms.is_some())
+        {
+            break n;
+        }
+        if std::time::Instant::now() > deadline {
+            println!("plugins: the agent did not announce its plugins within 5 minutes; see the log above");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let dir = cfg.dir.unwrap_or_default();
+    let path = std::env::var_os("PATH");
+    println!(
+        "plugins loaded: {} of {}",
+        ours.loaded.len(),
+        ours.loaded.len() + ours.failed.len()
+    );
+    let mut any_missing = false;
+    for p in &ours.loaded {
+        let manifest = dir.join(format!("{}.toml", p.info.name));
+        let missing: Vec<String> = corral_node::plugins::Manifest::load(&manifest)
+            .map(|m| {
+                corral_node::plugins::manifest::resolve_programs(&m, path.as_deref())
+                    .missing
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let note = if missing.is_empty() {
+            String::new()
+        } else {
+            any_missing = true;
+            format!("; not on PATH, so denied: {}", missing.join(", "))
+        };
+        println!(
+            "  {} {} ({}){note}",
+            p.info.name, p.info.version, p.info.scheduler
+        );
+    }
+    if any_missing {
+        println!(
+            "  (`corral plugin check {}` lists every load warning)",
+            dir.join("NAME.wasm").display()
+        );
+    }
+    for f in &ours.failed {
+        println!("  {} FAILED: {}", f.name, f.message);
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -76,10 +249,10 @@ fn ensure_certs(tls_dir: &std::path::Path, node: &str) -> Result<(TlsFiles, TlsF
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
-    let state = args.state_dir.unwrap_or_else(default_state_dir);
+    let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
     std::fs::create_dir_all(&state)
         .with_context(|| format!("creating state directory {}", state.display()))?;
-    let node = match args.name {
+    let node = match args.name.clone() {
         Some(n) => {
             pki::validate_name(&n).map_err(anyhow::Error::msg)?;
             n
@@ -87,6 +260,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         None => corral_node::config::default_node_name()?,
     };
     let (coord_tls, agent_tls) = ensure_certs(&state.join("tls"), &node)?;
+    let (plugins, plugins_shown) = plugins_config(&args, &state)?;
 
     let coordinator = corral_coordinator::start(CoordinatorOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], args.quic_port)),
@@ -131,7 +305,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             ray: None,
             thresholds: Thresholds::default(),
             gpu,
-            plugins: Default::default(),
+            plugins: plugins.clone(),
         },
         shutdown.clone(),
     ));
@@ -142,16 +316,26 @@ pub async fn run(args: DevArgs) -> Result<()> {
     } else {
         format!("CORRAL_API={api} ")
     };
+    let plugin_hints = match plugins.enable.first() {
+        Some(first) => format!(
+            "  {env}corral plugins\n  {env}corral submit --scheduler {first} --dry-run -- echo hello\n"
+        ),
+        None => String::new(),
+    };
     println!(
         "\ncorral dev is running (Ctrl-C stops it)\n\
          \n  node:        {node}\
          \n  HTTP API:    {api}   (GET /api/v1/nodes, /api/v1/events, /metrics)\
          \n  QUIC:        {}\
          \n  state:       {}\
-         \n\nIn another terminal:\n  {env}corral nodes\n  {env}corral node {node}\n  {env}corral events\n  curl {api}/metrics\n",
+         \n  plugins:     {plugins_shown}\
+         \n\nIn another terminal:\n  {env}corral nodes\n  {env}corral node {node}\n  {env}corral events\n{plugin_hints}  curl {api}/metrics\n",
         coordinator.quic_addr,
         state.display(),
     );
+    if !plugins.enable.is_empty() {
+        tokio::spawn(report_plugins(api.clone(), node.clone(), plugins));
+    }
 
     tokio::select! {
         _ = super::shutdown_signal() => {}
@@ -166,4 +350,37 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
     coordinator.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_plugins_are_found_beside_a_cargo_build_or_a_package_binary() {
+        let t = tempfile::tempdir().unwrap();
+        let put = |dir: &str, name: &str| {
+            let d = t.path().join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(format!("{name}.wasm")), b"").unwrap();
+            std::fs::write(d.join(format!("{name}.toml")), b"").unwrap();
+        };
+        // target/debug/corral finds target/plugins.
+        put("target/plugins", "slurm");
+        let found = plugins_dir_beside(&t.path().join("target/debug/corral"));
+        assert_eq!(found, Some(t.path().join("target/plugins")));
+        // usr/bin/corral finds usr/lib/corral/plugins.
+        put("usr/lib/corral/plugins", "pbs");
+        let found = plugins_dir_beside(&t.path().join("usr/bin/corral"));
+        assert_eq!(found, Some(t.path().join("usr/lib/corral/plugins")));
+        // A .wasm without its manifest is not a plugin.
+        std::fs::create_dir_all(t.path().join("x/plugins")).unwrap();
+        std::fs::write(t.path().join("x/plugins/lone.wasm"), b"").unwrap();
+        assert_eq!(plugins_dir_beside(&t.path().join("x/bin/corral")), None);
+        put("target/plugins", "example");
+        assert_eq!(
+            plugin_names(&t.path().join("target/plugins")),
+            ["example", "slurm"]
+        );
+    }
 }

@@ -18,14 +18,14 @@ use anyhow::{Context, Result};
 use clap::{Args, CommandFactory};
 
 #[derive(Args, Debug)]
-pub struct CompletionsArgs {
+pub(super) struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_enum)]
     shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]
-pub struct ManArgs {
+pub(super) struct ManArgs {
     /// Write corral.1 and one page per subcommand into this directory (created if
     /// missing); without it, print corral.1 to stdout.
     #[arg(long)]
@@ -33,14 +33,14 @@ pub struct ManArgs {
 }
 
 /// Prints the completion script for `args.shell` to stdout.
-pub fn completions(args: CompletionsArgs) -> Result<()> {
+pub(super) fn completions(args: CompletionsArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     clap_complete::generate(args.shell, &mut super::Cli::command(), "corral", &mut out);
     out.flush().context("writing the completions to stdout")
 }
 
 /// Prints `corral.1`, or writes every page into `--out`.
-pub fn man(args: ManArgs) -> Result<()> {
+pub(super) fn man(args: ManArgs) -> Result<()> {
     match args.out {
         None => {
             let mut out = std::io::stdout().lock();
@@ -71,7 +71,7 @@ fn page(cmd: clap::Command) -> clap_mangen::Man {
 }
 
 /// Writes `corral.1` and a page per visible subcommand into `dir`; returns the files.
-pub fn write_pages(dir: &Path) -> Result<Vec<PathBuf>> {
+fn write_pages(dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = vec![];
     let mut todo = vec![command()];
@@ -129,5 +129,21 @@ mod tests {
             main.starts_with(".ie") || main.contains(".TH corral 1"),
             "{main}"
         );
+    }
+
+    #[test]
+    fn corral_offers_no_load_harness_not_even_a_hidden_one() {
+        // The harnesses are the separate `corral-bench` binary (crates/bench).
+        let cmd = command();
+        let names: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+        assert!(names.contains(&"nodes"), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n.contains("bench")),
+            "corral has a harness subcommand: {names:?}"
+        );
+        let mut help = vec![];
+        command().write_long_help(&mut help).unwrap();
+        let help = String::from_utf8(help).unwrap();
+        assert!(!help.to_lowercase().contains("bench"), "{help}");
     }
 }

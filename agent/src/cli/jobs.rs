@@ -11,17 +11,21 @@
 //! - Job ids are corral's (`c17`); `--after-ok c17` is translated to the native id by the
 //!   coordinator. A malformed id is a usage error (exit 2), an unknown one exit 4.
 //! - Every listing takes `--json` (the API's own JSON, for scripts).
+//! - The text views are tables of columns and fields, as in `show` (`corral jobs` is
+//!   [`JOB_COLUMNS`], `corral status` is [`JOB_FIELDS`] and [`HISTORY_COLUMNS`]): adding
+//!   a field is one entry. `corral plugins` stays hand-built: a node has a row per plugin,
+//!   and rows of different kinds have different cells.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::show::{age, table};
+use super::show::{age, listing, table, write_fields, Column, Field, Layout};
 use super::{ApiArgs, ApiClient};
-use corral_proto::api::{JobId, JobView, NodePlugins, Rendered, SubmitRequest};
-use corral_proto::job::{Dependency, DependencyKind, JobArray, JobSpec, LoadedPlugin};
+use corral_proto::api::{JobId, JobView, NodePlugins, Rendered, SubmitRequest, Transition};
+use corral_proto::job::{Dependency, DependencyKind, JobArray, JobSpec, JobState, LoadedPlugin};
 use corral_proto::model::unix_ms;
 
 /// How long the CLI waits for calls that run a scheduler command (the coordinator's own
@@ -29,7 +33,7 @@ use corral_proto::model::unix_ms;
 const CALL_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Args, Debug)]
-pub struct SubmitArgs {
+pub(super) struct SubmitArgs {
     /// The scheduler plugin to submit through, as `corral plugins` lists them (e.g. slurm).
     #[arg(long)]
     scheduler: String,
@@ -109,7 +113,7 @@ pub struct SubmitArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct JobsArgs {
+pub(super) struct JobsArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -117,7 +121,7 @@ pub struct JobsArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct JobArgs {
+pub(super) struct JobArgs {
     /// A corral job id, e.g. c17.
     #[arg(value_parser = parse_job_id)]
     job: JobId,
@@ -128,7 +132,7 @@ pub struct JobArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct PluginsArgs {
+pub(super) struct PluginsArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -136,9 +140,9 @@ pub struct PluginsArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum PluginCmd {
+pub(super) enum PluginCmd {
     /// Validate a plugin component against the WIT contract and its manifest (no
-    /// coordinator needed): prints what loading it would announce.
+    /// coordinator needed): prints what loading it would announce and every load warning.
     Check {
         /// The component, NAME.wasm.
         file: PathBuf,
@@ -147,11 +151,18 @@ pub enum PluginCmd {
         manifest: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Fail (exit 1) when there is any load warning: a granted program not found, a
+        /// granted host that does not resolve, a limit left to its default.
+        #[arg(long)]
+        strict: bool,
     },
+    /// Scaffold a plugin crate (manifest, state table, fixtures, native tests) that
+    /// builds with `cargo xtask plugins` and passes `corral plugin check` as it is.
+    New(super::authoring::NewArgs),
 }
 
 /// Sizes as schedulers count them: `4G` is 4096 MiB. Returns MiB.
-pub fn parse_memory_mb(s: &str) -> Result<u64, String> {
+fn parse_memory_mb(s: &str) -> Result<u64, String> {
     let bad = || {
         format!("{s:?} is not a size; use a number with a unit, like 4G, 512M or 1.5T (binary units), or a plain number of MiB")
     };
@@ -180,7 +191,7 @@ pub fn parse_memory_mb(s: &str) -> Result<u64, String> {
 /// A wall-clock limit in seconds: `1h30m` (any humantime duration), `HH:MM:SS`, or
 /// Slurm's `D-HH[:MM[:SS]]`. A bare number or `MM:SS` is refused: schedulers disagree on
 /// what they mean.
-pub fn parse_walltime(s: &str) -> Result<u64, String> {
+fn parse_walltime(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let hint = "use a unit (90m, 1h30m, 2d) or HH:MM:SS (01:30:00) or D-HH:MM:SS";
     let secs = if t.chars().all(|c| c.is_ascii_digit()) && !t.is_empty() {
@@ -231,7 +242,7 @@ pub fn parse_walltime(s: &str) -> Result<u64, String> {
 }
 
 /// `FIRST[-LAST[:STEP]][%MAX_RUNNING]`.
-pub fn parse_array(s: &str) -> Result<JobArray, String> {
+fn parse_array(s: &str) -> Result<JobArray, String> {
     let bad =
         |why: &str| format!("{s:?}: {why}; write FIRST[-LAST[:STEP]][%MAX_RUNNING], e.g. 1-10:2%3");
     let (range, max) = match s.split_once('%') {
@@ -270,7 +281,7 @@ pub fn parse_array(s: &str) -> Result<JobArray, String> {
 }
 
 /// `KEY=VALUE` (the value may hold `=`).
-pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
@@ -322,7 +333,7 @@ impl SubmitArgs {
     }
 }
 
-pub async fn submit(a: SubmitArgs) -> Result<()> {
+pub(super) async fn submit(a: SubmitArgs) -> Result<()> {
     let req = SubmitRequest {
         scheduler: a.scheduler.clone(),
         spec: a.spec(),
@@ -362,7 +373,7 @@ pub async fn submit(a: SubmitArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn jobs(a: JobsArgs) -> Result<()> {
+pub(super) async fn jobs(a: JobsArgs) -> Result<()> {
     let jobs: Vec<JobView> = ApiClient::new(&a.api)?
         .get_json("/api/v1/jobs", "listing jobs")
         .await?;
@@ -374,7 +385,7 @@ pub async fn jobs(a: JobsArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn status(a: JobArgs) -> Result<()> {
+pub(super) async fn status(a: JobArgs) -> Result<()> {
     let job: JobView = ApiClient::new(&a.api)?
         .get_json(
             &format!("/api/v1/jobs/{}", a.job),
@@ -389,7 +400,7 @@ pub async fn status(a: JobArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn cancel(a: JobArgs) -> Result<()> {
+pub(super) async fn cancel(a: JobArgs) -> Result<()> {
     let job: JobView = ApiClient::new(&a.api)?
         .post_json::<(), _>(
             &format!("/api/v1/jobs/{}/cancel", a.job),
@@ -414,7 +425,7 @@ pub async fn cancel(a: JobArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn plugins(a: PluginsArgs) -> Result<()> {
+pub(super) async fn plugins(a: PluginsArgs) -> Result<()> {
     let nodes: Vec<NodePlugins> = ApiClient::new(&a.api)?
         .get_json("/api/v1/plugins", "listing plugins")
         .await?;
@@ -426,27 +437,15 @@ pub async fn plugins(a: PluginsArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn plugin(cmd: PluginCmd) -> Result<()> {
+pub(super) async fn plugin(cmd: PluginCmd) -> Result<()> {
     match cmd {
         PluginCmd::Check {
             file,
             manifest,
             json,
-        } => {
-            let f = file.clone();
-            let loaded = tokio::task::spawn_blocking(move || {
-                corral_node::plugins::check_file(&f, manifest.as_deref())
-            })
-            .await
-            .context("the plugin check stopped")?
-            .with_context(|| format!("{} is not a usable plugin", file.display()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&loaded)?);
-            } else {
-                print!("{}", plugin_summary(&file, &loaded));
-            }
-            Ok(())
-        }
+            strict,
+        } => super::authoring::check(file, manifest, json, strict).await,
+        PluginCmd::New(a) => super::authoring::new(a),
     }
 }
 
@@ -472,41 +471,85 @@ fn command_line(spec: &JobSpec) -> String {
         .join(" ")
 }
 
-pub fn jobs_table(jobs: &[JobView], now_ms: u64) -> String {
-    let rows: Vec<Vec<String>> = jobs
-        .iter()
-        .map(|j| {
-            vec![
-                j.id.to_string(),
-                j.scheduler.clone(),
-                or_dash(j.native_id.as_deref()),
-                j.state_word.clone(),
-                j.spec
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| j.spec.executable.clone()),
-                j.node.clone(),
-                age(now_ms, Some(j.submitted_ms)),
-                age(now_ms, Some(j.updated_ms)),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "JOB",
-            "SCHEDULER",
-            "NATIVE",
-            "STATE",
-            "NAME",
-            "NODE",
-            "SUBMITTED",
-            "CHANGED",
-        ],
-        &rows,
-    )
+/// `corral jobs`, one row per job.
+const JOB_COLUMNS: &[Column<JobView>] = &[
+    ("JOB", |j, _| j.id.to_string()),
+    ("SCHEDULER", |j, _| j.scheduler.clone()),
+    ("NATIVE", |j, _| or_dash(j.native_id.as_deref())),
+    ("STATE", |j, _| j.state_word.clone()),
+    ("NAME", |j, _| {
+        j.spec
+            .name
+            .clone()
+            .unwrap_or_else(|| j.spec.executable.clone())
+    }),
+    ("NODE", |j, _| j.node.clone()),
+    ("SUBMITTED", |j, now| age(now, Some(j.submitted_ms))),
+    ("CHANGED", |j, now| age(now, Some(j.updated_ms))),
+];
+
+fn jobs_table(jobs: &[JobView], now_ms: u64) -> String {
+    listing(JOB_COLUMNS, jobs, now_ms)
 }
 
-pub fn job_detail(j: &JobView, now_ms: u64) -> String {
+/// The job detail's lines under its heading: values in column 13.
+const JOB_DETAIL: Layout = Layout {
+    indent: "",
+    width: 11,
+};
+
+/// `corral status JOB`, after the heading and before the history.
+const JOB_FIELDS: &[Field<JobView>] = &[
+    ("State:", |j, now| {
+        let native = j
+            .native_state
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        Some(format!(
+            "{}{native}, for {}",
+            j.state_word,
+            age(now, Some(j.updated_ms))
+        ))
+    }),
+    ("Reason:", |j, _| match &j.state {
+        Some(JobState::Failed { reason }) => Some(reason.clone()),
+        _ => None,
+    }),
+    ("Message:", |j, _| j.message.clone()),
+    ("Exit code:", |j, _| j.exit_code.map(|c| c.to_string())),
+    ("Name:", |j, _| j.spec.name.clone()),
+    ("Command:", |j, _| Some(command_line(&j.spec))),
+    ("After:", |j, _| {
+        let deps = &j.spec.dependencies;
+        (!deps.is_empty()).then(|| {
+            deps.iter()
+                .map(|d| format!("{} {}", dependency_word(d.kind), d.job))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }),
+    ("Submitted:", |j, now| {
+        Some(format!("{} ago", age(now, Some(j.submitted_ms))))
+    }),
+    ("Last poll:", |j, now| {
+        Some(match j.polled_ms {
+            Some(t) => format!("{} ago", age(now, Some(t))),
+            None => "never".into(),
+        })
+    }),
+    ("Not refreshed:", |j, _| j.poll_error.clone()),
+];
+
+/// A job's state history, oldest first.
+const HISTORY_COLUMNS: &[Column<Transition>] = &[
+    ("WHEN", |t, now| format!("{} ago", age(now, Some(t.at_ms)))),
+    ("STATE", |t, _| t.state.clone()),
+    ("NATIVE", |t, _| or_dash(t.native_state.as_deref())),
+    ("MESSAGE", |t, _| or_dash(t.message.as_deref())),
+];
+
+fn job_detail(j: &JobView, now_ms: u64) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(
@@ -517,63 +560,10 @@ pub fn job_detail(j: &JobView, now_ms: u64) -> String {
         or_dash(j.native_id.as_deref()),
         j.node
     );
-    let native = j
-        .native_state
-        .as_deref()
-        .map(|n| format!(" ({n})"))
-        .unwrap_or_default();
-    let _ = writeln!(
-        s,
-        "State:      {}{native}, for {}",
-        j.state_word,
-        age(now_ms, Some(j.updated_ms))
-    );
-    if let Some(corral_proto::job::JobState::Failed { reason }) = &j.state {
-        let _ = writeln!(s, "Reason:     {reason}");
-    }
-    if let Some(m) = &j.message {
-        let _ = writeln!(s, "Message:    {m}");
-    }
-    if let Some(code) = j.exit_code {
-        let _ = writeln!(s, "Exit code:  {code}");
-    }
-    if let Some(n) = &j.spec.name {
-        let _ = writeln!(s, "Name:       {n}");
-    }
-    let _ = writeln!(s, "Command:    {}", command_line(&j.spec));
-    if !j.spec.dependencies.is_empty() {
-        let deps: Vec<String> = j
-            .spec
-            .dependencies
-            .iter()
-            .map(|d| format!("{} {}", dependency_word(d.kind), d.job))
-            .collect();
-        let _ = writeln!(s, "After:      {}", deps.join(", "));
-    }
-    let _ = writeln!(s, "Submitted:  {} ago", age(now_ms, Some(j.submitted_ms)));
-    let polled = match j.polled_ms {
-        Some(t) => format!("{} ago", age(now_ms, Some(t))),
-        None => "never".into(),
-    };
-    let _ = writeln!(s, "Last poll:  {polled}");
-    if let Some(e) = &j.poll_error {
-        let _ = writeln!(s, "Not refreshed: {e}");
-    }
+    write_fields(&mut s, JOB_DETAIL, JOB_FIELDS, j, now_ms);
     if !j.history.is_empty() {
         s.push_str("\nHistory:\n");
-        let rows: Vec<Vec<String>> = j
-            .history
-            .iter()
-            .map(|t| {
-                vec![
-                    format!("{} ago", age(now_ms, Some(t.at_ms))),
-                    t.state.clone(),
-                    or_dash(t.native_state.as_deref()),
-                    or_dash(t.message.as_deref()),
-                ]
-            })
-            .collect();
-        for line in table(&["WHEN", "STATE", "NATIVE", "MESSAGE"], &rows).lines() {
+        for line in listing(HISTORY_COLUMNS, &j.history, now_ms).lines() {
             let _ = writeln!(s, "  {line}");
         }
     }
@@ -615,7 +605,7 @@ fn grants_summary(p: &LoadedPlugin) -> String {
     }
 }
 
-pub fn plugins_table(nodes: &[NodePlugins]) -> String {
+fn plugins_table(nodes: &[NodePlugins]) -> String {
     let mut rows = vec![];
     for n in nodes {
         let node = if n.connected {
@@ -663,32 +653,48 @@ pub fn plugins_table(nodes: &[NodePlugins]) -> String {
     )
 }
 
-fn plugin_summary(file: &std::path::Path, p: &LoadedPlugin) -> String {
-    let features: Vec<String> = p
-        .info
-        .features
-        .iter()
-        .map(|f| {
-            serde_json::to_value(f)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        })
-        .collect();
-    format!(
-        "{}: ok\n  plugin:    {} {} ({})\n  features:  {}\n  digest:    {}\n  grants:    {}\n",
-        file.display(),
-        p.info.name,
-        p.info.version,
-        p.info.scheduler,
-        if features.is_empty() {
+/// `corral plugin check FILE`'s lines under "FILE: ok": values in column 14.
+const PLUGIN_DETAIL: Layout = Layout {
+    indent: "  ",
+    width: 10,
+};
+
+/// What loading a plugin would announce.
+const PLUGIN_FIELDS: &[Field<LoadedPlugin>] = &[
+    ("plugin:", |p, _| {
+        Some(format!(
+            "{} {} ({})",
+            p.info.name, p.info.version, p.info.scheduler
+        ))
+    }),
+    ("features:", |p, _| {
+        let features: Vec<String> = p
+            .info
+            .features
+            .iter()
+            .map(|f| {
+                serde_json::to_value(f)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .collect();
+        Some(if features.is_empty() {
             "none".into()
         } else {
             features.join(", ")
-        },
-        p.digest,
-        grants_summary(p)
-    )
+        })
+    }),
+    ("digest:", |p, _| Some(p.digest.clone())),
+    ("grants:", |p, _| Some(grants_summary(p))),
+];
+
+/// `corral plugin check FILE`'s answer for a usable plugin (`authoring` adds its
+/// warnings below).
+pub(super) fn plugin_summary(file: &std::path::Path, p: &LoadedPlugin) -> String {
+    let mut s = format!("{}: ok\n", file.display());
+    write_fields(&mut s, PLUGIN_DETAIL, PLUGIN_FIELDS, p, 0);
+    s
 }
 
 #[cfg(test)]
@@ -870,5 +876,155 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(command_line(&spec), r"/bin/sh -c 'echo '\''hi'\''; id' ''");
+    }
+
+    fn full_job() -> JobView {
+        use corral_proto::api::Phase;
+        JobView {
+            id: JobId(17),
+            scheduler: "slurm".into(),
+            node: "node-a".into(),
+            native_id: Some("4242".into()),
+            phase: Phase::Submitted,
+            state: Some(JobState::Failed {
+                reason: "NodeFail".into(),
+            }),
+            state_word: "failed".into(),
+            native_state: Some("NODE_FAIL".into()),
+            exit_code: Some(137),
+            message: Some("node went away".into()),
+            spec: JobSpec {
+                name: Some("train".into()),
+                executable: "/bin/sh".into(),
+                arguments: vec!["-c".into(), "echo hi".into()],
+                dependencies: vec![
+                    Dependency {
+                        kind: DependencyKind::AfterOk,
+                        job: "c3".into(),
+                    },
+                    Dependency {
+                        kind: DependencyKind::AfterAny,
+                        job: "c4".into(),
+                    },
+                ],
+                ..Default::default()
+            },
+            submitted_ms: 1_000,
+            updated_ms: 50_000,
+            polled_ms: Some(60_000),
+            poll_error: Some("agent node-a is not connected".into()),
+            history: vec![
+                Transition {
+                    at_ms: 1_000,
+                    state: "queued".into(),
+                    native_state: Some("PENDING".into()),
+                    message: None,
+                },
+                Transition {
+                    at_ms: 50_000,
+                    state: "failed".into(),
+                    native_state: None,
+                    message: Some("node went away".into()),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn job_detail_shows_every_field_the_job_has_with_values_in_one_column() {
+        let d = job_detail(&full_job(), 61_000);
+        assert_eq!(
+            d,
+            "c17  slurm job 4242 on node node-a\n\
+             State:      failed (NODE_FAIL), for 11.0s\n\
+             Reason:     NodeFail\n\
+             Message:    node went away\n\
+             Exit code:  137\n\
+             Name:       train\n\
+             Command:    /bin/sh -c 'echo hi'\n\
+             After:      after-ok c3, after-any c4\n\
+             Submitted:  1m ago\n\
+             Last poll:  1.0s ago\n\
+             Not refreshed: agent node-a is not connected\n\
+             \n\
+             History:\n\
+             \x20 WHEN       STATE   NATIVE   MESSAGE\n\
+             \x20 1m ago     queued  PENDING  -\n\
+             \x20 11.0s ago  failed  -        node went away\n"
+        );
+        for (label, _) in JOB_FIELDS {
+            assert!(d.contains(&format!("\n{label} ")), "no {label} line");
+        }
+    }
+
+    #[test]
+    fn job_detail_leaves_out_what_a_job_being_submitted_lacks() {
+        use corral_proto::api::Phase;
+        let job = JobView {
+            native_id: None,
+            phase: Phase::Submitting,
+            state: None,
+            state_word: "submitting".into(),
+            native_state: None,
+            exit_code: None,
+            message: None,
+            spec: JobSpec {
+                executable: "true".into(),
+                ..Default::default()
+            },
+            updated_ms: 1_000,
+            polled_ms: None,
+            poll_error: None,
+            history: vec![],
+            ..full_job()
+        };
+        assert_eq!(
+            job_detail(&job, 61_000),
+            "c17  slurm job - on node node-a\n\
+             State:      submitting, for 1m\n\
+             Command:    true\n\
+             Submitted:  1m ago\n\
+             Last poll:  never\n"
+        );
+        let t = jobs_table(&[full_job(), job], 61_000);
+        let want: Vec<&str> = JOB_COLUMNS.iter().map(|(h, _)| *h).collect();
+        assert_eq!(
+            t.lines()
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            want
+        );
+        assert!(
+            t.contains("c17  slurm      -       submitting  true"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn plugin_check_summary_names_features_digest_and_grants() {
+        use corral_proto::job::{Feature, Grants, PluginInfo};
+        let p = LoadedPlugin {
+            info: PluginInfo {
+                name: "slurm".into(),
+                version: "1.0".into(),
+                scheduler: "Slurm".into(),
+                features: vec![Feature::Arrays, Feature::Gpus],
+            },
+            digest: "0123abcd".into(),
+            grants: Grants {
+                programs: vec![("sbatch".into(), "/usr/bin/sbatch".into())],
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            plugin_summary(std::path::Path::new("/x/slurm.wasm"), &p),
+            "/x/slurm.wasm: ok\n  \
+             plugin:    slurm 1.0 (Slurm)\n  \
+             features:  arrays, gpus\n  \
+             digest:    0123abcd\n  \
+             grants:    programs: sbatch=/usr/bin/sbatch\n"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! 3 the coordinator API cannot be reached; 4 the named node, job or scheduler does not
 //! exist.
 
+mod authoring;
 mod client;
 mod dev;
 mod generate;
@@ -186,7 +187,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log_format);
     // A client command makes one request or two: one thread, no hand-offs between
     // threads, is the quickest start and answer (`corral submit` is timed against
-    // `sbatch` in `corral bench submit`).
+    // `sbatch` in `corral-bench submit`).
     let client = matches!(
         cli.command,
         Cmd::Nodes { .. }

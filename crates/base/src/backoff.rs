@@ -11,10 +11,17 @@ use rand::Rng;
 
 /// Delay before retry `attempt` (0 for the first retry).
 pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
-    let ceiling = exp.min(cap);
+    let ceiling = ceiling(base, cap, attempt);
     let half = ceiling / 2;
     half + rand::rng().random_range(Duration::ZERO..=half)
+}
+
+/// The unjittered delay: `min(base·2^attempt, cap)`. For a retry whose timing is
+/// reported to people (the job poller's "next poll in"), where one caller cannot
+/// synchronise a crowd and a predictable schedule matters more than spreading.
+pub fn ceiling(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .min(cap)
 }
 
 #[cfg(test)]

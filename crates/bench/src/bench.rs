@@ -3,15 +3,15 @@
 //! The harness drives real `corral` processes: the `corral` binary beside this one (the
 //! same cargo target dir), or the one `CORRAL_BIN` names.
 //!
-//! `bench coordinator`: one real `corral coordinator` child process, and N simulated
-//! agents in this process, each with its own certificate and QUIC connection, beating at
-//! `--rate` Hz and sending a full report every `--report-every` beats (the default ratio
-//! of 1 s beats to 5 s reports). Measured over a window after all agents are connected:
-//! sustained beats and reports per second, beats sent vs applied (drops), p50/p99 of
-//! beat send → registry update (same host, same clock), coordinator CPU and peak RSS from
-//! /proc, and wire bytes per beat and per report.
+//! `corral-bench coordinator`: one real `corral coordinator` child process, and N
+//! simulated agents in this process, each with its own certificate and QUIC connection,
+//! beating at `--rate` Hz and sending a full report every `--report-every` beats (the
+//! default ratio of 1 s beats to 5 s reports). Measured over a window after all agents
+//! are connected: sustained beats and reports per second, beats sent vs applied (drops),
+//! p50/p99 of beat send → registry update (same host, same clock), coordinator CPU and
+//! peak RSS from /proc, and wire bytes per beat and per report.
 //!
-//! `bench agent`: a real coordinator and a real `corral agent` child with default
+//! `corral-bench agent`: a real coordinator and a real `corral agent` child with default
 //! intervals; measures the agent's CPU share and RSS over a window, then `kill -9`s it
 //! and measures how long the coordinator takes to mark it disconnected.
 //!
@@ -217,18 +217,32 @@ struct Counters {
     failed: AtomicU64,
 }
 
+/// What every simulated agent of a run shares: what it sends, how often, where it
+/// counts, and when it stops.
+#[derive(Clone)]
+struct Beating {
+    report: Arc<NodeReport>,
+    period: Duration,
+    report_every: u64,
+    counters: Arc<Counters>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
 async fn sim_agent(
     endpoint: quinn::Endpoint,
     cfg: quinn::ClientConfig,
     addr: SocketAddr,
     name: String,
-    report: Arc<NodeReport>,
-    period: Duration,
-    report_every: u64,
-    counters: Arc<Counters>,
+    beating: Beating,
     connected: tokio::sync::mpsc::Sender<quinn::Connection>,
-    stop: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
+    let Beating {
+        report,
+        period,
+        report_every,
+        counters,
+        stop,
+    } = beating;
     let conn = endpoint.connect_with(cfg, addr, "localhost")?.await?;
     let (send, recv) = conn.open_bi().await?;
     let mut w = FrameWriter::new(send, wire::DEFAULT_MAX_FRAME_BYTES);
@@ -334,17 +348,19 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (name, cfg)) in configs.into_iter().enumerate() {
         let permit = sem.clone().acquire_owned().await?;
-        let (ep, report, counters, conn_tx, stop) = (
-            endpoints[i % endpoints.len()].clone(),
-            report.clone(),
-            counters.clone(),
-            conn_tx.clone(),
-            stop.clone(),
-        );
+        let (ep, conn_tx) = (endpoints[i % endpoints.len()].clone(), conn_tx.clone());
+        let beating = Beating {
+            report: report.clone(),
+            period,
+            report_every: a.report_every,
+            counters: counters.clone(),
+            stop: stop.clone(),
+        };
+        let counters = counters.clone();
         let addr = cluster.quic;
         tasks.spawn(async move {
             let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-            let run = sim_agent(ep, cfg, addr, name, report, period, a.report_every, counters.clone(), tx, stop);
+            let run = sim_agent(ep, cfg, addr, name, beating, tx);
             tokio::pin!(run);
             let mut permit = Some(permit);
             loop {
@@ -377,7 +393,7 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(3).max(period * 2)).await;
 
-    cluster.api.reset_latency().await?;
+    // The latency histogram is cumulative: the window is s1 less s0.
     let s0 = cluster.api.stats().await?;
     let (cpu0, _, _) = proc_usage(pid)?;
     let (own0, _, _) = proc_usage(std::process::id())?;
@@ -401,6 +417,7 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
     // it; then what was sent is compared with what was applied.
     while tasks.join_next().await.is_some() {}
     let s1 = cluster.api.stats().await?;
+    let latency = s1.apply_latency_since(&s0);
     let sent_beats_total = counters.beats.load(Ordering::Relaxed);
     let applied_total = s1.beats_total;
 
@@ -434,10 +451,10 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
     );
     println!(
         "send→registry p50/p99:   {:.2} ms / {:.2} ms (max {:.2} ms, {} samples)",
-        s1.apply_latency_p50_us as f64 / 1000.0,
-        s1.apply_latency_p99_us as f64 / 1000.0,
-        s1.apply_latency_max_us as f64 / 1000.0,
-        s1.apply_latency_samples
+        latency.p50_us as f64 / 1000.0,
+        latency.p99_us as f64 / 1000.0,
+        latency.max_us as f64 / 1000.0,
+        latency.samples
     );
     println!(
         "coordinator CPU:         {:.1}% of one core",

@@ -1,4 +1,4 @@
-//! `corral bench gpu-sample`: the CPU cost of reading and judging N GPUs per sample, and
+//! `corral-bench gpu-sample`: the CPU cost of reading and judging N GPUs per sample, and
 //! the process's memory, with the scripted fake source (every field populated, 18 NVLink
 //! links per GPU). It measures corral's own work per sample (building samples, the
 //! device-health tracker, node health), not NVML's driver calls, which only a real GPU

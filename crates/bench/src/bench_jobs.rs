@@ -1,4 +1,4 @@
-//! `corral bench submit`: what going through corral costs on a real Slurm, in one run.
+//! `corral-bench submit`: what going through corral costs on a real Slurm, in one run.
 //!
 //! Setup: a coordinator in this process (the real code: API, job table, SQLite, QUIC)
 //! and a real `corral agent` child process loading the real scheduler plugin (default
@@ -41,6 +41,7 @@ use tokio::process::Command;
 use crate::bench::bench_pki;
 use corral::cli::{ApiArgs, ApiClient};
 use corral_coordinator::config::{ApiSection, JobsSection};
+use corral_coordinator::jobs::{Scope, Submitted};
 use corral_coordinator::registry::Settings;
 use corral_coordinator::CoordinatorOptions;
 use corral_proto::api::{JobView, Rendered, SubmitRequest};
@@ -115,7 +116,7 @@ fn line(what: &str, samples: &[Duration]) -> String {
 pub async fn run(a: SubmitArgs) -> Result<()> {
     ensure!(a.runs > 0, "--runs must be at least 1");
     run_ok("sinfo", &["-h", "-o", "%T"]).await.context(
-        "`corral bench submit` needs a running Slurm on this machine (sinfo must answer)",
+        "`corral-bench submit` needs a running Slurm on this machine (sinfo must answer)",
     )?;
     let plugins_dir = match a.plugins_dir.clone() {
         Some(d) => d,
@@ -371,20 +372,19 @@ async fn measure(
     };
     let t = Instant::now();
     for i in 0..more {
-        let job = shared
+        let submitted = shared
             .jobs
-            .submit(
-                shared,
-                SubmitRequest {
-                    scheduler: a.plugin.clone(),
-                    spec: sleeper.clone(),
-                    via: None,
-                    dry_run: false,
-                },
-            )
+            .submit(SubmitRequest {
+                scheduler: a.plugin.clone(),
+                spec: sleeper.clone(),
+                via: None,
+                dry_run: false,
+            })
             .await
-            .map_err(|e| anyhow::anyhow!("submitting poll job {i}: {e}"))?
-            .map_err(|_| anyhow::anyhow!("a dry run where a submission was asked"))?;
+            .map_err(|e| anyhow::anyhow!("submitting poll job {i}: {e}"))?;
+        let Submitted::Job(job) = submitted else {
+            bail!("a dry run where a submission was asked");
+        };
         ensure!(job.native_id.is_some(), "{} has no native id", job.id);
         if (i + 1) % 250 == 0 {
             eprintln!("  {} submitted ({:.1}s)", i + 1, t.elapsed().as_secs_f64());
@@ -410,7 +410,7 @@ async fn measure(
     let mut calls = vec![];
     for _ in 0..a.polls {
         let started = Instant::now();
-        let report = shared.jobs.poll_now(shared).await;
+        let report = shared.jobs.poll(Scope::All).await;
         polls.push(started.elapsed());
         ensure!(
             report.failed_groups == 0,
@@ -423,7 +423,6 @@ async fn measure(
         let reply = shared
             .jobs
             .call(
-                shared,
                 &node,
                 &a.plugin,
                 corral_proto::job::PluginCall::Status(tracked.clone()),

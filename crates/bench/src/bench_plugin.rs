@@ -1,4 +1,4 @@
-//! `corral bench plugin`: what the plugin host costs, with a real plugin component.
+//! `corral-bench plugin`: what the plugin host costs, with a real plugin component.
 //!
 //! - *per call*: one `info` call as every call runs it: a fresh store from the
 //!   pre-instantiated component (memory limit, epoch deadline), instantiate, call,

@@ -1,4 +1,4 @@
-//! `corral bench ray`: how fast a Ray cluster forms under corral, against plain
+//! `corral-bench ray`: how fast a Ray cluster forms under corral, against plain
 //! `ray start` and the fixed-sleep launcher corral replaces, on this machine in one run.
 //!
 //! Each method starts a head and one worker (`--num-cpus 1`, fresh ports and temp dirs)

@@ -3,13 +3,12 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | `ok` while the coordinator runs (never needs a token) |
-//! | `GET /api/v1/nodes` | every node ([`NodeView`]), sorted by name |
+//! | `GET /api/v1/nodes` | every node ([`NodeView`](corral_proto::api::NodeView)), sorted by name |
 //! | `GET /api/v1/nodes/{name}` | one node, 404 if unknown |
 //! | `POST /api/v1/nodes/{name}/ping` | round trip through the agent's command path |
 //! | `POST /api/v1/nodes/{name}/report` | ask the agent to sample and report now |
 //! | `GET /api/v1/events?since=ID&node=NAME&limit=N` | liveness and health events, oldest first |
-//! | `GET /api/v1/stats` | coordinator counters and beat latency |
-//! | `POST /api/v1/stats/reset-latency` | restart the latency histogram (load harness) |
+//! | `GET /api/v1/stats` | coordinator counters and the beat latency histogram, cumulative since start ([`StatsView`](corral_proto::api::StatsView)) |
 //! | `POST /api/v1/jobs` | submit `{"scheduler", "spec", "via"?, "dry_run"?}`: 201 and the job, or 200 and the rendered script for a dry run |
 //! | `GET /api/v1/jobs` | every job, oldest first, without histories |
 //! | `GET /api/v1/jobs/{id}` | one job (`c17`) with its state history, 404 if unknown |
@@ -25,7 +24,11 @@
 //! denied by the plugin's grants, 409 not possible in the job's phase, 501 unsupported by
 //! the plugin, 502/504 the scheduler failed or timed out, 503 no connected host).
 //! A submission's `spec` may leave out any field: missing fields take their defaults
-//! (empty lists, no value), so `{"executable": "/bin/hostname"}` is a whole spec.
+//! (empty lists, no value; `JobSpec` is `#[serde(default)]`), so
+//! `{"executable": "/bin/hostname"}` is a whole spec.
+//!
+//! Every route serves clients of the API; none exists for one tool (a client that
+//! wants a window of a cumulative counter takes two snapshots).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,11 +45,12 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::jobs::JobError;
-use super::{CommandError, Shared};
+use crate::commands::CommandError;
 use crate::config::ApiSection;
+use crate::jobs::{JobError, Submitted};
+use crate::Shared;
 use corral_proto::api::{JobId, SubmitRequest};
-use corral_proto::job::{JobSpec, PluginError};
+use corral_proto::job::PluginError;
 use corral_proto::wire::{Command, CommandOutput};
 
 struct ApiState {
@@ -57,7 +61,7 @@ struct ApiState {
 type AppState = Arc<ApiState>;
 
 /// Binds and serves the API; returns the bound address and the server task.
-pub async fn serve(
+pub(crate) async fn serve(
     cfg: &ApiSection,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -121,7 +125,6 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/{name}/report", post(report_now))
         .route("/api/v1/events", get(events))
         .route("/api/v1/stats", get(stats))
-        .route("/api/v1/stats/reset-latency", post(reset_latency))
         .route("/api/v1/jobs", get(jobs).post(submit))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
@@ -197,7 +200,8 @@ async fn ping(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let started = Instant::now();
     match s
         .shared
-        .command(&name, Command::Ping { nonce }, Duration::from_secs(5))
+        .commands
+        .send(&name, Command::Ping { nonce }, Duration::from_secs(5))
         .await
     {
         Ok(CommandOutput::Pong { nonce: n }) if n == nonce => Json(
@@ -218,7 +222,8 @@ async fn report_now(State(s): State<AppState>, Path(name): Path<String>) -> Resp
     }
     match s
         .shared
-        .command(&name, Command::ReportNow, Duration::from_secs(5))
+        .commands
+        .send(&name, Command::ReportNow, Duration::from_secs(5))
         .await
     {
         Ok(_) => (
@@ -245,11 +250,6 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> Respo
 
 async fn stats(State(s): State<AppState>) -> Response {
     Json(s.shared.registry.stats_view()).into_response()
-}
-
-async fn reset_latency(State(s): State<AppState>) -> Response {
-    s.shared.registry.reset_latency();
-    Json(serde_json::json!({ "reset": true })).into_response()
 }
 
 fn job_error(e: JobError) -> Response {
@@ -287,20 +287,14 @@ fn parse_job_id(id: &str) -> Result<JobId, String> {
     id.parse::<JobId>()
 }
 
-/// A submission whose spec may leave fields out: they are filled from
-/// `JobSpec::default()` before the spec is read, so the API and the CLI share one type.
+/// A submission. Fields its spec leaves out take their defaults (serde); the checks here
+/// only say what the body should look like when its shape is wrong.
 fn submit_request(body: serde_json::Value) -> Result<SubmitRequest, String> {
-    let mut body = body;
     let obj = body
-        .as_object_mut()
+        .as_object()
         .ok_or("the body must be a JSON object: {\"scheduler\": ..., \"spec\": {...}}")?;
-    let mut spec = serde_json::to_value(JobSpec::default()).map_err(|e| e.to_string())?;
     match obj.get("spec") {
-        Some(serde_json::Value::Object(given)) => {
-            for (k, v) in given {
-                spec[k.as_str()] = v.clone();
-            }
-        }
+        Some(serde_json::Value::Object(_)) => {}
         Some(_) => return Err("`spec` must be a JSON object".into()),
         None => {
             return Err(
@@ -308,9 +302,7 @@ fn submit_request(body: serde_json::Value) -> Result<SubmitRequest, String> {
             )
         }
     }
-    obj.insert("spec".into(), spec);
-    let de = serde_json::from_value::<SubmitRequest>(body);
-    de.map_err(|e| format!("bad submission: {e}"))
+    serde_json::from_value::<SubmitRequest>(body).map_err(|e| format!("bad submission: {e}"))
 }
 
 async fn submit(State(s): State<AppState>, body: String) -> Response {
@@ -321,9 +313,9 @@ async fn submit(State(s): State<AppState>, body: String) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match s.shared.jobs.submit(&s.shared, req).await {
-        Ok(Ok(job)) => (StatusCode::CREATED, Json(job)).into_response(),
-        Ok(Err(rendered)) => Json(rendered).into_response(),
+    match s.shared.jobs.submit(req).await {
+        Ok(Submitted::Job(job)) => (StatusCode::CREATED, Json(job)).into_response(),
+        Ok(Submitted::DryRun(rendered)) => Json(rendered).into_response(),
         Err(e) => job_error(e),
     }
 }
@@ -348,7 +340,7 @@ async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> Response {
         Ok(id) => id,
         Err(e) => return error(StatusCode::NOT_FOUND, e),
     };
-    match s.shared.jobs.cancel(&s.shared, id).await {
+    match s.shared.jobs.cancel(id).await {
         Ok(j) => Json(j).into_response(),
         Err(e) => job_error(e),
     }
@@ -359,10 +351,10 @@ async fn plugins(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let body = super::metrics::render(
+    let body = crate::metrics::render(
         &s.shared.registry.snapshot(),
         &s.shared.registry.stats_view(),
-        &s.shared.jobs.metrics(&s.shared),
+        &s.shared.jobs.metrics(),
     );
     (
         [(
@@ -372,4 +364,45 @@ async fn metrics(State(s): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submission_may_leave_spec_fields_out() {
+        let body = serde_json::json!({
+            "scheduler": "slurm",
+            "spec": {"executable": "/bin/hostname", "nodes": 2},
+        });
+        let req = submit_request(body).unwrap();
+        assert_eq!(req.spec.executable, "/bin/hostname");
+        assert_eq!(req.spec.nodes, Some(2));
+        assert!(req.spec.arguments.is_empty() && req.spec.dependencies.is_empty());
+        assert_eq!((req.via, req.dry_run), (None, false));
+    }
+
+    #[test]
+    fn a_malformed_submission_says_what_the_body_should_look_like() {
+        for (body, words) in [
+            (serde_json::json!([1]), "must be a JSON object"),
+            (serde_json::json!({"scheduler": "slurm"}), "missing `spec`"),
+            (
+                serde_json::json!({"scheduler": "slurm", "spec": 3}),
+                "`spec` must be",
+            ),
+            (
+                serde_json::json!({"spec": {"executable": "x"}}),
+                "bad submission: missing field `scheduler`",
+            ),
+            (
+                serde_json::json!({"scheduler": "s", "spec": {"nodes": "two"}}),
+                "bad submission",
+            ),
+        ] {
+            let err = submit_request(body.clone()).unwrap_err();
+            assert!(err.contains(words), "{body}: {err}");
+        }
+    }
 }

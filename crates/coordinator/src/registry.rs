@@ -11,7 +11,7 @@
 //! ```
 //! Invariants:
 //! - The registry is the source of truth while the coordinator runs; the database
-//!   ([`super::store`]) is a write-behind copy. A node enters the database on its first
+//!   (the coordinator's store) is a write-behind copy. A node enters the database on its first
 //!   report or liveness change and never leaves it: a node that does not come back is
 //!   `down`, not forgotten.
 //! - After a restart, nodes loaded from the database are `disconnected` (they are not
@@ -29,20 +29,29 @@
 //!   (`AgentMsg::Plugins`): a new connection starts with none announced, so the
 //!   coordinator never routes a plugin call on the strength of what an earlier agent
 //!   process had loaded. The last announcement is kept after a disconnect, for display.
+//! - The registry holds no transport: a connection is its command queue and a close
+//!   handle the connection task gives it (`OnReplaced`), called once when a newer
+//!   connection of the same node takes over.
+//! - Its node state is its own type; the API's [`NodeView`] and the store's `NodeRow`
+//!   are made from it (and a `NodeRow` loaded back into it) by explicit conversions.
 //!
 //! Trade-off: one mutex guards the map. Every operation under it is O(1) except
-//! [`Registry::sweep`] and snapshots, which are O(nodes) and run a few times a second;
+//! the sweep and snapshots, which are O(nodes) and run a few times a second;
 //! measured in BENCHMARKS.md this is far from the limit at 10,000 nodes, and it keeps
 //! transitions atomic without lock ordering puzzles.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use corral_proto::api::{Event, EventKind, NodePlugins, NodeView, StatsView};
-use corral_proto::job::LoadFailure;
-use corral_proto::job::LoadedPlugin;
-use corral_proto::model::{unix_ms, unix_ns, HealthStatus, Liveness, NodeReport};
+use tokio::sync::mpsc;
+
+use crate::latency::LatencyHistogram;
+use crate::store::{EventRow, NodeRow};
+use corral_proto::api::{Event, EventKind, LatencySummary, NodePlugins, NodeView, StatsView};
+use corral_proto::job::{LoadFailure, LoadedPlugin};
+use corral_proto::model::{unix_ms, unix_ns, HealthStatus, Liveness, NodeReport, Reason};
 use corral_proto::wire::{Beat, CoordMsg, RayHead};
 
 /// Liveness timing.
@@ -63,21 +72,144 @@ struct Announced {
     failed: Vec<LoadFailure>,
 }
 
+/// Ends a connection that a newer one of the same node replaced (the connection task
+/// knows how: for QUIC, a close with the `Replaced` code).
+pub(crate) type OnReplaced = Box<dyn FnOnce() + Send>;
+
 /// A node's live connection.
 struct Conn {
     id: u64,
     beat_interval: Duration,
-    commands: tokio::sync::mpsc::Sender<CoordMsg>,
-    quic: Option<quinn::Connection>,
+    commands: mpsc::Sender<CoordMsg>,
+    on_replaced: OnReplaced,
 }
 
+/// A node as the registry tracks it.
 struct Node {
-    view: NodeView,
+    name: String,
+    liveness: Liveness,
+    liveness_since_ms: u64,
+    health: HealthStatus,
+    reasons: Vec<Reason>,
+    /// Of the current or last connection.
+    address: Option<String>,
+    agent_version: Option<String>,
+    first_seen_ms: u64,
+    last_beat_ms: Option<u64>,
+    last_report_ms: Option<u64>,
+    report: Option<NodeReport>,
     /// Monotonic time of the last beat (or of load / connect), for liveness.
     last_alive: Instant,
     last_persisted: Option<Instant>,
     conn: Option<Conn>,
     plugins: Option<Announced>,
+}
+
+impl Node {
+    fn new(name: &str, now_ms: u64) -> Node {
+        Node {
+            name: name.to_string(),
+            liveness: Liveness::Ready,
+            liveness_since_ms: now_ms,
+            health: HealthStatus::Healthy,
+            reasons: vec![],
+            address: None,
+            agent_version: None,
+            first_seen_ms: now_ms,
+            last_beat_ms: None,
+            last_report_ms: None,
+            report: None,
+            last_alive: Instant::now(),
+            last_persisted: None,
+            conn: None,
+            plugins: None,
+        }
+    }
+
+    /// A node loaded from the database: not connected to this process, liveness clock
+    /// started `now`.
+    fn from_row(row: NodeRow, now: Instant) -> Node {
+        Node {
+            name: row.name,
+            liveness: row.liveness,
+            liveness_since_ms: row.liveness_since_ms,
+            health: row.health,
+            reasons: row.reasons,
+            address: row.address,
+            agent_version: row.agent_version,
+            first_seen_ms: row.first_seen_ms,
+            last_beat_ms: row.last_beat_ms,
+            last_report_ms: row.last_report_ms,
+            report: row.report,
+            last_alive: now,
+            last_persisted: Some(now),
+            conn: None,
+            plugins: None,
+        }
+    }
+
+    fn row(&self) -> NodeRow {
+        NodeRow {
+            name: self.name.clone(),
+            liveness: self.liveness,
+            liveness_since_ms: self.liveness_since_ms,
+            health: self.health,
+            reasons: self.reasons.clone(),
+            connected: self.conn.is_some(),
+            address: self.address.clone(),
+            agent_version: self.agent_version.clone(),
+            first_seen_ms: self.first_seen_ms,
+            last_beat_ms: self.last_beat_ms,
+            last_report_ms: self.last_report_ms,
+            report: self.report.clone(),
+        }
+    }
+
+    fn view(&self) -> NodeView {
+        NodeView {
+            name: self.name.clone(),
+            liveness: self.liveness,
+            liveness_since_ms: self.liveness_since_ms,
+            health: self.health,
+            reasons: self.reasons.clone(),
+            connected: self.conn.is_some(),
+            address: self.address.clone(),
+            agent_version: self.agent_version.clone(),
+            first_seen_ms: self.first_seen_ms,
+            last_beat_ms: self.last_beat_ms,
+            last_report_ms: self.last_report_ms,
+            report: self.report.clone(),
+        }
+    }
+
+    fn owned_by(&self, conn: u64) -> bool {
+        self.conn.as_ref().map(|c| c.id) == Some(conn)
+    }
+}
+
+fn event_row(e: &Event) -> EventRow {
+    EventRow {
+        id: e.id,
+        at_ms: e.at_ms,
+        node: e.node.clone(),
+        kind: e.kind.as_str().to_string(),
+        from: e.from.clone(),
+        to: e.to.clone(),
+        message: e.message.clone(),
+    }
+}
+
+fn event_from_row(row: EventRow) -> Event {
+    Event {
+        id: row.id,
+        at_ms: row.at_ms,
+        node: row.node,
+        // A kind this version does not know (a newer corral wrote it) reads as liveness.
+        kind: EventKind::parse(&row.kind).unwrap_or(EventKind::Liveness),
+        from: row.from,
+        to: row.to,
+        message: row.message,
+    }
 }
 
 struct Inner {
@@ -91,45 +223,45 @@ struct Inner {
     ray_head: Option<RayHead>,
 }
 
-/// Counters for the API, `/metrics` and the load harness.
-pub struct Stats {
-    pub beats: std::sync::atomic::AtomicU64,
-    pub reports: std::sync::atomic::AtomicU64,
-    pub bytes_in: std::sync::atomic::AtomicU64,
-    pub rejected: Mutex<HashMap<&'static str, u64>>,
-    /// Beat send → registry update, microseconds (agent and coordinator clocks; only
-    /// meaningful when they share a host, as in the load harness).
-    pub apply_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+/// Counters for the API and `/metrics`, cumulative since the coordinator started.
+struct Stats {
+    beats: AtomicU64,
+    reports: AtomicU64,
+    bytes_in: AtomicU64,
+    rejected: Mutex<HashMap<&'static str, u64>>,
+    /// Beat send → registry update (agent and coordinator clocks; only meaningful when
+    /// they share a host, as in the load harness).
+    apply_latency: LatencyHistogram,
 }
 
 pub struct Registry {
     inner: Mutex<Inner>,
     settings: Settings,
-    pub stats: Stats,
+    stats: Stats,
 }
 
 impl Registry {
-    pub fn new(settings: Settings, loaded: Vec<NodeView>, events: Vec<Event>) -> Registry {
+    pub(crate) fn new(settings: Settings, loaded: Vec<NodeRow>, events: Vec<EventRow>) -> Registry {
         let now = Instant::now();
         let now_ms = unix_ms();
         let next_event_id = events.iter().map(|e| e.id).max().unwrap_or(0) + 1;
         let mut inner = Inner {
             nodes: HashMap::new(),
             dirty: HashSet::new(),
-            events: events.into_iter().collect(),
+            events: events.into_iter().map(event_from_row).collect(),
             unpersisted_events: vec![],
             next_event_id,
             next_conn_id: 1,
             event_retention: settings.event_retention.max(1),
             ray_head: None,
         };
-        for mut view in loaded {
-            let name = view.name.clone();
-            view.connected = false;
-            if view.liveness == Liveness::Ready {
-                let from = view.liveness;
-                view.liveness = Liveness::Disconnected;
-                view.liveness_since_ms = now_ms;
+        for row in loaded {
+            let mut node = Node::from_row(row, now);
+            let name = node.name.clone();
+            if node.liveness == Liveness::Ready {
+                let from = node.liveness;
+                node.liveness = Liveness::Disconnected;
+                node.liveness_since_ms = now_ms;
                 push_event(
                     &mut inner,
                     &name,
@@ -140,29 +272,17 @@ impl Registry {
                 );
                 inner.dirty.insert(name.clone());
             }
-            inner.nodes.insert(
-                name,
-                Node {
-                    view,
-                    last_alive: now,
-                    last_persisted: Some(now),
-                    conn: None,
-                    plugins: None,
-                },
-            );
+            inner.nodes.insert(name, node);
         }
         Registry {
             inner: Mutex::new(inner),
             settings,
             stats: Stats {
-                beats: Default::default(),
-                reports: Default::default(),
-                bytes_in: Default::default(),
+                beats: AtomicU64::new(0),
+                reports: AtomicU64::new(0),
+                bytes_in: AtomicU64::new(0),
                 rejected: Mutex::new(HashMap::new()),
-                apply_latency_us: Mutex::new(
-                    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
-                        .expect("valid bounds"),
-                ),
+                apply_latency: LatencyHistogram::new(),
             },
         }
     }
@@ -172,20 +292,16 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn settings(&self) -> Settings {
-        self.settings
-    }
-
     /// Registers a new connection for `name`; returns its id. A previous connection of
-    /// the same node is closed as replaced.
-    pub fn connect(
+    /// the same node is ended as replaced (its `on_replaced` is called).
+    pub(crate) fn connect(
         &self,
         name: &str,
         beat_interval: Duration,
         address: String,
         agent_version: String,
-        commands: tokio::sync::mpsc::Sender<CoordMsg>,
-        quic: Option<quinn::Connection>,
+        commands: mpsc::Sender<CoordMsg>,
+        on_replaced: OnReplaced,
     ) -> u64 {
         let mut inner = self.lock();
         let id = inner.next_conn_id;
@@ -198,44 +314,22 @@ impl Registry {
                 head: Some(head.clone()),
             });
         }
-        let node = inner.nodes.entry(name.to_string()).or_insert_with(|| Node {
-            view: NodeView {
-                name: name.to_string(),
-                liveness: Liveness::Ready,
-                liveness_since_ms: now_ms,
-                health: HealthStatus::Healthy,
-                reasons: vec![],
-                connected: false,
-                address: None,
-                agent_version: None,
-                first_seen_ms: now_ms,
-                last_beat_ms: None,
-                last_report_ms: None,
-                report: None,
-            },
-            last_alive: Instant::now(),
-            last_persisted: None,
-            conn: None,
-            plugins: None,
-        });
+        let node = inner
+            .nodes
+            .entry(name.to_string())
+            .or_insert_with(|| Node::new(name, now_ms));
         if let Some(old) = node.conn.take() {
-            if let Some(q) = old.quic {
-                q.close(
-                    corral_transport::frame::refusal_code(corral_proto::wire::Refusal::Replaced),
-                    b"replaced by a newer connection from the same node",
-                );
-            }
+            (old.on_replaced)();
         }
         // What this agent process hosts is known once it says so.
         node.plugins = None;
-        node.view.connected = true;
-        node.view.address = Some(address.clone());
-        node.view.agent_version = Some(agent_version);
+        node.address = Some(address.clone());
+        node.agent_version = Some(agent_version);
         node.conn = Some(Conn {
             id,
             beat_interval,
             commands,
-            quic,
+            on_replaced,
         });
         node.last_alive = Instant::now();
         inner.dirty.insert(name.to_string());
@@ -257,56 +351,52 @@ impl Registry {
     }
 
     /// Applies a beat. Returns false if `conn` no longer owns the node.
-    pub fn beat(&self, name: &str, conn: u64, beat: &Beat) -> bool {
+    pub(crate) fn beat(&self, name: &str, conn: u64, beat: &Beat) -> bool {
         let mut inner = self.lock();
         let Some(node) = inner.nodes.get_mut(name) else {
             return false;
         };
-        if node.conn.as_ref().map(|c| c.id) != Some(conn) {
+        if !node.owned_by(conn) {
             return false;
         }
         node.last_alive = Instant::now();
-        node.view.last_beat_ms = Some(unix_ms());
-        let was = node.view.liveness;
+        node.last_beat_ms = Some(unix_ms());
+        let was = node.liveness;
         if was != Liveness::Ready {
             self.set_liveness(&mut inner, name, Liveness::Ready, "beating".into());
         }
         drop(inner);
-        self.stats
-            .beats
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.beats.fetch_add(1, Relaxed);
         let latency_us = unix_ns().saturating_sub(beat.sent_at_ns) / 1000;
-        if let Ok(mut h) = self.stats.apply_latency_us.lock() {
-            let _ = h.record(latency_us.max(1));
-        }
+        self.stats.apply_latency.record(latency_us.max(1));
         true
     }
 
     /// Applies a full report (already checked to be about `name`).
-    pub fn report(&self, name: &str, conn: u64, report: NodeReport) -> bool {
+    pub(crate) fn report(&self, name: &str, conn: u64, report: NodeReport) -> bool {
         let mut inner = self.lock();
         let persist_every = self.settings.persist_every;
         let Some(node) = inner.nodes.get_mut(name) else {
             return false;
         };
-        if node.conn.as_ref().map(|c| c.id) != Some(conn) {
+        if !node.owned_by(conn) {
             return false;
         }
         let now_ms = unix_ms();
         node.last_alive = Instant::now();
-        node.view.last_report_ms = Some(now_ms);
-        node.view.last_beat_ms = Some(now_ms);
-        let old_health = node.view.health;
-        let first_report = node.view.report.is_none();
+        node.last_report_ms = Some(now_ms);
+        node.last_beat_ms = Some(now_ms);
+        let old_health = node.health;
+        let first_report = node.report.is_none();
         let new_health = report.health.status;
-        let gpu_changes = gpu_health_changes(node.view.report.as_ref(), &report);
-        node.view.reasons = report.health.reasons.clone();
-        node.view.health = new_health;
-        node.view.report = Some(report);
+        let gpu_changes = gpu_health_changes(node.report.as_ref(), &report);
+        node.reasons = report.health.reasons.clone();
+        node.health = new_health;
+        node.report = Some(report);
         let stale = node
             .last_persisted
             .is_none_or(|t| t.elapsed() >= persist_every);
-        let was = node.view.liveness;
+        let was = node.liveness;
         if first_report || stale || old_health != new_health || !gpu_changes.is_empty() {
             inner.dirty.insert(name.to_string());
         }
@@ -323,7 +413,6 @@ impl Registry {
         }
         if old_health != new_health || (first_report && new_health != HealthStatus::Healthy) {
             let reasons = inner.nodes[name]
-                .view
                 .reasons
                 .iter()
                 .map(|r| r.message.as_str())
@@ -347,22 +436,15 @@ impl Registry {
             self.set_liveness(&mut inner, name, Liveness::Ready, "reporting".into());
         }
         drop(inner);
-        self.stats
-            .reports
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.reports.fetch_add(1, Relaxed);
         true
     }
 
     /// `name` announces its Ray head ready (`Some`) or gone (`None`). Returns false when
     /// ignored (stale connection, or a withdrawal of another node's head).
-    pub fn ray_head_announced(&self, name: &str, conn: u64, head: Option<RayHead>) -> bool {
+    pub(crate) fn ray_head_announced(&self, name: &str, conn: u64, head: Option<RayHead>) -> bool {
         let mut inner = self.lock();
-        let owns = inner
-            .nodes
-            .get(name)
-            .and_then(|n| n.conn.as_ref())
-            .map(|c| c.id)
-            == Some(conn);
+        let owns = inner.nodes.get(name).is_some_and(|n| n.owned_by(conn));
         if !owns {
             return false;
         }
@@ -397,7 +479,7 @@ impl Registry {
 
     /// `name`'s current connection announces its scheduler plugins. Returns false when
     /// ignored (a replaced connection).
-    pub fn plugins_announced(
+    pub(crate) fn plugins_announced(
         &self,
         name: &str,
         conn: u64,
@@ -408,7 +490,7 @@ impl Registry {
         let Some(node) = inner.nodes.get_mut(name) else {
             return false;
         };
-        if node.conn.as_ref().map(|c| c.id) != Some(conn) {
+        if !node.owned_by(conn) {
             return false;
         }
         for p in &loaded {
@@ -426,7 +508,7 @@ impl Registry {
     }
 
     /// Every node that is connected or has announced plugins, sorted by name.
-    pub fn plugins(&self) -> Vec<NodePlugins> {
+    pub(crate) fn plugins(&self) -> Vec<NodePlugins> {
         let inner = self.lock();
         let mut v: Vec<NodePlugins> = inner
             .nodes
@@ -473,23 +555,23 @@ impl Registry {
     }
 
     /// The cluster's current Ray head.
-    pub fn ray_head(&self) -> Option<RayHead> {
+    #[cfg(test)]
+    fn ray_head(&self) -> Option<RayHead> {
         self.lock().ray_head.clone()
     }
 
     /// The connection `conn` of `name` ended.
-    pub fn disconnect(&self, name: &str, conn: u64, reason: &str) {
+    pub(crate) fn disconnect(&self, name: &str, conn: u64, reason: &str) {
         let mut inner = self.lock();
         let Some(node) = inner.nodes.get_mut(name) else {
             return;
         };
-        if node.conn.as_ref().map(|c| c.id) != Some(conn) {
+        if !node.owned_by(conn) {
             return;
         }
         node.conn = None;
-        node.view.connected = false;
         inner.dirty.insert(name.to_string());
-        if inner.nodes[name].view.liveness == Liveness::Ready {
+        if inner.nodes[name].liveness == Liveness::Ready {
             self.set_liveness(
                 &mut inner,
                 name,
@@ -501,15 +583,12 @@ impl Registry {
 
     /// Marks every connected node disconnected because this coordinator is stopping, so
     /// the database records why they were last seen.
-    pub fn shutdown_all(&self) {
+    pub(crate) fn shutdown_all(&self) {
         let mut inner = self.lock();
         let connected: Vec<String> = inner
             .nodes
             .iter_mut()
-            .filter_map(|(name, n)| {
-                n.view.connected = false;
-                n.conn.take().map(|_| name.clone())
-            })
+            .filter_map(|(name, n)| n.conn.take().map(|_| name.clone()))
             .collect();
         for name in connected {
             inner.dirty.insert(name.clone());
@@ -523,12 +602,12 @@ impl Registry {
     }
 
     /// Applies time-based transitions; call a few times per second.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let mut inner = self.lock();
         let mut changes = vec![];
         for (name, node) in &inner.nodes {
             let silent = node.last_alive.elapsed();
-            match node.view.liveness {
+            match node.liveness {
                 Liveness::Ready => {
                     let interval = node
                         .conn
@@ -571,12 +650,12 @@ impl Registry {
         let Some(node) = inner.nodes.get_mut(name) else {
             return;
         };
-        let from = node.view.liveness;
+        let from = node.liveness;
         if from == to {
             return;
         }
-        node.view.liveness = to;
-        node.view.liveness_since_ms = unix_ms();
+        node.liveness = to;
+        node.liveness_since_ms = unix_ms();
         inner.dirty.insert(name.to_string());
         tracing::info!(node = name, from = %from, to = %to, reason = %why, "node liveness changed");
         push_event(
@@ -590,21 +669,21 @@ impl Registry {
     }
 
     /// All nodes, sorted by name.
-    pub fn snapshot(&self) -> Vec<NodeView> {
+    pub(crate) fn snapshot(&self) -> Vec<NodeView> {
         let inner = self.lock();
-        let mut v: Vec<NodeView> = inner.nodes.values().map(|n| n.view.clone()).collect();
+        let mut v: Vec<NodeView> = inner.nodes.values().map(Node::view).collect();
         drop(inner);
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
-    pub fn get(&self, name: &str) -> Option<NodeView> {
-        self.lock().nodes.get(name).map(|n| n.view.clone())
+    pub(crate) fn get(&self, name: &str) -> Option<NodeView> {
+        self.lock().nodes.get(name).map(Node::view)
     }
 
     /// Events after `since` (by id), optionally for one node, oldest first, at most `limit`
     /// (the newest ones when more match).
-    pub fn events(&self, since: u64, node: Option<&str>, limit: usize) -> Vec<Event> {
+    pub(crate) fn events(&self, since: u64, node: Option<&str>, limit: usize) -> Vec<Event> {
         let inner = self.lock();
         let matching: Vec<&Event> = inner
             .events
@@ -615,16 +694,16 @@ impl Registry {
         matching.into_iter().skip(skip).cloned().collect()
     }
 
-    /// The command channel of a connected node.
-    pub fn command_channel(&self, name: &str) -> Option<tokio::sync::mpsc::Sender<CoordMsg>> {
+    /// The command queue of a connected node.
+    pub(crate) fn command_channel(&self, name: &str) -> Option<mpsc::Sender<CoordMsg>> {
         self.lock()
             .nodes
             .get(name)
             .and_then(|n| n.conn.as_ref().map(|c| c.commands.clone()))
     }
 
-    /// Takes what changed since the last call, for the store.
-    pub fn take_dirty(&self) -> (Vec<NodeView>, Vec<Event>) {
+    /// Takes what changed since the last call, as rows for the store.
+    pub(crate) fn take_dirty(&self) -> (Vec<NodeRow>, Vec<EventRow>) {
         let mut inner = self.lock();
         let names: Vec<String> = inner.dirty.drain().collect();
         let now = Instant::now();
@@ -632,21 +711,26 @@ impl Registry {
         for name in names {
             if let Some(n) = inner.nodes.get_mut(&name) {
                 n.last_persisted = Some(now);
-                nodes.push(n.view.clone());
+                nodes.push(n.row());
             }
         }
         let events = std::mem::take(&mut inner.unpersisted_events);
-        (nodes, events)
+        (nodes, events.iter().map(event_row).collect())
     }
 
-    pub fn record_rejection(&self, reason: &'static str) {
+    /// Counts a refused connection under `reason`.
+    pub(crate) fn record_rejection(&self, reason: &'static str) {
         if let Ok(mut m) = self.stats.rejected.lock() {
             *m.entry(reason).or_default() += 1;
         }
     }
 
-    pub fn stats_view(&self) -> StatsView {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// Counts bytes of agent frames received.
+    pub(crate) fn received(&self, bytes: u64) {
+        self.stats.bytes_in.fetch_add(bytes, Relaxed);
+    }
+
+    pub(crate) fn stats_view(&self) -> StatsView {
         let (nodes, connected) = {
             let inner = self.lock();
             (
@@ -654,7 +738,8 @@ impl Registry {
                 inner.nodes.values().filter(|n| n.conn.is_some()).count(),
             )
         };
-        let h = self.stats.apply_latency_us.lock().map(|h| h.clone()).ok();
+        let buckets = self.stats.apply_latency.buckets();
+        let latency = LatencySummary::of(&buckets);
         StatsView {
             nodes,
             connected,
@@ -667,17 +752,11 @@ impl Registry {
                 .lock()
                 .map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect())
                 .unwrap_or_default(),
-            apply_latency_p50_us: h.as_ref().map_or(0, |h| h.value_at_quantile(0.5)),
-            apply_latency_p99_us: h.as_ref().map_or(0, |h| h.value_at_quantile(0.99)),
-            apply_latency_max_us: h.as_ref().map_or(0, |h| h.max()),
-            apply_latency_samples: h.as_ref().map_or(0, |h| h.len()),
-        }
-    }
-
-    /// Clears the latency histogram (the load harness measures steady state only).
-    pub fn reset_latency(&self) {
-        if let Ok(mut h) = self.stats.apply_latency_us.lock() {
-            h.reset();
+            apply_latency_p50_us: latency.p50_us,
+            apply_latency_p99_us: latency.p99_us,
+            apply_latency_max_us: self.stats.apply_latency.max_us(),
+            apply_latency_samples: latency.samples,
+            apply_latency_buckets: buckets,
         }
     }
 }
@@ -754,9 +833,6 @@ fn push_event(
     }
 }
 
-/// Shared handle.
-pub type SharedRegistry = Arc<Registry>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,7 +855,7 @@ mod tests {
             "127.0.0.1:1".into(),
             "0.1.0".into(),
             tx,
-            None,
+            Box::new(|| ()),
         )
     }
 
@@ -817,6 +893,35 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_connection_is_closed_once_and_only_it() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        let r = Registry::new(settings(), vec![], vec![]);
+        let closed: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::default()).collect();
+        for c in &closed {
+            let (tx, _rx) = tokio::sync::mpsc::channel(1);
+            let c = c.clone();
+            r.connect(
+                "n1",
+                Duration::from_secs(1),
+                "a".into(),
+                "v".into(),
+                tx,
+                Box::new(move || {
+                    c.fetch_add(1, Relaxed);
+                }),
+            );
+        }
+        let counts: Vec<usize> = closed.iter().map(|c| c.load(Relaxed)).collect();
+        assert_eq!(
+            counts,
+            [1, 0],
+            "the first was replaced, the second is current"
+        );
+        assert!(r.get("n1").unwrap().connected);
+    }
+
+    #[test]
     fn messages_from_a_replaced_connection_are_ignored() {
         let r = Registry::new(settings(), vec![], vec![]);
         let old = connect(&r, "n1", 1000);
@@ -850,7 +955,7 @@ mod tests {
             "a".into(),
             "v".into(),
             wtx,
-            None,
+            Box::new(|| ()),
         );
         let h = connect(&r, "h1", 1000);
         assert!(r.ray_head_announced("h1", h, Some(head("claimed-other", 1))));
@@ -866,7 +971,7 @@ mod tests {
             "a".into(),
             "v".into(),
             ltx,
-            None,
+            Box::new(|| ()),
         );
         assert!(matches!(
             lrx.try_recv(),

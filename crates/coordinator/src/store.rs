@@ -26,14 +26,25 @@
 //!   (WAL, `synchronous = NORMAL`); a power loss may take back the last transactions.
 //! - A job row holds the job as JSON (without its history) plus plain columns for
 //!   `sqlite3` users; the history is one row per entry, append-only.
+//! - What is stored is this module's own row types ([`NodeRow`], [`EventRow`],
+//!   [`JobRow`], [`HistoryRow`]), never the registry's or the job table's runtime state
+//!   nor the HTTP API's schema: those convert to and from rows explicitly, so a change to
+//!   the API or to how something is tracked cannot change the database by accident.
+//! - Rows are version-tolerant: their JSON field names are the stored format (the names
+//!   the API's `NodeView` and `JobView` had when one type served all three, so
+//!   databases written then still load), unknown fields are ignored, and a field added
+//!   later must take a default when it is missing.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
 
-use corral_proto::api::{Event, EventKind, JobId, JobView, NodeView, Transition};
+use corral_proto::api::{JobId, Phase};
+use corral_proto::job::{JobSpec, JobState};
+use corral_proto::model::{HealthStatus, Liveness, NodeReport, Reason};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS nodes (
@@ -72,31 +83,119 @@ CREATE TABLE IF NOT EXISTS job_history (
 ) WITHOUT ROWID;
 ";
 
+/// A node as stored: the JSON of the `nodes.view` column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NodeRow {
+    pub name: String,
+    pub liveness: Liveness,
+    #[serde(default)]
+    pub liveness_since_ms: u64,
+    pub health: HealthStatus,
+    #[serde(default)]
+    pub reasons: Vec<Reason>,
+    /// Whether the node was connected when the row was written. Informational only: a
+    /// node loaded at start is not connected to the new process.
+    #[serde(default)]
+    pub connected: bool,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    #[serde(default)]
+    pub first_seen_ms: u64,
+    #[serde(default)]
+    pub last_beat_ms: Option<u64>,
+    #[serde(default)]
+    pub last_report_ms: Option<u64>,
+    #[serde(default)]
+    pub report: Option<NodeReport>,
+}
+
+/// An event as stored: one row of `events`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EventRow {
+    pub id: u64,
+    pub at_ms: u64,
+    pub node: String,
+    /// `liveness`, `health` or `gpu`.
+    pub kind: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub message: String,
+}
+
+/// A job as stored: plain columns of `jobs` plus this as the JSON of `jobs.record`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct JobRow {
+    /// The `id` column is authoritative; the JSON copy is kept for readers of the record.
+    #[serde(default = "unassigned")]
+    pub id: JobId,
+    pub scheduler: String,
+    pub node: String,
+    #[serde(default)]
+    pub native_id: Option<String>,
+    pub phase: Phase,
+    #[serde(default)]
+    pub state: Option<JobState>,
+    /// The job's one-word state (also the `state` column).
+    pub state_word: String,
+    #[serde(default)]
+    pub native_state: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub spec: JobSpec,
+    pub submitted_ms: u64,
+    pub updated_ms: u64,
+    #[serde(default)]
+    pub polled_ms: Option<u64>,
+    #[serde(default)]
+    pub poll_error: Option<String>,
+    /// Oldest first; stored in `job_history`, one row per entry, never in the record.
+    #[serde(skip)]
+    pub history: Vec<HistoryRow>,
+}
+
+fn unassigned() -> JobId {
+    JobId(0)
+}
+
+/// One entry of a job's history: one row of `job_history`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HistoryRow {
+    pub at_ms: u64,
+    pub state: String,
+    pub native_state: Option<String>,
+    pub message: Option<String>,
+}
+
 type Ack<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
 
 enum Op {
-    Write(Vec<NodeView>, Vec<Event>),
+    Write(Vec<NodeRow>, Vec<EventRow>),
     Flush(tokio::sync::oneshot::Sender<()>),
-    InsertJob(Box<JobView>, Ack<u64>),
-    PutJobs(Vec<JobView>, Option<Ack<()>>),
+    InsertJob(Box<JobRow>, Ack<u64>),
+    PutJobs(Vec<JobRow>, Option<Ack<()>>),
     DeleteJobs(Vec<u64>),
 }
 
 /// Handle to the store thread.
-pub struct Store {
+pub(crate) struct Store {
     tx: mpsc::Sender<Op>,
     path: PathBuf,
 }
 
 /// What a coordinator starts from.
-pub struct Loaded {
-    pub nodes: Vec<NodeView>,
-    pub events: Vec<Event>,
+pub(crate) struct Loaded {
+    pub nodes: Vec<NodeRow>,
+    pub events: Vec<EventRow>,
     /// Every job, oldest first, with its history.
-    pub jobs: Vec<JobView>,
+    pub jobs: Vec<JobRow>,
 }
 
-pub fn db_path(state_dir: &Path) -> PathBuf {
+fn db_path(state_dir: &Path) -> PathBuf {
     state_dir.join("coordinator.db")
 }
 
@@ -114,7 +213,7 @@ fn open_db(path: &Path) -> Result<Connection> {
 impl Store {
     /// Opens (creating if needed) the database in `state_dir`, loads what it holds and
     /// starts the writer thread.
-    pub fn open(state_dir: &Path, event_retention: u32) -> Result<(Store, Loaded)> {
+    pub(crate) fn open(state_dir: &Path, event_retention: u32) -> Result<(Store, Loaded)> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
         let path = db_path(state_dir);
@@ -130,12 +229,12 @@ impl Store {
         Ok((Store { tx, path }, loaded))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Queues a batch; returns at once.
-    pub fn write(&self, nodes: Vec<NodeView>, events: Vec<Event>) {
+    pub(crate) fn write(&self, nodes: Vec<NodeRow>, events: Vec<EventRow>) {
         if nodes.is_empty() && events.is_empty() {
             return;
         }
@@ -145,7 +244,7 @@ impl Store {
     }
 
     /// Waits until everything queued so far is on disk.
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.tx.send(Op::Flush(tx)).is_ok() {
             let _ = rx.await;
@@ -164,17 +263,17 @@ impl Store {
 
     /// Records a new job and returns its id once committed (the `id` in `job` is
     /// ignored).
-    pub async fn insert_job(&self, job: JobView) -> Result<u64> {
+    pub(crate) async fn insert_job(&self, job: JobRow) -> Result<u64> {
         self.acked(|ack| Op::InsertJob(Box::new(job), ack)).await
     }
 
     /// Writes jobs (and their new history entries) and returns once committed.
-    pub async fn put_jobs_durably(&self, jobs: Vec<JobView>) -> Result<()> {
+    pub(crate) async fn put_jobs_durably(&self, jobs: Vec<JobRow>) -> Result<()> {
         self.acked(|ack| Op::PutJobs(jobs, Some(ack))).await
     }
 
     /// Queues jobs for writing; returns at once.
-    pub fn put_jobs(&self, jobs: Vec<JobView>) {
+    pub(crate) fn put_jobs(&self, jobs: Vec<JobRow>) {
         if jobs.is_empty() {
             return;
         }
@@ -184,7 +283,7 @@ impl Store {
     }
 
     /// Deletes jobs and their histories; returns at once.
-    pub fn delete_jobs(&self, ids: Vec<u64>) {
+    pub(crate) fn delete_jobs(&self, ids: Vec<u64>) {
         if !ids.is_empty() {
             let _ = self.tx.send(Op::DeleteJobs(ids));
         }
@@ -198,7 +297,7 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
     while let Some(row) = rows.next()? {
         let name: String = row.get(0)?;
         let json: String = row.get(1)?;
-        match serde_json::from_str::<NodeView>(&json) {
+        match serde_json::from_str::<NodeRow>(&json) {
             Ok(v) => nodes.push(v),
             // A row we cannot read (written by a newer corral, or damaged) is kept in the
             // database, reported, and skipped: losing one node's cache beats refusing
@@ -209,14 +308,13 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
     let mut stmt = conn.prepare(
         "SELECT id, at_ms, node, kind, from_state, to_state, message FROM events ORDER BY id DESC LIMIT ?1",
     )?;
-    let mut events: Vec<Event> = stmt
+    let mut events: Vec<EventRow> = stmt
         .query_map([retention], |r| {
-            let kind: String = r.get(3)?;
-            Ok(Event {
+            Ok(EventRow {
                 id: r.get(0)?,
                 at_ms: r.get(1)?,
                 node: r.get(2)?,
-                kind: EventKind::parse(&kind).unwrap_or(EventKind::Liveness),
+                kind: r.get(3)?,
                 from: r.get(4)?,
                 to: r.get(5)?,
                 message: r.get(6)?,
@@ -232,14 +330,14 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
     })
 }
 
-fn load_jobs(conn: &Connection) -> Result<Vec<JobView>> {
+fn load_jobs(conn: &Connection) -> Result<Vec<JobRow>> {
     let mut jobs = std::collections::BTreeMap::new();
     let mut stmt = conn.prepare("SELECT id, record FROM jobs ORDER BY id")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let id: u64 = row.get(0)?;
         let json: String = row.get(1)?;
-        match serde_json::from_str::<JobView>(&json) {
+        match serde_json::from_str::<JobRow>(&json) {
             Ok(mut j) => {
                 j.id = JobId(id);
                 j.history.clear();
@@ -256,7 +354,7 @@ fn load_jobs(conn: &Connection) -> Result<Vec<JobView>> {
     while let Some(row) = rows.next()? {
         let id: u64 = row.get(0)?;
         if let Some(j) = jobs.get_mut(&id) {
-            j.history.push(Transition {
+            j.history.push(HistoryRow {
                 at_ms: row.get(1)?,
                 state: row.get(2)?,
                 native_state: row.get(3)?,
@@ -285,7 +383,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, retention: u32, path: Pa
                 let _ = done.send(());
             }
             Op::InsertJob(job, ack) => {
-                let r = insert_job(&mut conn, &job);
+                let r = insert_job(&mut conn, *job);
                 if let Err(e) = &r {
                     tracing::error!(db = %path.display(), error = format!("{e:#}"), "recording a job failed");
                 }
@@ -302,14 +400,14 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, retention: u32, path: Pa
             }
             Op::DeleteJobs(ids) => {
                 if let Err(e) = delete_jobs(&mut conn, &ids) {
-                    tracing::error!(db = %path.display(), error = format!("{e:#}"), "deleting finished jobs failed");
+                    tracing::error!(db = %path.display(), error = format!("{e:#}"), jobs = ids.len(), "deleting finished jobs failed");
                 }
             }
         }
     }
 }
 
-fn insert_job(conn: &mut Connection, job: &JobView) -> Result<u64> {
+fn insert_job(conn: &mut Connection, mut job: JobRow) -> Result<u64> {
     let tx = conn.transaction()?;
     tx.execute(
         "INSERT INTO jobs(scheduler, node, native_id, state, submitted_ms, updated_ms, record)
@@ -324,14 +422,13 @@ fn insert_job(conn: &mut Connection, job: &JobView) -> Result<u64> {
         ],
     )?;
     let id = tx.last_insert_rowid() as u64;
-    let mut job = job.clone();
     job.id = JobId(id);
     write_job(&tx, &job)?;
     tx.commit()?;
     Ok(id)
 }
 
-fn put_jobs(conn: &mut Connection, jobs: &[JobView]) -> Result<()> {
+fn put_jobs(conn: &mut Connection, jobs: &[JobRow]) -> Result<()> {
     let tx = conn.transaction()?;
     for j in jobs {
         write_job(&tx, j)?;
@@ -341,11 +438,8 @@ fn put_jobs(conn: &mut Connection, jobs: &[JobView]) -> Result<()> {
 }
 
 /// Upserts the row and appends the history entries not yet written.
-fn write_job(tx: &rusqlite::Transaction<'_>, job: &JobView) -> Result<()> {
-    let record = serde_json::to_string(&JobView {
-        history: vec![],
-        ..job.clone()
-    })?;
+fn write_job(tx: &rusqlite::Transaction<'_>, job: &JobRow) -> Result<()> {
+    let record = serde_json::to_string(job)?;
     tx.prepare_cached(
         "INSERT INTO jobs(id, scheduler, node, native_id, state, submitted_ms, updated_ms, record)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -391,8 +485,8 @@ fn delete_jobs(conn: &mut Connection, ids: &[u64]) -> Result<()> {
 
 fn write_batch(
     conn: &mut Connection,
-    nodes: &[NodeView],
-    events: &[Event],
+    nodes: &[NodeRow],
+    events: &[EventRow],
     prune: Option<u32>,
 ) -> Result<()> {
     let tx = conn.transaction()?;
@@ -411,13 +505,7 @@ fn write_batch(
         )?;
         for e in events {
             ev.execute(params![
-                e.id,
-                e.at_ms,
-                e.node,
-                e.kind.as_str(),
-                e.from,
-                e.to,
-                e.message
+                e.id, e.at_ms, e.node, e.kind, e.from, e.to, e.message
             ])?;
         }
         if let Some(keep) = prune {
@@ -434,10 +522,10 @@ fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_proto::model::{HealthStatus, Liveness};
+    use std::collections::BTreeSet;
 
-    fn view(name: &str) -> NodeView {
-        NodeView {
+    fn row(name: &str) -> NodeRow {
+        NodeRow {
             name: name.into(),
             liveness: Liveness::Ready,
             liveness_since_ms: 1,
@@ -453,22 +541,48 @@ mod tests {
         }
     }
 
+    fn job_row() -> JobRow {
+        JobRow {
+            id: JobId(0),
+            scheduler: "slurm".into(),
+            node: "n".into(),
+            native_id: None,
+            phase: Phase::Rejected,
+            state: None,
+            state_word: "rejected".into(),
+            native_state: None,
+            exit_code: None,
+            message: None,
+            spec: Default::default(),
+            submitted_ms: 1,
+            updated_ms: 1,
+            polled_ms: None,
+            poll_error: None,
+            history: vec![HistoryRow {
+                at_ms: 1,
+                state: "rejected".into(),
+                native_state: None,
+                message: Some("no".into()),
+            }],
+        }
+    }
+
     #[tokio::test]
     async fn nodes_and_events_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, loaded) = Store::open(dir.path(), 100).unwrap();
             assert!(loaded.nodes.is_empty());
-            let ev = Event {
+            let ev = EventRow {
                 id: 7,
                 at_ms: 3,
                 node: "a".into(),
-                kind: EventKind::Liveness,
+                kind: "liveness".into(),
                 from: None,
                 to: "ready".into(),
                 message: "hi".into(),
             };
-            store.write(vec![view("a"), view("b")], vec![ev]);
+            store.write(vec![row("a"), row("b")], vec![ev]);
             store.flush().await;
         }
         let (_store, loaded) = Store::open(dir.path(), 100).unwrap();
@@ -492,31 +606,8 @@ mod tests {
 
     #[tokio::test]
     async fn job_ids_are_never_reused_after_a_prune() {
-        use corral_proto::api::Phase;
         let dir = tempfile::tempdir().unwrap();
-        let job = JobView {
-            id: JobId(0),
-            scheduler: "slurm".into(),
-            node: "n".into(),
-            native_id: None,
-            phase: Phase::Rejected,
-            state: None,
-            state_word: "rejected".into(),
-            native_state: None,
-            exit_code: None,
-            message: None,
-            spec: Default::default(),
-            submitted_ms: 1,
-            updated_ms: 1,
-            polled_ms: None,
-            poll_error: None,
-            history: vec![Transition {
-                at_ms: 1,
-                state: "rejected".into(),
-                native_state: None,
-                message: Some("no".into()),
-            }],
-        };
+        let job = job_row();
         let (store, _) = Store::open(dir.path(), 10).unwrap();
         let a = store.insert_job(job.clone()).await.unwrap();
         let b = store.insert_job(job.clone()).await.unwrap();
@@ -544,6 +635,95 @@ mod tests {
         }
         let (_s, loaded) = Store::open(dir.path(), 10).unwrap();
         assert!(loaded.jobs.is_empty());
+    }
+
+    /// Rows exactly as the previous layout wrote them (the API's `NodeView` and
+    /// `JobView` serialized as they were), and one from an older corral that lacked
+    /// fields added since.
+    #[tokio::test]
+    async fn rows_written_by_the_previous_layout_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = open_db(&db_path(dir.path())).unwrap();
+            let node = r#"{"name":"n1","liveness":"ready","liveness_since_ms":5,"health":"degraded","reasons":[],"connected":true,"address":"10.0.0.1:4000","agent_version":"0.1.0","first_seen_ms":1,"last_beat_ms":9,"last_report_ms":null,"report":null}"#;
+            let sparse =
+                r#"{"name":"n2","liveness":"down","health":"healthy","some_future_field":1}"#;
+            conn.execute("INSERT INTO nodes VALUES ('n1', ?1, 0)", [node])
+                .unwrap();
+            conn.execute("INSERT INTO nodes VALUES ('n2', ?1, 0)", [sparse])
+                .unwrap();
+            let job = r#"{"id":"c3","scheduler":"slurm","node":"n1","native_id":"1001","phase":"submitted","state":{"queued":{"held":true}},"state_word":"held","native_state":"PENDING","exit_code":null,"message":null,"spec":{"executable":"/bin/true","arguments":["a"]},"submitted_ms":1,"updated_ms":2,"polled_ms":3,"poll_error":null}"#;
+            conn.execute(
+                "INSERT INTO jobs VALUES (3, 'slurm', 'n1', '1001', 'held', 1, 2, ?1)",
+                [job],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO job_history VALUES (3, 0, 1, 'submitting', NULL, 'm')",
+                [],
+            )
+            .unwrap();
+        }
+        let (_s, loaded) = Store::open(dir.path(), 10).unwrap();
+        assert_eq!(loaded.nodes.len(), 2);
+        assert_eq!(loaded.nodes[0].health, HealthStatus::Degraded);
+        assert_eq!(loaded.nodes[0].address.as_deref(), Some("10.0.0.1:4000"));
+        assert_eq!(loaded.nodes[1].liveness, Liveness::Down);
+        let job = &loaded.jobs[0];
+        assert_eq!(job.id, JobId(3));
+        assert_eq!(job.state, Some(JobState::Queued { held: true }));
+        assert_eq!(job.spec.arguments, ["a"]);
+        assert_eq!(job.history.len(), 1);
+    }
+
+    #[test]
+    fn stored_rows_keep_the_field_names_of_the_previous_layout() {
+        let keys = |v: serde_json::Value| -> BTreeSet<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let node: BTreeSet<&str> = [
+            "name",
+            "liveness",
+            "liveness_since_ms",
+            "health",
+            "reasons",
+            "connected",
+            "address",
+            "agent_version",
+            "first_seen_ms",
+            "last_beat_ms",
+            "last_report_ms",
+            "report",
+        ]
+        .into();
+        let written = keys(serde_json::to_value(row("a")).unwrap());
+        assert_eq!(
+            written.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+            node
+        );
+        let job: BTreeSet<&str> = [
+            "id",
+            "scheduler",
+            "node",
+            "native_id",
+            "phase",
+            "state",
+            "state_word",
+            "native_state",
+            "exit_code",
+            "message",
+            "spec",
+            "submitted_ms",
+            "updated_ms",
+            "polled_ms",
+            "poll_error",
+        ]
+        .into();
+        let written = keys(serde_json::to_value(job_row()).unwrap());
+        assert_eq!(
+            written.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+            job
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! Invariant: [`AgentSection::validate`] refuses what the agent could not run with, and
 //! names the key.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,11 @@ pub struct AgentSection {
     pub reconnect_base: Duration,
     #[serde(default = "default_backoff_cap", with = "humantime_serde")]
     pub reconnect_cap: Duration,
+    /// Where the agent keeps what must survive its own restart: GPU failure state
+    /// (`gpu-health.json`, see `crate::health::state`), keyed by boot id so a reboot
+    /// clears it. Created if missing. Default: none (kept in memory only).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 fn default_beat() -> Duration {
@@ -99,6 +105,15 @@ impl AgentSection {
         }
         if a.beat_interval > Duration::from_secs(3600) {
             return Err(issue("agent.beat_interval", "must be at most 1h".into()));
+        }
+        if a.state_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(issue(
+                "agent.state_dir",
+                "is empty; remove the key to keep GPU state in memory only".into(),
+            ));
         }
         if a.reconnect_cap < a.reconnect_base {
             return Err(issue(

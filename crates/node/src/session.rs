@@ -44,7 +44,7 @@ use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
 use tokio::time::{interval, timeout, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::health::gpu::{self, GpuConfig};
 use crate::health::verdict::{condition_changed, Thresholds};
@@ -95,8 +95,15 @@ pub fn sample_once(name: &str, thresholds: &Thresholds, gpu: &GpuConfig) -> Resu
     Ok(sampler.sample(name))
 }
 
-/// Runs the agent until `shutdown` is cancelled.
+/// Runs the agent until `shutdown` is cancelled. Everything it logs is inside one `agent`
+/// span (node, coordinator), each connection inside a `session` span (attempt, and the
+/// coordinator's address once resolved), so events carry no repeated fields.
 pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> {
+    let span = info_span!("agent", node = %opts.name, coordinator = %opts.coordinator);
+    run_agent(opts, shutdown).instrument(span).await
+}
+
+async fn run_agent(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> {
     let tls = opts.tls.load().context("loading the agent's TLS files")?;
     if tls.identity.name != opts.name {
         bail!(
@@ -145,7 +152,8 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
         // with a reason; this outer branch only covers the connect phase.
         let outcome = tokio::select! {
             biased;
-            r = session(&opts, &endpoint, &client_cfg, reports.clone(), &sample_now, ray.as_ref(), plugins.clone(), &shutdown) => r,
+            r = session(&opts, &endpoint, &client_cfg, reports.clone(), &sample_now, ray.as_ref(), plugins.clone(), &shutdown)
+                .instrument(info_span!("session", attempt, address = tracing::field::Empty)) => r,
             _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
         };
         match outcome {
@@ -154,16 +162,16 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
                 if welcomed {
                     attempt = 0;
                 }
-                warn!(coordinator = %opts.coordinator, %reason, "connection to the coordinator lost");
+                warn!(%reason, "connection to the coordinator lost");
             }
             Err(SessionError::Refused { refusal, reason }) => {
-                error!(coordinator = %opts.coordinator, ?refusal, %reason, "the coordinator refused this agent");
+                error!(?refusal, %reason, "the coordinator refused this agent");
                 if refusal.is_permanent() {
                     attempt = u32::MAX / 2;
                 }
             }
             Err(SessionError::Other(e)) => {
-                warn!(coordinator = %opts.coordinator, error = format!("{e:#}"), "cannot reach the coordinator");
+                warn!(error = format!("{e:#}"), "cannot reach the coordinator");
             }
         }
         corral_base::systemd::status(&format!(
@@ -188,7 +196,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<()> 
         // The supervisor saw `shutdown` too and is stopping its process group.
         let _ = ray.task.await;
     }
-    info!(node = %opts.name, "agent stopped");
+    info!("agent stopped");
     Ok(())
 }
 
@@ -199,15 +207,15 @@ fn client_endpoint() -> Result<quinn::Endpoint> {
         .context("opening a UDP socket for QUIC")
 }
 
+/// The newest report, as the sampler thread publishes it (`None` before the first).
+type Reports = watch::Receiver<Option<Arc<NodeReport>>>;
+
 /// The sampler thread; returns the report channel and the "sample now" trigger.
 fn spawn_sampler(
     name: String,
     mut sampler: Sampler,
     every: Duration,
-) -> Result<(
-    watch::Receiver<Option<Arc<NodeReport>>>,
-    std_mpsc::Sender<()>,
-)> {
+) -> Result<(Reports, std_mpsc::Sender<()>)> {
     let (tx, rx) = watch::channel(None);
     let (now_tx, now_rx) = std_mpsc::channel::<()>();
     std::thread::Builder::new()
@@ -337,6 +345,7 @@ async fn session(
         .with_context(|| format!("resolving {}", opts.coordinator))?
         .next()
         .with_context(|| format!("{} resolves to no address", opts.coordinator))?;
+    tracing::Span::current().record("address", tracing::field::display(addr));
     let connecting = endpoint
         .connect_with(client_cfg.clone(), addr, &opts.server_name)
         .context("starting the QUIC handshake")?;
@@ -375,7 +384,7 @@ async fn session(
             return Err(anyhow::anyhow!("no welcome from the coordinator: {e}").into());
         }
     };
-    info!(coordinator = %addr, protocol = welcome.protocol, coordinator_version = %welcome.coordinator_version, node = %opts.name, "connected to the coordinator");
+    info!(protocol = welcome.protocol, coordinator_version = %welcome.coordinator_version, "connected to the coordinator");
     corral_base::systemd::status(&format!("node {}: connected to {addr}", opts.name));
 
     let mut beat_tick = interval(opts.beat_interval);
@@ -463,7 +472,7 @@ async fn session(
                 let changed = last_health.as_ref().is_none_or(|h| condition_changed(h, &report.health));
                 if forced_report || changed {
                     if let (true, Some(prev)) = (changed, &last_health) {
-                        info!(node = %opts.name, from = %prev.status, to = %report.health.status, reasons = report.health.reasons.len(), "health changed; reporting now");
+                        info!(from = %prev.status, to = %report.health.status, reasons = report.health.reasons.len(), "health changed; reporting now");
                     }
                     forced_report = false;
                     last_health = Some(report.health.clone());

@@ -91,6 +91,13 @@ impl NodePlugins {
     }
 }
 
+/// `GET /api/v1/stats`: the coordinator's counters, all cumulative since it started.
+///
+/// Apply latency is the time from an agent sending a beat to the coordinator's registry
+/// applying it, in microseconds, by the agent's and the coordinator's clocks (only
+/// meaningful when they agree, e.g. on one host). The quantiles are over every beat
+/// since the start; for a window, take two snapshots and use
+/// [`StatsView::apply_latency_since`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatsView {
     pub nodes: usize,
@@ -99,10 +106,87 @@ pub struct StatsView {
     pub reports_total: u64,
     pub bytes_in_total: u64,
     pub rejected_total: HashMap<String, u64>,
+    /// The bound of the histogram bucket the median falls in.
     pub apply_latency_p50_us: u64,
+    /// The bound of the histogram bucket the 99th percentile falls in.
     pub apply_latency_p99_us: u64,
+    /// The largest latency seen (exact).
     pub apply_latency_max_us: u64,
     pub apply_latency_samples: u64,
+    /// The latency histogram: the buckets holding samples, ascending by bound. Bucket
+    /// bounds are fixed (eight per doubling, `ceil(2^(i/8))` µs, the last one open
+    /// ended), so two snapshots of one coordinator subtract bucket by bucket.
+    #[serde(default)]
+    pub apply_latency_buckets: Vec<LatencyBucket>,
+}
+
+/// One bucket of a latency histogram: `count` samples above the previous bucket's bound
+/// and at most `le_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyBucket {
+    pub le_us: u64,
+    pub count: u64,
+}
+
+/// A latency distribution in a few numbers, each the bound of the bucket it falls in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatencySummary {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub samples: u64,
+}
+
+impl LatencySummary {
+    /// Summarises `buckets` (ascending by bound, as [`StatsView`] lists them).
+    pub fn of(buckets: &[LatencyBucket]) -> LatencySummary {
+        let samples: u64 = buckets.iter().map(|b| b.count).sum();
+        let quantile = |q: f64| {
+            // The smallest bound with at least ceil(q × samples) samples at or below it.
+            let rank = ((q * samples as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            for b in buckets {
+                seen += b.count;
+                if seen >= rank {
+                    return b.le_us;
+                }
+            }
+            0
+        };
+        LatencySummary {
+            p50_us: quantile(0.5),
+            p99_us: quantile(0.99),
+            max_us: buckets
+                .iter()
+                .rev()
+                .find(|b| b.count > 0)
+                .map_or(0, |b| b.le_us),
+            samples,
+        }
+    }
+}
+
+impl StatsView {
+    /// The apply latencies recorded between `earlier` and this snapshot of the same
+    /// coordinator (bucket counts subtracted), summarised.
+    pub fn apply_latency_since(&self, earlier: &StatsView) -> LatencySummary {
+        let before: HashMap<u64, u64> = earlier
+            .apply_latency_buckets
+            .iter()
+            .map(|b| (b.le_us, b.count))
+            .collect();
+        let window: Vec<LatencyBucket> = self
+            .apply_latency_buckets
+            .iter()
+            .map(|b| LatencyBucket {
+                le_us: b.le_us,
+                count: b
+                    .count
+                    .saturating_sub(before.get(&b.le_us).copied().unwrap_or(0)),
+            })
+            .collect();
+        LatencySummary::of(&window)
+    }
 }
 
 /// A corral job id, written `c17` (a number alone would read like a native id).
@@ -181,7 +265,7 @@ pub struct Transition {
     pub message: Option<String>,
 }
 
-/// A job as the coordinator tracks it and the API shows it.
+/// A job as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: JobId,
@@ -246,7 +330,7 @@ pub struct Rendered {
     pub script: String,
 }
 
-/// What one pass of the job poller did (the poll benchmark reads it).
+/// What one pass of the job poller did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollReport {
     /// (node, plugin) pairs asked.

@@ -75,7 +75,12 @@ pub struct JobArray {
 }
 
 /// A portable job description (WIT `types.job-spec`).
+///
+/// In JSON any field may be left out and takes its default (empty lists, no value), so
+/// `{"executable": "/bin/hostname"}` is a whole spec. Postcard always carries every
+/// field, so the wire format is unaffected.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct JobSpec {
     pub name: Option<String>,
     pub executable: String,

@@ -169,8 +169,9 @@ pub struct GpuSample {
     /// NVLink links the GPU has (empty without NVLink).
     #[serde(default)]
     pub nvlinks: Vec<NvLinkSample>,
-    /// XID errors that arrived (through the NVML event set) since the previous sample, in
-    /// arrival order. The lasting view is in `health` (`xid_last`, `xid_total`).
+    /// XID errors that arrived since the previous sample, in arrival order: from the NVML
+    /// event set and from the kernel log (`NVRM: Xid` lines), an XID both reported counted
+    /// once. The lasting view is in `health` (`xid_counts`, `xid_last`, `xid_total`).
     #[serde(default)]
     pub xids: Vec<u64>,
     /// Why the device could not be read at all ("GPU is lost", "no longer enumerated by
@@ -180,6 +181,11 @@ pub struct GpuSample {
     /// The agent's verdict on this device (see `node::device_health`).
     #[serde(default)]
     pub health: DeviceHealth,
+    /// What the driver says the GPU needs (NVML's `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`:
+    /// `none`, `reset`, `reboot`, `drain_p2p` or `drain_and_reset`); `None` where the
+    /// driver cannot say (drivers before R565, GPUs without the field, a lost GPU).
+    #[serde(default)]
+    pub recovery_action: Option<GpuAction>,
 }
 
 impl GpuSample {
@@ -310,18 +316,31 @@ impl std::fmt::Display for DeviceStatus {
 }
 
 /// Why a device is not `ok`: a stable code for dashboards and a message an operator can
-/// act on ("XID 79: GPU has fallen off the bus; reset the GPU to clear").
+/// act on ("XID 79: GPU has fallen off the bus; reboot the node to clear").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceReason {
-    /// `xid`, `temperature`, `ecc_uncorrectable`, `ecc_corrected_growing`,
-    /// `row_remap_failure`, `row_remap_pending`, `retired_pages_pending`, `pcie_width`,
-    /// `pcie_replays_growing`, `throttle_thermal`, `throttle_hw_slowdown`,
-    /// `nvlink_down`, `nvlink_errors_growing`, `lost`, `disappeared`.
+    /// `xid`, `recovery_action`, `temperature`, `ecc_uncorrectable`,
+    /// `ecc_corrected_growing`, `row_remap_failure`, `row_remap_pending`,
+    /// `retired_pages_pending`, `pcie_width`, `pcie_replays_growing`, `throttle_thermal`,
+    /// `throttle_hw_slowdown`, `nvlink_down`, `nvlink_errors_growing`, `lost`,
+    /// `disappeared`.
     pub code: String,
     pub status: DeviceStatus,
     pub message: String,
-    /// True when only a GPU reset (or reboot) clears this reason.
+    /// True when a GPU reset clears this reason (a node reboot does too).
     pub needs_reset: bool,
+    /// True when only a node reboot clears this reason (NVIDIA's catalog says `RESTART_BM`
+    /// for the XID, or NVML's recovery action is `reboot`). Never set with `needs_reset`.
+    #[serde(default)]
+    pub needs_reboot: bool,
+    /// What to do about it, where a source says: the XID catalog's action, NVML's
+    /// recovery action, or the reset a reading needs. `None` for conditions that clear by
+    /// themselves (a temperature, a counter that stops growing).
+    #[serde(default)]
+    pub action: Option<GpuAction>,
+    /// Who decided `action`.
+    #[serde(default)]
+    pub action_source: Option<ActionSource>,
 }
 
 /// A device's verdict, worst reason first.
@@ -329,10 +348,129 @@ pub struct DeviceReason {
 pub struct DeviceHealth {
     pub status: DeviceStatus,
     pub reasons: Vec<DeviceReason>,
-    /// The most recent XID error seen on this device since the agent started.
+    /// The most recent XID error seen on this device this boot (across agent restarts
+    /// when the agent has a `state_dir`, since the agent started otherwise).
     pub xid_last: Option<u64>,
-    /// XID errors seen on this device since the agent started (ignored ones included).
+    /// XID errors seen on this device, over the same span (ignored ones included).
     pub xid_total: u64,
+    /// The same XIDs by code, ascending.
+    #[serde(default)]
+    pub xid_counts: Vec<XidCount>,
+    /// What the device needs now, the worst of its reasons' actions, except that NVML's
+    /// recovery action, when the driver reports one other than `none`, decides.
+    #[serde(default)]
+    pub action: GpuAction,
+    /// Who decided `action`; `None` while `action` is `none`.
+    #[serde(default)]
+    pub action_source: Option<ActionSource>,
+}
+
+/// How many times one XID was seen on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XidCount {
+    pub xid: u64,
+    pub count: u64,
+}
+
+/// What a GPU needs, from nothing to a node reboot, in increasing severity. One
+/// vocabulary for NVIDIA's XID catalog (`restart_app`, `investigate`, `reset`,
+/// `reboot`; its `IGNORE` is `none`) and NVML's recovery action (`none`, `reset`,
+/// `reboot`, `drain_p2p`, `drain_and_reset`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuAction {
+    /// Nothing to do.
+    #[default]
+    None,
+    /// Restart the application that hit the error; the GPU is fine.
+    RestartApp,
+    /// Look into it (NVIDIA names a workflow or support for the XID).
+    Investigate,
+    /// Stop the GPU's peer-to-peer traffic, then read the recovery action again.
+    DrainP2p,
+    /// Reset the GPU (`nvidia-smi -r`).
+    Reset,
+    /// Drain peer-to-peer traffic, then reset the GPU.
+    DrainAndReset,
+    /// Reboot the node.
+    Reboot,
+}
+
+impl GpuAction {
+    pub const ALL: [GpuAction; 7] = [
+        GpuAction::None,
+        GpuAction::RestartApp,
+        GpuAction::Investigate,
+        GpuAction::DrainP2p,
+        GpuAction::Reset,
+        GpuAction::DrainAndReset,
+        GpuAction::Reboot,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuAction::None => "none",
+            GpuAction::RestartApp => "restart_app",
+            GpuAction::Investigate => "investigate",
+            GpuAction::DrainP2p => "drain_p2p",
+            GpuAction::Reset => "reset",
+            GpuAction::DrainAndReset => "drain_and_reset",
+            GpuAction::Reboot => "reboot",
+        }
+    }
+
+    /// NVML's `nvmlDeviceGpuRecoveryAction_t` value (0 none, 1 GPU reset, 2 node reboot,
+    /// 3 drain P2P, 4 drain and reset); `None` for a value this build does not know.
+    pub fn from_nvml(value: u64) -> Option<GpuAction> {
+        match value {
+            0 => Some(GpuAction::None),
+            1 => Some(GpuAction::Reset),
+            2 => Some(GpuAction::Reboot),
+            3 => Some(GpuAction::DrainP2p),
+            4 => Some(GpuAction::DrainAndReset),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for GpuAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who decided a device's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionSource {
+    /// NVIDIA's XID catalog, as the agent's table encodes it.
+    Catalog,
+    /// The driver, through NVML's GPU recovery action.
+    Nvml,
+    /// The operator's `[gpu.xid]` overrides.
+    Operator,
+    /// corral's rule for a reading (uncorrectable ECC errors, a pending remap, a lost
+    /// GPU).
+    Reading,
+}
+
+impl ActionSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionSource::Catalog => "catalog",
+            ActionSource::Nvml => "nvml",
+            ActionSource::Operator => "operator",
+            ActionSource::Reading => "reading",
+        }
+    }
+}
+
+impl std::fmt::Display for ActionSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Node health, worst first in severity.
@@ -549,4 +687,53 @@ pub fn unix_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvml_recovery_action_values_map_to_actions() {
+        let mapped: Vec<_> = (0..6).map(GpuAction::from_nvml).collect();
+        assert_eq!(
+            mapped,
+            [
+                Some(GpuAction::None),
+                Some(GpuAction::Reset),
+                Some(GpuAction::Reboot),
+                Some(GpuAction::DrainP2p),
+                Some(GpuAction::DrainAndReset),
+                None,
+            ]
+        );
+    }
+
+    #[test]
+    fn actions_are_ordered_by_severity_and_named_in_json() {
+        assert!(GpuAction::None < GpuAction::RestartApp);
+        assert!(GpuAction::Investigate < GpuAction::Reset);
+        assert!(GpuAction::Reset < GpuAction::Reboot);
+        for a in GpuAction::ALL {
+            assert_eq!(
+                serde_json::to_string(&a).unwrap(),
+                format!("\"{}\"", a.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn reports_stored_before_the_new_fields_still_load() {
+        // The coordinator keeps reports as JSON; one written before protocol 3's GPU
+        // fields must still deserialize.
+        let old = r#"{"code": "xid", "status": "fail", "message": "m", "needs_reset": true}"#;
+        let r: DeviceReason = serde_json::from_str(old).unwrap();
+        assert!(!r.needs_reboot);
+        assert_eq!((r.action, r.action_source), (None, None));
+        let h: DeviceHealth = serde_json::from_str(
+            r#"{"status": "ok", "reasons": [], "xid_last": null, "xid_total": 0}"#,
+        )
+        .unwrap();
+        assert_eq!(h.action, GpuAction::None);
+    }
 }

@@ -37,7 +37,12 @@
 //!   protocol-1 agent cannot, so accepting it would promise a compatibility nobody needs.
 //! - 3: a beat carries only its send time (`seq` and `health` were never read: health
 //!   travels in reports), and the hello no longer carries the report interval (unused).
-//!   Protocol 2 is not accepted, for the same reason as 1.
+//!   Protocol 2 is not accepted, for the same reason as 1. Also in 3: GPU faults as
+//!   NVIDIA classes them: [`crate::model::GpuSample::recovery_action`] (NVML's recovery
+//!   action), `needs_reboot`, `action` and `action_source` on
+//!   [`crate::model::DeviceReason`], `xid_counts`, `action` and `action_source` on
+//!   [`crate::model::DeviceHealth`] (XIDs from the kernel log as well as NVML, classed by
+//!   NVIDIA's XID catalog).
 //!
 //! The golden-bytes tests at the end of this file pin the encoding of every message:
 //! reordering, retyping or inserting a field fails them, which is the reminder to bump
@@ -501,4 +506,261 @@ mod tests {
         });
         assert!(encode("beat", &beat).unwrap().len() <= 16);
     }
+
+    /// One of every message and variant the protocol has, with every field set where the
+    /// type allows, so that a reordered, retyped or inserted field changes the bytes.
+    fn golden_cases() -> Vec<(&'static str, Vec<u8>)> {
+        use crate::job::{Feature, Grants, JobState, JobStatus, PluginInfo};
+        use crate::model::*;
+        let mut gpu = GpuSample::plausible(0);
+        gpu.nvlinks.truncate(1);
+        let report = NodeReport {
+            node: "gpu-01".into(),
+            facts: HostFacts {
+                hostname: "gpu-01".into(),
+                os: "Debian 12".into(),
+                kernel: "6.1".into(),
+                cpu_model: "EPYC".into(),
+                cpu_cores: 64,
+                physical_cores: Some(32),
+                memory_total_bytes: 1 << 40,
+                agent_version: "0.1.0".into(),
+            },
+            host: HostSample {
+                taken_at_ms: 1_700_000_000_000,
+                uptime_secs: 3600,
+                cpu_percent: 12.5,
+                per_core_percent: vec![10.0, 15.0],
+                load: LoadAverage {
+                    one: 1.0,
+                    five: 2.0,
+                    fifteen: 3.0,
+                },
+                memory: Memory {
+                    total_bytes: 1 << 40,
+                    used_bytes: 1 << 30,
+                    available_bytes: 1 << 39,
+                    swap_total_bytes: 0,
+                    swap_used_bytes: 0,
+                },
+                filesystems: vec![Filesystem {
+                    mount: "/".into(),
+                    device: "nvme0n1p1".into(),
+                    fs_type: "ext4".into(),
+                    total_bytes: 1 << 36,
+                    available_bytes: 1 << 35,
+                }],
+                cpu_temperatures: vec![Temperature {
+                    label: "Tctl".into(),
+                    celsius: 45.5,
+                }],
+            },
+            gpus: vec![gpu],
+            gpu_error: Some("nvml: driver busy".into()),
+            health: Health::from_reasons(vec![Reason {
+                check: "disk:/".into(),
+                status: HealthStatus::Degraded,
+                message: "disk / 91% full > 90%".into(),
+            }]),
+            ray: Some(RayStatus {
+                role: RayRole::Worker,
+                state: RayState::Running,
+                since_ms: 1_700_000_000_000,
+                venv: "/opt/ray".into(),
+                python_version: Some("3.11.7".into()),
+                ray_version: Some("2.60.0".into()),
+                head_address: Some("10.0.0.1:6379".into()),
+                restarts: 1,
+                message: Some("joined".into()),
+                pid: Some(4242),
+                log_file: Some("/var/lib/corral/ray/worker.log".into()),
+            }),
+        };
+        let head = RayHead {
+            node: "head-01".into(),
+            address: "10.0.0.1:6379".into(),
+            dashboard: "http://10.0.0.1:8265".into(),
+            python: "3.11.7".into(),
+            ray: "2.60.0".into(),
+            venv: "/opt/ray".into(),
+            started_ms: 7,
+        };
+        let status = JobStatus {
+            id: "42".into(),
+            state: JobState::Failed {
+                reason: "exit 3".into(),
+            },
+            native_state: "FAILED".into(),
+            exit_code: Some(3),
+            message: Some("NonZeroExitCode".into()),
+        };
+        let info = PluginInfo {
+            name: "slurm".into(),
+            version: "0.1.0".into(),
+            scheduler: "Slurm".into(),
+            features: vec![Feature::Arrays, Feature::Dependencies],
+        };
+        let e = |m: &dyn erased::Encode| m.bytes();
+        vec![
+            (
+                "hello",
+                e(&Hello {
+                    protocol: PROTOCOL_VERSION,
+                    node: "gpu-01".into(),
+                    agent_version: "0.1.0".into(),
+                    beat_interval_ms: 1000,
+                }),
+            ),
+            (
+                "welcome",
+                e(&Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    coordinator_version: "0.1.0".into(),
+                }),
+            ),
+            (
+                "agent beat",
+                e(&AgentMsg::Beat(Beat {
+                    sent_at_ns: 1_700_000_000_000_000_000,
+                })),
+            ),
+            ("agent report", e(&AgentMsg::Report(Box::new(report)))),
+            (
+                "agent command result ok",
+                e(&AgentMsg::CommandResult {
+                    id: 9,
+                    result: Ok(CommandOutput::Pong { nonce: 5 }),
+                }),
+            ),
+            (
+                "agent command result err",
+                e(&AgentMsg::CommandResult {
+                    id: 9,
+                    result: Err("no such plugin".into()),
+                }),
+            ),
+            ("agent ray head", e(&AgentMsg::RayHead(Some(head.clone())))),
+            (
+                "agent plugins",
+                e(&AgentMsg::Plugins {
+                    loaded: vec![LoadedPlugin {
+                        info: info.clone(),
+                        digest: "ab".into(),
+                        grants: Grants {
+                            programs: vec![("sbatch".into(), "/usr/bin/sbatch".into())],
+                            hosts: vec!["127.0.0.1:8265".into()],
+                            config_keys: vec!["partition".into()],
+                        },
+                    }],
+                    failed: vec![LoadFailure {
+                        name: "pbs".into(),
+                        message: "pbs.wasm: no such file".into(),
+                    }],
+                }),
+            ),
+            (
+                "coord ping",
+                e(&CoordMsg::Command {
+                    id: 1,
+                    command: Command::Ping { nonce: 5 },
+                }),
+            ),
+            (
+                "coord report now",
+                e(&CoordMsg::Command {
+                    id: 2,
+                    command: Command::ReportNow,
+                }),
+            ),
+            (
+                "coord plugin submit",
+                e(&CoordMsg::Command {
+                    id: 3,
+                    command: Command::Plugin {
+                        plugin: "slurm".into(),
+                        call: Box::new(PluginCall::Submit(sample_spec())),
+                    },
+                }),
+            ),
+            (
+                "coord head changed",
+                e(&CoordMsg::HeadChanged { head: Some(head) }),
+            ),
+            ("output report queued", e(&CommandOutput::ReportQueued)),
+            (
+                "output plugin statuses",
+                e(&CommandOutput::Plugin(Ok(PluginReply::Statuses(vec![
+                    status,
+                ])))),
+            ),
+            (
+                "output plugin info",
+                e(&CommandOutput::Plugin(Ok(PluginReply::Info(info)))),
+            ),
+            (
+                "output plugin error",
+                e(&CommandOutput::Plugin(Err(PluginError::Invalid(
+                    "bad spec".into(),
+                )))),
+            ),
+        ]
+    }
+
+    mod erased {
+        pub trait Encode {
+            fn bytes(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Encode for T {
+            fn bytes(&self) -> Vec<u8> {
+                super::encode("golden", self).expect("encodes")
+            }
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The postcard bytes of every message, pinned. A failure here means the encoding
+    /// changed: bump `PROTOCOL_VERSION` (and say why in the history above), then update
+    /// the pinned bytes from the `actual` lines this test prints.
+    #[test]
+    fn every_message_keeps_its_golden_encoding() {
+        let pinned: &[(&str, &str)] = GOLDEN;
+        let cases = golden_cases();
+        let mut changed = vec![];
+        for (name, bytes) in &cases {
+            let actual = hex(bytes);
+            match pinned.iter().find(|(n, _)| n == name) {
+                Some((_, want)) if *want == actual => {}
+                _ => changed.push(format!("(\"{name}\", \"{actual}\"),")),
+            }
+        }
+        assert!(
+            changed.is_empty(),
+            "wire encoding changed for:\n{}",
+            changed.join("\n")
+        );
+        assert_eq!(pinned.len(), cases.len(), "a golden case was removed");
+    }
+
+    #[rustfmt::skip]
+    const GOLDEN: &[(&str, &str)] = &[
+        ("hello", "03066770752d303105302e312e30e807"),
+        ("welcome", "0305302e312e30"),
+        ("agent beat", "008080a8b1e39fe7cb17"),
+        ("agent report", "01066770752d3031066770752d30310944656269616e20313203362e31044550594340012080808080802005302e312e3080d095ffbc31901c00004841020000204100007041000000000000f03f000000000000004000000000000008408080808080208080808004808080808010000001012f096e766d65306e317031046578743480808080800280808080800101045463746c000036420100284750552d66613465303030302d303030302d303030302d303030302d3030303030303030303030300e46616b6520483130302038304742018090dfc04a0180c0fc82aa0201320128010000000000406f40010d31363530303030303030303030011030303030303030303a31383a30302e3001093535302e35342e3135010431322e34010e39362e30302e38392e30302e30310101010764656661756c74010000000180b09dc2df01011401000100012d00010000000000e08540010000000080842e4101bc0f01bb1401000105010501100110010001010100010001000100010001000100010001000100010001000101000100010001000000000000000000000001116e766d6c3a2064726976657220627573790101066469736b3a2f01156469736b202f203931252066756c6c203e2039302501010180d095ffbc31082f6f70742f7261790106332e31312e370106322e36302e30010d31302e302e302e313a363337390101066a6f696e6564019221011e2f7661722f6c69622f636f7272616c2f7261792f776f726b65722e6c6f67"),
+        ("agent command result ok", "0209000005"),
+        ("agent command result err", "0209010e6e6f207375636820706c7567696e"),
+        ("agent ray head", "030107686561642d30310d31302e302e302e313a3633373914687474703a2f2f31302e302e302e313a3832363506332e31312e3706322e36302e30082f6f70742f72617907"),
+        ("agent plugins", "040105736c75726d05302e312e3005536c75726d02000102616201067362617463680f2f7573722f62696e2f736261746368010e3132372e302e302e313a383236350109706172746974696f6e0103706273167062732e7761736d3a206e6f20737563682066696c65"),
+        ("coord ping", "00010005"),
+        ("coord report now", "000201"),
+        ("coord plugin submit", "00030205736c75726d020122697427732061202274657374223b20726d202d7266202f2060696460202428696429072f62696e2f736803022d630d6563686f2022243122203e263203612062010d2f746d702f776f726b206469720101410331203200010b2f746d702f6f75742d256a0001020000010801802001982a01056465627567000001010a0201030101033132330110736c75726d2e636f6e73747261696e740461313030"),
+        ("coord head changed", "010107686561642d30310d31302e302e302e313a3633373914687474703a2f2f31302e302e302e313a3832363506332e31312e3706322e36302e30082f6f70742f72617907"),
+        ("output report queued", "01"),
+        ("output plugin statuses", "020003010234320506657869742033064641494c45440106010f4e6f6e5a65726f45786974436f6465"),
+        ("output plugin info", "02000005736c75726d05302e312e3005536c75726d020001"),
+        ("output plugin error", "020101086261642073706563"),
+    ];
 }

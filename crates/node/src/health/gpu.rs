@@ -24,7 +24,16 @@
 //!   channel that [`GpuSource::sample`] drains into each device's `xids`. Nothing polls
 //!   for XIDs. Devices without event support (NVML `NotSupported`: GeForce, some VMs) are
 //!   skipped with a log line and still report every other reading. NVML reports only the
-//!   last XID per device when several arrive between two waits; that is an NVML limit.
+//!   last XID per device when several arrive between two waits, and some XIDs (79, 119,
+//!   120, 62) not at all: the NVML backends therefore also read the kernel log
+//!   ([`super::kmsg`], `gpu.kernel_log`, `/dev/kmsg` by default), handed to the sampler
+//!   through [`GpuSource::kernel_log`]; duplicates are merged in
+//!   [`super::device_health`]. The events of a sample are drained *before* its devices are
+//!   read, so the recovery action read below follows any XID 154 the sample carries.
+//! - NVML's GPU recovery action (`NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`, field 230 in
+//!   nvml.h, drivers from R565) is read on every sample through the field-value API,
+//!   which nvml-wrapper wraps for any field id, in a call of its own: a driver that does
+//!   not know the field gives `None` without failing the other readings.
 //! - Static facts (driver and CUDA versions) are read once per NVML initialisation.
 //! - MIG: the mode in effect is reported, and on a GPU with MIG enabled every MIG
 //!   instance is reported as its own device (`parent_uuid`, `mig_index`, its UUID, name
@@ -34,8 +43,11 @@
 //!   checked on real MIG hardware (no GPU machine has been available).
 //! - The fake source replays a JSON script (see [`FakeScript`]) in which every
 //!   [`GpuSample`] field may be given, XIDs as `"xids": [79]` on the sample they arrive
-//!   with, a lost device as `"lost": "GPU is lost"`, and a device that disappears by
-//!   leaving it out of a step.
+//!   with (NVML events), the recovery action as `"recovery_action": "reset"`, a lost
+//!   device as `"lost": "GPU is lost"`, a device that disappears by leaving it out of a
+//!   step, and kernel-log lines as `"kmsg": ["NVRM: Xid (PCI:0000:18:00): 79, ..."]` on
+//!   the step (beside `"gpus"` or `"error"`) they arrive with. With `gpu.kernel_log` set
+//!   it also reads that file, as the NVML backends do.
 //! - NVML is loaded at run time by `nvml-wrapper` (libloading), so the agent binary runs
 //!   on machines without the driver.
 //! - Every call is blocking; NVML calls can take milliseconds per device.
@@ -59,15 +71,16 @@ use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::sys_exports::field_id::{
-    NVML_FI_DEV_MEMORY_TEMP, NVML_FI_DEV_REMAPPED_COR, NVML_FI_DEV_REMAPPED_FAILURE,
-    NVML_FI_DEV_REMAPPED_PENDING, NVML_FI_DEV_REMAPPED_UNC,
+    NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, NVML_FI_DEV_MEMORY_TEMP, NVML_FI_DEV_REMAPPED_COR,
+    NVML_FI_DEV_REMAPPED_FAILURE, NVML_FI_DEV_REMAPPED_PENDING, NVML_FI_DEV_REMAPPED_UNC,
 };
 use nvml_wrapper::{Device, Nvml};
 use serde::{Deserialize, Serialize};
 
 use super::device_health::{DevicePolicy, XidTable};
+use super::kmsg::{self, KernelBatch, KernelLog};
 use super::verdict::{ConfigIssue, Thresholds};
-use corral_proto::model::{GpuSample, NvLinkSample, THROTTLE_REASONS};
+use corral_proto::model::{GpuAction, GpuSample, NvLinkSample, THROTTLE_REASONS};
 
 /// A provider of GPU readings.
 pub trait GpuSource: Send {
@@ -75,6 +88,13 @@ pub trait GpuSource: Send {
     fn name(&self) -> &'static str;
     /// Reads every GPU, in index order. An error means the GPUs could not be read at all.
     fn sample(&mut self) -> Result<Vec<GpuSample>, GpuError>;
+    /// The kernel-log records read since the last call and the kernel-log source's
+    /// status; `None` when this source reads no kernel log. Called before
+    /// [`GpuSource::sample`], so that what the sample reads (NVML's recovery action)
+    /// is never older than the XIDs it comes with.
+    fn kernel_log(&mut self) -> Option<KernelBatch> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +158,15 @@ pub struct GpuConfig {
     /// `[gpu.xid]`: XIDs whose class (critical, warn, ignore) the operator changes.
     #[serde(default)]
     pub xid: XidTable,
+    /// Where kernel-log XIDs are read from: `/dev/kmsg`, or a file or FIFO in the same
+    /// formats. Unset: `/dev/kmsg` with the NVML backends, nothing with `fake`. An empty
+    /// path turns the kernel-log source off.
+    #[serde(default)]
+    pub kernel_log: Option<PathBuf>,
+    /// Where GPU failure state survives agent restarts. Not a `[gpu]` key: the agent's
+    /// config fills it from `agent.state_dir`.
+    #[serde(skip)]
+    pub state_dir: Option<PathBuf>,
 }
 
 fn default_quiet_period() -> Duration {
@@ -152,6 +181,8 @@ impl Default for GpuConfig {
             quiet_period: default_quiet_period(),
             check_pcie_width: true,
             xid: XidTable::default(),
+            kernel_log: None,
+            state_dir: None,
         }
     }
 }
@@ -179,6 +210,19 @@ impl GpuConfig {
             check_pcie_width: self.check_pcie_width,
             temperature_warn_celsius: thresholds.gpu_temperature_warn_celsius,
             temperature_fail_celsius: thresholds.gpu_temperature_fail_celsius,
+            state_dir: self.state_dir.clone(),
+        }
+    }
+
+    /// The kernel log this config reads, if any (see [`GpuConfig::kernel_log`]).
+    pub fn kernel_log_path(&self) -> Option<PathBuf> {
+        match &self.kernel_log {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => match self.backend {
+                GpuBackend::Auto | GpuBackend::Nvml => Some(PathBuf::from(kmsg::DEFAULT_PATH)),
+                GpuBackend::Fake | GpuBackend::None => None,
+            },
         }
     }
 
@@ -188,6 +232,17 @@ impl GpuConfig {
             return Err(ConfigIssue::new(
                 "gpu.quiet_period",
                 "must be at most 7 days",
+            ));
+        }
+        if self.backend == GpuBackend::None
+            && self
+                .kernel_log
+                .as_ref()
+                .is_some_and(|p| !p.as_os_str().is_empty())
+        {
+            return Err(ConfigIssue::new(
+                "gpu.kernel_log",
+                "not read when gpu.backend = \"none\"; remove it or set the backend",
             ));
         }
         match (self.backend, &self.fake_script) {
@@ -208,6 +263,7 @@ impl GpuConfig {
 
 /// Opens the source `cfg` asks for (see the module doc for what `auto` does).
 pub fn open(cfg: &GpuConfig) -> Result<Box<dyn GpuSource>, GpuError> {
+    let kernel = || cfg.kernel_log_path().map(|p| KernelLog::start(&p));
     match cfg.backend {
         GpuBackend::None => Ok(Box::new(NoGpus)),
         GpuBackend::Fake => {
@@ -215,17 +271,23 @@ pub fn open(cfg: &GpuConfig) -> Result<Box<dyn GpuSource>, GpuError> {
                 .fake_script
                 .as_deref()
                 .ok_or(GpuError::FakeScriptMissing)?;
-            Ok(Box::new(FakeGpuSource::load(path)?))
+            let mut fake = FakeGpuSource::load(path)?;
+            fake.kernel = kernel();
+            Ok(Box::new(fake))
         }
         GpuBackend::Nvml => match Nvml::init() {
-            Ok(nvml) => Ok(Box::new(NvmlSource::ready(nvml))),
+            Ok(nvml) => Ok(Box::new(NvmlSource::ready(nvml).with_kernel_log(kernel()))),
             Err(cause) if driver_absent(&cause) => Err(GpuError::NvmlMissing { cause }),
-            Err(cause) => Ok(Box::new(NvmlSource::failing(cause))),
+            Err(cause) => Ok(Box::new(
+                NvmlSource::failing(cause).with_kernel_log(kernel()),
+            )),
         },
         GpuBackend::Auto => match NvmlSource::open() {
-            Ok(Some(source)) => Ok(Box::new(source)),
+            Ok(Some(source)) => Ok(Box::new(source.with_kernel_log(kernel()))),
             Ok(None) => Ok(Box::new(NoGpus)),
-            Err(GpuError::NvmlInit { cause }) => Ok(Box::new(NvmlSource::failing(cause))),
+            Err(GpuError::NvmlInit { cause }) => Ok(Box::new(
+                NvmlSource::failing(cause).with_kernel_log(kernel()),
+            )),
             Err(other) => Err(other),
         },
     }
@@ -316,10 +378,12 @@ pub struct NvmlSource {
     init_error: Option<String>,
     /// Driver and CUDA versions, read once per initialisation.
     versions: Option<(Option<String>, Option<String>)>,
-    /// Identity of each index when it was last readable, for lost devices.
-    known: HashMap<u32, (String, String)>,
+    /// Identity of each index when it was last readable, for lost devices: UUID, name,
+    /// PCI bus id (so kernel-log XIDs still find a lost GPU).
+    known: HashMap<u32, (String, String, Option<String>)>,
     xids: Option<XidListener>,
     mig: Option<MigLister>,
+    kernel: Option<KernelLog>,
 }
 
 /// Lists MIG instances through NVML's own entry points, which nvml-wrapper 0.11 does not
@@ -543,7 +607,14 @@ impl NvmlSource {
             known: HashMap::new(),
             xids: XidListener::start(),
             mig: MigLister::open(),
+            kernel: None,
         }
+    }
+
+    /// Reads kernel-log XIDs through `kernel` as well.
+    fn with_kernel_log(mut self, kernel: Option<KernelLog>) -> Self {
+        self.kernel = kernel;
+        self
     }
 
     fn failing(cause: NvmlError) -> Self {
@@ -555,6 +626,7 @@ impl NvmlSource {
             known: HashMap::new(),
             xids: None,
             mig: None,
+            kernel: None,
         }
     }
 
@@ -746,7 +818,25 @@ fn read_device(
         xids: Vec::new(),
         lost: None,
         health: Default::default(),
+        recovery_action: recovery_action(index, device),
     })
+}
+
+/// NVML's GPU recovery action (`NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`, field 230 in
+/// nvml.h since R565), read through the field-value API on its own so that a driver
+/// that does not know the field cannot fail the other readings. Any error, and a value
+/// this build does not know, is "the driver cannot say".
+fn recovery_action(index: u32, device: &Device) -> Option<GpuAction> {
+    let fields = device
+        .field_values_for(&[FieldId(NVML_FI_DEV_GET_GPU_RECOVERY_ACTION)])
+        .ok()?;
+    let sample = fields.into_iter().next()?.ok()?;
+    let value = sample.value.ok().as_ref().and_then(sample_u64)?;
+    let action = GpuAction::from_nvml(value);
+    if action.is_none() {
+        tracing::debug!(gpu = index, value, "unknown NVML recovery action value");
+    }
+    action
 }
 
 impl GpuSource for NvmlSource {
@@ -754,8 +844,19 @@ impl GpuSource for NvmlSource {
         "nvml"
     }
 
+    fn kernel_log(&mut self) -> Option<KernelBatch> {
+        self.kernel.as_mut().map(KernelLog::drain)
+    }
+
     fn sample(&mut self) -> Result<Vec<GpuSample>, GpuError> {
         self.ensure_init()?;
+        // XID events first, devices after: the recovery action read below is then never
+        // older than an XID 154 this sample carries (the re-read the catalog asks for).
+        let events: Vec<(String, u64)> = self
+            .xids
+            .as_ref()
+            .map(|l| l.events.try_iter().collect())
+            .unwrap_or_default();
         let Some(nvml) = self.nvml.as_ref() else {
             return Err(GpuError::NvmlInit {
                 cause: NvmlError::Uninitialized,
@@ -807,11 +908,13 @@ impl GpuSource for NvmlSource {
                     call,
                     ..
                 }) => {
-                    let (uuid, name) = self.known.get(&index).cloned().unwrap_or_default();
+                    let (uuid, name, pci_bus_id) =
+                        self.known.get(&index).cloned().unwrap_or_default();
                     gpus.push(GpuSample {
                         index,
                         uuid,
                         name,
+                        pci_bus_id,
                         lost: Some(format!("{} (NVML {call})", NvmlError::GpuLost)),
                         ..GpuSample::default()
                     });
@@ -823,15 +926,21 @@ impl GpuSource for NvmlSource {
         for g in &gpus {
             // MIG instances share their parent's index; the parent's identity is kept.
             if g.lost.is_none() && g.mig_index.is_none() {
-                self.known.insert(g.index, (g.uuid.clone(), g.name.clone()));
+                self.known.insert(
+                    g.index,
+                    (g.uuid.clone(), g.name.clone(), g.pci_bus_id.clone()),
+                );
             }
         }
-        if let Some(listener) = &self.xids {
-            for (uuid, xid) in listener.events.try_iter() {
-                match gpus.iter_mut().find(|g| g.uuid == uuid) {
-                    Some(g) => g.xids.push(xid),
-                    None => tracing::warn!(%uuid, xid, "XID for a GPU not in this sample"),
+        for (uuid, xid) in events {
+            match gpus.iter_mut().find(|g| g.uuid == uuid) {
+                Some(g) => {
+                    if xid == 154 {
+                        tracing::info!(%uuid, recovery_action = ?g.recovery_action, "XID 154: the GPU's recovery action changed");
+                    }
+                    g.xids.push(xid);
                 }
+                None => tracing::warn!(%uuid, xid, "XID for a GPU not in this sample"),
             }
         }
         Ok(gpus)
@@ -851,17 +960,85 @@ impl GpuSource for NoGpus {
     }
 }
 
-/// One step of a fake script: `{"gpus": [...]}` or `{"error": "message"}`.
+/// One step of a fake script: `{"gpus": [...]}` or `{"error": "message"}`, either with
+/// `"kmsg": ["line", ...]`: kernel-log lines (any format [`kmsg::parse_line`] reads) that
+/// arrive with the step, as if the kernel had logged them just then.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum FakeStep {
-    Gpus(Vec<GpuSample>),
-    Error(String),
+#[serde(try_from = "RawStep", into = "RawStep")]
+pub struct FakeStep {
+    /// The GPUs this step lists, or the error the sample fails with.
+    pub gpus: Result<Vec<GpuSample>, String>,
+    pub kmsg: Vec<String>,
+}
+
+impl FakeStep {
+    pub fn gpus(gpus: Vec<GpuSample>) -> Self {
+        FakeStep {
+            gpus: Ok(gpus),
+            kmsg: Vec::new(),
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        FakeStep {
+            gpus: Err(message.into()),
+            kmsg: Vec::new(),
+        }
+    }
+
+    /// The same step, with kernel-log lines arriving with it.
+    pub fn with_kmsg(mut self, lines: Vec<String>) -> Self {
+        self.kmsg = lines;
+        self
+    }
+}
+
+/// A step as JSON writes it.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gpus: Option<Vec<GpuSample>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    kmsg: Vec<String>,
+}
+
+impl TryFrom<RawStep> for FakeStep {
+    type Error = String;
+
+    fn try_from(raw: RawStep) -> Result<Self, String> {
+        let gpus = match (raw.gpus, raw.error) {
+            (Some(g), None) => Ok(g),
+            (None, Some(e)) => Err(e),
+            _ => return Err("a step has either \"gpus\" or \"error\"".into()),
+        };
+        Ok(FakeStep {
+            gpus,
+            kmsg: raw.kmsg,
+        })
+    }
+}
+
+impl From<FakeStep> for RawStep {
+    fn from(step: FakeStep) -> Self {
+        let (gpus, error) = match step.gpus {
+            Ok(g) => (Some(g), None),
+            Err(e) => (None, Some(e)),
+        };
+        RawStep {
+            gpus,
+            error,
+            kmsg: step.kmsg,
+        }
+    }
 }
 
 /// A fake GPU script: `{"steps": [{"gpus": [...]}, {"error": "..."}], "repeat_last": true}`.
 /// With `repeat_last` (the default) the source stays on the last step once the script is
-/// exhausted; without it the script starts over. A script without steps means no GPUs.
+/// exhausted (its `kmsg` lines arrive once, not on every repeat); without it the script
+/// starts over. A script without steps means no GPUs.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FakeScript {
@@ -874,16 +1051,27 @@ fn yes() -> bool {
     true
 }
 
-/// Replays a [`FakeScript`], one step per sample.
-#[derive(Debug, Clone)]
+/// Replays a [`FakeScript`], one step per sample; reads a kernel log as well when the
+/// config names one (`gpu.kernel_log`).
+#[derive(Debug)]
 pub struct FakeGpuSource {
     script: FakeScript,
     next: usize,
+    /// The step whose `kmsg` lines were last handed out (they arrive once).
+    kmsg_from: Option<usize>,
+    kernel: Option<KernelLog>,
+    skipped: u64,
 }
 
 impl FakeGpuSource {
     pub fn new(script: FakeScript) -> Self {
-        FakeGpuSource { script, next: 0 }
+        FakeGpuSource {
+            script,
+            next: 0,
+            kmsg_from: None,
+            kernel: None,
+            skipped: 0,
+        }
     }
 
     /// Reads a JSON script from `path`.
@@ -916,15 +1104,62 @@ impl FakeGpuSource {
     pub fn uniform(n: u32) -> Self {
         let gpus = (0..n).map(GpuSample::plausible).collect();
         Self::new(FakeScript {
-            steps: vec![FakeStep::Gpus(gpus)],
+            steps: vec![FakeStep::gpus(gpus)],
             repeat_last: true,
         })
+    }
+
+    /// The scripted lines of the step the next sample replays, parsed (once per step).
+    fn scripted_kmsg(&mut self) -> Vec<kmsg::KernelRecord> {
+        if self.kmsg_from == Some(self.next) {
+            return Vec::new();
+        }
+        let Some(step) = self.script.steps.get(self.next) else {
+            return Vec::new();
+        };
+        self.kmsg_from = Some(self.next);
+        let mut out = Vec::new();
+        for line in &step.kmsg {
+            match kmsg::parse_line(line) {
+                Ok(Some((seq, event))) => out.push(kmsg::KernelRecord {
+                    seq,
+                    event,
+                    backlog: false,
+                }),
+                Ok(None) => {}
+                Err(e) => {
+                    self.skipped += 1;
+                    tracing::warn!(%line, error = %e, "skipping a scripted kernel-log line that names an XID but cannot be read");
+                }
+            }
+        }
+        out
     }
 }
 
 impl GpuSource for FakeGpuSource {
     fn name(&self) -> &'static str {
         "fake"
+    }
+
+    fn kernel_log(&mut self) -> Option<KernelBatch> {
+        let scripted = self.scripted_kmsg();
+        let scripts_kmsg = self.script.steps.iter().any(|s| !s.kmsg.is_empty());
+        let mut batch = match &mut self.kernel {
+            Some(k) => k.drain(),
+            None if scripts_kmsg => KernelBatch {
+                records: Vec::new(),
+                status: kmsg::KernelLogStatus {
+                    path: "fake script".into(),
+                    reading: true,
+                    ..Default::default()
+                },
+            },
+            None => return None,
+        };
+        batch.records.extend(scripted);
+        batch.status.skipped_lines += self.skipped;
+        Some(batch)
     }
 
     fn sample(&mut self) -> Result<Vec<GpuSample>, GpuError> {
@@ -935,11 +1170,15 @@ impl GpuSource for FakeGpuSource {
         self.next = match self.next + 1 {
             n if n < steps.len() => n,
             _ if self.script.repeat_last => self.next,
-            _ => 0,
+            _ => {
+                // Starting over: the next round's lines arrive again.
+                self.kmsg_from = None;
+                0
+            }
         };
-        match step {
-            FakeStep::Gpus(gpus) => Ok(gpus.clone()),
-            FakeStep::Error(message) => Err(GpuError::Scripted(message.clone())),
+        match &step.gpus {
+            Ok(gpus) => Ok(gpus.clone()),
+            Err(message) => Err(GpuError::Scripted(message.clone())),
         }
     }
 }
@@ -1004,7 +1243,7 @@ mod tests {
     #[test]
     fn fake_source_without_repeat_last_starts_over() {
         let mut source = FakeGpuSource::new(FakeScript {
-            steps: vec![FakeStep::Gpus(vec![]), FakeStep::Error("x".into())],
+            steps: vec![FakeStep::gpus(vec![]), FakeStep::error("x")],
             repeat_last: false,
         });
         let seen: Vec<_> = (0..4).map(|_| source.sample().is_ok()).collect();
@@ -1124,5 +1363,97 @@ mod tests {
             GpuConfig::default()
         );
         assert!(toml::from_str::<GpuConfig>("backend = \"cuda\"").is_err());
+    }
+
+    #[test]
+    fn scripted_kernel_log_lines_arrive_once_with_their_step() {
+        let file = script_file(
+            r#"{"steps": [
+                {"gpus": []},
+                {"gpus": [], "kmsg": ["NVRM: Xid (PCI:0000:18:00): 79, GPU has fallen off the bus.",
+                                     "NVRM: Xid (PCI:0000:18:00): seventy-nine"]},
+                {"error": "NVML: GPU is lost", "kmsg": ["NVRM: Xid (PCI:0000:18:00): 154, changed"]}
+            ], "repeat_last": true}"#,
+        );
+        let mut source = FakeGpuSource::load(file.path()).expect("valid script");
+        let mut seen = vec![];
+        for _ in 0..5 {
+            let batch = source
+                .kernel_log()
+                .expect("the script has kernel-log lines");
+            assert_eq!(batch.status.path, "fake script");
+            seen.push((
+                batch.records.len(),
+                batch.status.skipped_lines,
+                source.sample().is_ok(),
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                (0, 0, true),
+                (1, 1, true),
+                (1, 1, false),
+                (0, 1, false),
+                (0, 1, false)
+            ],
+            "lines once per step, the bad one skipped and counted"
+        );
+    }
+
+    #[test]
+    fn a_script_without_kernel_log_lines_reads_no_kernel_log() {
+        assert!(FakeGpuSource::uniform(1).kernel_log().is_none());
+    }
+
+    #[test]
+    fn steps_with_kernel_log_lines_round_trip_and_need_gpus_or_an_error() {
+        let step = FakeStep::gpus(vec![]).with_kmsg(vec!["a".into()]);
+        let json = serde_json::to_string(&step).unwrap();
+        assert_eq!(json, r#"{"gpus":[],"kmsg":["a"]}"#);
+        assert_eq!(serde_json::from_str::<FakeStep>(&json).unwrap(), step);
+        assert_eq!(
+            serde_json::to_string(&FakeStep::error("x")).unwrap(),
+            r#"{"error":"x"}"#
+        );
+        for bad in [r#"{"kmsg": ["a"]}"#, r#"{"gpus": [], "error": "x"}"#] {
+            let e = serde_json::from_str::<FakeStep>(bad).unwrap_err();
+            assert!(e.to_string().contains("either"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_kernel_log_defaults_to_dev_kmsg_on_nvml_nodes_only() {
+        let with = |backend, kernel_log: Option<&str>| GpuConfig {
+            backend,
+            kernel_log: kernel_log.map(PathBuf::from),
+            ..GpuConfig::default()
+        };
+        let kmsg = Some(PathBuf::from("/dev/kmsg"));
+        assert_eq!(with(GpuBackend::Auto, None).kernel_log_path(), kmsg);
+        assert_eq!(with(GpuBackend::Nvml, None).kernel_log_path(), kmsg);
+        assert_eq!(with(GpuBackend::Fake, None).kernel_log_path(), None);
+        assert_eq!(
+            with(GpuBackend::Nvml, Some("")).kernel_log_path(),
+            None,
+            "\"\" turns it off"
+        );
+        assert_eq!(
+            with(GpuBackend::Fake, Some("/tmp/k")).kernel_log_path(),
+            Some(PathBuf::from("/tmp/k"))
+        );
+        assert_eq!(
+            with(GpuBackend::None, Some("/tmp/k"))
+                .validate()
+                .unwrap_err()
+                .key,
+            "gpu.kernel_log"
+        );
+        let cfg: GpuConfig = toml::from_str("kernel_log = \"/var/log/kmsg.fifo\"").expect("valid");
+        assert_eq!(cfg.kernel_log, Some(PathBuf::from("/var/log/kmsg.fifo")));
+        assert!(
+            toml::from_str::<GpuConfig>("state_dir = \"/x\"").is_err(),
+            "state_dir is an [agent] key, not a [gpu] one"
+        );
     }
 }

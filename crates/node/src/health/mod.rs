@@ -3,7 +3,10 @@
 //!
 //! - [`sample`] reads the host (CPU, load, memory, filesystems, CPU temperatures).
 //! - [`gpu`] reads GPUs through a [`gpu::GpuSource`] (NVML, none, or a scripted fake).
-//! - [`device_health`] judges each GPU statefully (XIDs, growing counters, levels).
+//! - [`kmsg`] reads XIDs from the kernel log (`/dev/kmsg`), beside NVML's events.
+//! - [`xid_catalog`] is NVIDIA's XID catalog as one table: each XID's action and class.
+//! - [`device_health`] judges each GPU statefully (XIDs, growing counters, levels,
+//!   NVML's recovery action); [`state`] keeps its failure state across agent restarts.
 //! - [`checks`] runs host checks: required mounts and custom check executables.
 //! - [`health`] judges the readings against operator [`health::Thresholds`].
 //! - [`Sampler`] ties them into one [`NodeReport`].
@@ -20,12 +23,20 @@
 //!   samples (see [`device_health`]), which is why the [`Sampler`] owns the tracker.
 //! - Custom checks run on their own threads ([`checks::CheckRunner`]); a sample only
 //!   reads their latest results, so a hung check never stalls sampling.
+//! - Kernel-log records are drained before the GPUs are read, so the GPU readings
+//!   (NVML's recovery action above all) are never older than the XIDs they are judged
+//!   with; records read while the GPU source fails wait for the next good sample
+//!   (at most [`MAX_PENDING_KERNEL_RECORDS`], oldest dropped first, with a warning), so
+//!   an XID logged while NVML is unreadable still lands on its GPU.
 
 pub mod checks;
 pub mod device_health;
 pub mod gpu;
+pub mod kmsg;
 pub mod sample;
+pub mod state;
 pub mod verdict;
+pub mod xid_catalog;
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +44,7 @@ use corral_proto::model::{GpuSample, HostFacts, NodeReport};
 
 use device_health::{DevicePolicy, DeviceTracker};
 use gpu::GpuSource;
+use kmsg::{KernelLogStatus, KernelRecord};
 use sample::HostSampler;
 use verdict::Thresholds;
 
@@ -44,7 +56,14 @@ pub struct Sampler {
     devices: DeviceTracker,
     checks: Option<checks::CheckRunner>,
     thresholds: Thresholds,
+    /// Kernel-log records not yet judged (the GPU source failed since they arrived).
+    kernel_pending: Vec<KernelRecord>,
+    /// The kernel-log source's latest status; `None` without one.
+    kernel_status: Option<KernelLogStatus>,
 }
+
+/// Kernel-log records kept while the GPU source fails.
+pub const MAX_PENDING_KERNEL_RECORDS: usize = 10_000;
 
 impl Sampler {
     /// Starts sampling this host (takes the first CPU reading) with the given GPU source
@@ -60,10 +79,13 @@ impl Sampler {
             devices: DeviceTracker::new(policy),
             checks,
             thresholds,
+            kernel_pending: Vec::new(),
+            kernel_status: None,
         }
     }
 
-    /// Judges GPUs under `policy` (from [`gpu::GpuConfig::policy`]) from now on.
+    /// Judges GPUs under `policy` (from [`gpu::GpuConfig::policy`]) from now on; with
+    /// `policy.state_dir`, starting from the failure state kept there for this boot.
     pub fn with_gpu_policy(mut self, policy: DevicePolicy) -> Self {
         self.devices = DeviceTracker::new(policy);
         self
@@ -79,9 +101,25 @@ impl Sampler {
     /// Reads and judges the GPUs only: the devices with their health, or why the GPU
     /// source failed. Blocking.
     pub fn sample_gpus(&mut self) -> (Vec<GpuSample>, Option<String>) {
+        if let Some(batch) = self.gpu.kernel_log() {
+            self.kernel_pending.extend(batch.records);
+            if self.kernel_pending.len() > MAX_PENDING_KERNEL_RECORDS {
+                let dropped = self.kernel_pending.len() - MAX_PENDING_KERNEL_RECORDS;
+                tracing::warn!(dropped, "too many kernel-log records while the GPUs are unreadable; dropping the oldest");
+                self.kernel_pending.drain(..dropped);
+            }
+            self.kernel_status = Some(batch.status);
+        }
         match self.gpu.sample() {
             Ok(mut gpus) => {
-                self.devices.observe(&mut gpus, Instant::now());
+                let records = std::mem::take(&mut self.kernel_pending);
+                let path = self
+                    .kernel_status
+                    .as_ref()
+                    .map(|s| s.path.as_str())
+                    .unwrap_or_default();
+                self.devices
+                    .observe_with(&mut gpus, path, &records, Instant::now());
                 (gpus, None)
             }
             Err(e) => {
@@ -93,6 +131,17 @@ impl Sampler {
 
     pub fn facts(&self) -> HostFacts {
         self.host.facts()
+    }
+
+    /// The kernel-log XID source's status; `None` when the GPU source reads no kernel
+    /// log.
+    pub fn kernel_log_status(&self) -> Option<KernelLogStatus> {
+        self.kernel_status.clone()
+    }
+
+    /// NVSwitch SXids counted this boot, and kernel-log XIDs for no GPU of this node.
+    pub fn kernel_log_tallies(&self) -> (Vec<state::SxidTally>, u64) {
+        (self.devices.sxids(), self.devices.unmatched_xids())
     }
 
     /// Reads the host and GPUs and judges them. Blocking; see the module doc.
@@ -151,9 +200,7 @@ mod tests {
     #[test]
     fn gpu_failure_empties_gpus_and_degrades_health() {
         let script = FakeScript {
-            steps: vec![FakeStep::Error(
-                "NVML device_count failed: GPU is lost".into(),
-            )],
+            steps: vec![FakeStep::error("NVML device_count failed: GPU is lost")],
             repeat_last: true,
         };
         // Thresholds nothing on this machine can trip, so only the GPU error counts.
@@ -187,5 +234,36 @@ mod tests {
         let report = Sampler::new(Thresholds::default(), Box::new(NoGpus)).sample("cpu-01");
         assert!(report.gpus.is_empty());
         assert_eq!(report.gpu_error, None);
+    }
+
+    #[test]
+    fn kernel_log_xids_read_while_the_gpus_fail_land_on_the_next_good_sample() {
+        let gpu = GpuSample {
+            index: 0,
+            uuid: "GPU-0".into(),
+            pci_bus_id: Some("00000000:18:00.0".into()),
+            ..GpuSample::default()
+        };
+        let script = FakeScript {
+            steps: vec![
+                FakeStep::gpus(vec![gpu.clone()]),
+                FakeStep::error("NVML: unknown error").with_kmsg(vec![
+                    "[ 9.0] NVRM: Xid (PCI:0000:18:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.".into(),
+                ]),
+                FakeStep::gpus(vec![gpu]),
+            ],
+            repeat_last: true,
+        };
+        let mut sampler = Sampler::new(Thresholds::default(), Box::new(FakeGpuSource::new(script)));
+        assert_eq!(sampler.sample_gpus().0[0].health.xid_total, 0);
+        assert!(sampler.sample_gpus().1.is_some(), "the error step");
+        let (gpus, error) = sampler.sample_gpus();
+        assert_eq!(error, None);
+        assert_eq!(gpus[0].xids, [79]);
+        assert!(gpus[0].health.reasons[0].needs_reboot);
+        assert_eq!(
+            sampler.kernel_log_status().map(|s| s.path),
+            Some("fake script".into())
+        );
     }
 }

@@ -11,7 +11,7 @@
 //! - Each call instantiates the plugin's [`PluginPre`] into a new store: no state
 //!   survives between calls, so a trap, a timeout or a blown memory limit cannot leave a
 //!   plugin half-updated, and the next call starts clean. The cost is one instantiation
-//!   per call (measured by `corral bench plugin`).
+//!   per call (measured by `corral-bench plugin`).
 //! - Stores draw their instances from a pooling allocator sized from the manifests
 //!   ([`Pool`]: every plugin's `concurrent_calls` plus one, the largest `memory_mb`), so
 //!   a call reuses a warm slot instead of mapping fresh memory; a slot is reset to the
@@ -112,7 +112,7 @@ fn base_config() -> wasmtime::Config {
 
 /// The engine all plugins of a host share, with a pooling instance allocator sized by
 /// `pool`: instantiating from a warm slot skips the mmap/munmap and page faults a fresh
-/// allocation costs on every call (measured with `corral bench plugin` on a 2-core VM:
+/// allocation costs on every call (measured with `corral-bench plugin` on a 2-core VM:
 /// about 8 µs to instantiate from the pool against 24 µs on demand). If the pool's
 /// address space cannot be reserved (a tight `ulimit -v`), the engine allocates on
 /// demand instead, with a warning: slower calls, same limits.
@@ -348,7 +348,8 @@ impl Instance {
         store
     }
 
-    /// A fresh store and instance, calling nothing (for `corral bench plugin`).
+    /// A fresh store and instance, calling nothing (for `corral-bench plugin`).
+    #[cfg(feature = "bench")]
     pub fn instantiate_only(&self) -> Result<(), PluginError> {
         let mut store = self.store(None);
         self.pre

@@ -30,6 +30,19 @@
 //! - Host grants are matched after the request's URL is parsed
 //!   ([`HostGrant::matches`]): the host as the URL parser understood it (IP literals
 //!   normalised, names lower-cased) and the port, explicit or the scheme's default.
+//! - Load warnings are everything that lets a plugin load but not as its manifest
+//!   reads: a granted program not found ([`resolve_programs`]), a granted host name that
+//!   does not resolve ([`unresolved_hosts`]), a `[limits]` key left to its default
+//!   ([`defaulted_limits`]). Each names the file and key.
+//!   `corral plugin check` prints them all (`--strict` fails on any); an agent logs the
+//!   first two at `warn` and the defaulted limits at `debug`, since leaving a limit at
+//!   its default is a choice, not a fault.
+//!
+//! Trade-off: a host name is resolved once at load, with the system resolver, to warn
+//! early; requests resolve it again each time (a name that resolves later still works,
+//! and one that stops resolving fails that request). On an agent without working DNS
+//! that lookup can delay the plugin's load by the resolver's timeout; IP literals are
+//! never looked up.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -141,6 +154,62 @@ impl Limits {
     }
 }
 
+/// `[limits]` as written: `None` for a key left to its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSection {
+    memory_mb: Option<u64>,
+    #[serde(with = "humantime_serde")]
+    call_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    program_timeout: Option<Duration>,
+    output_max_bytes: Option<u64>,
+    concurrent_calls: Option<u32>,
+}
+
+impl LimitsSection {
+    /// The limits, defaults filled in, and the keys that were left to their defaults
+    /// (in the order of the module doc's table).
+    fn resolve(self) -> (Limits, Vec<&'static str>) {
+        let d = Limits::default();
+        let mut defaulted = Vec::new();
+        let mut take = |key: &'static str, set: bool| {
+            if !set {
+                defaulted.push(key);
+            }
+        };
+        take("memory_mb", self.memory_mb.is_some());
+        take("call_timeout", self.call_timeout.is_some());
+        take("program_timeout", self.program_timeout.is_some());
+        take("output_max_bytes", self.output_max_bytes.is_some());
+        take("concurrent_calls", self.concurrent_calls.is_some());
+        let limits = Limits {
+            memory_mb: self.memory_mb.unwrap_or(d.memory_mb),
+            call_timeout: self.call_timeout.unwrap_or(d.call_timeout),
+            program_timeout: self.program_timeout.unwrap_or(d.program_timeout),
+            output_max_bytes: self.output_max_bytes.unwrap_or(d.output_max_bytes),
+            concurrent_calls: self.concurrent_calls.unwrap_or(d.concurrent_calls),
+        };
+        (limits, defaulted)
+    }
+}
+
+impl Limits {
+    /// The default of `key` (a `[limits]` key), as a manifest would write it.
+    pub fn default_text(key: &str) -> Option<String> {
+        let d = Limits::default();
+        let fmt = |t: Duration| format!("{:?}", humantime::format_duration(t).to_string());
+        Some(match key {
+            "memory_mb" => d.memory_mb.to_string(),
+            "call_timeout" => fmt(d.call_timeout),
+            "program_timeout" => fmt(d.program_timeout),
+            "output_max_bytes" => d.output_max_bytes.to_string(),
+            "concurrent_calls" => d.concurrent_calls.to_string(),
+            _ => return None,
+        })
+    }
+}
+
 /// One `host:port` a plugin may reach over HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostGrant {
@@ -248,6 +317,8 @@ pub struct Manifest {
     pub hosts: Vec<HostGrant>,
     pub config: BTreeMap<String, String>,
     pub limits: Limits,
+    /// The `[limits]` keys the manifest leaves to their defaults.
+    pub defaulted_limits: Vec<&'static str>,
 }
 
 #[derive(Deserialize)]
@@ -259,7 +330,7 @@ struct ManifestFile {
     #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]
-    limits: Limits,
+    limits: LimitsSection,
 }
 
 #[derive(Deserialize)]
@@ -331,14 +402,16 @@ impl Manifest {
                     .map_err(|m| err(ConfigIssue::new(format!("grants.hosts[{i}]"), m)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        raw.limits.validate().map_err(err)?;
+        let (limits, defaulted_limits) = raw.limits.resolve();
+        limits.validate().map_err(err)?;
         Ok(Manifest {
             file: file.to_path_buf(),
             name: raw.plugin.name,
             programs: raw.grants.programs,
             hosts,
             config: raw.config,
-            limits: raw.limits,
+            limits,
+            defaulted_limits,
         })
     }
 
@@ -378,6 +451,49 @@ impl ResolvedPrograms {
             .find(|(name, _)| name == program)
             .map(|(_, e)| e))
     }
+}
+
+/// Warnings for the granted host names that do not resolve on this machine now (IP
+/// literals are not looked up), each naming the file and key.
+pub fn unresolved_hosts(manifest: &Manifest) -> Vec<ManifestError> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for (i, h) in manifest.hosts.iter().enumerate() {
+        let GrantHost::Name(name) = &h.host else {
+            continue;
+        };
+        let why = match (name.as_str(), h.port)
+            .to_socket_addrs()
+            .map(Iterator::count)
+        {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => "it resolves to no address".to_string(),
+            Err(e) => e.to_string(),
+        };
+        out.push(manifest.error(
+            format!("grants.hosts[{i}]"),
+            format!("{h} does not resolve on this machine ({why}); requests to it fail until it does (check the name and this machine's DNS, or grant the IP address)"),
+        ));
+    }
+    out
+}
+
+/// Warnings for the `[limits]` keys the manifest leaves to their defaults, each naming
+/// the file, the key and the default.
+pub fn defaulted_limits(manifest: &Manifest) -> Vec<ManifestError> {
+    manifest
+        .defaulted_limits
+        .iter()
+        .map(|key| {
+            manifest.error(
+                format!("limits.{key}"),
+                format!(
+                    "not set, so the default {} applies; write it to say what this plugin needs",
+                    Limits::default_text(key).unwrap_or_default()
+                ),
+            )
+        })
+        .collect()
 }
 
 fn is_executable_file(p: &Path) -> bool {
@@ -485,6 +601,55 @@ concurrent_calls = 2
         let m = parse("[plugin]\nname = \"ray-jobs\"\n").unwrap();
         assert!(m.programs.is_empty() && m.hosts.is_empty() && m.config.is_empty());
         assert_eq!(m.limits, Limits::default());
+        assert_eq!(
+            m.defaulted_limits,
+            [
+                "memory_mb",
+                "call_timeout",
+                "program_timeout",
+                "output_max_bytes",
+                "concurrent_calls"
+            ]
+        );
+    }
+
+    #[test]
+    fn each_limit_left_to_its_default_is_a_warning_naming_key_and_default() {
+        let m = parse(
+            "[plugin]\nname = \"s\"\n[limits]\nmemory_mb = 32\ncall_timeout = \"10s\"\nprogram_timeout = \"5s\"\noutput_max_bytes = 1024\n",
+        )
+        .unwrap();
+        let w = defaulted_limits(&m);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "limits.concurrent_calls");
+        assert!(w[0].message.contains("the default 4 applies"), "{}", w[0]);
+        let all = parse("[plugin]\nname = \"s\"\n").unwrap();
+        let text: Vec<String> = defaulted_limits(&all)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            text[1].contains("`limits.call_timeout`: not set, so the default \"30s\""),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn host_names_that_do_not_resolve_are_warnings_and_ip_literals_are_not_looked_up() {
+        // `.invalid` never resolves (RFC 6761); IP literals are taken as they are.
+        let m = parse(
+            "[plugin]\nname = \"s\"\n[grants]\nhosts = [\"127.0.0.1:8265\", \"[::1]:80\", \"no-such-head.invalid:8265\"]\n",
+        )
+        .unwrap();
+        let w = unresolved_hosts(&m);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "grants.hosts[2]");
+        assert!(
+            w[0].message
+                .starts_with("no-such-head.invalid:8265 does not resolve on this machine"),
+            "{}",
+            w[0]
+        );
     }
 
     #[test]

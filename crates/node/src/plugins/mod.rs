@@ -22,11 +22,15 @@
 //!   the component is valid (compiled, or taken from the disk cache, [`cache`]); its
 //!   imports are granted; it links against this host's WIT; its `info().name` is the
 //!   manifest's name. [`check_file`] runs the same checks for `corral plugin check`.
-//! - Granted programs are resolved once, at load. One not found still lets the plugin
+//! - Granted programs are resolved once, at load, on the agent's `PATH` (or the `PATH`
+//!   given to [`PluginHost::load_on_path`]). One not found still lets the plugin
 //!   load: calls to it are `denied` saying it was not found, and the load reports it as
 //!   a warning ([`PluginDetails::warnings`], also logged) naming the manifest and key.
 //!   An operator would rather keep `sbatch` working on a node without `sacct` than lose
 //!   the whole plugin, and a plugin can fall back when an optional program is missing.
+//!   A granted host name that does not resolve is a warning the same way; `[limits]`
+//!   keys left to their defaults are listed apart ([`PluginDetails::defaulted`]), as
+//!   they are a choice rather than a fault ([`manifest`] has the rules).
 //! - At most `limits.concurrent_calls` calls of one plugin run at once (each holds up to
 //!   `limits.memory_mb`); further calls wait, within their own timeout.
 
@@ -114,9 +118,23 @@ pub struct PluginDetails {
     pub source: ComponentSource,
     /// How long loading took (read, compile or cache, link, `info`).
     pub load_ms: f64,
-    /// Problems that did not stop the load (a granted program not found), each naming
-    /// the manifest and key.
+    /// Problems that did not stop the load (a granted program not found, a granted host
+    /// name that does not resolve), each naming the manifest and key.
     pub warnings: Vec<String>,
+    /// The `[limits]` keys the manifest leaves to their defaults, each naming the
+    /// manifest, the key and the default. Printed by `corral plugin check`.
+    #[serde(default)]
+    pub defaulted: Vec<String>,
+}
+
+impl PluginDetails {
+    /// Every load warning: [`PluginDetails::warnings`], then [`PluginDetails::defaulted`].
+    pub fn all_warnings(&self) -> impl Iterator<Item = &str> {
+        self.warnings
+            .iter()
+            .chain(&self.defaulted)
+            .map(String::as_str)
+    }
 }
 
 /// One loaded plugin.
@@ -156,6 +174,8 @@ struct LoadContext<'a> {
     engine: &'a Engine,
     engine_key: &'a str,
     cache: Option<&'a cache::Cache>,
+    /// Where bare program names are looked up (the agent's `PATH`).
+    path_var: Option<&'a std::ffi::OsStr>,
 }
 
 /// Loads one plugin from `wasm` and `manifest_file`; `expect_name` is the name it was
@@ -195,11 +215,20 @@ fn load_one(
         )
     })?;
     engine::check_imports(cx.engine, &component, wasm, &manifest)?;
-    let programs = manifest::resolve_programs(&manifest, std::env::var_os("PATH").as_deref());
+    let programs = manifest::resolve_programs(&manifest, cx.path_var);
     let warnings: Vec<String> = programs
         .missing
         .iter()
         .map(|(_, e)| e.to_string())
+        .chain(
+            manifest::unresolved_hosts(&manifest)
+                .iter()
+                .map(ToString::to_string),
+        )
+        .collect();
+    let defaulted: Vec<String> = manifest::defaulted_limits(&manifest)
+        .iter()
+        .map(ToString::to_string)
         .collect();
     let http = if manifest.hosts.is_empty() {
         None
@@ -258,14 +287,27 @@ fn load_one(
         source,
         load_ms: started.elapsed().as_secs_f64() * 1000.0,
         warnings,
+        defaulted,
     };
     Ok((Arc::new(instance), details))
 }
 
 impl PluginHost {
-    /// Loads every enabled plugin. A plugin that fails to load is reported in the second
-    /// element and does not stop the others.
+    /// Loads every enabled plugin, its programs looked up on this process's `PATH`. A
+    /// plugin that fails to load is reported in the second element and does not stop
+    /// the others.
     pub fn load(cfg: &PluginsConfig) -> (PluginHost, Vec<LoadFailure>) {
+        PluginHost::load_on_path(cfg, std::env::var_os("PATH").as_deref())
+    }
+
+    /// [`PluginHost::load`] with bare program names looked up on `path_var` instead of
+    /// this process's `PATH`: what an agent started with that `PATH` would load. Tests
+    /// put fake scheduler programs there without changing the test process's
+    /// environment, which other threads read.
+    pub fn load_on_path(
+        cfg: &PluginsConfig,
+        path_var: Option<&std::ffi::OsStr>,
+    ) -> (PluginHost, Vec<LoadFailure>) {
         if cfg.enable.is_empty() {
             return (PluginHost::empty(), Vec::new());
         }
@@ -313,6 +355,7 @@ impl PluginHost {
             engine: &engine,
             engine_key: &engine_key,
             cache: cache.as_ref(),
+            path_var,
         };
         let mut plugins = BTreeMap::new();
         let mut failures = Vec::new();
@@ -326,6 +369,9 @@ impl PluginHost {
                 Ok((instance, details)) => {
                     for w in &details.warnings {
                         tracing::warn!(plugin = %name, warning = %w, "plugin loaded with a warning");
+                    }
+                    for d in &details.defaulted {
+                        tracing::debug!(plugin = %name, limit = %d, "plugin limit defaulted");
                     }
                     tracing::info!(
                         plugin = %name,
@@ -454,9 +500,10 @@ pub fn check_file(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<Loaded
     check_file_details(wasm, manifest).map(|d| d.loaded)
 }
 
-/// [`check_file`] with everything a load reports (warnings, limits, load time). No disk
-/// cache is used or written. Without an explicit manifest, the wasm's file name must be
-/// the plugin's name, as it must be in `[plugins] dir`.
+/// [`check_file`] with everything a load reports (warnings, defaulted limits, load time),
+/// programs looked up on this process's `PATH`. No disk cache is used or written.
+/// Without an explicit manifest, the wasm's file name must be the plugin's name, as it
+/// must be in `[plugins] dir`.
 pub fn check_file_details(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<PluginDetails> {
     let (manifest_file, expect_name) = match manifest {
         Some(m) => (m.to_path_buf(), None),
@@ -472,15 +519,19 @@ pub fn check_file_details(wasm: &Path, manifest: Option<&Path>) -> anyhow::Resul
     // The epoch must advance for call timeouts to fire during the `info` check.
     let _ticker = Ticker::start(&engine)?;
     let engine_key = cache::engine_key(&engine);
+    let path_var = std::env::var_os("PATH");
     let cx = LoadContext {
         engine: &engine,
         engine_key: &engine_key,
         cache: None,
+        path_var: path_var.as_deref(),
     };
     load_one(&cx, wasm, &manifest_file, expect_name.as_deref()).map(|(_, d)| d)
 }
 
-/// Timings of the host's own work, for `corral bench plugin`.
+/// Timings of the host's own work, for `corral-bench plugin`. Compiled only with the
+/// `bench` feature, which `corral-bench` turns on: the daemon ships without it.
+#[cfg(feature = "bench")]
 pub mod bench {
     use std::path::Path;
     use std::time::{Duration, Instant};
@@ -508,10 +559,12 @@ pub mod bench {
             let ticker = Ticker::start(&engine)?;
             let engine_key = cache::engine_key(&engine);
             let cache = cache_dir.map(cache::Cache::open).transpose()?;
+            let path_var = std::env::var_os("PATH");
             let cx = LoadContext {
                 engine: &engine,
                 engine_key: &engine_key,
                 cache: cache.as_ref(),
+                path_var: path_var.as_deref(),
             };
             let started = Instant::now();
             let name = wasm.file_stem().map(|s| s.to_string_lossy().into_owned());

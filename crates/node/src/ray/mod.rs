@@ -39,7 +39,7 @@ pub mod probe;
 pub mod process;
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -334,14 +334,18 @@ impl Supervisor {
         }
     }
 
-    fn node_ip(&self) -> String {
+    /// The address Ray advertises: configured, else the local address that routes to the
+    /// coordinator. The name lookup is tokio's (on its blocking pool), never a blocking
+    /// `getaddrinfo` on an async worker; UDP `connect` only picks a route and sends nothing.
+    async fn node_ip(&self) -> String {
         if let Some(ip) = &self.cfg.node_ip {
             return ip.clone();
         }
-        // The local address that routes to the coordinator; connect() on UDP sends nothing.
-        let guess = || -> Option<String> {
-            use std::net::ToSocketAddrs;
-            let target = self.coordinator.to_socket_addrs().ok()?.next()?;
+        let target = match tokio::net::lookup_host(self.coordinator.as_str()).await {
+            Ok(mut addrs) => addrs.next(),
+            Err(_) => None,
+        };
+        let routed = target.and_then(|target| {
             let bind = if target.is_ipv4() {
                 "0.0.0.0:0"
             } else {
@@ -350,8 +354,8 @@ impl Supervisor {
             let s = std::net::UdpSocket::bind(bind).ok()?;
             s.connect(target).ok()?;
             Some(s.local_addr().ok()?.ip().to_string())
-        };
-        guess().unwrap_or_else(|| "127.0.0.1".into())
+        });
+        routed.unwrap_or_else(|| "127.0.0.1".into())
     }
 
     async fn common_args(&self) -> Vec<String> {
@@ -362,7 +366,7 @@ impl Supervisor {
         });
         let mut a = vec![
             "--node-ip-address".to_string(),
-            self.node_ip(),
+            self.node_ip().await,
             "--num-cpus".into(),
             cpus.to_string(),
         ];
@@ -427,7 +431,7 @@ impl Supervisor {
     }
 
     async fn run_head(&mut self, info: &VenvInfo) {
-        let ip = self.node_ip();
+        let ip = self.node_ip().await;
         let address = join_host_port(&ip, self.cfg.port);
         self.update(|s| s.head_address = Some(address.clone()));
         loop {
@@ -721,11 +725,6 @@ pub async fn wait_head_ready(gcs_host: &str, gcs_port: u16, dash_host: &str, das
     while !http_ok(dash_host, dash_port, "/api/version").await {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Path helper for tests and the bench: where a node's Ray log goes.
-pub fn log_file_for(temp_dir: &Path, role: RayRole) -> PathBuf {
-    temp_dir.join(format!("corral-ray-{role}.log"))
 }
 
 #[cfg(test)]

@@ -250,11 +250,11 @@ impl RayProcess {
         let deadline = Instant::now() + grace;
         // Wait for the leader, then for the rest of the group.
         let _ = tokio::time::timeout(grace, self.child.wait()).await;
-        while Instant::now() < deadline && group_alive(pgid) {
+        while Instant::now() < deadline && group_alive_off_runtime(pgid).await {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut killed = 0;
-        if group_alive(pgid) {
+        if group_alive_off_runtime(pgid).await {
             warn!(
                 pgid,
                 grace_ms = grace.as_millis() as u64,
@@ -280,6 +280,22 @@ fn signal_group(pgid: i32, sig: i32) {
 /// Whether any process is still in group `pgid` (zombies do not count).
 pub fn group_alive(pgid: i32) -> bool {
     !procs_where(|p| p.pgid == pgid).is_empty()
+}
+
+/// [`group_alive`] on a blocking thread: a `/proc` scan reads a file per process, which
+/// on a busy node is milliseconds of blocking I/O the async workers must not do.
+async fn group_alive_off_runtime(pgid: i32) -> bool {
+    tokio::task::spawn_blocking(move || group_alive(pgid))
+        .await
+        .unwrap_or(false)
+}
+
+/// [`leftovers`] on a blocking thread (see [`group_alive_off_runtime`]).
+async fn leftovers_off_runtime(pgid: Option<i32>, temp_dir: &Path) -> Vec<i32> {
+    let dir = temp_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || leftovers(pgid, &dir))
+        .await
+        .unwrap_or_default()
 }
 
 struct ProcInfo {
@@ -361,7 +377,7 @@ pub fn leftovers(pgid: Option<i32>, temp_dir: &Path) -> Vec<i32> {
 
 /// SIGKILLs [`leftovers`] and waits briefly for them to go; returns how many there were.
 pub async fn sweep_leftovers(pgid: Option<i32>, temp_dir: &Path) -> usize {
-    let found = leftovers(pgid, temp_dir);
+    let found = leftovers_off_runtime(pgid, temp_dir).await;
     if found.is_empty() {
         return 0;
     }
@@ -373,7 +389,7 @@ pub async fn sweep_leftovers(pgid: Option<i32>, temp_dir: &Path) -> usize {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !leftovers(pgid, temp_dir).is_empty() {
+    while Instant::now() < deadline && !leftovers_off_runtime(pgid, temp_dir).await.is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     found.len()
