@@ -26,6 +26,10 @@ cargo fmt --all -- --check
 
 # Lints: [workspace.lints] plus clippy's defaults, every crate and target, warnings fatal.
 echo "== cargo clippy --workspace --all-targets -- -D warnings"
+if ! cargo clippy --version >/dev/null 2>&1; then
+    echo "cargo clippy is missing: install it with 'rustup component add clippy' and run this again" >&2
+    exit 1
+fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # --- Ray (tests/ray.rs; added with the Ray supervision issue) ---------------------------
