@@ -65,6 +65,7 @@ fn hello(node: &str, protocol: u32) -> Hello {
         node: node.into(),
         agent_version: "test".into(),
         beat_interval_ms: 1000,
+        max_frame_bytes: 1 << 20,
     }
 }
 

@@ -255,6 +255,7 @@ async fn sim_agent(
             node: name.clone(),
             agent_version: "bench".into(),
             beat_interval_ms: ms.max(1),
+            max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES as u32,
         },
     )
     .await?;

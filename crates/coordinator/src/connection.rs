@@ -212,6 +212,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
     let welcome = Welcome {
         protocol: PROTOCOL_VERSION,
         coordinator_version: env!("CARGO_PKG_VERSION").into(),
+        max_frame_bytes: max_frame as u32,
     };
     if writer.send("welcome", &welcome).await.is_err() {
         return;

@@ -367,6 +367,7 @@ async fn session(
         node: opts.name.clone(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         beat_interval_ms: opts.beat_interval.as_millis().min(u32::MAX as u128) as u32,
+        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u32,
     };
     let welcome: Result<Welcome, WireError> = async {
         writer.send("hello", &hello).await?;
@@ -532,7 +533,7 @@ async fn session(
                         forced_report = true;
                         sample_now.send(()).map(|_| CommandOutput::ReportQueued).map_err(|_| "the sampler thread stopped".to_string())
                     }
-                    Command::Plugin { plugin, call } => {
+                    Command::Plugin { plugin, call, owner } => {
                         let host = plugins.as_ref().and_then(|p| p.borrow().as_ref().map(|p| p.host.clone()));
                         let results = results_tx.clone();
                         tokio::spawn(async move {

@@ -43,6 +43,11 @@
 //!   [`crate::model::DeviceReason`], `xid_counts`, `action` and `action_source` on
 //!   [`crate::model::DeviceHealth`] (XIDs from the kernel log as well as NVML, classed by
 //!   NVIDIA's XID catalog).
+//! - 4: identities. [`Command::Plugin`] carries the job's `owner` (the authenticated
+//!   user the agent runs `submit` and `cancel` as); [`Hello::max_frame_bytes`] and
+//!   [`Welcome::max_frame_bytes`] tell each side the largest frame the other accepts, so
+//!   an oversized command or answer fails alone instead of ending the session.
+//!   Protocol 3 is not accepted: a protocol-3 agent would run every job as itself.
 //!
 //! The golden-bytes tests at the end of this file pin the encoding of every message:
 //! reordering, retyping or inserting a field fails them, which is the reminder to bump
@@ -58,6 +63,7 @@
 //!     node: "gpu-01".into(),
 //!     agent_version: "0.1.0".into(),
 //!     beat_interval_ms: 1000,
+//!     max_frame_bytes: 1 << 20,
 //! };
 //! let frame = encode("hello", &hello).unwrap();
 //! assert_eq!(peek_version(&frame).unwrap(), PROTOCOL_VERSION);
@@ -76,9 +82,9 @@ use crate::model::NodeReport;
 pub const DEFAULT_QUIC_PORT: u16 = 7440;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest agent protocol this coordinator still accepts.
-pub const MIN_PROTOCOL_VERSION: u32 = 3;
+pub const MIN_PROTOCOL_VERSION: u32 = 4;
 /// Default largest frame accepted (reports of nodes with many filesystems and GPUs fit
 /// comfortably; a hostile peer cannot make the coordinator buffer more).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
@@ -91,12 +97,17 @@ pub struct Hello {
     pub agent_version: String,
     /// How often this agent beats; the coordinator's liveness timers scale with it.
     pub beat_interval_ms: u32,
+    /// The largest frame this agent accepts: the coordinator sends no larger command.
+    pub max_frame_bytes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Welcome {
     pub protocol: u32,
     pub coordinator_version: String,
+    /// The largest frame the coordinator accepts: the agent sends no larger message
+    /// (an oversized command result becomes an error result instead).
+    pub max_frame_bytes: u32,
 }
 
 /// The small liveness signal.
@@ -172,6 +183,10 @@ pub enum Command {
     Plugin {
         plugin: String,
         call: Box<PluginCall>,
+        /// The user the job belongs to (who submitted it, as the coordinator
+        /// authenticated them). The agent runs `submit` and `cancel` as this user and
+        /// every other export as its service user; the plugin never chooses.
+        owner: Option<String>,
     },
 }
 
@@ -387,6 +402,7 @@ mod tests {
                 command: Command::Plugin {
                     plugin: "slurm".into(),
                     call: Box::new(call),
+                    owner: Some("alice".into()),
                 },
             };
             let bytes = encode("command", &msg).unwrap();
@@ -609,6 +625,7 @@ mod tests {
                     node: "gpu-01".into(),
                     agent_version: "0.1.0".into(),
                     beat_interval_ms: 1000,
+                    max_frame_bytes: 1 << 20,
                 }),
             ),
             (
@@ -616,6 +633,7 @@ mod tests {
                 e(&Welcome {
                     protocol: PROTOCOL_VERSION,
                     coordinator_version: "0.1.0".into(),
+                    max_frame_bytes: 1 << 20,
                 }),
             ),
             (
@@ -679,6 +697,7 @@ mod tests {
                     command: Command::Plugin {
                         plugin: "slurm".into(),
                         call: Box::new(PluginCall::Submit(sample_spec())),
+                        owner: Some("alice".into()),
                     },
                 }),
             ),
@@ -746,8 +765,8 @@ mod tests {
 
     #[rustfmt::skip]
     const GOLDEN: &[(&str, &str)] = &[
-        ("hello", "03066770752d303105302e312e30e807"),
-        ("welcome", "0305302e312e30"),
+        ("hello", "04066770752d303105302e312e30e807808040"),
+        ("welcome", "0405302e312e30808040"),
         ("agent beat", "008080a8b1e39fe7cb17"),
         ("agent report", "01066770752d3031066770752d30310944656269616e20313203362e31044550594340012080808080802005302e312e3080d095ffbc31901c00004841020000204100007041000000000000f03f000000000000004000000000000008408080808080208080808004808080808010000001012f096e766d65306e317031046578743480808080800280808080800101045463746c000036420100284750552d66613465303030302d303030302d303030302d303030302d3030303030303030303030300e46616b6520483130302038304742018090dfc04a0180c0fc82aa0201320128010000000000406f40010d31363530303030303030303030011030303030303030303a31383a30302e3001093535302e35342e3135010431322e34010e39362e30302e38392e30302e30310101010764656661756c74010000000180b09dc2df01011401000100012d00010000000000e08540010000000080842e4101bc0f01bb1401000105010501100110010001010100010001000100010001000100010001000100010001000101000100010001000000000000000000000001116e766d6c3a2064726976657220627573790101066469736b3a2f01156469736b202f203931252066756c6c203e2039302501010180d095ffbc31082f6f70742f7261790106332e31312e370106322e36302e30010d31302e302e302e313a363337390101066a6f696e6564019221011e2f7661722f6c69622f636f7272616c2f7261792f776f726b65722e6c6f67"),
         ("agent command result ok", "0209000005"),
@@ -756,7 +775,7 @@ mod tests {
         ("agent plugins", "040105736c75726d05302e312e3005536c75726d02000102616201067362617463680f2f7573722f62696e2f736261746368010e3132372e302e302e313a383236350109706172746974696f6e0103706273167062732e7761736d3a206e6f20737563682066696c65"),
         ("coord ping", "00010005"),
         ("coord report now", "000201"),
-        ("coord plugin submit", "00030205736c75726d020122697427732061202274657374223b20726d202d7266202f2060696460202428696429072f62696e2f736803022d630d6563686f2022243122203e263203612062010d2f746d702f776f726b206469720101410331203200010b2f746d702f6f75742d256a0001020000010801802001982a01056465627567000001010a0201030101033132330110736c75726d2e636f6e73747261696e740461313030"),
+        ("coord plugin submit", "00030205736c75726d020122697427732061202274657374223b20726d202d7266202f2060696460202428696429072f62696e2f736803022d630d6563686f2022243122203e263203612062010d2f746d702f776f726b206469720101410331203200010b2f746d702f6f75742d256a0001020000010801802001982a01056465627567000001010a0201030101033132330110736c75726d2e636f6e73747261696e7404613130300105616c696365"),
         ("coord head changed", "010107686561642d30310d31302e302e302e313a3633373914687474703a2f2f31302e302e302e313a3832363506332e31312e3706322e36302e30082f6f70742f72617907"),
         ("output report queued", "01"),
         ("output plugin statuses", "020003010234320506657869742033064641494c45440106010f4e6f6e5a65726f45786974436f6465"),

@@ -218,6 +218,7 @@ impl Jobs {
         let command = Command::Plugin {
             plugin: plugin.to_string(),
             call: Box::new(call),
+            owner: None,
         };
         let result = match self
             .commands
