@@ -5,6 +5,9 @@
 # the Ray tests (installing python3-venv with apt when it is missing and we are root),
 # builds the wasm scheduler plugins, and the Slurm tests start a real single-node Slurm
 # (installing slurm-wlm and munge with apt under CI).
+# The Grid Engine tests (tests/sge.rs) likewise start a real single-host Grid Engine,
+# installing gridengine-master, gridengine-exec and gridengine-client with apt under CI,
+# and submit as test users (alice, bob) that they create with useradd when root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,13 +38,26 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # --- Ray (tests/ray.rs; added with the Ray supervision issue) ---------------------------
 # tests/ray.rs starts real Ray clusters from the venv in CORRAL_RAY_VENV. Unless one is
 # given, create (once) a venv with Ray pinned at the version the tests were written for,
-# in the cache dir so CI reuses it; pip runs only when the venv lacks that exact version.
+# in a cache dir so CI reuses it; pip runs only when the venv lacks that exact version.
+# As root (CI), the tests run Ray as an unprivileged test user (the agent refuses to run
+# Ray as root), which must reach the venv and must not be able to change it (the agent
+# refuses a venv others can write). $HOME/.cache is under /root (0700), so the venv then
+# lives in /var/cache/corral-test (or CORRAL_RAY_VENV_DIR), root-owned and world-readable.
 if [ -z "${CORRAL_RAY_VENV:-}" ]; then
     RAY_VERSION=2.60.0
-    CORRAL_RAY_VENV="${CORRAL_CACHE_DIR:-$HOME/.cache/corral}/ray-$RAY_VERSION"
+    if [ "$(id -u)" = 0 ]; then
+        ray_venv_dir="${CORRAL_RAY_VENV_DIR:-/var/cache/corral-test}"
+    else
+        ray_venv_dir="${CORRAL_RAY_VENV_DIR:-${CORRAL_CACHE_DIR:-$HOME/.cache/corral}}"
+    fi
+    CORRAL_RAY_VENV="$ray_venv_dir/ray-$RAY_VERSION"
     have=$("$CORRAL_RAY_VENV/bin/python" -c 'import ray, ray.dashboard.optional_deps; print(ray.__version__)' 2>/dev/null || true)
     if [ "$have" != "$RAY_VERSION" ]; then
         echo "== creating the Ray venv $CORRAL_RAY_VENV (ray[default]==$RAY_VERSION)"
+        # Nothing group- or world-writable, whatever the caller's umask.
+        saved_umask=$(umask)
+        umask 022
+        mkdir -p "$ray_venv_dir"
         rm -rf "$CORRAL_RAY_VENV"
         if ! python3 -m venv "$CORRAL_RAY_VENV" >/dev/null 2>&1; then
             # Debian's python3 ships venv separately; install it where we can.
@@ -57,6 +73,7 @@ if [ -z "${CORRAL_RAY_VENV:-}" ]; then
             fi
         fi
         "$CORRAL_RAY_VENV/bin/pip" install --quiet "ray[default]==$RAY_VERSION"
+        umask "$saved_umask"
     fi
     export CORRAL_RAY_VENV
 fi

@@ -138,6 +138,8 @@ async fn dev_runs_a_ready_node_keeps_state_across_runs_and_stops_on_ctrl_c() {
     let state = tempfile::tempdir().unwrap();
     let api_port = free_tcp_port();
     let api = format!("http://127.0.0.1:{api_port}");
+    let socket = state.path().join("api.sock").to_str().unwrap().to_string();
+    let token = state.path().join("admin-token").to_str().unwrap().to_string();
     for round in 0..2 {
         let mut dev = corral()
             .args([
@@ -161,8 +163,8 @@ async fn dev_runs_a_ready_node_keeps_state_across_runs_and_stops_on_ctrl_c() {
                 "node".into(),
                 "devnode".into(),
                 "--json".into(),
-                "--api".into(),
-                api.clone(),
+                "--socket".into(),
+                socket.clone(),
             ])
             .await;
             if out.status.success() {
@@ -174,13 +176,17 @@ async fn dev_runs_a_ready_node_keeps_state_across_runs_and_stops_on_ctrl_c() {
             assert!(Instant::now() < deadline, "dev node never became ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Over HTTP, with the admin token `corral dev` made (and keeps across runs).
         let events = run_async(vec![
             "events".into(),
             "--json".into(),
             "--api".into(),
             api.clone(),
+            "--token-file".into(),
+            token.clone(),
         ])
         .await;
+        assert!(events.status.success(), "{}", stderr(&events));
         let events: Vec<serde_json::Value> = serde_json::from_slice(&events.stdout).unwrap();
         if round == 1 {
             // The second run starts from the first run's database.
@@ -213,55 +219,6 @@ async fn dev_runs_a_ready_node_keeps_state_across_runs_and_stops_on_ctrl_c() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn api_with_a_token_refuses_requests_without_it() {
-    let mut c = Cluster::new();
-    std::fs::write(c.path("api-token"), "s3cret-token\n").unwrap();
-    c.api_extra = "token_file = \"api-token\"".into();
-    c.start_coordinator();
-    let http = reqwest::Client::new();
-    let r = http
-        .get(format!("{}/api/v1/nodes", c.api()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("bearer token"),
-        "{body}"
-    );
-    let r = http
-        .get(format!("{}/metrics", c.api()))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    assert_eq!(
-        http.get(format!("{}/healthz", c.api()))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-
-    let out = run_async(vec!["nodes".into(), "--api".into(), c.api()]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("bearer token"), "{}", stderr(&out));
-    let token = c.path("api-token").to_str().unwrap().to_string();
-    let out = run_async(vec![
-        "nodes".into(),
-        "--api".into(),
-        c.api(),
-        "--token-file".into(),
-        token,
-    ])
-    .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn api_over_tls_is_reachable_with_the_cluster_ca() {
     let mut c = Cluster::new();
     c.api_extra = "tls_cert = \"tls/coordinator.pem\"\ntls_key = \"tls/coordinator.key\"".into();
@@ -269,6 +226,9 @@ async fn api_over_tls_is_reachable_with_the_cluster_ca() {
     c.start_agent("tls-node", "");
     let https = format!("https://127.0.0.1:{}", c.api_port);
     let ca = c.tls_dir().join("ca.pem").to_str().unwrap().to_string();
+    let token = c.path("viewer-token");
+    std::fs::write(&token, c.token("watcher", "viewer").await).unwrap();
+    let token = token.to_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = run_async(vec![
@@ -277,6 +237,8 @@ async fn api_over_tls_is_reachable_with_the_cluster_ca() {
             https.clone(),
             "--api-ca".into(),
             ca.clone(),
+            "--token-file".into(),
+            token.clone(),
         ])
         .await;
         assert!(out.status.success(), "{}", stderr(&out));

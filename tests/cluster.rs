@@ -27,7 +27,7 @@ async fn agent_registers_reports_and_shows_in_cli_api_and_metrics() {
     assert!(!r.host.filesystems.is_empty());
     assert!(n.connected);
 
-    let out = run_async(vec!["nodes".into(), "--api".into(), c.api()]).await;
+    let out = run_async(vec!["nodes".into(), "--socket".into(), c.socket()]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
@@ -40,8 +40,8 @@ async fn agent_registers_reports_and_shows_in_cli_api_and_metrics() {
         "node".into(),
         "node-a".into(),
         "--json".into(),
-        "--api".into(),
-        c.api(),
+        "--socket".into(),
+        c.socket(),
     ])
     .await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -49,8 +49,8 @@ async fn agent_registers_reports_and_shows_in_cli_api_and_metrics() {
     let out = run_async(vec![
         "node".into(),
         "node-a".into(),
-        "--api".into(),
-        c.api(),
+        "--socket".into(),
+        c.socket(),
     ])
     .await;
     assert!(stdout(&out).contains("Filesystems:"), "{}", stdout(&out));
@@ -58,8 +58,8 @@ async fn agent_registers_reports_and_shows_in_cli_api_and_metrics() {
     let out = run_async(vec![
         "node".into(),
         "no-such".into(),
-        "--api".into(),
-        c.api(),
+        "--socket".into(),
+        c.socket(),
     ])
     .await;
     assert_eq!(out.status.code(), Some(4), "unknown node exits 4");
@@ -202,8 +202,8 @@ async fn coordinator_sends_commands_to_agents() {
         "ping".into(),
         "cmd".into(),
         "--json".into(),
-        "--api".into(),
-        c.api(),
+        "--socket".into(),
+        c.socket(),
     ])
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -211,8 +211,10 @@ async fn coordinator_sends_commands_to_agents() {
     assert!(v["rtt_us"].as_u64().unwrap() > 0);
 
     let before = c.node("cmd").await.unwrap().last_report_ms;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/nodes/cmd/report", c.api()))
+    let resp = c
+        .http()
+        .post(c.url("/api/v1/nodes/cmd/report"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -223,7 +225,7 @@ async fn coordinator_sends_commands_to_agents() {
     c.signal_agent("cmd", libc::SIGTERM);
     c.wait_liveness("cmd", Liveness::Disconnected, SECS(5))
         .await;
-    let out = run_async(vec!["ping".into(), "cmd".into(), "--api".into(), c.api()]).await;
+    let out = run_async(vec!["ping".into(), "cmd".into(), "--socket".into(), c.socket()]).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not connected"), "{}", stderr(&out));
 }

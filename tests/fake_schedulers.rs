@@ -41,7 +41,7 @@ fn spec() -> JobSpec {
 }
 
 async fn call(host: &PluginHost, plugin: &str, c: PluginCall) -> Result<PluginReply, PluginError> {
-    host.call(plugin, c).await
+    host.call(plugin, c, Some(support::runner())).await
 }
 
 async fn render(host: &PluginHost, plugin: &str) -> String {

@@ -27,6 +27,7 @@ fn files(tls: &Path, name: &str) -> TlsFiles {
         ca: tls.join("ca.pem"),
         cert: tls.join(format!("{name}.pem")),
         key: tls.join(format!("{name}.key")),
+        crl: None,
     }
 }
 
@@ -135,6 +136,7 @@ async fn certificate_from_another_ca_is_refused_at_the_handshake() {
         ca: c.tls_dir().join("ca.pem"),
         cert: other.join("intruder.pem"),
         key: other.join("intruder.key"),
+        crl: None,
     };
     let result = raw_connect(&c, tls).await;
     if let Ok(raw) = result {

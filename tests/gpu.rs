@@ -108,7 +108,7 @@ async fn xids_growing_counters_and_a_vanishing_gpu_drive_device_health() {
         "{metrics}"
     );
 
-    let out = run_async(vec!["nodes".into(), "--api".into(), c.api()]).await;
+    let out = run_async(vec!["nodes".into(), "--socket".into(), c.socket()]).await;
     let table = stdout(&out);
     assert!(
         table.contains("GPU HEALTH") && table.contains("2 fail"),
@@ -117,8 +117,8 @@ async fn xids_growing_counters_and_a_vanishing_gpu_drive_device_health() {
     let out = run_async(vec![
         "node".into(),
         "gpu-node".into(),
-        "--api".into(),
-        c.api(),
+        "--socket".into(),
+        c.socket(),
     ])
     .await;
     let detail = stdout(&out);

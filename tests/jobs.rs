@@ -30,9 +30,10 @@ async fn cluster(dir: Option<&Path>, plugins: &[&str]) -> Cluster {
     c.start_coordinator();
     let extra = match dir {
         Some(d) => format!(
-            "[plugins]\ndir = \"{}\"\nenable = {:?}\ncache_dir = \"plugin-cache\"\n",
+            "[plugins]\ndir = \"{}\"\nenable = {:?}\ncache_dir = \"plugin-cache\"\n{}",
             d.display(),
-            plugins
+            plugins,
+            runs_as_runner_keys()
         ),
         None => String::new(),
     };
@@ -55,11 +56,11 @@ async fn cluster(dir: Option<&Path>, plugins: &[&str]) -> Cluster {
     }
 }
 
-/// `corral COMMAND --api URL ARGS...`, off the async runtime (`--api` right after the
-/// subcommand: after `--` it would be part of the job's command).
+/// `corral COMMAND --socket PATH ARGS...`, off the async runtime (`--socket` right
+/// after the subcommand: after `--` it would be part of the job's command).
 async fn cli(c: &Cluster, args: &[&str]) -> std::process::Output {
     let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    v.splice(1..1, ["--api".to_string(), c.api()]);
+    v.splice(1..1, ["--socket".to_string(), c.socket()]);
     run_async(v).await
 }
 
@@ -470,9 +471,10 @@ async fn without_plugins_job_requests_fail_clearly() {
     );
 
     // The API's own answers for a malformed submission.
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/api/v1/jobs", c.api()))
+    let r = c
+        .http()
+        .post(c.url("/api/v1/jobs"))
+        .header("content-type", "application/json")
         .body("{\"scheduler\": \"slurm\"}")
         .send()
         .await

@@ -186,7 +186,10 @@ async fn a_scaffolded_plugin_of_each_kind_builds_passes_check_strict_and_runs_th
         arguments: vec!["$(id)".into()],
         ..JobSpec::default()
     };
-    let id = match host.call("mysched", PluginCall::Submit(spec)).await {
+    let id = match host
+        .call("mysched", PluginCall::Submit(spec), Some(support::runner()))
+        .await
+    {
         Ok(PluginReply::Submitted(id)) => id,
         other => panic!("submit: {other:?}"),
     };
@@ -199,7 +202,10 @@ async fn a_scaffolded_plugin_of_each_kind_builds_passes_check_strict_and_runs_th
         sub.stdin_text()
     );
     let ids = vec!["41".to_string(), "44".into(), "99".into()];
-    let got = match host.call("mysched", PluginCall::Status(ids)).await {
+    let got = match host
+        .call("mysched", PluginCall::Status(ids), Some(support::runner()))
+        .await
+    {
         Ok(PluginReply::Statuses(v)) => v,
         other => panic!("status: {other:?}"),
     };
@@ -208,7 +214,13 @@ async fn a_scaffolded_plugin_of_each_kind_builds_passes_check_strict_and_runs_th
         states,
         [JobState::Running, JobState::Succeeded, JobState::Unknown]
     );
-    let done = host.call("mysched", PluginCall::Cancel("44".into())).await;
+    let done = host
+        .call(
+            "mysched",
+            PluginCall::Cancel("44".into()),
+            Some(support::runner()),
+        )
+        .await;
     assert_eq!(done, Ok(PluginReply::Done));
     fakes.assert_done();
 }

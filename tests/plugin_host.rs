@@ -8,6 +8,8 @@
 //! The component is found in `$CORRAL_PLUGINS_DIR`, else `<target dir>/plugins`. Without
 //! it these tests fail under `CI=true` and print `SKIPPED` otherwise.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -93,11 +95,12 @@ impl Plugins {
     }
 
     fn config(&self, enable: &[&str], cache_dir: Option<&Path>) -> PluginsConfig {
-        PluginsConfig {
+        support::runs_as_runner(PluginsConfig {
             dir: Some(self.dir.path().to_path_buf()),
             enable: enable.iter().map(|s| s.to_string()).collect(),
             cache_dir: cache_dir.map(Path::to_path_buf),
-        }
+            ..PluginsConfig::default()
+        })
     }
 
     fn load(&self, enable: &[&str]) -> PluginHost {
@@ -130,12 +133,16 @@ fn submit_with(name: &str, executable: &str, args: &[&str]) -> PluginCall {
 }
 
 async fn healthy(host: &PluginHost, plugin: &str) {
-    match host.call(plugin, PluginCall::Info).await {
+    match host
+        .call(plugin, PluginCall::Info, Some(support::runner()))
+        .await
+    {
         Ok(PluginReply::Info(info)) => assert_eq!(info.name, plugin),
         other => panic!("{plugin}.info after a failure: {other:?}"),
     }
     assert_eq!(
-        host.call(plugin, submit("after")).await,
+        host.call(plugin, submit("after"), Some(support::runner()))
+            .await,
         Ok(PluginReply::Submitted("hostile-after".into()))
     );
 }
@@ -152,7 +159,10 @@ async fn each_hostile_call_fails_alone_and_the_next_call_and_other_plugins_work(
 
     // An infinite loop: stopped at its 2 s call timeout by the epoch deadline.
     let started = Instant::now();
-    let err = host.call("hostile", submit("loop")).await.unwrap_err();
+    let err = host
+        .call("hostile", submit("loop"), Some(support::runner()))
+        .await
+        .unwrap_err();
     let took = started.elapsed();
     assert!(
         matches!(&err, PluginError::Timeout(m) if m.contains("call timeout of 2s") && m.contains("hostile.toml")),
@@ -166,7 +176,10 @@ async fn each_hostile_call_fails_alone_and_the_next_call_and_other_plugins_work(
     healthy(&host, "bystander").await;
 
     // A memory bomb: stopped when it grows past 32 MiB.
-    let err = host.call("hostile", submit("memory")).await.unwrap_err();
+    let err = host
+        .call("hostile", submit("memory"), Some(support::runner()))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, PluginError::Plugin(m) if m.contains("exceeded its memory limit of 32 MiB")),
         "{err:?}"
@@ -176,7 +189,10 @@ async fn each_hostile_call_fails_alone_and_the_next_call_and_other_plugins_work(
 
     // A panic (abort, a wasm trap) and runaway recursion.
     for (behaviour, why) in [("trap", "a panic or abort in the plugin"), ("stack", "")] {
-        let err = host.call("hostile", submit(behaviour)).await.unwrap_err();
+        let err = host
+            .call("hostile", submit(behaviour), Some(support::runner()))
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, PluginError::Plugin(m) if m.starts_with("hostile.submit trapped: ") && m.contains(why) && !m.contains('\n')),
             "{behaviour}: {err:?}"
@@ -186,7 +202,10 @@ async fn each_hostile_call_fails_alone_and_the_next_call_and_other_plugins_work(
     }
 
     // A program not in the grant: the host answers `denied`, the plugin passes it on.
-    let err = host.call("hostile", submit("ungranted")).await.unwrap_err();
+    let err = host
+        .call("hostile", submit("ungranted"), Some(support::runner()))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, PluginError::Denied(m) if m.contains("\"corral-hostile-not-granted\" is not granted to plugin hostile")),
         "{err:?}"
@@ -195,13 +214,19 @@ async fn each_hostile_call_fails_alone_and_the_next_call_and_other_plugins_work(
     healthy(&host, "bystander").await;
 
     // Failures of one plugin run alongside the other's calls without disturbing them.
-    let (looping, other) = tokio::join!(host.call("hostile", submit("loop")), async {
-        let mut answers = Vec::new();
-        for _ in 0..20 {
-            answers.push(host.call("bystander", submit("meanwhile")).await);
+    let (looping, other) = tokio::join!(
+        host.call("hostile", submit("loop"), Some(support::runner())),
+        async {
+            let mut answers = Vec::new();
+            for _ in 0..20 {
+                answers.push(
+                    host.call("bystander", submit("meanwhile"), Some(support::runner()))
+                        .await,
+                );
+            }
+            answers
         }
-        answers
-    });
+    );
     assert!(
         matches!(looping, Err(PluginError::Timeout(_))),
         "{looping:?}"
@@ -218,13 +243,21 @@ async fn granted_programs_run_by_argv_and_one_outliving_its_timeout_is_killed() 
     plugins.add(&ManifestText::new("hostile"));
     let host = plugins.load(&["hostile"]);
     assert_eq!(
-        host.call("hostile", submit_with("run", "echo", &["$(id)", "a b"]))
-            .await,
+        host.call(
+            "hostile",
+            submit_with("run", "echo", &["$(id)", "a b"]),
+            Some(support::runner())
+        )
+        .await,
         Ok(PluginReply::Submitted("$(id) a b\n".into()))
     );
     let started = Instant::now();
     let err = host
-        .call("hostile", submit_with("run", "sleep", &["30"]))
+        .call(
+            "hostile",
+            submit_with("run", "sleep", &["30"]),
+            Some(support::runner()),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -238,8 +271,12 @@ async fn granted_programs_run_by_argv_and_one_outliving_its_timeout_is_killed() 
     );
     // The plugin reads its own config values.
     assert_eq!(
-        host.call("hostile", submit_with("config", "greeting", &[]))
-            .await,
+        host.call(
+            "hostile",
+            submit_with("config", "greeting", &[]),
+            Some(support::runner())
+        )
+        .await,
         Ok(PluginReply::Submitted("hello from the manifest".into()))
     );
 }
@@ -327,7 +364,11 @@ async fn manifest_errors_name_the_file_and_key_and_a_missing_program_is_a_warnin
         .collect();
     assert_eq!(granted, ["echo", "sleep"]);
     let err = host
-        .call("hostile", submit_with("run", "corral-no-such-program", &[]))
+        .call(
+            "hostile",
+            submit_with("run", "corral-no-such-program", &[]),
+            Some(support::runner()),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -433,7 +474,8 @@ async fn http_reaches_a_granted_loopback_host_and_nothing_else() {
     assert_eq!(
         host.call(
             "hostile",
-            submit_with("http", &format!("http://127.0.0.1:{port}/x"), &[])
+            submit_with("http", &format!("http://127.0.0.1:{port}/x"), &[]),
+            Some(support::runner())
         )
         .await,
         Ok(PluginReply::Submitted("200 hello".into()))
@@ -447,7 +489,11 @@ async fn http_reaches_a_granted_loopback_host_and_nothing_else() {
         ),
     ] {
         let err = host
-            .call("hostile", submit_with("http", &url, &[]))
+            .call(
+                "hostile",
+                submit_with("http", &url, &[]),
+                Some(support::runner()),
+            )
             .await
             .unwrap_err();
         assert!(

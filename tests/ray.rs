@@ -6,6 +6,13 @@
 //! cluster and walks it through several behaviours in sequence, plus one plain
 //! `ray start` that corral must not touch. Every Ray here has its own ports and temp dir,
 //! and `--num-cpus 1`.
+//!
+//! Who Ray runs as: when the tests run as root (CI), every agent is given
+//! `ray.user = "corral-ray-test"`, an ordinary account the harness creates
+//! (`support::users`), and the tests check that Ray's processes really run as it. The
+//! venv must then be one that account can reach and cannot change: scripts/test.sh
+//! keeps it under /var/cache/corral-test when root, since /root is 0700. Otherwise Ray
+//! runs as the user running the tests.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -38,11 +45,51 @@ fn ray_of(n: &NodeView) -> Option<RayStatus> {
     n.report.as_ref()?.ray.clone()
 }
 
-/// The `[ray]` section for one agent: its own ports and temp dir.
+/// The account Ray runs as in these tests: `corral-ray-test` when they run as root (the
+/// agent refuses to run Ray as root), else `None`: Ray runs as the user running them.
+fn ray_user() -> Option<users::TestUser> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    Some(users::ensure_user("corral-ray-test").expect("root can create the Ray test user"))
+}
+
+/// The uid Ray's processes must have.
+fn expected_ray_uid(user: &Option<users::TestUser>) -> u32 {
+    // SAFETY: geteuid cannot fail.
+    user.as_ref().map_or(unsafe { libc::geteuid() }, |u| u.uid)
+}
+
+/// A cluster whose directory the Ray user may pass through (tempfile makes it 0700),
+/// to reach the agents' state dirs; nothing in it becomes readable by being listed.
+fn ray_cluster() -> Cluster {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::new();
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    c
+}
+
+/// Fails early, with the fix, when the Ray user cannot reach the venv.
+fn check_venv_reachable(venv: &Path, user: &Option<users::TestUser>) {
+    let Some(u) = user else { return };
+    if let Some((dir, mode, _)) = corral_node::fsperm::first_unsearchable(venv, u.uid, &[u.gid]) {
+        panic!(
+            "the Ray test user {} cannot reach the venv {}: {} is mode {mode:04o}; run the tests through scripts/test.sh, which keeps the venv under /var/cache/corral-test when root, or set CORRAL_RAY_VENV to a venv outside it",
+            u.name,
+            venv.display(),
+            dir.display()
+        );
+    }
+}
+
+/// One agent's `[agent] state_dir` and `[ray]` section: its own ports, its temp dir the
+/// default one (`STATE/ray`), run as `user`.
 fn ray_section(
     venv: &Path,
     role: &str,
-    temp: &Path,
+    state: &Path,
+    user: &Option<users::TestUser>,
     head_ports: Option<(u16, u16, u16)>,
     workers_from: u16,
 ) -> String {
@@ -52,12 +99,41 @@ fn ray_section(
     // Two raylets on one machine must not draw worker ports from the same range, and
     // the ranges stay below the ephemeral ports the other ports above come from.
     let base = workers_from;
+    let user_line = user
+        .as_ref()
+        .map(|u| format!("user = \"{}\"\n", u.name))
+        .unwrap_or_default();
     format!(
-        "[ray]\nrole = \"{role}\"\nvenv = \"{}\"\nport = {port}\ndashboard_port = {dash}\nclient_server_port = {client}\nnum_cpus = 1\ntemp_dir = \"{}\"\nrestart_base = \"200ms\"\nrestart_cap = \"2s\"\nstop_grace = \"5s\"\nextra_args = [\"--dashboard-agent-listen-port={agent_port}\", \"--metrics-export-port={metrics_port}\", \"--min-worker-port={base}\", \"--max-worker-port={}\"]\n",
+        "state_dir = \"{}\"\n[ray]\nrole = \"{role}\"\nvenv = \"{}\"\n{user_line}port = {port}\ndashboard_port = {dash}\nclient_server_port = {client}\nnum_cpus = 1\nrestart_base = \"200ms\"\nrestart_cap = \"2s\"\nstop_grace = \"5s\"\nextra_args = [\"--dashboard-agent-listen-port={agent_port}\", \"--metrics-export-port={metrics_port}\", \"--min-worker-port={base}\", \"--max-worker-port={}\"]\n",
+        state.display(),
         venv.display(),
-        temp.display(),
         base + 499
     )
+}
+
+/// A field of /proc/PID/status (`Uid`, `Gid`, `CapEff`, ...), split on whitespace.
+fn proc_status(pid: i32, field: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// A variable of /proc/PID/environ.
+fn proc_env(pid: i32, key: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|b| *b == 0).find_map(|kv| {
+        let kv = String::from_utf8_lossy(kv);
+        kv.strip_prefix(&format!("{key}=")).map(str::to_string)
+    })
+}
+
+fn mode_and_owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.mode() & 0o7777, m.uid())
 }
 
 async fn wait_ray(
@@ -226,18 +302,28 @@ impl Drop for Outsider {
 async fn head_and_worker_form_a_cluster_recover_from_kill_9_refuse_mismatch_and_stop_only_their_own(
 ) {
     let Some(venv) = ray_venv() else { return };
-    let mut c = Cluster::new();
+    let user = ray_user();
+    check_venv_reachable(&venv, &user);
+    let mut c = ray_cluster();
     c.start_coordinator();
     let (port, dash, client) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
     let address = format!("127.0.0.1:{port}");
-    let head_tmp = c.path("rh");
-    let worker_tmp = c.path("rw");
+    let (head_state, worker_state) = (c.path("sh"), c.path("sw"));
+    let head_tmp = head_state.join("ray");
+    let worker_tmp = worker_state.join("ray");
     let _cleanup = KillOnDrop(vec![head_tmp.clone(), worker_tmp.clone()]);
 
     // 1. A head, ready by probing, announced with its versions.
     c.start_agent(
         "head",
-        &ray_section(&venv, "head", &head_tmp, Some((port, dash, client)), 21_000),
+        &ray_section(
+            &venv,
+            "head",
+            &head_state,
+            &user,
+            Some((port, dash, client)),
+            21_000,
+        ),
     );
     let (head, took) = wait_ray(&c, "head", "running a Ray head", SECS(120), |r| {
         r.state == RayState::Running
@@ -246,11 +332,12 @@ async fn head_and_worker_form_a_cluster_recover_from_kill_9_refuse_mismatch_and_
     println!("head ready after {took:?}");
     assert_eq!(head.head_address.as_deref(), Some(address.as_str()));
     assert!(head.python_version.is_some() && head.ray_version.is_some());
+    ray_runs_as_its_user(&head_tmp, &user);
 
     // 2. A worker learns the head from the coordinator and joins; Ray agrees.
     c.start_agent(
         "worker",
-        &ray_section(&venv, "worker", &worker_tmp, None, 22_000),
+        &ray_section(&venv, "worker", &worker_state, &user, None, 22_000),
     );
     let (w, took) = wait_ray(&c, "worker", "joined", SECS(120), |r| {
         r.state == RayState::Running
@@ -265,7 +352,7 @@ async fn head_and_worker_form_a_cluster_recover_from_kill_9_refuse_mismatch_and_
     stand_in_venv(&odd, "3.10.99", head.ray_version.as_deref().unwrap());
     c.start_agent(
         "odd",
-        &ray_section(&odd, "worker", &c.path("ro"), None, 23_000),
+        &ray_section(&odd, "worker", &c.path("so"), &user, None, 23_000),
     );
     let (r, _) = wait_ray(&c, "odd", "refused", SECS(30), |r| {
         r.state == RayState::Refused
@@ -344,15 +431,62 @@ async fn head_and_worker_form_a_cluster_recover_from_kill_9_refuse_mismatch_and_
     assert!(log.contains("ray process group stopped"), "{log}");
 }
 
+/// The head's raylet and gcs_server run as the Ray user, with its groups and home and
+/// no capabilities; the temp dir under the state dir and the log in it are that user's
+/// alone.
+fn ray_runs_as_its_user(temp: &Path, user: &Option<users::TestUser>) {
+    let uid = expected_ray_uid(user).to_string();
+    let procs = processes_naming(temp);
+    for name in ["raylet", "gcs_server"] {
+        let (pid, _) = procs
+            .iter()
+            .find(|(_, comm)| comm == name)
+            .unwrap_or_else(|| panic!("no {name} naming {}: {procs:?}", temp.display()));
+        // Real, effective, saved and filesystem uid.
+        assert_eq!(
+            proc_status(*pid, "Uid"),
+            vec![uid.clone(); 4],
+            "{name} {pid}"
+        );
+        assert_eq!(
+            proc_status(*pid, "CapEff"),
+            vec!["0000000000000000".to_string()],
+            "{name} {pid} holds capabilities"
+        );
+        if let Some(u) = user {
+            assert_eq!(
+                proc_status(*pid, "Gid"),
+                vec![u.gid.to_string(); 4],
+                "{name}"
+            );
+            assert_eq!(
+                proc_status(*pid, "Groups"),
+                vec![u.gid.to_string()],
+                "{name}"
+            );
+            assert_eq!(proc_env(*pid, "HOME"), Some(u.home.display().to_string()));
+            assert_eq!(proc_env(*pid, "USER").as_deref(), Some(u.name.as_str()));
+            assert_eq!(proc_env(*pid, "LOGNAME").as_deref(), Some(u.name.as_str()));
+        }
+    }
+    let want = expected_ray_uid(user);
+    assert_eq!(mode_and_owner(temp), (0o700, want), "{}", temp.display());
+    assert_eq!(
+        mode_and_owner(&temp.join("corral-ray-head.log")),
+        (0o600, want)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_venv_and_venv_without_ray_fail_with_the_fix_named() {
     let Some(_) = ray_venv() else { return };
-    let mut c = Cluster::new();
+    let user = ray_user();
+    let mut c = ray_cluster();
     c.start_coordinator();
     let missing = c.path("no-such-venv");
     c.start_agent(
         "nov",
-        &ray_section(&missing, "worker", &c.path("r1"), None, 24_000),
+        &ray_section(&missing, "worker", &c.path("s1"), &user, None, 24_000),
     );
     let bare = c.path("bare-venv");
     let made = Command::new("python3")
@@ -362,7 +496,7 @@ async fn missing_venv_and_venv_without_ray_fail_with_the_fix_named() {
     assert!(made.success());
     c.start_agent(
         "bare",
-        &ray_section(&bare, "head", &c.path("r2"), None, 25_000),
+        &ray_section(&bare, "head", &c.path("s2"), &user, None, 25_000),
     );
 
     let (r, _) = wait_ray(&c, "nov", "failed", SECS(30), |r| {
@@ -391,4 +525,113 @@ async fn missing_venv_and_venv_without_ray_fail_with_the_fix_named() {
     );
     let out = run_async(vec!["nodes".into(), "--api".into(), c.api()]).await;
     assert!(stdout(&out).contains("head failed"), "{}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_venv_others_can_write_is_refused_naming_the_path_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let user = ray_user();
+    let mut c = ray_cluster();
+    c.start_coordinator();
+    // A stand-in venv is enough: nothing may run from it, not even its Python.
+    let open = c.path("open-venv");
+    stand_in_venv(&open, "3.11.7", "2.60.0");
+    let bin = open.join("bin");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o777)).unwrap();
+    c.start_agent(
+        "open",
+        &ray_section(&open, "worker", &c.path("s3"), &user, None, 26_000),
+    );
+    let (r, _) = wait_ray(&c, "open", "failed", SECS(30), |r| {
+        r.state == RayState::Failed
+    })
+    .await;
+    let m = r.message.unwrap();
+    assert!(
+        m.contains(&format!("refusing the Ray venv {}", open.display())),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("{} is writable by all users", bin.display())),
+        "{m}"
+    );
+    assert!(m.contains(&format!("chmod go-w {}", bin.display())), "{m}");
+    assert!(r.python_version.is_none(), "the venv's Python ran: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_temp_dir_owned_by_another_user_is_refused() {
+    let Some(user) = ray_user() else {
+        println!("SKIPPED: a temp dir that is not the Ray user's needs a Ray user other than the one running the tests, so root");
+        return;
+    };
+    let mut c = ray_cluster();
+    c.start_coordinator();
+    // The directory exists already, made by root, who is not the Ray user.
+    let state = c.path("s4");
+    let theirs = state.join("ray");
+    std::fs::create_dir_all(&theirs).unwrap();
+    let venv = c.path("stand-in-venv");
+    stand_in_venv(&venv, "3.11.7", "2.60.0");
+    c.start_agent(
+        "squatted",
+        &ray_section(&venv, "worker", &state, &Some(user), None, 27_000),
+    );
+    let (r, _) = wait_ray(&c, "squatted", "failed", SECS(30), |r| {
+        r.state == RayState::Failed
+    })
+    .await;
+    let m = r.message.unwrap();
+    assert!(m.contains("Ray's temp dir"), "{m}");
+    assert!(
+        m.contains(&format!("{} is owned by root (uid 0)", theirs.display())),
+        "{m}"
+    );
+    assert!(m.contains("corral-ray-test"), "{m}");
+    // Refused as it was: not handed over, not narrowed.
+    assert_eq!(mode_and_owner(&theirs), (0o755, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ray_user_is_required_of_a_root_agent_and_refused_to_an_unprivileged_one() {
+    let mut c = ray_cluster();
+    c.start_coordinator();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    // As root: no ray.user. Otherwise: a ray.user that is not the agent's own account.
+    let user_lines = if root {
+        ""
+    } else {
+        "user = \"root\"\nallow_root = true\n"
+    };
+    let state = c.path("s5");
+    c.start_agent(
+        "who",
+        &format!(
+            "state_dir = \"{}\"\n[ray]\nrole = \"worker\"\nvenv = \"{}\"\n{user_lines}restart_cap = \"2s\"\n",
+            state.display(),
+            c.path("no-venv-needed").display()
+        ),
+    );
+    let (r, _) = wait_ray(&c, "who", "failed", SECS(30), |r| {
+        r.state == RayState::Failed
+    })
+    .await;
+    let m = r.message.unwrap();
+    if root {
+        assert!(
+            m.contains("the agent runs as root and ray.user is not set"),
+            "{m}"
+        );
+        assert!(m.contains("ray.allow_root = true"), "{m}");
+    } else {
+        assert!(
+            m.contains("ray.user = \"root\", but this agent runs as"),
+            "{m}"
+        );
+    }
+    // Nothing was started, and no temp dir was made.
+    assert!(!state.join("ray").exists());
+    let log = c.agent_log("who");
+    assert!(!log.contains("ray process started"), "{log}");
 }

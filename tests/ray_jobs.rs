@@ -96,7 +96,7 @@ async fn start_head(venv: &Path, temp: &Path, dashboard_port: u16) -> RayProcess
 }
 
 async fn call(host: &PluginHost, c: PluginCall) -> Result<PluginReply, PluginError> {
-    host.call("ray-jobs", c).await
+    host.call("ray-jobs", c, Some(support::runner())).await
 }
 
 async fn status(host: &PluginHost, id: &str) -> JobStatus {
@@ -157,11 +157,11 @@ async fn ray_jobs_plugin_submits_follows_reads_and_stops_real_ray_jobs() {
         ),
     )
     .unwrap();
-    let (host, failures) = PluginHost::load(&PluginsConfig {
+    let (host, failures) = PluginHost::load(&support::runs_as_runner(PluginsConfig {
         dir: Some(plugins),
         enable: vec!["ray-jobs".into()],
-        cache_dir: None,
-    });
+        ..PluginsConfig::default()
+    }));
     assert!(
         failures.is_empty(),
         "the ray-jobs plugin did not load: {failures:?}"

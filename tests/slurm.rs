@@ -50,7 +50,7 @@ impl Fixture {
     }
 
     async fn call(&self, call: PluginCall) -> Result<PluginReply, PluginError> {
-        self.host.call("slurm", call).await
+        self.host.call("slurm", call, Some(support::runner())).await
     }
 
     /// A spec that runs `sh -c SCRIPT` in the test's directory.
@@ -388,11 +388,11 @@ async fn slurm_plugin_drives_a_real_slurm() {
     let Some(slurm_daemons) = Slurm::start() else {
         return;
     };
-    let (host, failures) = PluginHost::load(&PluginsConfig {
+    let (host, failures) = PluginHost::load(&support::runs_as_runner(PluginsConfig {
         dir: Some(plugins),
         enable: vec!["slurm".into()],
-        cache_dir: None,
-    });
+        ..PluginsConfig::default()
+    }));
     assert!(
         failures.is_empty(),
         "the slurm plugin did not load: {failures:?}"

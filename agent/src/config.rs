@@ -4,8 +4,8 @@
 //! `[coordinator]` section, or both (as `corral dev` writes), plus the shared `[tls]`,
 //! and the agent's `[health]` thresholds, `[gpu]` source, `[ray]` process
 //! ([`corral_node::ray::RayConfig`]) and `[plugins]`
-//! ([`corral_node::plugins::PluginsConfig`]), and the coordinator's `[api]` and `[jobs]`
-//! ([`corral_coordinator::config`]).
+//! ([`corral_node::plugins::PluginsConfig`]), and the coordinator's `[api]`, `[jobs]`
+//! and `[schedulers.NAME]` ([`corral_coordinator::config`]).
 //!
 //! This module only composes the file: each section's type and its checks live in the
 //! crate that uses it, and [`Config::agent_options`] / [`Config::coordinator_options`]
@@ -19,6 +19,7 @@
 //! - [`Config::load`] returns only validated configs: the daemons never see a value that
 //!   `corral config check` would reject.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,7 +27,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use corral_base::config::{check_readable, parse_toml, ConfigIssue};
-use corral_coordinator::config::{ApiSection, CoordinatorSection, JobsSection};
+use corral_coordinator::config::{
+    ApiSection, Authority, CoordinatorSection, JobsSection, SchedulerSection,
+};
 use corral_coordinator::registry::Settings;
 use corral_coordinator::CoordinatorOptions;
 use corral_node::config::AgentSection;
@@ -35,6 +38,7 @@ use corral_node::health::verdict::Thresholds;
 use corral_node::plugins::PluginsConfig;
 use corral_node::ray::RayConfig;
 use corral_node::AgentOptions;
+use corral_coordinator::access::AccessSection;
 use corral_transport::pki::TlsFiles;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +48,9 @@ pub struct Config {
     pub coordinator: Option<CoordinatorSection>,
     #[serde(default)]
     pub api: ApiSection,
+    /// Who may do what through the API (roles by user, defaults per way in).
+    #[serde(default)]
+    pub access: AccessSection,
     pub tls: Option<TlsFiles>,
     #[serde(default)]
     pub health: Thresholds,
@@ -57,6 +64,9 @@ pub struct Config {
     /// How the coordinator tracks jobs.
     #[serde(default)]
     pub jobs: JobsSection,
+    /// `[schedulers.NAME]`: which nodes may serve scheduler plugin NAME (absent: none).
+    #[serde(default)]
+    pub schedulers: BTreeMap<String, SchedulerSection>,
 }
 
 /// A config that could not be used, with where and why.
@@ -108,10 +118,14 @@ impl Config {
             fix(&mut tls.ca);
             fix(&mut tls.cert);
             fix(&mut tls.key);
+            if let Some(crl) = &mut tls.crl {
+                fix(crl);
+            }
         }
         if let Some(c) = &mut self.coordinator {
             fix(&mut c.state_dir);
         }
+        fix(&mut self.api.socket);
         if let Some(dir) = self.agent.as_mut().and_then(|a| a.state_dir.as_mut()) {
             fix(dir);
         }
@@ -125,7 +139,6 @@ impl Config {
             fix(log);
         }
         for p in [
-            &mut self.api.token_file,
             &mut self.api.tls_cert,
             &mut self.api.tls_key,
             &mut self.gpu.fake_script,
@@ -174,11 +187,31 @@ impl Config {
         ] {
             check_readable(key, path)?;
         }
+        // The CRL is the coordinator's; the default one (beside tls.ca) may not exist yet.
+        if let Some(crl) = &tls.crl {
+            if self.coordinator.is_none() {
+                return Err(issue(
+                    "tls.crl",
+                    "only the coordinator applies a revocation list; remove `crl` from an agent's config".into(),
+                ));
+            }
+            check_readable("tls.crl", crl)?;
+        }
         if let Some(a) = &self.agent {
             a.validate()?;
         }
         if let Some(c) = &self.coordinator {
             corral_coordinator::config::validate(c, &self.api, &self.jobs)?;
+        }
+        match &self.coordinator {
+            Some(c) => corral_coordinator::config::validate_authority(c, &self.schedulers)?,
+            None if !self.schedulers.is_empty() => {
+                return Err(issue(
+                    "schedulers",
+                    "only the coordinator reads [schedulers.NAME]; put it in the file with the [coordinator] section".into(),
+                ))
+            }
+            None => {}
         }
         self.health.validate()?;
         self.gpu.validate()?;
@@ -214,7 +247,11 @@ impl Config {
                 state_dir: a.state_dir.clone(),
                 ..self.gpu.clone()
             },
-            ray: self.ray.clone(),
+            // Ray's default temp dir lives in the agent's state dir.
+            ray: self.ray.clone().map(|r| RayConfig {
+                state_dir: a.state_dir.clone(),
+                ..r
+            }),
             plugins: self.plugins.clone(),
         })
     }
@@ -236,11 +273,13 @@ impl Config {
             },
             max_frame_bytes: c.max_frame_bytes,
             api: self.api.clone(),
+            access: self.access.clone(),
             tls: self
                 .tls
                 .clone()
                 .context("the config has no [tls] section")?,
             jobs: self.jobs.clone(),
+            authority: Authority::from_config(c, &self.schedulers),
         })
     }
 
@@ -312,11 +351,11 @@ mod tests {
     }
 
     #[test]
-    fn api_beyond_loopback_without_token_or_tls_is_refused() {
+    fn api_beyond_loopback_without_tls_is_refused() {
         let err = parse("[coordinator]\nstate_dir = \"s\"\n[api]\nlisten = \"0.0.0.0:7441\"")
             .unwrap_err();
         assert_eq!(err.key, "api.listen");
-        assert!(err.message.contains("token_file"));
+        assert!(err.message.contains("tls_cert"), "{}", err.message);
     }
 
     #[test]
@@ -473,6 +512,54 @@ mod tests {
             "empty stays empty: off"
         );
         assert_eq!(off.gpu.kernel_log_path(), None);
+    }
+
+    #[test]
+    fn who_may_announce_what_comes_from_ray_heads_and_scheduler_sections() {
+        let cfg = parse("[coordinator]\nstate_dir = \"s\"\nray_heads = [\"head-01\"]\n[schedulers.slurm]\nnodes = [\"login-02\", \"login-01\"]\n[schedulers.ray-jobs]\nnodes = [\"*\"]").unwrap();
+        let a = cfg.coordinator_options().unwrap().authority;
+        assert!(a.may_announce_head("head-01") && !a.may_announce_head("gpu-01"));
+        assert_eq!(a.scheduler_rank("slurm", "login-02"), Some(0));
+        assert_eq!(a.scheduler_rank("slurm", "login-01"), Some(1));
+        assert!(!a.may_serve("slurm", "aaa") && a.may_serve("ray-jobs", "aaa"));
+        // Unconfigured: nothing.
+        let none = parse("[coordinator]\nstate_dir = \"s\"").unwrap();
+        let a = none.coordinator_options().unwrap().authority;
+        assert!(!a.may_announce_head("head-01") && !a.may_serve("slurm", "login-01"));
+    }
+
+    #[test]
+    fn bad_authority_values_are_named() {
+        let coord = "[coordinator]\nstate_dir = \"s\"\n";
+        for (body, key, words) in [
+            (
+                "ray_heads = [\"a b\"]",
+                "coordinator.ray_heads",
+                "not a valid name",
+            ),
+            (
+                "[schedulers.slurm]\nnodes = [\"x\", \"x\"]",
+                "schedulers.slurm.nodes",
+                "twice",
+            ),
+            (
+                "[schedulers.slurm]\nnode = [\"x\"]",
+                "schedulers.slurm.node",
+                "unknown field",
+            ),
+            (
+                "[schedulers.slurm]\nnodes = \"x\"",
+                "schedulers.slurm.nodes",
+                "invalid type",
+            ),
+        ] {
+            let err = parse(&format!("{coord}{body}")).unwrap_err();
+            assert_eq!(err.key, key, "{body}: {err:?}");
+            assert!(err.message.contains(words), "{body}: {}", err.message);
+        }
+        let err = parse("[agent]\ncoordinator = \"h:1\"\n[schedulers.slurm]\nnodes = [\"x\"]")
+            .unwrap_err();
+        assert_eq!(err.key, "schedulers");
     }
 
     #[test]

@@ -225,11 +225,11 @@ exit "$(cat "$r.status")""#
     /// on these fakes only; fails on a load failure or a load warning (a granted
     /// program without a fake).
     pub fn host(&self, plugins_dir: &Path, name: &str) -> PluginHost {
-        let cfg = PluginsConfig {
+        let cfg = super::runs_as_runner(PluginsConfig {
             dir: Some(plugins_dir.to_path_buf()),
             enable: vec![name.to_string()],
-            cache_dir: None,
-        };
+            ..PluginsConfig::default()
+        });
         let (host, failures) = PluginHost::load_on_path(&cfg, Some(&self.search_path()));
         assert!(failures.is_empty(), "{name} did not load: {failures:?}");
         let details = host.details();

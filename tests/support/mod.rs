@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 pub mod fake_programs;
+pub mod sge;
 pub mod slurm;
+pub mod users;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,10 +17,16 @@ use std::time::{Duration, Instant};
 use corral_proto::api::{Event, NodeView};
 use corral_proto::model::Liveness;
 
+/// Where a [`Cluster`]'s coordinator serves its API socket (`[api] socket`).
+fn dir_socket(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("api.sock")
+}
+
 pub fn corral() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
     c.env("CORRAL_LOG", "info,quinn=warn")
         .env_remove("CORRAL_API")
+        .env_remove("CORRAL_SOCKET")
         .env_remove("CORRAL_TOKEN");
     c
 }
@@ -51,6 +59,14 @@ pub struct Cluster {
     pub coordinator_extra: String,
     /// Extra lines for the coordinator's `[api]` section.
     pub api_extra: String,
+    /// `[coordinator] ray_heads`: who may announce a Ray head. Default `["*"]`.
+    pub ray_heads: Vec<String>,
+    /// `[schedulers.NAME] nodes`, one section each. Default: every plugin of this
+    /// checkout ([`PLUGIN_NAMES`]) served by `["*"]`.
+    pub schedulers: Vec<(String, Vec<String>)>,
+    /// The coordinator's `[access]` section. Default: the user running the tests is
+    /// admin (root is anyway; this makes an unprivileged developer one too).
+    pub access: String,
     coordinator: Option<Child>,
     agents: HashMap<String, Child>,
     http: reqwest::Client,
@@ -63,6 +79,10 @@ impl Cluster {
         // the client still wants one installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
+        let http = reqwest::Client::builder()
+            .unix_socket(dir_socket(&dir))
+            .build()
+            .unwrap();
         let tls = dir.path().join("tls");
         let ok = |o: Output| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         ok(run(&["certs", "init", "--out", tls.to_str().unwrap()]));
@@ -88,9 +108,15 @@ impl Cluster {
             api_port: free_tcp_port(),
             coordinator_extra: String::new(),
             api_extra: String::new(),
+            ray_heads: vec![ANY_NODE.into()],
+            schedulers: PLUGIN_NAMES
+                .iter()
+                .map(|p| (p.to_string(), vec![ANY_NODE.into()]))
+                .collect(),
+            access: format!("roles = {{ {:?} = \"admin\" }}\n", runner()),
             coordinator: None,
             agents: HashMap::new(),
-            http: reqwest::Client::new(),
+            http,
         }
     }
 
@@ -125,9 +151,14 @@ impl Cluster {
         std::fs::write(
             &cfg,
             format!(
-                "[coordinator]\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"state\"\n{}\n[api]\nlisten = \"127.0.0.1:{}\"\n{}\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n",
-                self.quic_port, self.coordinator_extra, self.api_port, self.api_extra
-            ),
+                "[coordinator]\nlisten = \"127.0.0.1:{}\"\nstate_dir = \"state\"\n{}{}\n[api]\nlisten = \"127.0.0.1:{}\"\nsocket = \"api.sock\"\n{}\n[access]\n{}\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n",
+                self.quic_port,
+                self.ray_heads_line(),
+                self.coordinator_extra,
+                self.api_port,
+                self.api_extra,
+                self.access
+            ) + &self.scheduler_sections(),
         )
         .unwrap();
         cfg
@@ -152,7 +183,9 @@ impl Cluster {
 
     pub fn wait_api(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_err()
+            || std::os::unix::net::UnixStream::connect(dir_socket(&self.dir)).is_err()
+        {
             assert!(
                 Instant::now() < deadline,
                 "coordinator API never came up:\n{}",
@@ -204,6 +237,12 @@ impl Cluster {
 
     /// Issues a certificate (first time) and starts `corral agent` for `name`.
     pub fn start_agent(&mut self, name: &str, extra: &str) {
+        self.start_agent_with_env(name, extra, &[]);
+    }
+
+    /// [`Cluster::start_agent`] with `env` set in the agent's environment (what a
+    /// scheduler's client programs need, e.g. Grid Engine's `SGE_ROOT`).
+    pub fn start_agent_with_env(&mut self, name: &str, extra: &str, env: &[(&str, &str)]) {
         if !self.tls_dir().join(format!("{name}.pem")).exists() {
             self.issue(name, "agent");
         }
@@ -215,6 +254,7 @@ impl Cluster {
             .unwrap();
         let child = corral()
             .args(["agent", "--config", cfg.to_str().unwrap()])
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -259,16 +299,47 @@ impl Cluster {
         wait_timeout(&mut c, Duration::from_secs(15)).expect("agent did not exit")
     }
 
+    /// The API's TCP listener (which, like any client off the socket, needs a token).
     pub fn api(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)
     }
 
+    /// The API's Unix socket, where the user running the tests is admin: what CLI calls
+    /// in tests use (`--socket`).
+    pub fn socket(&self) -> String {
+        dir_socket(&self.dir).display().to_string()
+    }
+
+    /// An HTTP client that reaches the API through its socket; use it with [`Cluster::url`].
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `path` on the API, for [`Cluster::http`].
+    pub fn url(&self, path: &str) -> String {
+        format!("http://localhost{path}")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.api()))
-            .send()
-            .await
-            .unwrap()
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// A bearer token for `user` with `role` (`viewer`, `user`, `admin`), made by the
+    /// test runner through the socket with `corral tokens create`.
+    pub async fn token(&self, user: &str, role: &str) -> String {
+        let out = run_async(vec![
+            "tokens".into(),
+            "create".into(),
+            "--user".into(),
+            user.into(),
+            "--role".into(),
+            role.into(),
+            "--socket".into(),
+            self.socket(),
+        ])
+        .await;
+        assert!(out.status.success(), "tokens create: {}", stderr(&out));
+        stdout(&out).trim().to_string()
     }
 
     pub async fn node(&self, name: &str) -> Option<NodeView> {
@@ -371,4 +442,78 @@ pub async fn run_async(args: Vec<String>) -> Output {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+// --- Plugin calls in tests that are not about identities ----------------------------------
+
+/// The user running the tests (root under CI), by name.
+pub fn runner() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        corral_node::identity::User::current()
+            .map(|u| u.name)
+            .expect("the user running the tests has a passwd entry")
+    })
+}
+
+/// `cfg` with every plugin call run as the user running the tests: the service user is
+/// that user, and that user (root under CI) may own jobs. Tests about who runs what
+/// (tests/identity.rs) do not use this.
+pub fn runs_as_runner(
+    cfg: corral_node::plugins::PluginsConfig,
+) -> corral_node::plugins::PluginsConfig {
+    corral_node::plugins::PluginsConfig {
+        service_user: runner().to_string(),
+        min_job_uid: 0,
+        allow_root_jobs: true,
+        ..cfg
+    }
+}
+
+// --- Who may announce what: the coordinator config's authorizations ---------------------
+
+/// The entry that authorizes every node (a lab setting; tests/trust.rs narrows it).
+pub const ANY_NODE: &str = "*";
+
+/// The scheduler plugins of this checkout (`plugins/`), authorized for every node by
+/// default: tests about jobs, Ray or metrics run their agents under any name without
+/// naming them to the coordinator first.
+pub const PLUGIN_NAMES: &[&str] = &[
+    "slurm", "ray-jobs", "pbs", "sge", "lsf", "htcondor", "example",
+];
+
+impl Cluster {
+    /// Lets exactly `nodes` announce a Ray head (before `start_coordinator`).
+    pub fn authorize_ray_heads(&mut self, nodes: &[&str]) {
+        self.ray_heads = nodes.iter().map(|n| n.to_string()).collect();
+    }
+
+    /// Lets exactly `nodes`, in this order of preference, serve `scheduler`, and nobody
+    /// else (before `start_coordinator`).
+    pub fn authorize_scheduler(&mut self, scheduler: &str, nodes: &[&str]) {
+        self.schedulers.retain(|(s, _)| s != scheduler);
+        self.schedulers.push((
+            scheduler.to_string(),
+            nodes.iter().map(|n| n.to_string()).collect(),
+        ));
+    }
+
+    fn ray_heads_line(&self) -> String {
+        format!("ray_heads = {:?}\n", self.ray_heads)
+    }
+
+    fn scheduler_sections(&self) -> String {
+        self.schedulers
+            .iter()
+            .map(|(name, nodes)| format!("[schedulers.{name}]\nnodes = {nodes:?}\n"))
+            .collect()
+    }
+}
+
+/// [`runs_as_runner`] as `[plugins]` keys of an agent's config file.
+pub fn runs_as_runner_keys() -> String {
+    format!(
+        "service_user = {:?}\nmin_job_uid = 0\nallow_root_jobs = true\n",
+        runner()
+    )
 }

@@ -20,9 +20,23 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// How the client reaches the API, for messages: the URL or the socket.
+    target: String,
+}
+
+/// Where the packages' coordinator serves its Unix socket.
+pub const DEFAULT_SOCKET: &str = "/run/corral/api.sock";
+
+/// Where `corral dev` with its default state directory serves its socket, which the CLI
+/// tries after [`DEFAULT_SOCKET`]: the quick start needs no setting.
+pub(super) fn dev_socket() -> Option<std::path::PathBuf> {
+    Some(super::dev::default_state_dir().join("api.sock"))
 }
 
 impl ApiClient {
+    /// A client for the API the arguments name: `--api URL` (HTTP or HTTPS, with a token
+    /// or an operator certificate), else the Unix socket (`--socket`, default
+    /// [`DEFAULT_SOCKET`]) when it is there, else `http://127.0.0.1:7441`.
     pub fn new(args: &ApiArgs) -> Result<ApiClient> {
         let token = match (&args.token_file, std::env::var("CORRAL_TOKEN").ok()) {
             (Some(p), _) => Some(
@@ -32,6 +46,14 @@ impl ApiClient {
                     .to_string(),
             ),
             (None, t) => t.filter(|t| !t.is_empty()),
+        };
+        let socket = match (&args.api, &args.socket) {
+            (Some(_), _) => None,
+            (None, Some(s)) => Some(s.clone()),
+            (None, None) => [Some(std::path::PathBuf::from(DEFAULT_SOCKET)), dev_socket()]
+                .into_iter()
+                .flatten()
+                .find(|p| p.exists()),
         };
         let mut roots = rustls::RootCertStore::empty();
         if let Some(ca) = &args.api_ca {
@@ -48,18 +70,65 @@ impl ApiClient {
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let http = reqwest::Client::builder()
+        .with_root_certificates(roots);
+        let tls = match (&args.api_cert, &args.api_key) {
+            (Some(cert), Some(key)) => {
+                use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .with_context(|| format!("reading --api-cert {}", cert.display()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| format!("--api-cert {}: not a PEM certificate", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .with_context(|| format!("--api-key {}: not a PEM private key", key.display()))?;
+                tls.with_client_auth_cert(chain, key)
+                    .context("--api-cert and --api-key do not belong together")?
+            }
+            _ => tls.with_no_client_auth(),
+        };
+        let mut http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?;
+            .timeout(Duration::from_secs(30));
+        let (base, target) = match &socket {
+            Some(path) => {
+                http = http.unix_socket(path.as_path());
+                ("http://localhost".to_string(), format!("the socket {}", path.display()))
+            }
+            None => {
+                let url = args
+                    .api
+                    .clone()
+                    .unwrap_or_else(|| "http://127.0.0.1:7441".into());
+                let url = url.trim_end_matches('/').to_string();
+                (url.clone(), url)
+            }
+        };
+        let http = http.build().context("building the HTTP client")?;
         Ok(ApiClient {
             http,
-            base: args.api.trim_end_matches('/').to_string(),
+            base,
             token,
+            target,
+        })
+    }
+
+    /// Who the API takes the holder of bearer `token` for (this client's way in, with
+    /// that token instead of its own credentials).
+    pub(super) async fn whoami_with(&self, token: &str) -> Result<corral_proto::api::WhoAmI> {
+        let req = self
+            .http
+            .get(format!("{}/api/v1/whoami", self.base))
+            .bearer_auth(token);
+        let resp = req.send().await.context("asking who the token is")?;
+        anyhow::ensure!(resp.status().is_success(), "the token is refused: {}", resp.status());
+        Ok(resp.json().await?)
+    }
+
+    /// A client for the Unix socket at `path`.
+    pub fn for_socket(path: &std::path::Path) -> Result<ApiClient> {
+        ApiClient::new(&ApiArgs {
+            socket: Some(path.to_path_buf()),
+            ..ApiArgs::default()
         })
     }
 
@@ -76,8 +145,8 @@ impl ApiClient {
             anyhow::Error::new(Exit {
                 code: 3,
                 message: format!(
-                    "cannot reach the coordinator API at {} ({e}); is `corral coordinator` or `corral dev` running? (set --api or CORRAL_API)",
-                    self.base
+                    "cannot reach the coordinator API at {} ({e}); is `corral coordinator` or `corral dev` running? (on its host the CLI uses its socket, --socket or CORRAL_SOCKET; elsewhere set --api or CORRAL_API)",
+                    self.target
                 ),
             })
         })?;
@@ -86,7 +155,7 @@ impl ApiClient {
             return resp
                 .json()
                 .await
-                .with_context(|| format!("unreadable answer for {what} from {}", self.base));
+                .with_context(|| format!("unreadable answer for {what} from {}", self.target));
         }
         let message = resp
             .json::<serde_json::Value>()
@@ -94,10 +163,10 @@ impl ApiClient {
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or_else(|| status.to_string());
-        let code = if status == StatusCode::NOT_FOUND {
-            4
-        } else {
-            1
+        let code = match status {
+            StatusCode::NOT_FOUND => 4,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => 5,
+            _ => 1,
         };
         Err(Exit {
             code,
@@ -122,9 +191,11 @@ impl ApiClient {
         what: &str,
     ) -> Result<T> {
         let mut req = self.http.post(format!("{}{path}", self.base)).timeout(wait);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
+        req = match body {
+            Some(b) => req.json(b),
+            // The API takes only JSON requests, empty ones included.
+            None => req.header(reqwest::header::CONTENT_TYPE, "application/json"),
+        };
         self.send(req, what).await
     }
 
@@ -159,13 +230,19 @@ impl ApiClient {
         let v: serde_json::Value = self
             .send(
                 self.http
-                    .post(format!("{}/api/v1/nodes/{name}/ping", self.base)),
+                    .post(format!("{}/api/v1/nodes/{name}/ping", self.base))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json"),
                 &format!("ping {name}"),
             )
             .await?;
         v.get("rtt_us")
             .and_then(|v| v.as_u64())
             .context("answer without rtt_us")
+    }
+
+    /// Who the API takes this client for.
+    pub async fn whoami(&self) -> Result<corral_proto::api::WhoAmI> {
+        self.get_json("/api/v1/whoami", "asking who you are").await
     }
 
     pub async fn stats(&self) -> Result<corral_proto::api::StatsView> {
@@ -175,4 +252,15 @@ impl ApiClient {
         )
         .await
     }
+}
+
+/// `value` percent-encoded for a URL query (user names are plain, but say so safely).
+pub(super) fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

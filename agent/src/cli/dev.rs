@@ -16,6 +16,9 @@
 //! announced them, read back from the dev coordinator's own API: what `corral plugins`
 //! would show. Granted programs are looked up on the `PATH` `corral dev` runs with, so
 //! fake scheduler programs put first on it stand in for a scheduler that is not there.
+//!
+//! The dev coordinator authorizes its one node for what it runs: the Ray head and every
+//! enabled plugin (a production coordinator authorizes nothing it is not told to).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,14 +28,15 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use corral_coordinator::config::ApiSection;
+use corral_coordinator::access::AccessSection;
+use corral_coordinator::config::{ApiSection, Authority};
 use corral_coordinator::registry::Settings;
 use corral_coordinator::CoordinatorOptions;
 use corral_node::health::gpu::GpuConfig;
 use corral_node::health::verdict::Thresholds;
 use corral_node::plugins::PluginsConfig;
 use corral_node::session::AgentOptions;
-use corral_proto::api::DEFAULT_API_PORT;
+use corral_proto::api::{Role as ApiRole, DEFAULT_API_PORT};
 use corral_proto::wire::DEFAULT_QUIC_PORT;
 use corral_transport::pki::{self, Role, TlsFiles};
 
@@ -138,23 +142,31 @@ fn plugins_config(args: &DevArgs, state: &Path) -> Result<(PluginsConfig, String
         args.enable.clone()
     };
     let shown = format!("{} ({})", dir.display(), enable.join(", "));
+    // Status calls run as the packages' `corral` user when this machine has it, else
+    // as whoever runs `corral dev` (one user's machine); jobs run as their owners.
+    let defaults = PluginsConfig::default();
+    let service_user = if corral_node::identity::User::lookup(&defaults.service_user).is_ok() {
+        defaults.service_user.clone()
+    } else {
+        corral_node::identity::User::current()
+            .map(|u| u.name)
+            .unwrap_or(defaults.service_user.clone())
+    };
     let cfg = PluginsConfig {
         dir: Some(dir),
         enable,
         cache_dir: Some(state.join("plugin-cache")),
+        service_user,
+        ..defaults
     };
     Ok((cfg, shown))
 }
 
 /// Waits for the dev agent to announce its plugins and prints what loaded, with the
 /// granted programs this `PATH` lacks, and what failed.
-async fn report_plugins(api: String, node: String, cfg: PluginsConfig) {
+async fn report_plugins(socket: PathBuf, node: String, cfg: PluginsConfig) {
     use corral_proto::api::NodePlugins;
-    let Ok(client) = super::ApiClient::new(&super::ApiArgs {
-        api,
-        token_file: None,
-        api_ca: None,
-    }) else {
+    let Ok(client) = super::ApiClient::for_socket(&socket) else {
         return;
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
@@ -216,7 +228,40 @@ async fn report_plugins(api: String, node: String, cfg: PluginsConfig) {
     }
 }
 
-fn default_state_dir() -> PathBuf {
+/// Makes sure `file` holds a working admin token of this dev coordinator (for HTTP
+/// clients: browsers, curl), making a new one through the socket when it does not.
+async fn admin_token(socket: &Path, file: &Path, me: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let client = super::ApiClient::for_socket(socket)?;
+    if let Ok(t) = std::fs::read_to_string(file) {
+        if client.whoami_with(t.trim()).await.is_ok() {
+            return Ok(());
+        }
+    }
+    let made: corral_proto::api::CreatedToken = client
+        .post_json(
+            "/api/v1/tokens",
+            Some(&corral_proto::api::CreateToken {
+                user: me.to_string(),
+                role: ApiRole::Admin,
+                ttl_secs: None,
+            }),
+            Duration::from_secs(10),
+            "creating the dev admin token",
+        )
+        .await?;
+    let _ = std::fs::remove_file(file);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    std::io::Write::write_all(&mut f, format!("{}\n", made.secret).as_bytes())?;
+    Ok(())
+}
+
+pub(super) fn default_state_dir() -> PathBuf {
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
@@ -235,6 +280,7 @@ fn ensure_certs(tls_dir: &std::path::Path, node: &str) -> Result<(TlsFiles, TlsF
         ca: ca_cert.clone(),
         cert: tls_dir.join(format!("{name}.pem")),
         key: tls_dir.join(format!("{name}.key")),
+        crl: None,
     };
     let coordinator = files("coordinator");
     if !coordinator.cert.exists() {
@@ -261,6 +307,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
     let (coord_tls, agent_tls) = ensure_certs(&state.join("tls"), &node)?;
     let (plugins, plugins_shown) = plugins_config(&args, &state)?;
+    let socket = state.join("api.sock");
+    let me = corral_node::identity::User::current()
+        .map(|u| u.name)
+        .context("the user running `corral dev` has no name in the user database")?;
 
     let coordinator = corral_coordinator::start(CoordinatorOptions {
         listen: SocketAddr::from(([127, 0, 0, 1], args.quic_port)),
@@ -274,10 +324,25 @@ pub async fn run(args: DevArgs) -> Result<()> {
         max_frame_bytes: corral_proto::wire::DEFAULT_MAX_FRAME_BYTES,
         api: ApiSection {
             listen: SocketAddr::from(([127, 0, 0, 1], args.api_port)),
+            socket: socket.clone(),
             ..ApiSection::default()
+        },
+        // Whoever runs `corral dev` administers it.
+        access: AccessSection {
+            roles: [(me.clone(), ApiRole::Admin)].into_iter().collect(),
+            ..AccessSection::default()
         },
         tls: coord_tls,
         jobs: Default::default(),
+        // The one node here may be the Ray head and serve every plugin it enables.
+        authority: Authority::new(
+            vec![node.clone()],
+            plugins
+                .enable
+                .iter()
+                .map(|p| (p.clone(), vec![node.clone()]))
+                .collect(),
+        ),
     })
     .await
     .context("starting the dev coordinator (if a port is taken, pass --quic-port / --api-port)")?;
@@ -311,10 +376,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
     ));
 
     let api = format!("http://{}", coordinator.api_addr);
-    let env = if coordinator.api_addr.port() == DEFAULT_API_PORT {
+    // The CLI finds this socket by itself when the state directory is the default one.
+    let env = if Some(&socket) == super::client::dev_socket().as_ref() {
         String::new()
     } else {
-        format!("CORRAL_API={api} ")
+        format!("CORRAL_SOCKET={} ", socket.display())
+    };
+    let token_file = state.join("admin-token");
+    let token_note = match admin_token(&socket, &token_file, &me).await {
+        Ok(()) => format!("an admin token for HTTP clients is in {}", token_file.display()),
+        Err(e) => format!("no admin token for HTTP clients: {e:#}"),
     };
     let plugin_hints = match plugins.enable.first() {
         Some(first) => format!(
@@ -325,16 +396,20 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!(
         "\ncorral dev is running (Ctrl-C stops it)\n\
          \n  node:        {node}\
+         \n  API socket:  {}   (the CLI's way in: you are {me}, admin)\
          \n  HTTP API:    {api}   (GET /api/v1/nodes, /api/v1/events, /metrics)\
+         \n               {token_note}\
          \n  QUIC:        {}\
          \n  state:       {}\
          \n  plugins:     {plugins_shown}\
-         \n\nIn another terminal:\n  {env}corral nodes\n  {env}corral node {node}\n  {env}corral events\n{plugin_hints}  curl {api}/metrics\n",
+         \n\nIn another terminal:\n  {env}corral whoami\n  {env}corral nodes\n  {env}corral node {node}\n  {env}corral events\n{plugin_hints}  curl -H \"Authorization: Bearer $(cat {})\" {api}/metrics\n",
+        socket.display(),
         coordinator.quic_addr,
         state.display(),
+        token_file.display(),
     );
     if !plugins.enable.is_empty() {
-        tokio::spawn(report_plugins(api.clone(), node.clone(), plugins));
+        tokio::spawn(report_plugins(socket.clone(), node.clone(), plugins));
     }
 
     tokio::select! {

@@ -114,6 +114,12 @@ pub(super) struct SubmitArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct JobsArgs {
+    /// Only the jobs you submitted.
+    #[arg(long, conflicts_with = "owner")]
+    mine: bool,
+    /// Only the jobs USER submitted.
+    #[arg(long, value_name = "USER")]
+    owner: Option<String>,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -374,9 +380,16 @@ pub(super) async fn submit(a: SubmitArgs) -> Result<()> {
 }
 
 pub(super) async fn jobs(a: JobsArgs) -> Result<()> {
-    let jobs: Vec<JobView> = ApiClient::new(&a.api)?
-        .get_json("/api/v1/jobs", "listing jobs")
-        .await?;
+    let api = ApiClient::new(&a.api)?;
+    let owner = match (a.mine, a.owner) {
+        (true, _) => Some(api.whoami().await?.user),
+        (false, o) => o,
+    };
+    let path = match &owner {
+        Some(o) => format!("/api/v1/jobs?owner={}", super::client::query_value(o)),
+        None => "/api/v1/jobs".into(),
+    };
+    let jobs: Vec<JobView> = api.get_json(&path, "listing jobs").await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
     } else {
@@ -474,10 +487,15 @@ fn command_line(spec: &JobSpec) -> String {
 /// `corral jobs`, one row per job.
 const JOB_COLUMNS: &[Column<JobView>] = &[
     ("JOB", |j, _| j.id.to_string()),
+    ("OWNER", |j, _| or_dash(Some(j.owner.as_str()).filter(|o| !o.is_empty()))),
     ("SCHEDULER", |j, _| j.scheduler.clone()),
     ("NATIVE", |j, _| or_dash(j.native_id.as_deref())),
     ("STATE", |j, _| j.state_word.clone()),
     ("NAME", |j, _| {
+        if j.redacted {
+            // Another user's job: its spec is not shown to this caller.
+            return "-".into();
+        }
         j.spec
             .name
             .clone()
@@ -500,6 +518,7 @@ const JOB_DETAIL: Layout = Layout {
 
 /// `corral status JOB`, after the heading and before the history.
 const JOB_FIELDS: &[Field<JobView>] = &[
+    ("Owner:", |j, _| Some(j.owner.clone()).filter(|o| !o.is_empty())),
     ("State:", |j, now| {
         let native = j
             .native_state
@@ -621,10 +640,16 @@ fn plugins_table(nodes: &[NodePlugins]) -> String {
             rows.push(vec![node.clone(), "-".into(), "none enabled".into()]);
         }
         for p in &n.loaded {
+            let status = if n.authorized(&p.info.name) {
+                "loaded"
+            } else {
+                // The coordinator routes nothing to it: see [schedulers.NAME] nodes.
+                "loaded, not authorized"
+            };
             rows.push(vec![
                 node.clone(),
                 p.info.name.clone(),
-                "loaded".into(),
+                status.into(),
                 p.info.version.clone(),
                 p.info.scheduler.clone(),
                 p.digest.chars().take(12).collect(),
@@ -884,6 +909,7 @@ mod tests {
             id: JobId(17),
             scheduler: "slurm".into(),
             node: "node-a".into(),
+            owner: "alice".into(),
             native_id: Some("4242".into()),
             phase: Phase::Submitted,
             state: Some(JobState::Failed {
@@ -927,6 +953,7 @@ mod tests {
                     message: Some("node went away".into()),
                 },
             ],
+            redacted: false,
         }
     }
 
@@ -936,6 +963,7 @@ mod tests {
         assert_eq!(
             d,
             "c17  slurm job 4242 on node node-a\n\
+             Owner:      alice\n\
              State:      failed (NODE_FAIL), for 11.0s\n\
              Reason:     NodeFail\n\
              Message:    node went away\n\
@@ -961,6 +989,7 @@ mod tests {
     fn job_detail_leaves_out_what_a_job_being_submitted_lacks() {
         use corral_proto::api::Phase;
         let job = JobView {
+            owner: String::new(),
             native_id: None,
             phase: Phase::Submitting,
             state: None,

@@ -3,10 +3,12 @@
 //! types only). The load harnesses are the separate `corral-bench` binary.
 //!
 //! Exit codes (stable, for scripts): 0 success; 1 error; 2 usage error (from clap);
-//! 3 the coordinator API cannot be reached; 4 the named node, job or scheduler does not
-//! exist.
+//! 3 the coordinator API cannot be reached; 4 the named node, job, scheduler or
+//! certificate (`corral certs revoke`) does not exist.
 
+mod access;
 mod authoring;
+mod certs;
 mod client;
 mod dev;
 mod generate;
@@ -21,7 +23,6 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use corral_transport::pki::{self, Role};
 
 pub use client::ApiClient;
 
@@ -39,22 +40,29 @@ pub struct Cli {
     command: Cmd,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct ApiArgs {
-    /// Coordinator HTTP API base URL.
-    #[arg(
-        long,
-        env = "CORRAL_API",
-        default_value = "http://127.0.0.1:7441",
-        global = true
-    )]
-    pub api: String,
-    /// File holding the API bearer token (or set CORRAL_TOKEN).
+    /// Coordinator HTTP API base URL, e.g. https://head-01:7441 (default: the Unix
+    /// socket, see --socket).
+    #[arg(long, env = "CORRAL_API", global = true)]
+    pub api: Option<String>,
+    /// The coordinator's Unix socket on this host: the kernel tells the coordinator who
+    /// you are, so no token is needed (default: /run/corral/api.sock).
+    #[arg(long, env = "CORRAL_SOCKET", global = true)]
+    pub socket: Option<PathBuf>,
+    /// File holding an API bearer token (or set CORRAL_TOKEN); see `corral tokens`.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// CA certificate to trust for an HTTPS API.
     #[arg(long, global = true)]
     pub api_ca: Option<PathBuf>,
+    /// Operator certificate to log in to an HTTPS API with (`corral certs issue --role
+    /// operator`); needs --api-key.
+    #[arg(long, global = true, requires = "api_key")]
+    pub api_cert: Option<PathBuf>,
+    /// The operator certificate's key.
+    #[arg(long, global = true, requires = "api_cert")]
+    pub api_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,7 +91,7 @@ enum Cmd {
     Config(ConfigCmd),
     /// Cluster CA and certificates.
     #[command(subcommand)]
-    Certs(CertsCmd),
+    Certs(certs::CertsCmd),
     /// List every node.
     Nodes {
         #[arg(long)]
@@ -119,6 +127,11 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Who the API takes you for (user, role, and how you were recognised).
+    Whoami(access::WhoamiArgs),
+    /// API bearer tokens (admin): create, list, revoke.
+    #[command(subcommand)]
+    Tokens(access::TokensCmd),
     /// Submit a job through a scheduler plugin: `corral submit --scheduler slurm -- CMD ARGS...`.
     Submit(Box<jobs::SubmitArgs>),
     /// List the jobs the coordinator tracks.
@@ -143,35 +156,6 @@ enum Cmd {
 enum ConfigCmd {
     /// Validate a config file; exits non-zero naming the file, key and problem.
     Check { file: PathBuf },
-}
-
-#[derive(Subcommand, Debug)]
-enum CertsCmd {
-    /// Create a cluster CA (ca.pem, ca.key) in DIR.
-    Init {
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value = "corral cluster CA")]
-        name: String,
-        #[arg(long, default_value_t = 3650)]
-        days: u32,
-    },
-    /// Issue a certificate signed by the CA in --ca.
-    Issue {
-        #[arg(long)]
-        ca: PathBuf,
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_enum)]
-        role: Role,
-        #[arg(long)]
-        out: PathBuf,
-        /// Extra DNS names or IP addresses (coordinators: every address agents dial).
-        #[arg(long)]
-        san: Vec<String>,
-        #[arg(long, default_value_t = 365)]
-        days: u32,
-    },
 }
 
 /// An error with a specific exit code.
@@ -199,6 +183,8 @@ pub fn main() -> ExitCode {
             | Cmd::Status(_)
             | Cmd::Cancel(_)
             | Cmd::Plugins(_)
+            | Cmd::Whoami(_)
+            | Cmd::Tokens(_)
     );
     let mut builder = if client {
         tokio::runtime::Builder::new_current_thread()
@@ -329,29 +315,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}: ok ({})", file.display(), cfg.describe());
             Ok(())
         }
-        Cmd::Certs(CertsCmd::Init { out, name, days }) => {
-            let (cert, key) = pki::init_ca(&out, &name, days)?;
-            println!("created CA certificate {}\ncreated CA key {} (keep it secret; it is needed only to issue certificates)", cert.display(), key.display());
-            Ok(())
-        }
-        Cmd::Certs(CertsCmd::Issue {
-            ca,
-            name,
-            role,
-            out,
-            san,
-            days,
-        }) => {
-            let ca = pki::Ca::load(&ca)?;
-            let files = ca.issue_to_dir(&name, role, &san, days, &out)?;
-            println!(
-                "issued {role} certificate for {name}\n  cert: {}\n  key:  {}\n  ca:   {}",
-                files.cert.display(),
-                files.key.display(),
-                files.ca.display()
-            );
-            Ok(())
-        }
+        Cmd::Certs(cmd) => certs::run(cmd),
         Cmd::Nodes { json, api } => {
             let nodes = ApiClient::new(&api)?.nodes().await?;
             if json {
@@ -402,6 +366,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Whoami(a) => access::whoami(a).await,
+        Cmd::Tokens(cmd) => access::tokens(cmd).await,
         Cmd::Submit(a) => jobs::submit(*a).await,
         Cmd::Jobs(a) => jobs::jobs(a).await,
         Cmd::Status(a) => jobs::status(a).await,

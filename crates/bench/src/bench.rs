@@ -129,9 +129,8 @@ fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
 /// A client for a coordinator API on loopback, once it answers (20 s at most).
 pub(crate) async fn local_api_when_up(port: u16) -> Result<ApiClient> {
     let api = ApiClient::new(&ApiArgs {
-        api: format!("http://127.0.0.1:{port}"),
-        token_file: None,
-        api_ca: None,
+        api: Some(format!("http://127.0.0.1:{port}")),
+        ..ApiArgs::default()
     })?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while api.stats().await.is_err() {
@@ -490,6 +489,7 @@ fn write_issued(dir: &Path, name: &str, issued: &pki::Issued) -> Result<pki::Tls
         ca: dir.join("tls/ca.pem"),
         cert: dir.join(format!("{name}.pem")),
         key: dir.join(format!("{name}.key")),
+        crl: None,
     };
     std::fs::write(&files.cert, &issued.cert_pem)?;
     std::fs::write(&files.key, &issued.key_pem)?;

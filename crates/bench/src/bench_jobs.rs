@@ -151,6 +151,7 @@ pub async fn run(a: SubmitArgs) -> Result<()> {
             ca: tls.join("ca.pem"),
             cert: tls.join("coordinator.pem"),
             key: tls.join("coordinator.key"),
+            crl: None,
         },
         // The poll phase drives polls itself; the background poller stays out of the way.
         jobs: JobsSection {
@@ -158,6 +159,10 @@ pub async fn run(a: SubmitArgs) -> Result<()> {
             max_backoff: Duration::from_secs(3600),
             ..JobsSection::default()
         },
+        authority: corral_coordinator::config::Authority::new(
+            vec![],
+            [(a.plugin.clone(), vec!["bench-jobs".to_string()])].into(),
+        ),
     })
     .await?;
     let shared = coordinator.shared.clone();
@@ -240,9 +245,8 @@ async fn measure(
         dry_run,
     };
     let api = ApiClient::new(&ApiArgs {
-        api: api_url.to_string(),
-        token_file: None,
-        api_ca: None,
+        api: Some(api_url.to_string()),
+        ..ApiArgs::default()
     })?;
     let rendered: Rendered = api
         .post_json(

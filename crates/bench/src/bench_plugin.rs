@@ -124,19 +124,19 @@ pub async fn run(a: PluginArgs) -> Result<()> {
     let (host, failures) = PluginHost::load(&PluginsConfig {
         dir: Some(a.dir.clone()),
         enable: vec![a.plugin.clone()],
-        cache_dir: None,
+        ..PluginsConfig::default()
     });
     if let Some(f) = failures.first() {
         anyhow::bail!("{}: {}", f.name, f.message);
     }
     for _ in 0..a.calls.min(1000) {
-        host.call(&a.plugin, PluginCall::Info).await?;
+        host.call(&a.plugin, PluginCall::Info, None).await?;
     }
     let mut host_hist = hdrhistogram::Histogram::<u64>::new(3)?;
     let started = Instant::now();
     for _ in 0..a.calls {
         let t = Instant::now();
-        host.call(&a.plugin, PluginCall::Info).await?;
+        host.call(&a.plugin, PluginCall::Info, None).await?;
         host_hist.record(t.elapsed().as_nanos() as u64)?;
     }
     let host_total = started.elapsed();

@@ -243,7 +243,7 @@ async fn corral(venv: &Path, dir: &Path) -> Result<Sample> {
     std::fs::write(
         &coord_cfg,
         format!(
-            "[coordinator]\nlisten = \"127.0.0.1:{quic}\"\nstate_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n",
+            "[coordinator]\nlisten = \"127.0.0.1:{quic}\"\nstate_dir = \"{}\"\nray_heads = [\"rhead\"]\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n",
             state.path().display()
         ),
     )?;

@@ -1,11 +1,13 @@
 //! The coordinator's sections: `[coordinator]` (where it listens and keeps state, when
-//! nodes count as disconnected and down), `[api]` (the HTTP listener) and `[jobs]` (how
-//! submitted jobs are tracked).
+//! nodes count as disconnected and down, which nodes may be Ray heads), `[api]` (the
+//! HTTP listener), `[jobs]` (how submitted jobs are tracked) and `[schedulers.NAME]`
+//! (which nodes may serve scheduler plugin NAME; see [`Authority`]).
 //!
 //! Invariant: [`validate`] refuses what the coordinator could not run with, or could
 //! only run with unsafely (an API reachable from other machines without a token or
 //! TLS), and names the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,27 +72,49 @@ pub struct CoordinatorSection {
     /// Events kept in the database (oldest are pruned).
     #[serde(default = "default_event_retention")]
     pub event_retention: u32,
+    /// Nodes allowed to announce a Ray head ([`Authority`]); empty: none.
+    #[serde(default)]
+    pub ray_heads: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
-    /// TCP address of the HTTP API. Anything but loopback needs `token_file` or TLS.
+    /// TCP address of the HTTP API. Anything but loopback needs TLS (`tls_cert`,
+    /// `tls_key`): tokens never cross a network in the clear.
     pub listen: SocketAddr,
-    /// A file holding the bearer token clients must send (`Authorization: Bearer ...`).
-    pub token_file: Option<PathBuf>,
-    /// Serve the API over HTTPS with this certificate and key.
+    /// The Unix socket of the API on this host, the CLI's default way in: callers are
+    /// named by the kernel (`SO_PEERCRED`), so it needs no token. Created mode 0666 (the
+    /// peer credentials are the access control), its directory created if missing.
+    pub socket: PathBuf,
+    /// Serve the TCP listener over HTTPS with this certificate and key; clients may then
+    /// also authenticate with an operator certificate from the cluster CA.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Host names clients may use in URLs, besides `localhost`, the loopback addresses,
+    /// the listen address and this machine's host name. Other `Host` headers are refused
+    /// (DNS rebinding).
+    pub hosts: Vec<String>,
+    /// Web origins (`https://dash.example:3000`) allowed to call the API from a browser;
+    /// requests from any other origin are refused. Empty: none.
+    pub cors_origins: Vec<String>,
+    /// Serve `/metrics` without authentication (for a Prometheus that has no token).
+    pub public_metrics: bool,
 }
+
+/// Where the packages' coordinator puts its API socket (and where the CLI looks first).
+pub const DEFAULT_API_SOCKET: &str = "/run/corral/api.sock";
 
 impl Default for ApiSection {
     fn default() -> Self {
         ApiSection {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_API_PORT)),
-            token_file: None,
+            socket: PathBuf::from(DEFAULT_API_SOCKET),
             tls_cert: None,
             tls_key: None,
+            hosts: Vec::new(),
+            cors_origins: Vec::new(),
+            public_metrics: false,
         }
     }
 }
@@ -142,9 +166,6 @@ pub fn validate(
             ),
         ));
     }
-    if let Some(p) = &api.token_file {
-        check_readable("api.token_file", p)?;
-    }
     match (&api.tls_cert, &api.tls_key) {
         (Some(c), Some(k)) => {
             check_readable("api.tls_cert", c)?;
@@ -164,14 +185,42 @@ pub fn validate(
             ))
         }
     }
-    if !api.listen.ip().is_loopback() && api.token_file.is_none() && api.tls_cert.is_none() {
+    if !api.listen.ip().is_loopback() && api.tls_cert.is_none() {
         return Err(issue(
-                "api.listen",
-                format!(
-                    "{} is reachable from other machines; set api.token_file or api.tls_cert/api.tls_key, or listen on 127.0.0.1",
-                    api.listen
-                ),
+            "api.listen",
+            format!(
+                "{} is reachable from other machines, and without TLS its clients' tokens would cross the network in the clear; set api.tls_cert/api.tls_key (clients then authenticate with tokens or operator certificates), or listen on 127.0.0.1",
+                api.listen
+            ),
+        ));
+    }
+    if api.socket.as_os_str().is_empty() || api.socket.as_os_str().len() > 100 {
+        return Err(issue(
+            "api.socket",
+            format!(
+                "{:?} cannot be a Unix socket path (it must be set, and at most 100 bytes long)",
+                api.socket.display()
+            ),
+        ));
+    }
+    for (i, h) in api.hosts.iter().enumerate() {
+        if h.is_empty() || h.contains(['/', ' ', '@']) {
+            return Err(issue(
+                &format!("api.hosts[{i}]"),
+                format!("{h:?} is not a host name; list names as clients type them in URLs, without scheme or port"),
             ));
+        }
+    }
+    for (i, o) in api.cors_origins.iter().enumerate() {
+        let ok = (o.starts_with("https://") || o.starts_with("http://"))
+            && !o.trim_end_matches('/').contains(['?', '#'])
+            && o.matches('/').count() == 2;
+        if !ok {
+            return Err(issue(
+                &format!("api.cors_origins[{i}]"),
+                format!("{o:?} is not a web origin; write scheme://host[:port], e.g. \"https://dash.example:3000\""),
+            ));
+        }
     }
     validate_jobs(jobs)
 }
@@ -226,4 +275,207 @@ fn validate_jobs(j: &JobsSection) -> Result<(), ConfigIssue> {
         ));
     }
     Ok(())
+}
+
+// --- Who may announce what: `[coordinator] ray_heads` and `[schedulers.NAME]` ----------
+
+/// The entry that authorizes every node: `ray_heads = ["*"]`, `nodes = ["*"]`. Meant for
+/// labs and tests, where every certificate belongs to someone trusted; on a real cluster
+/// it hands the Ray head (workers run `ray start --address` against it as root) and every
+/// submission to whoever holds any agent certificate.
+pub const ANY_NODE: &str = "*";
+
+/// `[schedulers.NAME]`: the nodes allowed to serve scheduler plugin NAME.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// In the order submissions prefer them (the first connected one gets a submission
+    /// made without `--via`); `"*"` stands for every node not named before it.
+    pub nodes: Vec<String>,
+}
+
+/// Which nodes the coordinator lets announce what: a Ray head (`[coordinator]
+/// ray_heads`) and scheduler plugins (`[schedulers.NAME] nodes`).
+///
+/// Invariant: nothing is authorized unless configured. The default (no `ray_heads`, no
+/// `[schedulers]`) authorizes no node for anything; an agent's announcement is a claim,
+/// and only the operator's configuration turns it into trust.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Authority {
+    ray_heads: Vec<String>,
+    schedulers: BTreeMap<String, Vec<String>>,
+}
+
+impl Authority {
+    /// `ray_heads` may announce a Ray head; `schedulers[NAME]` may serve plugin NAME, in
+    /// that order of preference. Entries are node names or [`ANY_NODE`].
+    pub fn new(ray_heads: Vec<String>, schedulers: BTreeMap<String, Vec<String>>) -> Authority {
+        Authority {
+            ray_heads,
+            schedulers,
+        }
+    }
+
+    /// From the config file's sections.
+    pub fn from_config(
+        coordinator: &CoordinatorSection,
+        schedulers: &BTreeMap<String, SchedulerSection>,
+    ) -> Authority {
+        Authority::new(
+            coordinator.ray_heads.clone(),
+            schedulers
+                .iter()
+                .map(|(name, s)| (name.clone(), s.nodes.clone()))
+                .collect(),
+        )
+    }
+
+    /// Whether `node` may announce the cluster's Ray head.
+    pub fn may_announce_head(&self, node: &str) -> bool {
+        self.ray_heads.iter().any(|n| n == node || n == ANY_NODE)
+    }
+
+    /// Where `node` stands among the nodes allowed to serve `scheduler` (0 first), or
+    /// `None` when it is not allowed. A node named explicitly ranks at its position; one
+    /// covered by `"*"` at the position of the `"*"`.
+    pub fn scheduler_rank(&self, scheduler: &str, node: &str) -> Option<usize> {
+        let nodes = self.schedulers.get(scheduler)?;
+        nodes
+            .iter()
+            .position(|n| n == node)
+            .or_else(|| nodes.iter().position(|n| n == ANY_NODE))
+    }
+
+    /// Whether `node` may serve scheduler plugin `scheduler`.
+    pub fn may_serve(&self, scheduler: &str, node: &str) -> bool {
+        self.scheduler_rank(scheduler, node).is_some()
+    }
+
+    /// The configured nodes for `scheduler` (empty: none, or no section).
+    pub fn scheduler_nodes(&self, scheduler: &str) -> &[String] {
+        self.schedulers.get(scheduler).map_or(&[], Vec::as_slice)
+    }
+
+    /// The nodes that may announce a Ray head, as configured.
+    pub fn ray_heads(&self) -> &[String] {
+        &self.ray_heads
+    }
+
+    /// The scheduler plugins that have a `[schedulers.NAME]` section.
+    pub fn schedulers(&self) -> impl Iterator<Item = &str> {
+        self.schedulers.keys().map(String::as_str)
+    }
+}
+
+/// Checks `[coordinator] ray_heads` and every `[schedulers.NAME]`: names are node (and
+/// plugin) names or `"*"`, none twice.
+pub fn validate_authority(
+    c: &CoordinatorSection,
+    schedulers: &BTreeMap<String, SchedulerSection>,
+) -> Result<(), ConfigIssue> {
+    fn check_nodes(key: &str, nodes: &[String]) -> Result<(), ConfigIssue> {
+        let issue = |message: String| ConfigIssue {
+            key: key.into(),
+            message,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for n in nodes {
+            if n != ANY_NODE {
+                corral_proto::names::validate_name(n)
+                    .map_err(|e| issue(format!("{e}; or \"*\" for every node (labs only)")))?;
+            }
+            if !seen.insert(n.as_str()) {
+                return Err(issue(format!("{n:?} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+    check_nodes("coordinator.ray_heads", &c.ray_heads)?;
+    for (name, section) in schedulers {
+        corral_proto::names::validate_name(name).map_err(|e| ConfigIssue {
+            key: format!("schedulers.{name}"),
+            message: format!("{e} (the section is named after the scheduler plugin it authorizes)"),
+        })?;
+        check_nodes(&format!("schedulers.{name}.nodes"), &section.nodes)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::*;
+
+    fn authority(heads: &[&str], schedulers: &[(&str, &[&str])]) -> Authority {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Authority::new(
+            list(heads),
+            schedulers
+                .iter()
+                .map(|(k, v)| (k.to_string(), list(v)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn nothing_is_authorized_unless_configured() {
+        let none = Authority::default();
+        assert!(!none.may_announce_head("head-01"));
+        assert!(!none.may_serve("slurm", "login-01"));
+        let some = authority(&["head-01"], &[("slurm", &["login-01"])]);
+        assert!(some.may_announce_head("head-01") && !some.may_announce_head("gpu-01"));
+        assert!(some.may_serve("slurm", "login-01"));
+        assert!(!some.may_serve("slurm", "aaa"), "another node");
+        assert!(!some.may_serve("pbs", "login-01"), "another scheduler");
+    }
+
+    #[test]
+    fn nodes_rank_in_config_order_and_the_wildcard_ranks_where_it_stands() {
+        let a = authority(
+            &["*"],
+            &[("slurm", &["login-02", "*", "login-01"]), ("pbs", &["*"])],
+        );
+        assert_eq!(a.scheduler_rank("slurm", "login-02"), Some(0));
+        assert_eq!(a.scheduler_rank("slurm", "login-01"), Some(2));
+        assert_eq!(a.scheduler_rank("slurm", "aaa"), Some(1));
+        assert_eq!(a.scheduler_rank("pbs", "anything"), Some(0));
+        assert!(a.may_announce_head("any-node"));
+    }
+
+    #[test]
+    fn bad_entries_are_named_with_their_key() {
+        let coordinator = |heads: &[&str]| CoordinatorSection {
+            listen: default_quic_listen(),
+            state_dir: "s".into(),
+            disconnect_after_beats: 3,
+            down_after: default_down_after(),
+            max_frame_bytes: default_max_frame(),
+            event_retention: 10,
+            ray_heads: heads.iter().map(|s| s.to_string()).collect(),
+        };
+        let err = validate_authority(&coordinator(&["head 01"]), &BTreeMap::new()).unwrap_err();
+        assert_eq!(err.key, "coordinator.ray_heads");
+        assert!(err.message.contains("\"*\""), "{}", err.message);
+        let err = validate_authority(&coordinator(&["h", "h"]), &BTreeMap::new()).unwrap_err();
+        assert!(err.message.contains("twice"), "{}", err.message);
+        let section = |nodes: &[&str]| SchedulerSection {
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+        };
+        let err = validate_authority(
+            &coordinator(&[]),
+            &[("slurm".to_string(), section(&["login-01", "../x"]))].into(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "schedulers.slurm.nodes");
+        let err = validate_authority(
+            &coordinator(&[]),
+            &[("sl urm".to_string(), section(&["login-01"]))].into(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "schedulers.sl urm");
+        validate_authority(
+            &coordinator(&["head-01", "*"]),
+            &[("slurm".to_string(), section(&["login-01", "*"]))].into(),
+        )
+        .unwrap();
+    }
 }

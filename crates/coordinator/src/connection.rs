@@ -10,6 +10,14 @@
 //! - Every message after the hello is applied under this connection's id, so a replaced
 //!   connection's late messages change nothing. The registry ends a replaced connection
 //!   through the close handle given at connect, which closes with `Replaced`.
+//! - What the agent sends is bounded before anything else sees it ([`crate::bounds`]):
+//!   a hello whose beat interval or frame limit is out of bounds is refused with the
+//!   value and the range; reports, Ray heads and plugin announcements are cut to the
+//!   caps (logged once per connection, counted per report).
+//! - A command result completes only a command sent on this connection
+//!   ([`crate::commands`]); when the connection ends, its pending commands fail at once.
+//! - Frames to the agent respect the limit its hello announced: a command over it is
+//!   not sent, and fails alone with [`CommandError::TooLarge`]; the session goes on.
 //! - Each connection's events are in one `agent` span carrying `node` (once known) and
 //!   `remote`, so the events themselves do not repeat them.
 
@@ -22,12 +30,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
-use crate::Shared;
+use crate::commands::CommandError;
+use crate::{bounds, Shared};
 use corral_proto::wire::{
     self, AgentMsg, CoordMsg, Hello, Refusal, Welcome, WireError, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
-use corral_transport::frame::{refusal_code, FrameReader, FrameWriter};
+use corral_transport::frame::{refusal_code, Bytes, FrameReader, FrameWriter};
 use corral_transport::pki::{self, Role};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,6 +126,8 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
     }
     let node = identity.name;
     Span::current().record("node", node.as_str());
+    // Revocation: a certificate revoked while connected ends the connection (`crate::revocation`).
+    crate::revocation::guard(&shared, &conn);
     let (send, recv) = match timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -134,7 +145,6 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
         }
     };
     let mut reader = FrameReader::new(recv, max_frame);
-    let mut writer = FrameWriter::new(send, max_frame);
     let frame = match timeout(HANDSHAKE_TIMEOUT, reader.next_frame()).await {
         Ok(Ok(f)) => f,
         Ok(Err(WireError::FrameTooLarge { max })) => {
@@ -209,6 +219,45 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
             ),
         );
     }
+    let beat_interval = match bounds::beat_interval(hello.beat_interval_ms) {
+        Ok(d) => d,
+        Err(why) => {
+            return refuse(
+                &shared,
+                &conn,
+                Refusal::ProtocolViolation,
+                "beat_interval",
+                why,
+            )
+        }
+    };
+    // What this agent accepts is the most the coordinator sends it.
+    let peer_frame = match bounds::peer_frame_limit(hello.max_frame_bytes) {
+        Ok(n) => n,
+        Err(why) => {
+            return refuse(
+                &shared,
+                &conn,
+                Refusal::ProtocolViolation,
+                "frame_limit",
+                why,
+            )
+        }
+    };
+    if hello.agent_version.len() > bounds::MAX_TEXT_BYTES {
+        return refuse(
+            &shared,
+            &conn,
+            Refusal::ProtocolViolation,
+            "malformed",
+            format!(
+                "the hello's agent version is {} bytes long, over the {}-byte limit",
+                hello.agent_version.len(),
+                bounds::MAX_TEXT_BYTES
+            ),
+        );
+    }
+    let mut writer = FrameWriter::new(send, peer_frame);
     let welcome = Welcome {
         protocol: PROTOCOL_VERSION,
         coordinator_version: env!("CARGO_PKG_VERSION").into(),
@@ -217,7 +266,6 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
     if writer.send("welcome", &welcome).await.is_err() {
         return;
     }
-    let beat_interval = Duration::from_millis(u64::from(hello.beat_interval_ms.max(1)));
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<CoordMsg>(64);
     let registry = shared.registry.clone();
     let replaced = conn.clone();
@@ -234,8 +282,16 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
             )
         }),
     );
-    info!(agent_version = %hello.agent_version, beat_ms = hello.beat_interval_ms, "agent connected");
+    info!(agent_version = %hello.agent_version, beat_ms = hello.beat_interval_ms, frame_limit = peer_frame, "agent connected");
 
+    // What was cut from this connection's messages is logged once, then only counted.
+    let mut cut_logged = false;
+    let mut note_cuts = |what: &'static str, cuts: bounds::Cuts| {
+        if !cuts.is_empty() && !std::mem::replace(&mut cut_logged, true) {
+            warn!(message_kind = what, cut = %cuts.summary(), "agent message over the coordinator's caps, truncated (logged once per connection)");
+        }
+        !cuts.is_empty()
+    };
     let reason = loop {
         tokio::select! {
             frame = reader.next_frame() => {
@@ -259,27 +315,64 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
                 };
                 match msg {
                     AgentMsg::Beat(b) => { registry.beat(&node, conn_id, &b); }
-                    AgentMsg::Report(r) => {
+                    AgentMsg::Report(mut r) => {
                         if r.node != node {
                             let why = format!("report for node {:?} on the connection of {node:?}", r.node);
                             refuse(&shared, &conn, Refusal::IdentityMismatch, "identity", why.clone());
                             break why;
                         }
+                        if note_cuts("report", bounds::report(&mut r)) {
+                            registry.record_truncated_report(&node);
+                        }
                         registry.report(&node, conn_id, *r);
                     }
-                    AgentMsg::CommandResult { id, result } => shared.commands.complete(id, result),
-                    AgentMsg::RayHead(head) => { registry.ray_head_announced(&node, conn_id, head); }
-                    AgentMsg::Plugins { loaded, failed } => { registry.plugins_announced(&node, conn_id, loaded, failed); }
+                    AgentMsg::CommandResult { id, result } => {
+                        shared.commands.complete(&node, conn_id, id, result);
+                    }
+                    AgentMsg::RayHead(mut head) => {
+                        if let Some(h) = &mut head {
+                            note_cuts("ray head", bounds::ray_head(h));
+                        }
+                        registry.ray_head_announced(&node, conn_id, head);
+                    }
+                    AgentMsg::Plugins { mut loaded, mut failed } => {
+                        note_cuts("plugins", bounds::plugins(&mut loaded, &mut failed));
+                        registry.plugins_announced(&node, conn_id, loaded, failed);
+                    }
                 }
             }
             cmd = cmd_rx.recv() => {
                 let Some(cmd) = cmd else { break "command channel closed".into() };
-                if let Err(e) = writer.send("command", &cmd).await {
+                let frame = match wire::encode("command", &cmd) {
+                    Ok(f) => f,
+                    Err(e) => break e.to_string(),
+                };
+                if frame.len() > peer_frame {
+                    // Not sent: that command fails alone, the session goes on.
+                    match cmd {
+                        CoordMsg::Command { id, .. } => {
+                            warn!(command = id, bytes = frame.len(), limit = peer_frame, "command over the agent's frame limit not sent");
+                            shared.commands.fail(conn_id, id, CommandError::TooLarge {
+                                node: node.clone(),
+                                bytes: frame.len(),
+                                limit: peer_frame,
+                            });
+                        }
+                        CoordMsg::HeadChanged { .. } => {
+                            warn!(bytes = frame.len(), limit = peer_frame, "Ray head over the agent's frame limit not sent");
+                        }
+                    }
+                    continue;
+                }
+                if let Err(e) = writer.send_raw(Bytes::from(frame)).await {
                     break e.to_string();
                 }
             }
         }
     };
+    // First the queue, then its pending commands: see `crate::commands`.
+    drop(cmd_rx);
+    shared.commands.connection_closed(conn_id, &reason);
     registry.disconnect(&node, conn_id, &reason);
     info!(%reason, "agent disconnected");
 }
@@ -295,6 +388,11 @@ fn close_reason(conn: &quinn::Connection) -> Option<String> {
             }
         }
         quinn::ConnectionError::TimedOut => "connection timed out".into(),
+        // Refusals break the loop with their own reason; what else closes a connection
+        // here is the registry, when a newer connection of the node took over.
+        quinn::ConnectionError::LocallyClosed => {
+            "replaced by a newer connection from the same node".into()
+        }
         other => other.to_string(),
     })
 }

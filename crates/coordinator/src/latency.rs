@@ -89,6 +89,7 @@ mod tests {
             apply_latency_max_us: 0,
             apply_latency_samples: 0,
             apply_latency_buckets: buckets,
+            refused: Default::default(),
         }
     }
 

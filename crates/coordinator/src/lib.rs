@@ -22,7 +22,9 @@
 //! job poller ([`jobs::Jobs::poll`], run by its loop) asks the plugins about unfinished
 //! jobs.
 
+pub mod access;
 mod api;
+mod bounds;
 mod commands;
 pub mod config;
 mod connection;
@@ -30,6 +32,7 @@ pub mod jobs;
 mod latency;
 pub mod metrics;
 pub mod registry;
+mod revocation;
 mod store;
 
 use std::net::SocketAddr;
@@ -45,7 +48,7 @@ use tracing::info;
 
 pub use commands::CommandError;
 use commands::Commands;
-use config::{ApiSection, JobsSection};
+use config::{ApiSection, Authority, JobsSection};
 use corral_proto::wire::Refusal;
 use corral_transport::frame::{refusal_code, transport_config};
 use corral_transport::pki::{self, Role, TlsFiles};
@@ -60,8 +63,12 @@ pub struct CoordinatorOptions {
     pub settings: Settings,
     pub max_frame_bytes: usize,
     pub api: ApiSection,
+    pub access: access::AccessSection,
     pub tls: TlsFiles,
     pub jobs: JobsSection,
+    /// Which nodes may announce a Ray head and serve which scheduler plugin
+    /// (`Authority::default()`: none).
+    pub authority: Authority,
 }
 
 /// The running coordinator's parts, shared by the API and the connection tasks.
@@ -69,6 +76,9 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub jobs: Arc<Jobs>,
     commands: Arc<Commands>,
+    /// The certificate revocation lists in force ([`revocation`]): the QUIC and HTTPS
+    /// client verifiers read them at every handshake.
+    pub(crate) revocations: pki::Revocations,
 }
 
 /// A started coordinator.
@@ -117,11 +127,19 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
             tls.identity.role
         );
     }
-    let server_cfg = pki::quic_server_config(&tls, transport_config())?;
+    let revocations = pki::Revocations::open(&opts.tls, &tls)
+        .context("loading the certificate revocation list")?;
+    revocation::log_in_force(&revocations);
+    let server_cfg = pki::quic_server_config(&tls, transport_config(), &revocations)?;
     let (store, loaded) = Store::open(&opts.state_dir, opts.settings.event_retention as u32)?;
     info!(db = %store.path().display(), nodes = loaded.nodes.len(), "state loaded");
     let store = Arc::new(store);
-    let registry = Arc::new(Registry::new(opts.settings, loaded.nodes, loaded.events));
+    let loaded_tokens = loaded.tokens;
+    log_authority(&opts.authority);
+    let registry = Arc::new(
+        Registry::new(opts.settings, loaded.nodes, loaded.events)
+            .with_authority(opts.authority.clone()),
+    );
     let commands = Arc::new(Commands::new(registry.clone()));
     let jobs = Arc::new(Jobs::new(
         opts.jobs.clone(),
@@ -134,14 +152,21 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         registry: registry.clone(),
         jobs: jobs.clone(),
         commands,
+        revocations: revocations.clone(),
     });
     let endpoint = server_endpoint(&opts, server_cfg)?;
     let quic_addr = endpoint.local_addr()?;
     let shutdown = CancellationToken::new();
     let mut tasks = vec![];
 
-    let (api_addr, api_task) = api::serve(&opts.api, shared.clone(), shutdown.clone()).await?;
-    tasks.push(api_task);
+    let access = Arc::new(access::Access::new(
+        opts.access.clone(),
+        loaded_tokens,
+        store.clone(),
+    ));
+    let served = api::serve(&opts.api, shared.clone(), access, Some(&shared.revocations), shutdown.clone()).await?;
+    let api_addr = served.addr;
+    tasks.extend(served.tasks);
 
     tasks.push(tokio::spawn({
         let registry = registry.clone();
@@ -174,6 +199,10 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         }
     }));
     tasks.push(tokio::spawn(jobs.run(shutdown.clone())));
+    tasks.push(tokio::spawn(revocation::watch_crl(
+        revocations,
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(connection::accept_loop(
         endpoint.clone(),
         shared.clone(),
@@ -194,6 +223,28 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         tasks,
         store,
     })
+}
+
+/// Says at start who may announce what, and warns, naming the key, about what nobody may.
+fn log_authority(a: &Authority) {
+    if a.ray_heads().is_empty() {
+        tracing::warn!(
+            key = "coordinator.ray_heads",
+            "no node may announce a Ray head, so workers learn none from this coordinator; list the head nodes in coordinator.ray_heads"
+        );
+    } else {
+        info!(ray_heads = ?a.ray_heads(), "nodes that may announce a Ray head");
+    }
+    let schedulers: Vec<&str> = a.schedulers().collect();
+    if schedulers.is_empty() {
+        tracing::warn!(
+            key = "schedulers",
+            "no node may serve a scheduler plugin, so job submissions have nowhere to go; add a [schedulers.NAME] section with nodes = [...] for each plugin"
+        );
+    }
+    for s in schedulers {
+        info!(scheduler = s, nodes = ?a.scheduler_nodes(s), "nodes that may serve a scheduler plugin");
+    }
 }
 
 /// The QUIC endpoint, with its stateless-reset key and connection-id key derived from

@@ -24,10 +24,23 @@
 //! `unreachable` when the agent could not be asked or did not answer);
 //! `corral_plugins_loaded{node}` is the number of plugins a node's agent announced and
 //! `corral_plugin_load_failures{node,plugin}` is 1 for each plugin that failed to load.
+//!
+//! What agents are refused: `corral_refused_announcements_total{kind}` counts Ray head
+//! (`ray_head`) and scheduler plugin (`scheduler`) announcements from nodes not
+//! authorized to make them, `corral_foreign_command_results_total` command results that
+//! came on another connection than their command, `corral_truncated_reports_total{node}`
+//! reports cut to the coordinator's caps and `corral_suppressed_events_total{node}`
+//! events not recorded because the node was over its event rate.
+//!
+//! Invariant: every label value is escaped as OpenMetrics requires (`\`, `\"`, `\n`)
+//! at the one place series are made ([`Family::register`]): agents report mount points,
+//! device names and plugin names, and none of them can end its label, its series or its
+//! line (prometheus-client writes label values as given).
 
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family as PromFamily;
 use prometheus_client::metrics::gauge::Gauge;
@@ -665,7 +678,38 @@ const FAMILIES: &[Family] = &[
                 .collect()
         },
     ),
+    counter(
+        "corral_refused_announcements_total",
+        "Announcements refused because the node is not authorized to make them, by kind (ray_head, scheduler)",
+        &["kind"],
+        |s| by_key(&s.stats.refused.announcements, "kind"),
+    ),
+    counter(
+        "corral_foreign_command_results_total",
+        "Command results ignored because they came on another connection than their command",
+        &[],
+        |s| vec![(vec![], s.stats.refused.foreign_command_results)],
+    ),
+    counter(
+        "corral_truncated_reports_total",
+        "Reports cut to the coordinator's caps (GPUs, filesystems, list and string lengths)",
+        NODE,
+        |s| by_key(&s.stats.refused.truncated_reports, "node"),
+    ),
+    counter(
+        "corral_suppressed_events_total",
+        "Events not recorded because the node was over its event rate",
+        NODE,
+        |s| by_key(&s.stats.refused.suppressed_events, "node"),
+    ),
 ];
+
+/// One series per map entry, labelled with its key.
+fn by_key(m: &std::collections::HashMap<String, u64>, label: &'static str) -> Series<u64> {
+    m.iter()
+        .map(|(k, v)| (vec![(label, k.clone())], *v))
+        .collect()
+}
 
 const fn names<const N: usize>() -> [&'static str; N] {
     let mut out = [""; N];
@@ -757,6 +801,31 @@ fn as_gauge(series: Series<u64>) -> Series<f64> {
     series.into_iter().map(|(l, v)| (l, v as f64)).collect()
 }
 
+/// A label value as OpenMetrics writes one: backslash, double quote and newline escaped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Escaped(String);
+
+impl EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+type EscapedLabels = Vec<(&'static str, Escaped)>;
+
+fn escaped(labels: Labels) -> EscapedLabels {
+    labels.into_iter().map(|(k, v)| (k, Escaped(v))).collect()
+}
+
 impl Family {
     fn register(&self, reg: &mut PromRegistry, s: &Scrape<'_>) {
         match self.samples {
@@ -768,9 +837,9 @@ impl Family {
                 reg.register(self.name, self.help, g);
             }
             Samples::Gauge(f) => {
-                let fam = PromFamily::<Labels, Gauge<f64, AtomicU64>>::default();
+                let fam = PromFamily::<EscapedLabels, Gauge<f64, AtomicU64>>::default();
                 for (labels, v) in f(s) {
-                    fam.get_or_create(&labels).set(v);
+                    fam.get_or_create(&escaped(labels)).set(v);
                 }
                 reg.register(self.name, self.help, fam);
             }
@@ -783,9 +852,9 @@ impl Family {
                 reg.register(self.counter_base(), self.help, c);
             }
             Samples::Counter(f) => {
-                let fam = PromFamily::<Labels, Counter>::default();
+                let fam = PromFamily::<EscapedLabels, Counter>::default();
                 for (labels, v) in f(s) {
-                    fam.get_or_create(&labels).inc_by(v);
+                    fam.get_or_create(&escaped(labels)).inc_by(v);
                 }
                 reg.register(self.counter_base(), self.help, fam);
             }
@@ -833,6 +902,12 @@ mod tests {
             apply_latency_max_us: 0,
             apply_latency_samples: 0,
             apply_latency_buckets: vec![],
+            refused: corral_proto::api::RefusedInput {
+                announcements: [("ray_head".to_string(), 1)].into(),
+                foreign_command_results: 1,
+                truncated_reports: [("n".to_string(), 1)].into(),
+                suppressed_events: [("n".to_string(), 1)].into(),
+            },
         };
         let mut report = corral_proto::model::NodeReport::default();
         report
@@ -890,6 +965,7 @@ mod tests {
                     name: "pbs".into(),
                     message: "missing".into(),
                 }],
+                not_authorized: vec![],
             }],
         };
         (vec![node], stats, jobs)
@@ -955,6 +1031,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The series of an exposition: every line that is not a comment, up to its value.
+    fn series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series))
+            .collect()
+    }
+
+    #[test]
+    fn a_mount_point_built_to_inject_a_label_adds_no_series() {
+        let (mut nodes, stats, jobs) = fixture();
+        let before = series(&render(&nodes, &stats, &jobs)).len();
+        let hostile = "/x\"} 1\ncorral_node_up{node=\"victim\"} 1\n# \\";
+        let report = nodes[0].report.as_mut().unwrap();
+        report.host.filesystems[0].mount = hostile.into();
+        let text = render(&nodes, &stats, &jobs);
+        assert_eq!(
+            series(&text).len(),
+            before,
+            "one mount, the same number of series:\n{text}"
+        );
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("corral_node_up{node=\"victim\"}")),
+            "{text}"
+        );
+        let escaped = r#"mount="/x\"} 1\ncorral_node_up{node=\"victim\"} 1\n# \\""#;
+        assert!(
+            text.contains(&format!(
+                "corral_node_filesystem_size_bytes{{node=\"n\",{escaped}}} 10.0\n"
+            )),
+            "the value is kept, escaped:\n{text}"
+        );
     }
 
     #[test]

@@ -20,15 +20,26 @@
 //! - Only the connection that currently owns a node may change it: a late message or
 //!   close from a replaced connection is ignored (connection ids).
 //! - Every liveness or health change produces exactly one [`Event`].
-//! - The cluster's Ray head is the last one a node announced (`AgentMsg::RayHead`);
-//!   only the node that announced it can withdraw it. Every change is pushed to every
-//!   connected agent, and a connecting agent gets the current head first, so workers
-//!   never poll for it. Pushes use `try_send`: a full command queue drops the push, and
-//!   the next change or reconnect brings the agent up to date.
+//! - The cluster's Ray head is the last one an *authorized* node announced
+//!   (`AgentMsg::RayHead` from a node in `coordinator.ray_heads`, see [`Authority`]);
+//!   only the node that announced it can withdraw it. An announcement from any other
+//!   node is refused (logged, counted), changes nothing and is pushed to no one: the
+//!   workers keep their head. Every change is pushed to every connected agent, and a
+//!   connecting agent gets the current head first, so workers never poll for it. Pushes
+//!   use `try_send`: a full command queue drops the push, and the next change or
+//!   reconnect brings the agent up to date.
 //! - A node's scheduler plugins are what its *current* connection announced
 //!   (`AgentMsg::Plugins`): a new connection starts with none announced, so the
 //!   coordinator never routes a plugin call on the strength of what an earlier agent
 //!   process had loaded. The last announcement is kept after a disconnect, for display.
+//!   A plugin the node is not authorized to serve (`[schedulers.NAME] nodes`) is kept
+//!   in the announcement as not authorized (shown, logged, counted) and never hosted:
+//!   [`Registry::plugin_hosts`] lists only authorized hosts, in the configured order,
+//!   so nothing is routed by who announced first or by name.
+//! - Events are rate-limited per node ([`crate::bounds::EVENTS_PER_MINUTE`]): one node
+//!   cannot flush the shared event history. State still changes; only the event is not
+//!   recorded, counted per node, and the node's next recorded event says how many were
+//!   not.
 //! - The registry holds no transport: a connection is its command queue and a close
 //!   handle the connection task gives it (`OnReplaced`), called once when a newer
 //!   connection of the same node takes over.
@@ -47,9 +58,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::bounds::{EventBudget, EVENTS_PER_MINUTE};
+use crate::config::Authority;
 use crate::latency::LatencyHistogram;
 use crate::store::{EventRow, NodeRow};
-use corral_proto::api::{Event, EventKind, LatencySummary, NodePlugins, NodeView, StatsView};
+use corral_proto::api::{
+    Event, EventKind, LatencySummary, NodePlugins, NodeView, RefusedInput, StatsView,
+};
 use corral_proto::job::{LoadFailure, LoadedPlugin};
 use corral_proto::model::{unix_ms, unix_ns, HealthStatus, Liveness, NodeReport, Reason};
 use corral_proto::wire::{Beat, CoordMsg, RayHead};
@@ -70,6 +85,8 @@ struct Announced {
     at_ms: u64,
     loaded: Vec<LoadedPlugin>,
     failed: Vec<LoadFailure>,
+    /// Loaded plugins this node is not authorized to serve.
+    refused: Vec<String>,
 }
 
 /// Ends a connection that a newer one of the same node replaced (the connection task
@@ -103,6 +120,10 @@ struct Node {
     last_persisted: Option<Instant>,
     conn: Option<Conn>,
     plugins: Option<Announced>,
+    /// This node's event rate.
+    events: EventBudget,
+    /// Reports cut to the caps since the coordinator started.
+    truncated_reports: u64,
 }
 
 impl Node {
@@ -123,6 +144,8 @@ impl Node {
             last_persisted: None,
             conn: None,
             plugins: None,
+            events: EventBudget::new(Instant::now()),
+            truncated_reports: 0,
         }
     }
 
@@ -145,6 +168,8 @@ impl Node {
             last_persisted: Some(now),
             conn: None,
             plugins: None,
+            events: EventBudget::new(now),
+            truncated_reports: 0,
         }
     }
 
@@ -229,6 +254,10 @@ struct Stats {
     reports: AtomicU64,
     bytes_in: AtomicU64,
     rejected: Mutex<HashMap<&'static str, u64>>,
+    /// Announcements refused for lack of authority, by kind.
+    refused_announcements: Mutex<HashMap<&'static str, u64>>,
+    /// Command results that came on another connection than their command.
+    foreign_results: AtomicU64,
     /// Beat send → registry update (agent and coordinator clocks; only meaningful when
     /// they share a host, as in the load harness).
     apply_latency: LatencyHistogram,
@@ -238,6 +267,8 @@ pub struct Registry {
     inner: Mutex<Inner>,
     settings: Settings,
     stats: Stats,
+    /// Who may announce what; nothing unless configured.
+    authority: Authority,
 }
 
 impl Registry {
@@ -282,9 +313,24 @@ impl Registry {
                 reports: AtomicU64::new(0),
                 bytes_in: AtomicU64::new(0),
                 rejected: Mutex::new(HashMap::new()),
+                refused_announcements: Mutex::new(HashMap::new()),
+                foreign_results: AtomicU64::new(0),
                 apply_latency: LatencyHistogram::new(),
             },
+            authority: Authority::default(),
         }
+    }
+
+    /// This registry, letting nodes announce what `authority` allows (a new registry
+    /// allows nothing).
+    pub(crate) fn with_authority(mut self, authority: Authority) -> Registry {
+        self.authority = authority;
+        self
+    }
+
+    /// Who may announce what.
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -441,11 +487,23 @@ impl Registry {
     }
 
     /// `name` announces its Ray head ready (`Some`) or gone (`None`). Returns false when
-    /// ignored (stale connection, or a withdrawal of another node's head).
+    /// ignored (stale connection, a withdrawal of another node's head) or refused (a
+    /// node not in `coordinator.ray_heads`).
     pub(crate) fn ray_head_announced(&self, name: &str, conn: u64, head: Option<RayHead>) -> bool {
         let mut inner = self.lock();
         let owns = inner.nodes.get(name).is_some_and(|n| n.owned_by(conn));
         if !owns {
+            return false;
+        }
+        if let (Some(h), false) = (&head, self.authority.may_announce_head(name)) {
+            drop(inner);
+            tracing::warn!(
+                node = name,
+                address = %h.address,
+                key = "coordinator.ray_heads",
+                "Ray head announcement refused: the node is not authorized to be a Ray head; workers keep their head (list the node in coordinator.ray_heads if it should be one)"
+            );
+            self.count_refused_announcement("ray_head", 1);
             return false;
         }
         let head = head.map(|mut h| {
@@ -493,18 +551,45 @@ impl Registry {
         if !node.owned_by(conn) {
             return false;
         }
+        let mut refused = vec![];
         for p in &loaded {
-            tracing::info!(node = name, plugin = %p.info.name, version = %p.info.version, digest = %p.digest, "node hosts scheduler plugin");
+            let plugin = p.info.name.as_str();
+            if self.authority.may_serve(plugin, name) {
+                tracing::info!(node = name, plugin, version = %p.info.version, digest = %p.digest, "node hosts scheduler plugin");
+            } else {
+                tracing::warn!(
+                    node = name,
+                    plugin,
+                    version = %p.info.version,
+                    digest = %p.digest,
+                    key = %format!("schedulers.{plugin}.nodes"),
+                    "scheduler plugin announcement refused: the node is not authorized to serve it, so it gets no calls (list the node in [schedulers.{plugin}] nodes if it should)"
+                );
+                refused.push(p.info.name.clone());
+            }
         }
         for f in &failed {
             tracing::warn!(node = name, plugin = %f.name, error = %f.message, "plugin failed to load on node");
         }
+        let refused_count = refused.len() as u64;
         node.plugins = Some(Announced {
             at_ms: unix_ms(),
             loaded,
             failed,
+            refused,
         });
+        drop(inner);
+        self.count_refused_announcement("scheduler", refused_count);
         true
+    }
+
+    fn count_refused_announcement(&self, kind: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Ok(mut m) = self.stats.refused_announcements.lock() {
+            *m.entry(kind).or_default() += n;
+        }
     }
 
     /// Every node that is connected or has announced plugins, sorted by name.
@@ -528,6 +613,11 @@ impl Registry {
                     .as_ref()
                     .map(|a| a.failed.clone())
                     .unwrap_or_default(),
+                not_authorized: n
+                    .plugins
+                    .as_ref()
+                    .map(|a| a.refused.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         drop(inner);
@@ -535,10 +625,12 @@ impl Registry {
         v
     }
 
-    /// Connected nodes whose current connection announced `plugin`, sorted by name.
+    /// Connected nodes authorized to serve `plugin` whose current connection announced
+    /// it, in the order of preference: the order of `[schedulers.PLUGIN] nodes`, nodes
+    /// covered by the same `"*"` by name. New submissions go to the first.
     pub fn plugin_hosts(&self, plugin: &str) -> Vec<String> {
         let inner = self.lock();
-        let mut v: Vec<String> = inner
+        let mut v: Vec<(usize, String)> = inner
             .nodes
             .iter()
             .filter(|(_, n)| {
@@ -547,11 +639,15 @@ impl Registry {
                         .as_ref()
                         .is_some_and(|a| a.loaded.iter().any(|p| p.info.name == plugin))
             })
-            .map(|(name, _)| name.clone())
+            .filter_map(|(name, _)| {
+                self.authority
+                    .scheduler_rank(plugin, name)
+                    .map(|rank| (rank, name.clone()))
+            })
             .collect();
         drop(inner);
         v.sort();
-        v
+        v.into_iter().map(|(_, name)| name).collect()
     }
 
     /// The cluster's current Ray head.
@@ -694,12 +790,37 @@ impl Registry {
         matching.into_iter().skip(skip).cloned().collect()
     }
 
+    /// Records that someone changed something through the API (an `audit` event;
+    /// `node` is the node it concerns, or empty). `action` names what was done.
+    pub(crate) fn audit(&self, node: &str, action: &str, message: String) {
+        let mut inner = self.lock();
+        push_event(&mut inner, node, EventKind::Audit, None, action, message);
+    }
+
     /// The command queue of a connected node.
     pub(crate) fn command_channel(&self, name: &str) -> Option<mpsc::Sender<CoordMsg>> {
+        self.command_route(name).map(|(_, queue)| queue)
+    }
+
+    /// A connected node's current connection id and its command queue: a command is
+    /// bound to the connection it is sent on.
+    pub(crate) fn command_route(&self, name: &str) -> Option<(u64, mpsc::Sender<CoordMsg>)> {
         self.lock()
             .nodes
             .get(name)
-            .and_then(|n| n.conn.as_ref().map(|c| c.commands.clone()))
+            .and_then(|n| n.conn.as_ref().map(|c| (c.id, c.commands.clone())))
+    }
+
+    /// Counts a report of `name` that was cut to the caps.
+    pub(crate) fn record_truncated_report(&self, name: &str) {
+        if let Some(n) = self.lock().nodes.get_mut(name) {
+            n.truncated_reports += 1;
+        }
+    }
+
+    /// Counts a command result that came on another connection than its command.
+    pub(crate) fn record_foreign_result(&self) {
+        self.stats.foreign_results.fetch_add(1, Relaxed);
     }
 
     /// Takes what changed since the last call, as rows for the store.
@@ -731,11 +852,21 @@ impl Registry {
     }
 
     pub(crate) fn stats_view(&self) -> StatsView {
-        let (nodes, connected) = {
+        let (nodes, connected, truncated_reports, suppressed_events) = {
             let inner = self.lock();
+            let per_node = |f: fn(&Node) -> u64| {
+                inner
+                    .nodes
+                    .values()
+                    .filter(|n| f(n) > 0)
+                    .map(|n| (n.name.clone(), f(n)))
+                    .collect::<HashMap<String, u64>>()
+            };
             (
                 inner.nodes.len(),
                 inner.nodes.values().filter(|n| n.conn.is_some()).count(),
+                per_node(|n| n.truncated_reports),
+                per_node(|n| n.events.total),
             )
         };
         let buckets = self.stats.apply_latency.buckets();
@@ -757,6 +888,17 @@ impl Registry {
             apply_latency_max_us: self.stats.apply_latency.max_us(),
             apply_latency_samples: latency.samples,
             apply_latency_buckets: buckets,
+            refused: RefusedInput {
+                announcements: self
+                    .stats
+                    .refused_announcements
+                    .lock()
+                    .map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+                    .unwrap_or_default(),
+                foreign_command_results: self.stats.foreign_results.load(Relaxed),
+                truncated_reports,
+                suppressed_events,
+            },
         }
     }
 }
@@ -807,14 +949,34 @@ fn gpu_health_changes(
         .collect()
 }
 
+/// Records an event unless its node is over its event rate (then it is counted instead).
 fn push_event(
     inner: &mut Inner,
     node: &str,
     kind: EventKind,
     from: Option<&str>,
     to: &str,
-    message: String,
+    mut message: String,
 ) {
+    if let Some(n) = inner.nodes.get_mut(node) {
+        if !n.events.take(Instant::now()) {
+            if n.events.pending == 1 {
+                tracing::warn!(
+                    node,
+                    limit_per_minute = EVENTS_PER_MINUTE,
+                    "node's events are over the rate limit; not recording them until the rate drops (counted in corral_suppressed_events_total)"
+                );
+            }
+            return;
+        }
+        if n.events.pending > 0 {
+            message = format!(
+                "{message} ({} earlier events of this node not recorded: more than {EVENTS_PER_MINUTE} a minute)",
+                n.events.pending
+            );
+            n.events.pending = 0;
+        }
+    }
     let event = Event {
         id: inner.next_event_id,
         at_ms: unix_ms(),
@@ -945,9 +1107,20 @@ mod tests {
         }
     }
 
+    fn authorizing(heads: &[&str], schedulers: &[(&str, &[&str])]) -> Registry {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Registry::new(settings(), vec![], vec![]).with_authority(Authority::new(
+            list(heads),
+            schedulers
+                .iter()
+                .map(|(k, v)| (k.to_string(), list(v)))
+                .collect(),
+        ))
+    }
+
     #[test]
     fn ray_head_is_pushed_to_every_agent_and_to_late_joiners() {
-        let r = Registry::new(settings(), vec![], vec![]);
+        let r = authorizing(&["h1"], &[]);
         let (wtx, mut wrx) = tokio::sync::mpsc::channel(8);
         r.connect(
             "w1",
@@ -980,6 +1153,10 @@ mod tests {
         // Another node cannot withdraw it; its own node can.
         let w1c = connect(&r, "w3", 1000);
         assert!(!r.ray_head_announced("w3", w1c, None));
+        assert!(
+            r.stats_view().refused.announcements.is_empty(),
+            "a withdrawal is no claim"
+        );
         assert!(r.ray_head().is_some());
         assert!(r.ray_head_announced("h1", h, None));
         assert!(matches!(
@@ -1003,8 +1180,124 @@ mod tests {
     }
 
     #[test]
-    fn plugins_are_routable_only_while_the_announcing_connection_lasts() {
+    fn a_ray_head_from_a_node_not_in_ray_heads_is_refused_and_pushed_to_no_one() {
+        let r = authorizing(&["head-01"], &[]);
+        let (wtx, mut wrx) = tokio::sync::mpsc::channel(8);
+        r.connect(
+            "worker",
+            Duration::from_secs(1),
+            "a".into(),
+            "v".into(),
+            wtx,
+            Box::new(|| ()),
+        );
+        let real = connect(&r, "head-01", 1000);
+        assert!(r.ray_head_announced("head-01", real, Some(head("head-01", 1))));
+        assert!(matches!(
+            wrx.try_recv(),
+            Ok(CoordMsg::HeadChanged { head: Some(_) })
+        ));
+        let rogue = connect(&r, "rogue", 1000);
+        let mut evil = head("rogue", 2);
+        evil.address = "6.6.6.6:6379".into();
+        assert!(!r.ray_head_announced("rogue", rogue, Some(evil)));
+        assert!(wrx.try_recv().is_err(), "nothing pushed to the worker");
+        assert_eq!(
+            r.ray_head().unwrap().node,
+            "head-01",
+            "the workers keep their head"
+        );
+        assert_eq!(r.stats_view().refused.announcements["ray_head"], 1);
+        // Unconfigured, nobody is a head.
+        let none = Registry::new(settings(), vec![], vec![]);
+        let c = connect(&none, "head-01", 1000);
+        assert!(!none.ray_head_announced("head-01", c, Some(head("head-01", 1))));
+        assert!(none.ray_head().is_none());
+    }
+
+    #[test]
+    fn only_authorized_hosts_are_routable_and_in_the_configured_order() {
+        let r = authorizing(
+            &[],
+            &[("slurm", &["login-02", "login-01"]), ("pbs", &["*"])],
+        );
+        for n in ["aaa", "login-01", "login-02", "zzz"] {
+            let c = connect(&r, n, 1000);
+            assert!(r.plugins_announced(n, c, vec![loaded("slurm"), loaded("pbs")], vec![]));
+        }
+        assert_eq!(
+            r.plugin_hosts("slurm"),
+            ["login-02", "login-01"],
+            "config order, not names"
+        );
+        assert_eq!(
+            r.plugin_hosts("pbs"),
+            ["aaa", "login-01", "login-02", "zzz"]
+        );
+        let view = r.plugins();
+        let aaa = view.iter().find(|p| p.node == "aaa").unwrap();
+        assert_eq!(aaa.not_authorized, ["slurm"]);
+        assert!(!aaa.hosts("slurm") && aaa.hosts("pbs"));
+        assert_eq!(
+            r.stats_view().refused.announcements["scheduler"],
+            2,
+            "aaa and zzz"
+        );
+        // Unconfigured, nobody serves anything.
+        let none = Registry::new(settings(), vec![], vec![]);
+        let c = connect(&none, "login-01", 1000);
+        none.plugins_announced("login-01", c, vec![loaded("slurm")], vec![]);
+        assert!(none.plugin_hosts("slurm").is_empty());
+    }
+
+    #[test]
+    fn events_over_a_nodes_rate_are_counted_not_recorded_and_others_are_unaffected() {
         let r = Registry::new(settings(), vec![], vec![]);
+        let quiet = connect(&r, "quiet", 1000);
+        let loud = connect(&r, "loud", 1000);
+        let report = |status: HealthStatus| NodeReport {
+            node: "loud".into(),
+            health: Health::from_reasons(match status {
+                HealthStatus::Healthy => vec![],
+                s => vec![Reason {
+                    check: "disk".into(),
+                    status: s,
+                    message: "flapping".into(),
+                }],
+            }),
+            ..Default::default()
+        };
+        for i in 0..500 {
+            let s = if i % 2 == 0 {
+                HealthStatus::Unhealthy
+            } else {
+                HealthStatus::Healthy
+            };
+            r.report("loud", loud, report(s));
+        }
+        let loud_events = r.events(0, Some("loud"), 10_000).len();
+        assert_eq!(
+            loud_events, EVENTS_PER_MINUTE as usize,
+            "the registration and the burst"
+        );
+        let suppressed = r.stats_view().refused.suppressed_events["loud"];
+        assert_eq!(loud_events as u64 + suppressed, 501);
+        // Another node's events are still recorded.
+        r.disconnect("quiet", quiet, "gone");
+        assert!(r
+            .events(0, Some("quiet"), 10)
+            .iter()
+            .any(|e| e.to == "disconnected"));
+        assert!(!r
+            .stats_view()
+            .refused
+            .suppressed_events
+            .contains_key("quiet"));
+    }
+
+    #[test]
+    fn plugins_are_routable_only_while_the_announcing_connection_lasts() {
+        let r = authorizing(&[], &[("slurm", &["n1"])]);
         let c = connect(&r, "n1", 1000);
         assert!(r.plugin_hosts("slurm").is_empty(), "nothing announced yet");
         let failed = vec![LoadFailure {

@@ -81,6 +81,16 @@ CREATE TABLE IF NOT EXISTS job_history (
     message TEXT,
     PRIMARY KEY (job, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER
+);
 ";
 
 /// A node as stored: the JSON of the `nodes.view` column.
@@ -132,6 +142,9 @@ pub(crate) struct JobRow {
     pub id: JobId,
     pub scheduler: String,
     pub node: String,
+    /// Empty in rows written before jobs had owners.
+    #[serde(default)]
+    pub owner: String,
     #[serde(default)]
     pub native_id: Option<String>,
     pub phase: Phase,
@@ -171,6 +184,20 @@ pub(crate) struct HistoryRow {
     pub message: Option<String>,
 }
 
+/// An API token as stored: only the SHA-256 of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenRow {
+    pub id: String,
+    pub user: String,
+    pub role: String,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    pub created_by: String,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked_ms: Option<u64>,
+}
+
 type Ack<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
 
 enum Op {
@@ -179,6 +206,7 @@ enum Op {
     InsertJob(Box<JobRow>, Ack<u64>),
     PutJobs(Vec<JobRow>, Option<Ack<()>>),
     DeleteJobs(Vec<u64>),
+    PutToken(TokenRow, Ack<()>),
 }
 
 /// Handle to the store thread.
@@ -193,6 +221,8 @@ pub(crate) struct Loaded {
     pub events: Vec<EventRow>,
     /// Every job, oldest first, with its history.
     pub jobs: Vec<JobRow>,
+    /// Every API token, revoked ones included.
+    pub tokens: Vec<TokenRow>,
 }
 
 fn db_path(state_dir: &Path) -> PathBuf {
@@ -282,6 +312,12 @@ impl Store {
         }
     }
 
+    /// Writes (creates or updates) a token and returns once committed: a token is
+    /// usable, or revoked, only once it is on disk.
+    pub(crate) async fn put_token(&self, token: TokenRow) -> Result<()> {
+        self.acked(|ack| Op::PutToken(token, ack)).await
+    }
+
     /// Deletes jobs and their histories; returns at once.
     pub(crate) fn delete_jobs(&self, ids: Vec<u64>) {
         if !ids.is_empty() {
@@ -323,10 +359,28 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
         .collect::<Result<_, _>>()?;
     events.reverse();
     let jobs = load_jobs(conn)?;
+    let mut stmt = conn.prepare(
+        "SELECT id, user, role, hash, created_by, created_ms, expires_ms, revoked_ms FROM tokens ORDER BY created_ms, id",
+    )?;
+    let tokens = stmt
+        .query_map([], |r| {
+            Ok(TokenRow {
+                id: r.get(0)?,
+                user: r.get(1)?,
+                role: r.get(2)?,
+                hash: r.get(3)?,
+                created_by: r.get(4)?,
+                created_ms: r.get(5)?,
+                expires_ms: r.get(6)?,
+                revoked_ms: r.get(7)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
     Ok(Loaded {
         nodes,
         events,
         jobs,
+        tokens,
     })
 }
 
@@ -397,6 +451,19 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, retention: u32, path: Pa
                 if let Some(ack) = ack {
                     let _ = ack.send(r.map_err(|e| format!("{e:#}")));
                 }
+            }
+            Op::PutToken(t, ack) => {
+                let r = conn
+                    .execute(
+                        "INSERT OR REPLACE INTO tokens(id, user, role, hash, created_by, created_ms, expires_ms, revoked_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![t.id, t.user, t.role, t.hash, t.created_by, t.created_ms, t.expires_ms, t.revoked_ms],
+                    )
+                    .map(|_| ());
+                if let Err(e) = &r {
+                    tracing::error!(db = %path.display(), error = %e, token = %t.id, "writing a token failed");
+                }
+                let _ = ack.send(r.map_err(|e| e.to_string()));
             }
             Op::DeleteJobs(ids) => {
                 if let Err(e) = delete_jobs(&mut conn, &ids) {
@@ -546,6 +613,7 @@ mod tests {
             id: JobId(0),
             scheduler: "slurm".into(),
             node: "n".into(),
+            owner: "alice".into(),
             native_id: None,
             phase: Phase::Rejected,
             state: None,
@@ -705,6 +773,8 @@ mod tests {
             "id",
             "scheduler",
             "node",
+            // Added with job owners; rows without it load with an empty owner.
+            "owner",
             "native_id",
             "phase",
             "state",

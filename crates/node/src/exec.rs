@@ -25,6 +25,13 @@
 //! - A process that escaped the group (its own `setsid`) and still holds a pipe open
 //!   cannot stall the caller either: after the program ended, the readers get at most
 //!   [`PIPE_GRACE`] more, and the output read so far is returned.
+//! - With [`Command::credentials`] the child drops to that user before `exec`:
+//!   supplementary groups, then the primary group, then the uid (in that order: each
+//!   step needs the privilege the next one gives up). A failed step fails the spawn;
+//!   the program never runs with a mix of identities. With [`Command::clear_env`] the
+//!   child starts from an empty environment plus [`Command::env`], so nothing of the
+//!   agent's environment (root's `HOME`, its credentials' paths, `LD_*`) leaks into a
+//!   program run for someone else.
 //! - Blocking: call it from a thread that may block (a check's own thread, a plugin
 //!   call's blocking thread), never from an async task.
 
@@ -47,8 +54,12 @@ pub struct Command {
     /// The program; a bare name is looked up on the agent's `PATH`.
     pub program: PathBuf,
     pub args: Vec<OsString>,
-    /// Set on top of the agent's own environment.
+    /// Set on top of the agent's own environment (or of nothing, with `clear_env`).
     pub env: Vec<(OsString, OsString)>,
+    /// Start from an empty environment instead of the agent's.
+    pub clear_env: bool,
+    /// Run as this user instead of the agent's; `None` keeps the agent's identity.
+    pub credentials: Option<Credentials>,
     /// Working directory; `None` keeps the agent's.
     pub cwd: Option<PathBuf>,
     /// Bytes written to the program's stdin, which is then closed; `None`: `/dev/null`.
@@ -68,6 +79,8 @@ impl Command {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            clear_env: false,
+            credentials: None,
             cwd: None,
             stdin: None,
             timeout,
@@ -80,6 +93,15 @@ impl Command {
     pub fn display_program(&self) -> String {
         self.program.display().to_string()
     }
+}
+
+/// The identity a program runs as: what `setgroups`, `setgid` and `setuid` get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the primary one may be among them).
+    pub groups: Vec<u32>,
 }
 
 /// How a run ended.
@@ -240,6 +262,27 @@ pub fn run(cmd: &Command) -> Result<Output, ExecError> {
     if let Some(dir) = &cmd.cwd {
         c.current_dir(dir);
     }
+    if cmd.clear_env {
+        c.env_clear();
+        c.envs(cmd.env.iter().map(|(k, v)| (k, v)));
+    }
+    if let Some(cred) = cmd.credentials.clone() {
+        let groups: Vec<libc::gid_t> = cred.groups.clone();
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // async-signal-safe functions (setgroups, setgid, setuid) on memory allocated
+        // before the fork; it neither allocates nor takes locks.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
+                    || libc::setgid(cred.gid) != 0
+                    || libc::setuid(cred.uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let mut child = c.spawn().map_err(|source| ExecError::Spawn {
         program: program.clone(),
         source,
@@ -297,6 +340,41 @@ mod tests {
         let mut c = Command::new("/bin/sh", Duration::from_millis(timeout_ms));
         c.args = vec!["-c".into(), script.into()];
         c
+    }
+
+    #[test]
+    fn a_program_with_credentials_runs_as_that_user_with_only_its_groups() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: switching users needs root");
+            return;
+        }
+        let mut c = sh("id -u; id -g; id -G; echo \"$HOME|$FROM_AGENT\"", 5000);
+        c.credentials = Some(Credentials {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+        });
+        c.clear_env = true;
+        c.env = vec![("HOME".into(), "/nonexistent".into())];
+        std::env::set_var("FROM_AGENT", "leaked");
+        let out = run(&c).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text, "65534\n65534\n65534\n/nonexistent|\n", "{out:?}");
+    }
+
+    #[test]
+    fn a_user_switch_the_agent_may_not_make_fails_the_spawn() {
+        if unsafe { libc::geteuid() } == 0 {
+            eprintln!("SKIPPED: as root every switch is allowed");
+            return;
+        }
+        let mut c = sh("true", 5000);
+        c.credentials = Some(Credentials {
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+        });
+        assert!(matches!(run(&c), Err(ExecError::Spawn { .. })));
     }
 
     #[test]

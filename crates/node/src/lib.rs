@@ -6,6 +6,8 @@
 //!   process group, capped output), used by checks, Ray probes and plugins.
 //! - [`ray`]: the Ray head or worker started from a venv, supervised and stopped.
 //! - [`plugins`]: the sandboxed WebAssembly scheduler plugin host (wasmtime).
+//! - [`fsperm`]: ownership and permission checks for the paths the agent trusts (the
+//!   Ray venv, the plugin cache) and the files it writes for another user (Ray's).
 //! - [`session`]: the daemon itself: connect, beat, report, answer commands.
 //! - [`config`]: the `[agent]` section (the other sections live beside what they
 //!   configure).
@@ -15,7 +17,9 @@
 
 pub mod config;
 pub mod exec;
+pub mod fsperm;
 pub mod health;
+pub mod identity;
 pub mod plugins;
 pub mod ray;
 pub mod session;

@@ -30,7 +30,14 @@
 //!   their reasons), again after each reconnect and whenever the set changes. A
 //!   `Command::Plugin` is run on its own task and its result sent when it is done, so a
 //!   slow scheduler command never delays beats, reports or other commands; a result
-//!   whose session ended meanwhile is dropped (the coordinator's wait times out).
+//!   whose session ended meanwhile is dropped (the coordinator fails the command when
+//!   the connection ends).
+//! - *Frame limits* are negotiated: the hello says the largest frame this agent reads,
+//!   the welcome the largest the coordinator reads. Nothing over the coordinator's limit
+//!   is sent ([`frame_within`]): a command result over it is replaced by an error result
+//!   for the same command that says so, so the coordinator's caller learns why and the
+//!   session goes on; any other message over it is not sent and logged (the coordinator
+//!   would refuse the frame and end the session).
 //!
 //! Invariant: the agent checks its own certificate against its configured name at start,
 //! so a mis-issued certificate is a start-up error on the node, not a mystery refusal.
@@ -55,10 +62,10 @@ use corral_proto::job::LoadFailure;
 use corral_proto::job::{LoadedPlugin, PluginError};
 use corral_proto::model::{unix_ns, Health, NodeReport};
 use corral_proto::wire::{
-    AgentMsg, Beat, Command, CommandOutput, CoordMsg, Hello, Refusal, Welcome, WireError,
+    self, AgentMsg, Beat, Command, CommandOutput, CoordMsg, Hello, Refusal, Welcome, WireError,
     DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
-use corral_transport::frame::{self, refusal_code, FrameReader, FrameWriter};
+use corral_transport::frame::{self, refusal_code, Bytes, FrameReader, FrameWriter};
 use corral_transport::pki::{self, Role, TlsFiles};
 
 /// Everything the agent daemon needs, resolved from its config.
@@ -327,6 +334,44 @@ fn refusal_of(conn: &quinn::Connection) -> Option<(Refusal, String)> {
     }
 }
 
+/// A connection that ended before the session began: the coordinator's refusal when it
+/// sent one, the revoked-certificate refusal when TLS says so (the coordinator judges
+/// this node's certificate after the agent's side of the handshake completed, so either
+/// can land at any of the first steps), else `what` failed with `e`.
+fn handshake_error(opts: &AgentOptions, e: &quinn::ConnectionError, what: String) -> SessionError {
+    if pki::refused_as_revoked(e) {
+        return revoked(opts);
+    }
+    if let quinn::ConnectionError::ApplicationClosed(close) = e {
+        if let Some(refusal) = frame::refusal_of(close.error_code) {
+            return SessionError::Refused {
+                refusal,
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            };
+        }
+    }
+    SessionError::Other(anyhow::anyhow!("{what}: {e}"))
+}
+
+/// The coordinator holds this node's certificate revoked: which one, and what to do.
+fn revoked(opts: &AgentOptions) -> SessionError {
+    let serial = opts
+        .tls
+        .load()
+        .ok()
+        .and_then(|t| t.chain.first().and_then(|c| pki::serial_of(c).ok()))
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    SessionError::Refused {
+        refusal: Refusal::Revoked,
+        reason: format!(
+            "the coordinator refused this node's certificate {}: it has been revoked (serial {serial}); issue a new one with `corral certs issue --ca CA_DIR --name {} --role agent --out DIR`, install it as [tls] cert and key, and restart the agent",
+            opts.tls.cert.display(),
+            opts.name
+        ),
+    }
+}
+
 // The session's inputs are distinct channels and handles; bundling them into a struct
 // would only rename the list.
 #[allow(clippy::too_many_arguments)]
@@ -358,8 +403,11 @@ async fn session(
                 "no answer from {addr} within 5s (is the coordinator running and UDP reachable?)"
             )
         })?
-        .map_err(|e| anyhow::anyhow!("QUIC handshake with {addr} failed: {e}"))?;
-    let (send, recv) = conn.open_bi().await.context("opening the control stream")?;
+        .map_err(|e| handshake_error(opts, &e, format!("QUIC handshake with {addr} failed")))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| handshake_error(opts, &e, "opening the control stream".into()))?;
     let mut writer = FrameWriter::new(send, DEFAULT_MAX_FRAME_BYTES);
     let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME_BYTES);
     let hello = Hello {
@@ -382,10 +430,18 @@ async fn session(
             if let Some((refusal, reason)) = refusal_of(&conn) {
                 return Err(SessionError::Refused { refusal, reason });
             }
+            if let Some(closed) = conn.close_reason() {
+                if pki::refused_as_revoked(&closed) {
+                    return Err(revoked(opts));
+                }
+            }
             return Err(anyhow::anyhow!("no welcome from the coordinator: {e}").into());
         }
     };
-    info!(protocol = welcome.protocol, coordinator_version = %welcome.coordinator_version, "connected to the coordinator");
+    // The most this agent may send: what the coordinator reads, and what this agent's
+    // writer frames.
+    let limit = (welcome.max_frame_bytes as usize).min(DEFAULT_MAX_FRAME_BYTES);
+    info!(protocol = welcome.protocol, coordinator_version = %welcome.coordinator_version, frame_limit = limit, "connected to the coordinator");
     corral_base::systemd::status(&format!("node {}: connected to {addr}", opts.name));
 
     let mut beat_tick = interval(opts.beat_interval);
@@ -404,7 +460,8 @@ async fn session(
         == Some(corral_proto::model::RayRole::Head);
     if let (true, Some(h)) = (is_head, &mut own_head) {
         let head = h.borrow_and_update().clone();
-        if let Err(e) = writer.send("ray head", &AgentMsg::RayHead(head)).await {
+        if let Err(e) = send_within(&mut writer, "ray head", &AgentMsg::RayHead(head), limit).await
+        {
             return Err(anyhow::anyhow!("sending the Ray head: {e}").into());
         }
     }
@@ -422,7 +479,7 @@ async fn session(
     let mut plugins = Some(plugins);
     let current = plugins.as_mut().and_then(|p| p.borrow_and_update().clone());
     if let Some(p) = current {
-        if let Err(e) = writer.send("plugins", &p.announcement()).await {
+        if let Err(e) = send_within(&mut writer, "plugins", &p.announcement(), limit).await {
             return Err(anyhow::anyhow!("announcing the plugins: {e}").into());
         }
     }
@@ -459,7 +516,7 @@ async fn session(
                 let report = reports.borrow().clone();
                 if let Some(report) = report {
                     last_health = Some(report.health.clone());
-                    if let Err(e) = writer.send("report", &with_ray(&report, &ray_status)).await {
+                    if let Err(e) = send_within(&mut writer, "report", &with_ray(&report, &ray_status), limit).await {
                         return lost(e, &conn);
                     }
                 }
@@ -477,7 +534,7 @@ async fn session(
                     }
                     forced_report = false;
                     last_health = Some(report.health.clone());
-                    if let Err(e) = writer.send("report", &with_ray(&report, &ray_status)).await {
+                    if let Err(e) = send_within(&mut writer, "report", &with_ray(&report, &ray_status), limit).await {
                         return lost(e, &conn);
                     }
                     report_tick.reset();
@@ -486,7 +543,7 @@ async fn session(
             _ = watch_changed(&mut ray_status) => {
                 let report = reports.borrow().clone();
                 if let Some(report) = report {
-                    if let Err(e) = writer.send("report", &with_ray(&report, &ray_status)).await {
+                    if let Err(e) = send_within(&mut writer, "report", &with_ray(&report, &ray_status), limit).await {
                         return lost(e, &conn);
                     }
                     report_tick.reset();
@@ -495,19 +552,19 @@ async fn session(
             _ = watch_changed(&mut plugins) => {
                 let current = plugins.as_mut().and_then(|p| p.borrow_and_update().clone());
                 if let Some(p) = current {
-                    if let Err(e) = writer.send("plugins", &p.announcement()).await {
+                    if let Err(e) = send_within(&mut writer, "plugins", &p.announcement(), limit).await {
                         return lost(e, &conn);
                     }
                 }
             }
             Some(result) = results.recv() => {
-                if let Err(e) = writer.send("command result", &result).await {
+                if let Err(e) = send_within(&mut writer, "command result", &result, limit).await {
                     return lost(e, &conn);
                 }
             }
             _ = watch_changed(&mut own_head) => {
                 let head = own_head.as_mut().and_then(|h| h.borrow_and_update().clone());
-                if let Err(e) = writer.send("ray head", &AgentMsg::RayHead(head)).await {
+                if let Err(e) = send_within(&mut writer, "ray head", &AgentMsg::RayHead(head), limit).await {
                     return lost(e, &conn);
                 }
             }
@@ -540,7 +597,7 @@ async fn session(
                             let export = call.export();
                             let started = std::time::Instant::now();
                             let answer = match host {
-                                Some(h) => h.call(&plugin, *call).await,
+                                Some(h) => h.call(&plugin, *call, owner.as_deref()).await,
                                 None => Err(PluginError::NotLoaded(plugin.clone())),
                             };
                             match &answer {
@@ -554,12 +611,74 @@ async fn session(
                         continue;
                     }
                 };
-                if let Err(e) = writer.send("command result", &AgentMsg::CommandResult { id, result }).await {
+                if let Err(e) = send_within(&mut writer, "command result", &AgentMsg::CommandResult { id, result }, limit).await {
                     return lost(e, &conn);
                 }
             }
         }
     }
+}
+
+/// Sends `msg` unless it is over `limit` bytes (see [`frame_within`]).
+async fn send_within(
+    writer: &mut FrameWriter,
+    what: &'static str,
+    msg: &AgentMsg,
+    limit: usize,
+) -> Result<(), WireError> {
+    match frame_within(what, msg, limit)? {
+        Some(frame) => writer.send_raw(frame).await,
+        None => Ok(()),
+    }
+}
+
+/// `msg` as one frame of at most `limit` bytes (the coordinator's limit), or `None` when
+/// it cannot be sent. A command result over the limit becomes an error result for the
+/// same command id that says so; any other message over it is not sent (and logged).
+fn frame_within(
+    what: &'static str,
+    msg: &AgentMsg,
+    limit: usize,
+) -> Result<Option<Bytes>, WireError> {
+    let frame = wire::encode(what, msg)?;
+    if frame.len() <= limit {
+        return Ok(Some(Bytes::from(frame)));
+    }
+    let bytes = frame.len();
+    if let AgentMsg::CommandResult { id, .. } = msg {
+        let instead = AgentMsg::CommandResult {
+            id: *id,
+            result: Err(format!(
+                "the answer is {}, over the coordinator's frame limit of {}, so the agent did not send it; ask for less (fewer job ids per status call, fewer log bytes)",
+                size(bytes),
+                size(limit)
+            )),
+        };
+        let frame = wire::encode(what, &instead)?;
+        if frame.len() <= limit {
+            warn!(command = id, bytes, limit, "command result over the coordinator's frame limit; sending an error result instead");
+            return Ok(Some(Bytes::from(frame)));
+        }
+    }
+    error!(
+        message_kind = what,
+        bytes, limit, "message over the coordinator's frame limit not sent"
+    );
+    Ok(None)
+}
+
+/// `bytes` for a person: "1.4 MiB (1500000 bytes)", "512 bytes".
+fn size(bytes: usize) -> String {
+    const MIB: f64 = (1 << 20) as f64;
+    let b = bytes as f64;
+    let short = if b >= MIB {
+        format!("{:.1} MiB", b / MIB)
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        return format!("{bytes} bytes");
+    };
+    format!("{} ({bytes} bytes)", short.replace(".0 ", " "))
 }
 
 /// Resolves when the watched value changes; never when there is nothing to watch or its
@@ -572,5 +691,53 @@ async fn watch_changed<T>(rx: &mut Option<watch::Receiver<T>>) {
             }
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_proto::job::PluginReply;
+
+    fn decode(frame: &Bytes) -> AgentMsg {
+        wire::decode("agent message", frame).unwrap()
+    }
+
+    #[test]
+    fn a_result_over_the_coordinators_limit_becomes_an_error_result_for_its_command() {
+        let big = AgentMsg::CommandResult {
+            id: 42,
+            result: Ok(CommandOutput::Plugin(Ok(PluginReply::Text(
+                "x".repeat(2000),
+            )))),
+        };
+        let frame = frame_within("command result", &big, 1024).unwrap().unwrap();
+        assert!(frame.len() <= 1024);
+        let AgentMsg::CommandResult {
+            id,
+            result: Err(why),
+        } = decode(&frame)
+        else {
+            panic!("not an error result");
+        };
+        assert_eq!(id, 42);
+        assert!(
+            why.contains("over the coordinator's frame limit of 1 KiB (1024 bytes)"),
+            "{why}"
+        );
+        // Within the limit, the answer goes as it is.
+        let frame = frame_within("command result", &big, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(decode(&frame), big);
+    }
+
+    #[test]
+    fn another_message_over_the_limit_is_not_sent() {
+        let report = AgentMsg::Report(Box::new(NodeReport {
+            node: "x".repeat(5000),
+            ..Default::default()
+        }));
+        assert!(frame_within("report", &report, 1024).unwrap().is_none());
     }
 }

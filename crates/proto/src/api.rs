@@ -43,6 +43,9 @@ pub enum EventKind {
     Health,
     /// One GPU's health changed (`ok`, `warn`, `fail`); the message names the GPU.
     Gpu,
+    /// Someone changed something through the API: `to` is the action (`submit`,
+    /// `cancel`, `token-create`, ...), the message names who and what.
+    Audit,
 }
 
 impl EventKind {
@@ -51,11 +54,17 @@ impl EventKind {
             EventKind::Liveness => "liveness",
             EventKind::Health => "health",
             EventKind::Gpu => "gpu",
+            EventKind::Audit => "audit",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [EventKind::Liveness, EventKind::Health, EventKind::Gpu]
+        [
+            EventKind::Liveness,
+            EventKind::Health,
+            EventKind::Gpu,
+            EventKind::Audit,
+        ]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
@@ -82,12 +91,24 @@ pub struct NodePlugins {
     pub announced_ms: Option<u64>,
     pub loaded: Vec<LoadedPlugin>,
     pub failed: Vec<LoadFailure>,
+    /// Loaded plugins this node is not authorized to serve (the coordinator's
+    /// `[schedulers.NAME] nodes` does not list it): shown, never routed to.
+    #[serde(default)]
+    pub not_authorized: Vec<String>,
 }
 
 impl NodePlugins {
-    /// Whether a plugin call for `plugin` can be routed to this node now.
+    /// Whether a plugin call for `plugin` can be routed to this node now: connected,
+    /// loaded and authorized.
     pub fn hosts(&self, plugin: &str) -> bool {
-        self.connected && self.loaded.iter().any(|p| p.info.name == plugin)
+        self.connected
+            && self.loaded.iter().any(|p| p.info.name == plugin)
+            && self.authorized(plugin)
+    }
+
+    /// Whether the coordinator lets this node serve `plugin` (loaded or not).
+    pub fn authorized(&self, plugin: &str) -> bool {
+        !self.not_authorized.iter().any(|p| p == plugin)
     }
 }
 
@@ -118,6 +139,29 @@ pub struct StatsView {
     /// ended), so two snapshots of one coordinator subtract bucket by bucket.
     #[serde(default)]
     pub apply_latency_buckets: Vec<LatencyBucket>,
+    /// What the coordinator refused, cut or ignored of what agents sent.
+    #[serde(default)]
+    pub refused: RefusedInput,
+}
+
+/// What the coordinator refused, cut or ignored of what agents sent, cumulative since it
+/// started. Agents speak only for themselves, within bounds: these count the times one
+/// tried otherwise (or simply sent more than the bounds allow).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RefusedInput {
+    /// Announcements from nodes not authorized to make them, by kind: `ray_head` (not
+    /// in `coordinator.ray_heads`), `scheduler` (one per plugin not in its
+    /// `[schedulers.NAME] nodes`).
+    pub announcements: HashMap<String, u64>,
+    /// Command results that arrived on another connection than the one the command
+    /// was sent on (ignored).
+    pub foreign_command_results: u64,
+    /// Reports cut to the coordinator's caps (GPUs, filesystems, list and string
+    /// lengths), by node.
+    pub truncated_reports: HashMap<String, u64>,
+    /// Events not recorded because their node was over its rate, by node.
+    pub suppressed_events: HashMap<String, u64>,
 }
 
 /// One bucket of a latency histogram: `count` samples above the previous bucket's bound
@@ -274,6 +318,10 @@ pub struct JobView {
     /// The node whose plugin took (or is taking) the submission; status and cancel go
     /// there.
     pub node: String,
+    /// Who submitted it: the user its programs run as. Empty for jobs recorded before
+    /// corral knew owners.
+    #[serde(default)]
+    pub owner: String,
     pub native_id: Option<String>,
     pub phase: Phase,
     /// The scheduler's latest word on it (set once submitted).
@@ -296,6 +344,10 @@ pub struct JobView {
     /// Oldest first. Left out of listings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Transition>,
+    /// The caller may not see this job's detail (another user's): its spec, messages
+    /// and history are left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
 }
 
 impl JobView {
@@ -342,4 +394,98 @@ pub struct PollReport {
     /// Jobs whose state changed.
     pub changed: usize,
     pub failed_groups: usize,
+}
+
+/// What a caller of the API may do. Ordered: each role may do what the ones before it
+/// may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read the cluster: nodes, events, plugins, metrics, and jobs without their detail.
+    Viewer,
+    /// Also submit jobs (as themselves), and see and cancel their own jobs in full.
+    User,
+    /// Everything: other users' jobs, tokens, and node actions.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "user" => Ok(Role::User),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "{other:?} is not a role; use viewer, user or admin"
+            )),
+        }
+    }
+}
+
+/// How a caller was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Via {
+    /// The coordinator's Unix socket; the kernel named the caller (`SO_PEERCRED`).
+    Socket { uid: u32 },
+    /// A bearer token (`corral tokens create`).
+    Token { id: String },
+    /// An operator certificate on the HTTPS listener (CN = user).
+    Certificate { serial: String },
+}
+
+/// `GET /api/v1/whoami`: who the API takes the caller for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub user: String,
+    pub role: Role,
+    pub via: Via,
+}
+
+/// `POST /api/v1/tokens`: a token to make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateToken {
+    pub user: String,
+    pub role: Role,
+    /// Seconds until it expires; `None`: never.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub user: String,
+    pub role: Role,
+    /// Who made it.
+    pub created_by: String,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked_ms: Option<u64>,
+}
+
+/// `POST /api/v1/tokens`' answer: the secret, shown this once, and the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    /// What a client sends as `Authorization: Bearer ...`.
+    pub secret: String,
+    pub token: TokenView,
 }

@@ -219,6 +219,9 @@ pub enum Refusal {
     Replaced = 6,
     /// The handshake or hello did not arrive in time.
     Timeout = 7,
+    /// The certificate was revoked while the connection was open (a revoked certificate
+    /// is refused at the handshake itself, by TLS's `certificate_revoked` alert).
+    Revoked = 8,
 }
 
 impl Refusal {
@@ -238,6 +241,7 @@ impl Refusal {
             FrameTooLarge,
             Replaced,
             Timeout,
+            Revoked,
         ]
         .into_iter()
         .find(|r| u64::from(r.code()) == code)
@@ -247,7 +251,10 @@ impl Refusal {
     pub fn is_permanent(self) -> bool {
         matches!(
             self,
-            Refusal::UnsupportedVersion | Refusal::IdentityMismatch | Refusal::NotAnAgent
+            Refusal::UnsupportedVersion
+                | Refusal::IdentityMismatch
+                | Refusal::NotAnAgent
+                | Refusal::Revoked
         )
     }
 }

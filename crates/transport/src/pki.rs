@@ -7,25 +7,42 @@
 //!   `agent`, `coordinator` or `operator`. The coordinator derives who is talking from
 //!   the verified certificate alone, never from what the peer says about itself.
 //! - Only certificates chaining to the cluster CA are accepted, in both directions.
+//! - The servers that verify client certificates never resume TLS sessions: rustls does
+//!   not re-verify a client certificate on resumption, so a ticket would outlive a
+//!   revocation.
 //! - Private keys are written with mode 0600 and existing files are never overwritten:
 //!   re-running `certs init` on a live cluster must not silently replace its CA.
 //!
-//! Trade-off: there is no revocation list yet; a lost node key is handled by rotating the
-//! CA. Leaf certificates default to a one-year lifetime to bound that exposure.
+//! - Every certificate written by [`Ca::issue_to_dir`] has a random serial and is
+//!   recorded beside the CA ([`crate::issued`]), so it can be revoked by name or serial;
+//!   the coordinator refuses revoked certificates at the handshake and closes connections
+//!   whose certificate gets revoked ([`crate::crl`]).
+//!
+//! Trade-off: revocation reaches the coordinator as a file (a CRL it re-reads), not by a
+//! protocol such as OCSP: the cluster has one verifier, and a file needs no service that
+//! could be down. Leaf certificates still default to a one-year lifetime to bound what a
+//! CRL that never reached the coordinator would leave open.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::SystemTime;
+
 use anyhow::{bail, Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+/// Certificates as rustls hands them over (re-exported for the daemons).
+pub use rustls::pki_types::CertificateDer;
+use rustls::pki_types::PrivateKeyDer;
 use serde::{Deserialize, Serialize};
+
+pub use crate::crl::{refused_as_revoked, Revocations, Serial};
+use crate::issued::{IssuedCert, CRL_FILE};
 
 /// ALPN protocol id of the agent ⇄ coordinator protocol. Versioning happens inside the
 /// protocol (see `corral_proto::wire`), so that an old peer gets a readable refusal instead of
@@ -79,6 +96,21 @@ pub struct Identity {
     pub role: Role,
 }
 
+/// Why a certificate carries no corral identity or serial.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PkiError {
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    #[error("unparseable certificate: {0}")]
+    Unparseable(String),
+    #[error("certificate has no common name")]
+    NoCommonName,
+    #[error("certificate has no organisational unit (role); issue it with `corral certs issue`")]
+    NoRole,
+    #[error("certificate role {0:?} is not agent, coordinator or operator")]
+    UnknownRole(String),
+}
+
 pub use corral_proto::names::validate_name;
 
 /// Paths of the CA files inside a CA directory.
@@ -111,12 +143,16 @@ pub fn init_ca(out: &Path, common_name: &str, days: u32) -> Result<(PathBuf, Pat
 pub struct Issued {
     pub cert_pem: String,
     pub key_pem: String,
+    pub serial: Serial,
+    pub not_after: SystemTime,
 }
 
 /// Loaded CA material, able to issue many certificates without re-reading files.
 pub struct Ca {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+    /// The CA directory: `ca.pem`, `ca.key` and the record of what was issued.
+    pub(crate) dir: PathBuf,
+    pub(crate) cert_pem: String,
+    pub(crate) issuer: Issuer<'static, KeyPair>,
 }
 
 impl Ca {
@@ -135,16 +171,26 @@ impl Ca {
             .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
             .with_context(|| format!("{} is not a CA certificate", cert_path.display()))?;
-        Ok(Ca { cert_pem, issuer })
+        Ok(Ca {
+            dir: dir.to_path_buf(),
+            cert_pem,
+            issuer,
+        })
+    }
+
+    /// The CA directory this was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
-    /// Issues a leaf certificate for `name` with `role`. `extra_sans` are additional DNS
-    /// names or IP addresses the holder answers to (coordinators need the address agents
-    /// dial).
+    /// Issues a leaf certificate for `name` with `role`, with a fresh random serial.
+    /// `extra_sans` are additional DNS names or IP addresses the holder answers to
+    /// (coordinators need the address agents dial). Nothing is recorded: use
+    /// [`Ca::issue_to_dir`] for certificates that must be revocable by name.
     pub fn issue(
         &self,
         name: &str,
@@ -183,18 +229,25 @@ impl Ca {
             Role::Agent | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
         params.use_authority_key_identifier_extension = true;
+        let serial = Serial::random()
+            .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+        params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
         set_validity(&mut params, days);
+        let not_after = SystemTime::from(params.not_after);
         let cert = params
             .signed_by(&key, &self.issuer)
             .context("signing the certificate")?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
+            not_after,
         })
     }
 
-    /// Issues a certificate and writes `NAME.pem`, `NAME.key` and (if absent) `ca.pem`
-    /// into `out`. Refuses to overwrite an existing certificate or key.
+    /// Issues a certificate, records it beside the CA ([`crate::issued`]), and writes
+    /// `NAME.pem`, `NAME.key` and (if absent) `ca.pem` into `out`. Refuses to overwrite an
+    /// existing certificate or key.
     pub fn issue_to_dir(
         &self,
         name: &str,
@@ -207,9 +260,18 @@ impl Ca {
             ca: out.join("ca.pem"),
             cert: out.join(format!("{name}.pem")),
             key: out.join(format!("{name}.key")),
+            crl: None,
         };
         refuse_existing(&[&files.cert, &files.key])?;
         let issued = self.issue(name, role, extra_sans, days)?;
+        self.record(IssuedCert {
+            serial: issued.serial.clone(),
+            name: name.to_string(),
+            role,
+            issued_at: crate::issued::now_s(),
+            not_after: issued.not_after,
+            revoked_at: None,
+        })?;
         fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         write_file(&files.cert, issued.cert_pem.as_bytes(), 0o644)?;
         write_file(&files.key, issued.key_pem.as_bytes(), 0o600)?;
@@ -220,28 +282,50 @@ impl Ca {
     }
 }
 
-/// Where a daemon finds its CA certificate, its own certificate and its key.
+/// Where a daemon finds its CA certificate, its own certificate and its key, and the
+/// coordinator its certificate revocation list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The CRL the coordinator applies (written by `corral certs revoke`), re-read while
+    /// it runs. Absent: `crl.pem` beside `ca`, if and when that file exists. Set: the file
+    /// must exist. Agents do not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
 }
 
 /// Certificates and key loaded from [`TlsFiles`], checked for consistency.
 pub struct TlsMaterial {
     pub roots: Arc<rustls::RootCertStore>,
+    /// The CA certificates `roots` was made from (CRLs are checked against them).
+    pub ca_certs: Vec<CertificateDer<'static>>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub identity: Identity,
 }
 
 impl TlsFiles {
+    /// The CRL's path, and whether it was configured (`false`: the default beside `ca`).
+    pub fn crl_path(&self) -> (PathBuf, bool) {
+        match &self.crl {
+            Some(p) => (p.clone(), true),
+            None => (
+                self.ca
+                    .parent()
+                    .map(|d| d.join(CRL_FILE))
+                    .unwrap_or_else(|| PathBuf::from(CRL_FILE)),
+                false,
+            ),
+        }
+    }
+
     pub fn load(&self) -> Result<TlsMaterial> {
         let ca: Vec<CertificateDer<'static>> = read_certs(&self.ca)?;
         let mut roots = rustls::RootCertStore::empty();
-        for c in ca {
+        for c in ca.iter().cloned() {
             roots
                 .add(c)
                 .with_context(|| format!("{}: not a usable CA certificate", self.ca.display()))?;
@@ -253,6 +337,7 @@ impl TlsFiles {
             .with_context(|| format!("{}: no corral identity", self.cert.display()))?;
         Ok(TlsMaterial {
             roots: Arc::new(roots),
+            ca_certs: ca,
             chain,
             key,
             identity,
@@ -272,27 +357,44 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 /// Reads the corral identity (CN = name, OU = role) from a DER certificate.
-pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity> {
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, PkiError> {
     let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| anyhow::anyhow!("unparseable certificate: {e}"))?;
+        .map_err(|e| PkiError::Unparseable(e.to_string()))?;
     let subject = x509.subject();
     let name = subject
         .iter_common_name()
         .next()
         .and_then(|cn| cn.as_str().ok())
-        .context("certificate has no common name")?
+        .ok_or(PkiError::NoCommonName)?
         .to_string();
     let role_str = subject
         .iter_organizational_unit()
         .next()
         .and_then(|ou| ou.as_str().ok())
-        .context(
-            "certificate has no organisational unit (role); issue it with `corral certs issue`",
-        )?;
-    let role = Role::parse(role_str).with_context(|| {
-        format!("certificate role {role_str:?} is not agent, coordinator or operator")
-    })?;
+        .ok_or(PkiError::NoRole)?;
+    let role = Role::parse(role_str).ok_or_else(|| PkiError::UnknownRole(role_str.into()))?;
     Ok(Identity { name, role })
+}
+
+/// The serial number of a DER certificate.
+pub fn serial_of(cert: &CertificateDer<'_>) -> Result<Serial, PkiError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| PkiError::Unparseable(e.to_string()))?;
+    Ok(Serial::from_der_integer(x509.raw_serial()))
+}
+
+/// The serial number of the (first) certificate in a PEM file.
+pub fn serial_of_file(path: &Path) -> Result<Serial> {
+    let certs = read_certs(path)?;
+    serial_of(&certs[0]).with_context(|| format!("{}", path.display()))
+}
+
+/// The identity of a peer from the certificate chain its TLS handshake presented (end
+/// entity first, as rustls gives it: `peer_certificates()` of a server connection).
+/// The chain must have been verified by the handshake (a verifier from
+/// [`Revocations::client_verifier`]); this only reads what it names.
+pub fn peer_chain_identity(chain: &[CertificateDer<'_>]) -> Result<Identity, PkiError> {
+    identity_of(chain.first().ok_or(PkiError::NoCertificate)?)
 }
 
 /// The identity of the peer of an established QUIC connection.
@@ -301,33 +403,29 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<Identity> {
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
         .context("peer presented no certificate")?;
-    identity_of(
-        certs
-            .first()
-            .context("peer presented an empty certificate chain")?,
-    )
+    Ok(peer_chain_identity(&certs)?)
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// QUIC server configuration for the coordinator: requires a client certificate from the
-/// cluster CA.
+/// cluster CA that the revocation lists in force do not revoke (checked at every
+/// handshake against the lists of that moment: a reload needs no new configuration).
 pub fn quic_server_config(
     tls: &TlsMaterial,
     transport: quinn::TransportConfig,
+    revocations: &Revocations,
 ) -> Result<quinn::ServerConfig> {
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(tls.roots.clone(), provider())
-            .build()
-            .context("building the client certificate verifier")?;
+    let verifier = revocations.client_verifier(true);
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls.chain.clone(), tls.key.clone_key())
         .context("the coordinator certificate and key do not match")?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    no_resumption(&mut cfg);
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport));
@@ -366,6 +464,42 @@ pub fn https_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConf
     Ok(cfg)
 }
 
+/// rustls server configuration for the HTTPS API that *asks* for a client certificate:
+/// one from the cluster CA that the revocation lists in force do not revoke is accepted
+/// (read who it is with [`peer_chain_identity`]); any other certificate fails the
+/// handshake; a client without one gets through unauthenticated, for the API to demand
+/// another credential (a token). Revocations apply to new handshakes as soon as they are
+/// reloaded; a connection kept alive keeps the identity it was accepted with, so a server
+/// that must drop revoked operators at once checks [`Revocations::revoked`] per request.
+pub fn https_server_config_with_clients(
+    cert: &Path,
+    key: &Path,
+    revocations: &Revocations,
+) -> Result<rustls::ServerConfig> {
+    let chain = read_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("{}: cannot read a PEM private key", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(revocations.client_verifier(false))
+        .with_single_cert(chain, key)
+        .context("the API certificate and key do not match")?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    no_resumption(&mut cfg);
+    Ok(cfg)
+}
+
+/// Turns TLS session resumption off. rustls does not verify the client certificate again
+/// when a session resumes: a revoked certificate holding a ticket from before its
+/// revocation would be let in (and its hello would replace the real node's connection).
+/// Every handshake is a full one, which agents (one connection, reconnecting rarely) and
+/// API clients can afford.
+fn no_resumption(cfg: &mut rustls::ServerConfig) {
+    // No session ids to resume from, and no TLS 1.3 tickets sent (stateful or not).
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+}
+
 fn dn(common_name: &str, unit: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -375,7 +509,9 @@ fn dn(common_name: &str, unit: &str) -> DistinguishedName {
 }
 
 fn set_validity(params: &mut CertificateParams, days: u32) {
+    // Whole seconds: what the certificate encodes, and what the record keeps.
     let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(i64::from(days));
 }
@@ -388,6 +524,47 @@ fn refuse_existing(paths: &[&Path]) -> Result<()> {
                 p.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `bytes` atomically: a temporary file in the same directory,
+/// written, fsynced and renamed over it, then the directory fsynced. Readers see the old
+/// content or the new one, never a part.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // Left by a crashed run that had this process id; never anyone's live file.
+    let _ = fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    // The rename is durable once the directory is; a failure here loses nothing already
+    // visible, so it is not an error.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
     }
     Ok(())
 }
@@ -441,6 +618,240 @@ mod tests {
             assert!(err.contains("letters, digits"), "{err}");
         }
         validate_name("gpu-node_01.rack3").unwrap();
+    }
+
+    fn crl_to(dir: &Path) -> crate::issued::CrlOptions {
+        crate::issued::CrlOptions {
+            out: dir.join("crl.pem"),
+            days: 30,
+        }
+    }
+
+    fn crl_lists(dir: &Path) -> Vec<crate::crl::RevocationList> {
+        let cas = read_certs(&dir.join("ca.pem")).unwrap();
+        let pem = fs::read(dir.join("crl.pem")).unwrap();
+        crate::crl::RevocationList::parse_pem(&pem, &cas).unwrap()
+    }
+
+    fn file_serial(path: &Path) -> Serial {
+        serial_of(&CertificateDer::from_pem_file(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn issued_certificates_are_recorded_with_the_serial_they_carry() {
+        use crate::issued::CertStatus;
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let out = dir.path().join("n");
+        ca.issue_to_dir("gpu-01", Role::Agent, &[], 30, &out)
+            .unwrap();
+        ca.issue_to_dir("gpu-01", Role::Agent, &[], 30, &dir.path().join("m"))
+            .unwrap();
+        let issued = ca.issued().unwrap();
+        assert_eq!(issued.len(), 2);
+        assert_eq!(issued[0].serial, file_serial(&out.join("gpu-01.pem")));
+        assert_ne!(issued[0].serial, issued[1].serial);
+        assert_eq!(
+            (issued[0].name.as_str(), issued[0].role),
+            ("gpu-01", Role::Agent)
+        );
+        assert_eq!(issued[0].status(SystemTime::now()), CertStatus::Valid);
+        // Another process reads the same record.
+        assert_eq!(Ca::load(dir.path()).unwrap().issued().unwrap(), issued);
+    }
+
+    #[test]
+    fn revoking_a_name_revokes_all_its_certificates_and_the_signed_crl_lists_exactly_them() {
+        use crate::issued::RevokeTarget;
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        ca.issue_to_dir("gpu-01", Role::Agent, &[], 30, &dir.path().join("n"))
+            .unwrap();
+        ca.issue_to_dir("gpu-01", Role::Agent, &[], 30, &dir.path().join("m"))
+            .unwrap();
+        ca.issue_to_dir("gpu-02", Role::Agent, &[], 30, &dir.path().join("n"))
+            .unwrap();
+        let done = ca
+            .revoke(
+                &RevokeTarget::NameOrSerial("gpu-01".into()),
+                &crl_to(dir.path()),
+            )
+            .unwrap();
+        assert_eq!(done.revoked.len(), 2);
+        assert!(done.already.is_empty() && done.expired.is_empty());
+        assert_eq!((done.crl.number, done.crl.revoked), (1, 2));
+        let lists = crl_lists(dir.path());
+        assert_eq!(lists.len(), 1);
+        assert_eq!(lists[0].number(), 1);
+        assert_eq!(lists[0].len(), 2);
+        for r in &done.revoked {
+            assert_eq!(lists[0].revoked_at(&r.serial), r.revoked_at);
+        }
+        assert_eq!(
+            lists[0].revoked_at(&file_serial(&dir.path().join("n/gpu-02.pem"))),
+            None
+        );
+        let next = lists[0].next_update().unwrap();
+        let days = next
+            .duration_since(lists[0].this_update())
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        assert_eq!(days, 30);
+    }
+
+    #[test]
+    fn revoking_again_changes_no_record_and_writes_a_newer_crl() {
+        use crate::issued::RevokeTarget;
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        ca.issue_to_dir("gpu-01", Role::Agent, &[], 30, &dir.path().join("n"))
+            .unwrap();
+        let target = RevokeTarget::NameOrSerial("gpu-01".into());
+        let first = ca.revoke(&target, &crl_to(dir.path())).unwrap();
+        let second = ca.revoke(&target, &crl_to(dir.path())).unwrap();
+        assert!(second.revoked.is_empty());
+        assert_eq!(second.already, first.revoked);
+        assert_eq!((second.crl.number, second.crl.revoked), (2, 1));
+        assert_eq!(crl_lists(dir.path())[0].number(), 2);
+        let written = ca.write_crl(&crl_to(dir.path())).unwrap();
+        assert_eq!((written.number, written.revoked), (3, 1));
+    }
+
+    #[test]
+    fn revoking_a_serial_revokes_that_certificate_only() {
+        use crate::issued::RevokeTarget;
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        ca.issue_to_dir("gpu-01", Role::Agent, &[], 30, &dir.path().join("n"))
+            .unwrap();
+        ca.issue_to_dir("gpu-01", Role::Agent, &[], 30, &dir.path().join("m"))
+            .unwrap();
+        let serial = file_serial(&dir.path().join("m/gpu-01.pem"));
+        // Colons and upper case, as other tools print serials.
+        let written: String = serial
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let done = ca
+            .revoke(&RevokeTarget::NameOrSerial(written), &crl_to(dir.path()))
+            .unwrap();
+        assert_eq!(done.revoked.len(), 1);
+        assert_eq!(done.revoked[0].serial, serial);
+        let lists = crl_lists(dir.path());
+        assert_eq!(lists[0].len(), 1);
+        assert!(lists[0].revoked_at(&serial).is_some());
+    }
+
+    #[test]
+    fn revoking_an_unknown_name_is_an_error_that_lists_what_is_on_record() {
+        use crate::issued::{RevokeError, RevokeTarget};
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let err = ca
+            .revoke(
+                &RevokeTarget::NameOrSerial("gpu-09".into()),
+                &crl_to(dir.path()),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("nothing is on record yet"),
+            "{err}"
+        );
+        ca.issue_to_dir("gpu-01", Role::Agent, &[], 30, &dir.path().join("n"))
+            .unwrap();
+        let err = ca
+            .revoke(
+                &RevokeTarget::NameOrSerial("gpu-09".into()),
+                &crl_to(dir.path()),
+            )
+            .unwrap_err();
+        assert!(matches!(err, RevokeError::Unknown { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"gpu-09\"") && msg.contains("gpu-01 (agent: 1 valid)"),
+            "{msg}"
+        );
+        assert!(!dir.path().join("crl.pem").exists(), "an error wrote a CRL");
+    }
+
+    #[test]
+    fn a_certificate_issued_before_the_record_is_revoked_by_its_file_and_then_recorded() {
+        use crate::issued::{RevokeError, RevokeTarget};
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let old = ca.issue("gpu-03", Role::Agent, &[], 30).unwrap();
+        let file = dir.path().join("gpu-03.pem");
+        fs::write(&file, &old.cert_pem).unwrap();
+        let done = ca
+            .revoke(&RevokeTarget::Certificate(file), &crl_to(dir.path()))
+            .unwrap();
+        assert_eq!(done.revoked.len(), 1);
+        assert_eq!(done.revoked[0].serial, old.serial);
+        assert_eq!(done.revoked[0].name, "gpu-03");
+        assert!(crl_lists(dir.path())[0].revoked_at(&old.serial).is_some());
+        assert_eq!(ca.issued().unwrap().len(), 1);
+
+        // A certificate of another CA, even one with the same name, is not this CA's to revoke.
+        let other = dir.path().join("other");
+        init_ca(&other, "test CA", 30).unwrap();
+        let foreign = Ca::load(&other)
+            .unwrap()
+            .issue("gpu-03", Role::Agent, &[], 30)
+            .unwrap();
+        let file = dir.path().join("foreign.pem");
+        fs::write(&file, &foreign.cert_pem).unwrap();
+        let err = ca
+            .revoke(&RevokeTarget::Certificate(file), &crl_to(dir.path()))
+            .unwrap_err();
+        assert!(matches!(err, RevokeError::Foreign { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("signature does not verify"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_record_is_an_error_and_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let index = crate::issued::index_path(dir.path());
+        fs::write(&index, "{ not json").unwrap();
+        let err = ca
+            .issue_to_dir("gpu-01", Role::Agent, &[], 30, &dir.path().join("n"))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("left as it is"), "{err:#}");
+        assert_eq!(fs::read_to_string(&index).unwrap(), "{ not json");
+        assert!(
+            !dir.path().join("n/gpu-01.pem").exists(),
+            "issued without a record"
+        );
+    }
+
+    #[test]
+    fn the_identity_of_a_presented_chain_is_its_first_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let alice = ca.issue("alice", Role::Operator, &[], 30).unwrap();
+        let der = CertificateDer::from_pem_slice(alice.cert_pem.as_bytes()).unwrap();
+        assert_eq!(
+            peer_chain_identity(&[der]).unwrap(),
+            Identity {
+                name: "alice".into(),
+                role: Role::Operator
+            }
+        );
+        assert_eq!(peer_chain_identity(&[]), Err(PkiError::NoCertificate));
     }
 
     #[test]

@@ -2,27 +2,44 @@
 //! `qsub -terse`, `qstat -xml`, `qacct -j`, `qdel`, `qmod`, run by their bare granted
 //! names through the host.
 //!
-//! Tested against fixtures only: a Grid Engine qmaster was not made to run on the
-//! project's machines (it refuses clients whose host name and address disagree), so
-//! `fixtures/` holds output in Grid Engine's formats (`qstat -xml`, `qacct -j`, `qsub
-//! -terse`, `qdel` messages), written by hand from those formats, not captured from a
-//! live cell.
+//! Tested against a real cell: `tests/sge.rs` drives Debian's Grid Engine 8.1.9 through
+//! the plugin host, as the job's owner. `fixtures/` holds output captured from that
+//! cell (`fixtures/README.md` says how), for the native tests of the parsers and of
+//! states a test cannot produce on demand.
 //!
 //! Invariants and trade-offs:
 //! - Submission: options are `qsub` argv elements and the script goes on stdin (`-S
 //!   /bin/sh`); the script's comment line holds the argv, so `render` is exactly what
-//!   `submit` sends. Grid Engine's only dependency is "after the other job ended"
-//!   (`-hold_jid`), so other kinds are refused as unsupported. Parallel jobs need a site
-//!   parallel environment: `nodes`/`tasks_per_node`/`cpus_per_task` ask for
-//!   `-pe PE SLOTS` with PE from the `sge.pe` attribute and are refused without it.
+//!   `submit` sends. `-C ''` turns off qsub's embedded directives: Grid Engine reads
+//!   `#$` lines anywhere in a script, so without it a job's argument or environment
+//!   value holding a line break and `#$ -q other` would add qsub options. Grid
+//!   Engine's only dependency is "after the other job ended" (`-hold_jid`), so other
+//!   kinds are refused as unsupported. Parallel jobs need a site parallel environment:
+//!   `nodes`/`tasks_per_node`/`cpus_per_task` ask for `-pe PE SLOTS` with PE from the
+//!   `sge.pe` attribute and are refused without it.
+//! - Identity: the host runs `qsub` and `qdel` as the job's owner, and nothing the
+//!   spec says reaches an option that picks a user (qsub has none; `sge.*` attributes
+//!   become `-l` resources, and keys named like identity options are refused, saying
+//!   why). Grid Engine itself refuses another user's `qdel`.
+//! - Values Grid Engine reads its own way are written so it reads them literally or
+//!   refused before qsub runs: `-o`/`-e` paths are given as `:PATH` (a bare path
+//!   holding `:` is read as `HOST:PATH`), and a job name must be what the qmaster
+//!   accepts ([`check_name`]; qsub answers a space with only "Error reading answer
+//!   list from qmaster").
 //! - Status is one `qstat -xml -u *` call (live jobs of every user); a job not in it
 //!   is resolved through `qacct -j` (the accounting file), and when qacct does not know
 //!   it either, it is `unknown` with qacct's words, never assumed to have succeeded.
+//!   The accounting file keeps every record ever written, so a job number used again
+//!   (after the sequence wraps, or a new spool) or a rerun job has several: the last
+//!   record of each job or task is the one that counts.
 //! - Live states are read letter by letter ([`LETTERS`], the one place), ended ones by
 //!   [`ended`]: `failed` 0 with `exit_status` 0 succeeded; a `deleted_by` other than
-//!   NONE is cancelled; exit 137 (SIGKILL) after `ru_wallclock` reached the `h_rt` of
-//!   the job's `category` timed out; anything else failed, with qacct's reason. A job
-//!   deleted while still queued never reaches accounting, so it ends `unknown`.
+//!   NONE (Univa/Altair Grid Engine's qacct) is cancelled; exit 137 (SIGKILL) after
+//!   `ru_wallclock` reached the `h_rt` of the job's `category` timed out; anything else
+//!   failed, with qacct's reason. Son of Grid Engine's accounting does not record a
+//!   deletion: a running job deleted with `qdel` ends as killed by signal 9, which the
+//!   reason says may be a `qdel`. A job deleted while still queued never reaches
+//!   accounting, so it ends `unknown`.
 //! - What is Grid Engine's own is here (argv, parsers, letters, lookups); the rest is the
 //!   SDK's, wired by the one declaration `SGE` ([`corral_plugin_sdk::batch::Batch`]).
 
@@ -63,11 +80,15 @@ const TABLE: StateTable<char> = StateTable::new("Grid Engine", LETTERS);
 const ID: JobId = JobId::new("Grid Engine", Tasks::Joined('.'));
 
 /// `sge.*` attributes become `-l resource=value` (`sge.pe` names the parallel
-/// environment instead). Grid Engine's qsub has no option that picks the user a job runs
-/// as (its `-u` exists for qalter only), and resources cannot, so no key is refused for
-/// identity.
-const ATTRIBUTES: Passthrough =
-    Passthrough::new("sge", is_word).form("a Grid Engine resource name");
+/// environment instead), so no attribute can become a qsub option. Grid Engine's qsub
+/// has no option that picks the user a job runs as (its `-u` exists for qalter only)
+/// and no resource does either; keys named like the identity options of qalter and of
+/// other schedulers are refused all the same, so that `sge.u=root` is answered with
+/// why it cannot work rather than with "unknown resource".
+const ATTRIBUTES: Passthrough = Passthrough::new("sge", is_word)
+    .form("a Grid Engine resource name")
+    .identity("u uid gid user group owner")
+    .fold_case();
 
 /// The portable state of a live Grid Engine state code, with a note when it needs one.
 pub fn live_state(code: &str) -> (JobState, Option<String>) {
@@ -135,7 +156,9 @@ fn seconds(s: &str) -> Option<f64> {
     s.parse().ok()
 }
 
-/// Parses `qacct -j` output: records separated by lines of `=`.
+/// Parses `qacct -j` output: records separated by lines of `=`. Of several records for
+/// one job or task (a job number used again, a rerun) only the last is kept: qacct
+/// prints them in the order the accounting file has them, the order jobs ended.
 pub fn parse_qacct(text: &str) -> Vec<Accounted> {
     let mut out = Vec::new();
     for chunk in text.split("\n=") {
@@ -149,7 +172,8 @@ pub fn parse_qacct(text: &str) -> Vec<Accounted> {
             match key {
                 "jobnumber" => a.job = value.to_string(),
                 "taskid" if value != "undefined" => a.task = Some(value.to_string()),
-                "failed" => a.failed = value.to_string(),
+                // `28  : changing into working directory`: the code is padded.
+                "failed" => a.failed = value.split_whitespace().collect::<Vec<_>>().join(" "),
                 "exit_status" => {
                     a.exit_status = value.split_whitespace().next().and_then(|v| v.parse().ok())
                 }
@@ -165,6 +189,7 @@ pub fn parse_qacct(text: &str) -> Vec<Accounted> {
             }
         }
         if !a.job.is_empty() {
+            out.retain(|b: &Accounted| (&b.job, &b.task) != (&a.job, &a.task));
             out.push(a);
         }
     }
@@ -183,8 +208,15 @@ pub fn ended(a: &Accounted) -> JobState {
         ("0", Some(0)) => JobState::Succeeded,
         ("0", Some(c)) => JobState::Failed(format!("exit code {c}")),
         _ if killed && over => JobState::TimedOut,
-        (_, Some(c)) if c > 128 => {
-            JobState::Failed(format!("killed by signal {} ({})", c - 128, a.failed))
+        (code, Some(c)) if c > 128 => {
+            // 100 "assumedly after job": the job ended by a signal that Grid Engine did
+            // not send for a limit (those are 37 and up), e.g. qdel's SIGKILL.
+            let qdel = if c == 137 && code == "100" {
+                "; Grid Engine records a running job deleted with qdel this way too"
+            } else {
+                ""
+            };
+            JobState::Failed(format!("killed by signal {} ({}){qdel}", c - 128, a.failed))
         }
         (_, Some(c)) if c != 0 => JobState::Failed(format!("exit code {c} ({})", a.failed)),
         _ => JobState::Failed(format!("Grid Engine reports failure {}", a.failed)),
@@ -232,10 +264,55 @@ fn tasks_hold(tasks: &str, task: u64) -> bool {
 /// the working directory).
 const TEXT: TextFlags = TextFlags::new("-N", "-q", "-A", "-ar", "-wd", "-o", "-e");
 
+/// The longest job name the qmaster takes (it refuses 512 characters, though its
+/// message says 512 is the maximum).
+pub const MAX_NAME: usize = 511;
+
+/// Refuses a job name Grid Engine's qmaster would refuse (1 to [`MAX_NAME`] printable
+/// ASCII characters, none of them white space or `/ : @ \ * ?`, the first not a
+/// digit), saying what it takes: qsub itself answers some of these (a space, a
+/// non-ASCII letter) with only "Error reading answer list from qmaster".
+pub fn check_name(name: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Err(Error::Invalid(format!(
+            "job name {name:?} {why}; Grid Engine takes 1 to {MAX_NAME} printable ASCII characters without spaces or any of / : @ \\ * ?, not starting with a digit"
+        )))
+    };
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad(&format!("is {} bytes long", name.len()));
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        return bad("starts with a digit");
+    }
+    match name
+        .chars()
+        .find(|&c| !c.is_ascii_graphic() || "/:@\\*?".contains(c))
+    {
+        Some(c) => bad(&format!("contains {c:?}")),
+        None => Ok(()),
+    }
+}
+
 /// The qsub argv (after the program name) for `spec`.
 pub fn qsub_args(spec: &JobSpec) -> Result<Vec<String>, Error> {
-    let mut a: Vec<String> = vec!["-terse".into(), "-S".into(), "/bin/sh".into()];
-    a.extend(TEXT.argv(spec)?);
+    // `-C ''`: no embedded `#$` directives (module docs).
+    let mut a: Vec<String> = ["-terse", "-C", "", "-S", "/bin/sh"]
+        .map(String::from)
+        .into();
+    if let Some(name) = &spec.name {
+        check_name(name)?;
+    }
+    for (flag, value) in TEXT.pairs(spec)? {
+        // `-o`/`-e` take `[[HOST]:]PATH`: an empty host keeps a `:` in the path a `:`.
+        let value = match flag {
+            "-o" | "-e" => format!(":{value}"),
+            _ => value.to_string(),
+        };
+        a.extend([flag.to_string(), value]);
+    }
     check_counts(spec)?;
     let slots = spec.nodes.unwrap_or(1)
         * spec.tasks_per_node.unwrap_or(1)

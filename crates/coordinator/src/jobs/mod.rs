@@ -206,19 +206,22 @@ impl Jobs {
 
     /// Calls `call` on `plugin` at `node` and waits for the answer (at most
     /// `jobs.call_timeout`); counts the outcome for `/metrics`. Submission, cancel and
-    /// the poller route every plugin call through here.
+    /// the poller route every plugin call through here. `owner` is the user the job
+    /// belongs to (the agent runs `submit` and `cancel` as them); `None` for calls about
+    /// no one job (`status` of many, `list`).
     pub async fn call(
         &self,
         node: &str,
         plugin: &str,
         call: PluginCall,
+        owner: Option<&str>,
     ) -> Result<PluginReply, CallError> {
         let export = call.export();
         let started = Instant::now();
         let command = Command::Plugin {
             plugin: plugin.to_string(),
             call: Box::new(call),
-            owner: None,
+            owner: owner.map(str::to_string),
         };
         let result = match self
             .commands

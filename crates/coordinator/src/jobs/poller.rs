@@ -176,7 +176,7 @@ impl Jobs {
                 report.calls += 1;
                 report.jobs += chunk.len();
                 match self
-                    .call(node, plugin, PluginCall::Status(chunk.to_vec()))
+                    .call(node, plugin, PluginCall::Status(chunk.to_vec()), None)
                     .await
                 {
                     Ok(PluginReply::Statuses(statuses)) => {

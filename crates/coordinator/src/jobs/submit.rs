@@ -20,12 +20,29 @@ use corral_proto::api::{JobId, JobView, NodePlugins, Phase, Rendered, SubmitRequ
 use corral_proto::job::{JobSpec, JobState, PluginCall, PluginReply};
 
 impl Jobs {
-    /// Picks the node a new submission goes to.
+    /// Picks the node a new submission goes to: the one named with `via`, if it may
+    /// serve `scheduler` and hosts it now; otherwise the first connected authorized host
+    /// in the order of `[schedulers.NAME] nodes` ([`crate::registry::Registry::plugin_hosts`]).
+    /// A node that announced the plugin without being authorized never gets one.
     fn route(&self, scheduler: &str, via: Option<&str>) -> Result<String, JobError> {
         let plugins = self.registry.plugins();
+        let announces = |p: &NodePlugins| p.loaded.iter().any(|l| l.info.name == scheduler);
+        let configured = || {
+            let nodes = self.registry.authority().scheduler_nodes(scheduler);
+            if nodes.is_empty() {
+                format!("no node may serve it: the coordinator's config has no [schedulers.{scheduler}] nodes")
+            } else {
+                format!("[schedulers.{scheduler}] nodes = {nodes:?}")
+            }
+        };
         if let Some(node) = via {
             return match plugins.iter().find(|p| p.node == node) {
                 Some(p) if p.hosts(scheduler) => Ok(node.to_string()),
+                Some(p) if announces(p) && !p.authorized(scheduler) => Err(JobError::Unavailable(format!(
+                    "node {node} is not authorized to serve scheduler plugin {scheduler:?} ({}); nodes and their plugins: {}",
+                    configured(),
+                    describe_hosts(&plugins)
+                ))),
                 Some(p) if !p.connected => Err(JobError::Unavailable(format!(
                     "node {node} is not connected; nodes and their plugins: {}",
                     describe_hosts(&plugins)
@@ -36,18 +53,31 @@ impl Jobs {
                 ))),
             };
         }
-        if let Some(node) = plugins.iter().find(|p| p.hosts(scheduler)) {
-            return Ok(node.node.clone());
+        if let Some(node) = self.registry.plugin_hosts(scheduler).into_iter().next() {
+            return Ok(node);
         }
         let away: Vec<&str> = plugins
             .iter()
-            .filter(|p| !p.connected && p.loaded.iter().any(|l| l.info.name == scheduler))
+            .filter(|p| !p.connected && announces(p) && p.authorized(scheduler))
             .map(|p| p.node.as_str())
             .collect();
         if !away.is_empty() {
             return Err(JobError::Unavailable(format!(
                 "scheduler plugin {scheduler:?} is hosted only by nodes that are not connected now ({}); nodes and their plugins: {}",
                 away.join(", "),
+                describe_hosts(&plugins)
+            )));
+        }
+        let unauthorized: Vec<&str> = plugins
+            .iter()
+            .filter(|p| announces(p) && !p.authorized(scheduler))
+            .map(|p| p.node.as_str())
+            .collect();
+        if !unauthorized.is_empty() {
+            return Err(JobError::NoScheduler(format!(
+                "no authorized node hosts scheduler plugin {scheduler:?}: only nodes not authorized to serve it announce it ({}; {}); nodes and their plugins: {}",
+                unauthorized.join(", "),
+                configured(),
                 describe_hosts(&plugins)
             )));
         }
@@ -95,13 +125,14 @@ impl Jobs {
         Ok(out)
     }
 
-    /// Renders (dry run) or submits a job.
-    pub async fn submit(&self, req: SubmitRequest) -> Result<Submitted, JobError> {
+    /// Renders (dry run) or submits a job for `owner`, the authenticated user it will
+    /// belong to and run as.
+    pub async fn submit(&self, owner: &str, req: SubmitRequest) -> Result<Submitted, JobError> {
         let node = self.route(&req.scheduler, req.via.as_deref())?;
         let native_spec = self.translate(&req.spec, &req.scheduler, &node)?;
         if req.dry_run {
             return match self
-                .call(&node, &req.scheduler, PluginCall::Render(native_spec))
+                .call(&node, &req.scheduler, PluginCall::Render(native_spec), Some(owner))
                 .await
             {
                 Ok(PluginReply::Text(script)) => Ok(Submitted::DryRun(Rendered {
@@ -114,7 +145,7 @@ impl Jobs {
             };
         }
 
-        let mut job = Job::submitting(&req.scheduler, &node, req.spec);
+        let mut job = Job::submitting(&req.scheduler, &node, owner, req.spec);
         // Durable before the scheduler hears of it: see the module docs.
         let id = self.store.insert_job(job.row()).await.map_err(|e| {
             JobError::Store(format!(
@@ -125,7 +156,7 @@ impl Jobs {
         self.lock().table.put(job.clone());
 
         let result = self
-            .call(&node, &job.scheduler, PluginCall::Submit(native_spec))
+            .call(&node, &job.scheduler, PluginCall::Submit(native_spec), Some(owner))
             .await;
         let failure = settle(&mut job, result);
         self.lock().table.put(job.clone());
@@ -177,6 +208,7 @@ impl Jobs {
                 &job.node,
                 &job.scheduler,
                 PluginCall::Cancel(native.clone()),
+                Some(job.owner.as_str()).filter(|o| !o.is_empty()),
             )
             .await
         {
@@ -184,7 +216,7 @@ impl Jobs {
             Ok(other) => return Err(unexpected(&job.scheduler, &job.node, &other, None)),
             Err(e) => return Err(call_error(e, &job.scheduler, &job.node, None)),
         }
-        info!(job = %id, scheduler = %job.scheduler, node = %job.node, native_id = %native, "cancel requested");
+        info!(job = %id, scheduler = %job.scheduler, node = %job.node, owner = %job.owner, native_id = %native, "cancel requested");
         let updated = {
             let mut inner = self.lock();
             let key = (job.node.clone(), job.scheduler.clone());
@@ -240,7 +272,10 @@ fn settle(job: &mut Job, result: Result<PluginReply, CallError>) -> Option<JobEr
         }
         Err(CallError::Command(e)) => {
             // Busy or not connected: the command never left; a timeout: it may have.
-            let sent = matches!(e, CommandError::Timeout { .. });
+            let sent = matches!(
+                e,
+                CommandError::Timeout { .. } | CommandError::Disconnected { .. }
+            );
             job.phase = if sent {
                 Phase::Orphaned
             } else {
@@ -263,7 +298,8 @@ fn settle(job: &mut Job, result: Result<PluginReply, CallError>) -> Option<JobEr
     }
 }
 
-/// "node-a: slurm, pbs; node-b (disconnected): slurm; node-c: none (pbs failed: ...)".
+/// "node-a: slurm, pbs; node-b (disconnected): slurm; node-c: slurm (not authorized);
+/// node-d: none (failed to load: pbs)".
 fn describe_hosts(plugins: &[NodePlugins]) -> String {
     if plugins.is_empty() {
         return "no node is connected".into();
@@ -279,7 +315,14 @@ fn describe_hosts(plugins: &[NodePlugins]) -> String {
             } else {
                 p.loaded
                     .iter()
-                    .map(|l| l.info.name.as_str())
+                    .map(|l| {
+                        let name = l.info.name.as_str();
+                        if p.authorized(name) {
+                            name.to_string()
+                        } else {
+                            format!("{name} (not authorized)")
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             };

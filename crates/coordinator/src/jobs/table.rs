@@ -33,6 +33,9 @@ pub(super) struct Job {
     pub(super) scheduler: String,
     /// The node whose plugin took (or is taking) the submission.
     pub(super) node: String,
+    /// Who submitted it (the authenticated user); its programs run as this user. Empty
+    /// for jobs recorded before owners were: only admins see those in full.
+    pub(super) owner: String,
     pub(super) native_id: Option<String>,
     pub(super) phase: Phase,
     pub(super) state: Option<JobState>,
@@ -60,12 +63,13 @@ pub(super) struct Step {
 
 impl Job {
     /// A submission about to be recorded: `submitting`, id not yet assigned.
-    pub(super) fn submitting(scheduler: &str, node: &str, spec: JobSpec) -> Job {
+    pub(super) fn submitting(scheduler: &str, node: &str, owner: &str, spec: JobSpec) -> Job {
         let now = unix_ms();
         let mut job = Job {
             id: JobId(0),
             scheduler: scheduler.to_string(),
             node: node.to_string(),
+            owner: owner.to_string(),
             native_id: None,
             phase: Phase::Submitting,
             state: None,
@@ -134,6 +138,7 @@ impl Job {
             id: self.id,
             scheduler: self.scheduler.clone(),
             node: self.node.clone(),
+            owner: self.owner.clone(),
             native_id: self.native_id.clone(),
             phase: self.phase,
             state: self.state.clone(),
@@ -159,6 +164,7 @@ impl Job {
             } else {
                 vec![]
             },
+            redacted: false,
         }
     }
 
@@ -168,6 +174,7 @@ impl Job {
             id: self.id,
             scheduler: self.scheduler.clone(),
             node: self.node.clone(),
+            owner: self.owner.clone(),
             native_id: self.native_id.clone(),
             phase: self.phase,
             state: self.state.clone(),
@@ -199,6 +206,7 @@ impl Job {
             id: row.id,
             scheduler: row.scheduler,
             node: row.node,
+            owner: row.owner,
             native_id: row.native_id,
             phase: row.phase,
             state: row.state,

@@ -136,16 +136,26 @@ fn settings() -> JobsSection {
 fn rig_in(dir: tempfile::TempDir, jobs: JobsSection) -> Rig {
     let (store, loaded) = Store::open(dir.path(), 100).unwrap();
     let store = Arc::new(store);
-    let registry = Arc::new(Registry::new(
-        Settings {
-            disconnect_after_beats: 3,
-            down_after: Duration::from_secs(60),
-            persist_every: Duration::from_secs(60),
-            event_retention: 100,
-        },
-        vec![],
-        vec![],
-    ));
+    let registry = Arc::new(
+        Registry::new(
+            Settings {
+                disconnect_after_beats: 3,
+                down_after: Duration::from_secs(60),
+                persist_every: Duration::from_secs(60),
+                event_retention: 100,
+            },
+            vec![],
+            vec![],
+        )
+        // Every node may serve the plugins these tests use (routing by authority is tested
+        // in the registry).
+        .with_authority(crate::config::Authority::new(
+            vec![],
+            ["slurm", "ray-jobs", "pbs"]
+                .map(|p| (p.to_string(), vec![crate::config::ANY_NODE.to_string()]))
+                .into(),
+        )),
+    );
     let commands = Arc::new(Commands::new(registry.clone()));
     let jobs = Arc::new(Jobs::new(
         jobs,
@@ -188,6 +198,7 @@ impl Rig {
         );
         self.conns.push((node.into(), conn));
         let commands = self.commands.clone();
+        let answerer = node.to_string();
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 if let CoordMsg::Command {
@@ -196,7 +207,7 @@ impl Rig {
                 } = msg
                 {
                     let answer = sched.answer(*call);
-                    commands.complete(id, Ok(CommandOutput::Plugin(answer)));
+                    commands.complete(&answerer, conn, id, Ok(CommandOutput::Plugin(answer)));
                 }
             }
         });
@@ -209,7 +220,7 @@ impl Rig {
 
     async fn submit(&self, scheduler: &str, spec: JobSpec) -> Result<JobView, JobError> {
         self.jobs
-            .submit(SubmitRequest {
+            .submit("alice", SubmitRequest {
                 scheduler: scheduler.into(),
                 spec,
                 via: None,
@@ -534,7 +545,7 @@ async fn a_job_left_submitting_by_a_crash_is_orphaned_at_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (store, _) = Store::open(dir.path(), 100).unwrap();
-        let job = Job::submitting("slurm", "n1", spec("/bin/true"));
+        let job = Job::submitting("slurm", "n1", "alice", spec("/bin/true"));
         store.insert_job(job.row()).await.unwrap();
         // The coordinator "crashes" here: the plugin never answered.
     }
@@ -654,7 +665,7 @@ async fn a_dry_run_renders_and_records_nothing() {
     r.agent("n1", &["slurm"], sched.clone());
     let out = r
         .jobs
-        .submit(SubmitRequest {
+        .submit("alice", SubmitRequest {
             scheduler: "slurm".into(),
             spec: spec("/bin/hostname"),
             via: None,

@@ -19,14 +19,16 @@
 //!   same entry are harmless.
 //! - Deserializing runs native code compiled earlier, so the cache directory must be
 //!   writable only by the agent's user: it is created mode 0700, and an existing
-//!   directory that others can write is not used (the plugin is compiled in memory and
-//!   a warning says why).
+//!   directory that is owned by another user, or that its group or others can write, is
+//!   not used ([`crate::fsperm::check_trusted`]; the plugins are compiled in memory and a
+//!   warning names the directory and the fix). Anyone else who could write it could
+//!   put code into the agent.
 //! - The cache is an optimisation only: any failure to read or write it is logged and
 //!   the component is compiled in memory instead. It never fails a load.
 
 use std::hash::Hasher;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -99,13 +101,14 @@ impl Cache {
         let meta = std::fs::metadata(dir)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?;
         anyhow::ensure!(meta.is_dir(), "{} is not a directory", dir.display());
-        let mode = meta.permissions().mode();
-        anyhow::ensure!(
-            mode & 0o022 == 0,
-            "{} is writable by other users (mode {:o}); compiled code is loaded from it, so it must be writable only by the agent's user (chmod go-w)",
-            dir.display(),
-            mode & 0o777
-        );
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        crate::fsperm::check_trusted(dir, &[me]).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: compiled plugin code is loaded from it into the agent, so only the agent's user ({}) may be able to write it",
+                crate::fsperm::describe_uid(me)
+            )
+        })?;
         Ok(Cache {
             dir: dir.to_path_buf(),
         })
@@ -206,6 +209,7 @@ pub fn compile(engine: &Engine, wasm: &[u8]) -> anyhow::Result<Component> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_engine_key_is_stable_and_tracks_engine_settings() {
@@ -219,17 +223,41 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_directory_others_can_write_is_refused() {
+    fn a_cache_directory_its_group_or_others_can_write_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
         let shared = dir.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
-        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = Cache::open(&shared).unwrap_err().to_string();
-        assert!(err.contains("writable by other users"), "{err}");
+        for (mode, who) in [(0o770, "its group"), (0o777, "its group and all users")] {
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Cache::open(&shared).unwrap_err().to_string();
+            assert!(err.contains(&format!("writable by {who}")), "{err}");
+            assert!(err.contains(&format!("chmod go-w {}", shared.display())), "{err}");
+        }
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
+        Cache::open(&shared).unwrap();
         let fresh = dir.path().join("a/b");
         Cache::open(&fresh).unwrap();
         let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_cache_directory_owned_by_another_user_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        // Root can hand a directory to another user; anyone else finds one of root's.
+        let theirs = if me == 0 {
+            let d = dir.path().join("theirs");
+            std::fs::create_dir(&d).unwrap();
+            std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+            d
+        } else {
+            PathBuf::from("/")
+        };
+        let err = Cache::open(&theirs).unwrap_err().to_string();
+        assert!(err.contains("is owned by"), "{err}");
+        assert!(err.contains(&format!("chown {}", crate::fsperm::user_name(me).unwrap_or(me.to_string()))), "{err}");
     }
 
     #[test]

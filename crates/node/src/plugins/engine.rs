@@ -38,7 +38,7 @@ use wasmtime::{Engine, Store, Trap};
 use super::bindings::corral::scheduler::{clock, config, http, log, process, types};
 use super::bindings::PluginPre;
 use super::convert::{error_from_wit, info_from_wit, spec_to_wit, status_from_wit};
-use super::imports::{CallState, Granted};
+use super::imports::{CallState, Granted, RunAs};
 use super::manifest::Manifest;
 use corral_proto::job::{PluginCall, PluginError, PluginInfo, PluginReply};
 
@@ -319,14 +319,14 @@ impl Instance {
 
     /// The plugin's own `info`, for the load-time checks (no runtime: no HTTP).
     pub fn info(&self) -> Result<PluginInfo, PluginError> {
-        match self.call(PluginCall::Info, None)? {
+        match self.call(PluginCall::Info, None, RunAs::agent())? {
             PluginReply::Info(i) => Ok(i),
             other => Err(PluginError::Plugin(format!("info answered {other:?}"))),
         }
     }
 
     /// A fresh store for one call: memory limit and epoch deadline set.
-    fn store(&self, runtime: Option<tokio::runtime::Handle>) -> Store<CallState> {
+    fn store(&self, runtime: Option<tokio::runtime::Handle>, run_as: RunAs) -> Store<CallState> {
         let limits = &self.granted.manifest.limits;
         let mut store = Store::new(
             self.pre.engine(),
@@ -335,6 +335,7 @@ impl Instance {
                 deadline: Instant::now() + limits.call_timeout,
                 runtime,
                 limiter: Limiter::new(limits.memory_bytes()),
+                run_as,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -363,8 +364,9 @@ impl Instance {
         &self,
         call: PluginCall,
         runtime: Option<tokio::runtime::Handle>,
+        run_as: RunAs,
     ) -> Result<PluginReply, PluginError> {
-        let mut store = self.store(runtime);
+        let mut store = self.store(runtime, run_as);
         let export = call.export();
         let plugin = self
             .pre

@@ -9,6 +9,12 @@
 //!   `limits.program_timeout` and by what is left of the call, and each output stream
 //!   capped by `limits.output_max_bytes`. Environment names starting with `LD_` are
 //!   refused: through the loader they would let a plugin run code no one granted.
+//! - Programs run as the call's [`RunAs`] user (chosen by the host from the call, see
+//!   [`crate::identity`]), from a clean environment: the agent's `PATH`, `LANG`,
+//!   `LC_ALL` and `TZ`, the variables the manifest grants (`grants.env`), the plugin's
+//!   own variables, and last `HOME`/`USER`/`LOGNAME`/`SHELL` of that user, which the
+//!   plugin cannot set. A program without a directory starts in that user's home (or
+//!   `/`), never in the agent's working directory.
 //! - `http.send` checks the URL's scheme, user info and `host:port` against the grants
 //!   *after* parsing it, and again at every redirect (a redirect elsewhere is returned
 //!   to the plugin, not followed). It never goes through a proxy: a grant names the host
@@ -22,8 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::bindings::corral::scheduler::{clock, config, http, log, process, types};
 use super::engine::Limiter;
-use super::manifest::{HostGrant, Manifest, ResolvedPrograms};
+use super::manifest::{HostGrant, Manifest, ResolvedPrograms, IDENTITY_ENV};
 use crate::exec;
+use crate::identity::User;
 
 type WitError = types::Error;
 
@@ -34,6 +41,60 @@ pub struct Granted {
     pub programs: ResolvedPrograms,
     /// Present when hosts are granted.
     pub http: Option<reqwest::Client>,
+    /// What every program of this plugin starts from: the agent's `PATH`, locale and
+    /// time zone, and the variables the manifest grants, as they were at load.
+    pub base_env: Vec<(String, String)>,
+}
+
+/// The environment a plugin's programs start from (see the module doc), taken from
+/// `agent_env` (the agent's own environment) and `path` (its `PATH`).
+pub fn base_env(
+    manifest: &Manifest,
+    path: Option<&std::ffi::OsStr>,
+    agent_env: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let path = path
+        .and_then(|p| p.to_str())
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    env.push(("PATH".to_string(), path.to_string()));
+    for name in ["LANG", "LC_ALL", "TZ"]
+        .into_iter()
+        .chain(manifest.env.iter().map(String::as_str))
+    {
+        if let Some(v) = agent_env(name) {
+            env.push((name.to_string(), v));
+        }
+    }
+    env
+}
+
+/// Whom one call's programs run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user; `None`: the agent itself, unchanged (load-time `info`, benchmarks).
+    pub user: Option<User>,
+    /// Whether the child must drop to `user` (false when that is the agent's uid).
+    pub switch: bool,
+}
+
+impl RunAs {
+    /// The agent's own identity.
+    pub fn agent() -> RunAs {
+        RunAs {
+            user: None,
+            switch: false,
+        }
+    }
+
+    /// `user`, switched to when it is not `agent_uid`.
+    pub fn user(user: User, agent_uid: u32) -> RunAs {
+        let switch = user.uid != agent_uid;
+        RunAs {
+            user: Some(user),
+            switch,
+        }
+    }
 }
 
 /// The data of one call's store.
@@ -45,6 +106,8 @@ pub struct CallState {
     /// error).
     pub runtime: Option<tokio::runtime::Handle>,
     pub limiter: Limiter,
+    /// Whom this call's programs run as.
+    pub run_as: RunAs,
 }
 
 impl CallState {
@@ -97,6 +160,11 @@ impl process::Host for CallState {
                     "environment variable {k} is refused: loader variables would run code no one granted"
                 )));
             }
+            if IDENTITY_ENV.contains(&k.as_str()) {
+                return Err(WitError::Denied(format!(
+                    "environment variable {k} is refused: the host sets it from the user the program runs as"
+                )));
+            }
         }
         if cmd.args.iter().any(|a| a.contains('\0')) {
             return Err(WitError::Invalid("an argument contains a NUL byte".into()));
@@ -107,7 +175,12 @@ impl process::Host for CallState {
                     "directory {d:?} must be an absolute path"
                 )))
             }
-            d => d.as_ref().map(Into::into),
+            Some(d) => std::path::PathBuf::from(d),
+            None => match &self.run_as.user {
+                Some(u) if u.home.is_dir() => u.home.clone(),
+                Some(_) => "/".into(),
+                None => std::env::current_dir().unwrap_or_else(|_| "/".into()),
+            },
         };
         let limits = &g.manifest.limits;
         let mut timeout = limits.program_timeout.min(self.remaining()?);
@@ -116,12 +189,20 @@ impl process::Host for CallState {
         }
         let mut run = exec::Command::new(&path, timeout);
         run.args = cmd.args.into_iter().map(Into::into).collect();
-        run.env = cmd
-            .env
-            .into_iter()
+        let identity = self.run_as.user.iter().flat_map(User::identity_env);
+        run.env = g
+            .base_env
+            .iter()
+            .cloned()
+            .chain(cmd.env)
+            .chain(identity)
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
-        run.cwd = cwd;
+        run.clear_env = true;
+        if self.run_as.switch {
+            run.credentials = self.run_as.user.as_ref().map(User::credentials);
+        }
+        run.cwd = Some(cwd);
         run.stdin = cmd.stdin;
         run.stdout_max = limits.output_max();
         run.stderr_max = limits.output_max();
@@ -129,6 +210,7 @@ impl process::Host for CallState {
         tracing::debug!(
             plugin = %g.name,
             program = %path.display(),
+            user = self.run_as.user.as_ref().map(|u| u.name.as_str()).unwrap_or("(agent)"),
             code = ?out.code,
             timed_out = out.timed_out,
             elapsed_ms = out.elapsed.as_millis() as u64,

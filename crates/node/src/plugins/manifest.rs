@@ -7,6 +7,7 @@
 //! [grants]
 //! programs = ["sbatch", "squeue"] # bare names (looked up on the agent's PATH at load) or absolute paths
 //! hosts = ["head-01:8265"]        # host:port pairs for http ([v6::addr]:port for IPv6)
+//! env = ["SLURM_CONF"]            # agent environment variables its programs see
 //! [config]                        # string values, read by the plugin with config.get
 //! partition = "gpu"
 //! [limits]                        # all optional; defaults below
@@ -315,6 +316,9 @@ pub struct Manifest {
     /// `grants.programs` as written.
     pub programs: Vec<String>,
     pub hosts: Vec<HostGrant>,
+    /// `grants.env`: names of the agent's environment variables passed to the plugin's
+    /// programs (which otherwise start from a clean environment).
+    pub env: Vec<String>,
     pub config: BTreeMap<String, String>,
     pub limits: Limits,
     /// The `[limits]` keys the manifest leaves to their defaults.
@@ -344,6 +348,21 @@ struct PluginSection {
 struct GrantsSection {
     programs: Vec<String>,
     hosts: Vec<String>,
+    env: Vec<String>,
+}
+
+/// Variables the host sets for every program from the user it runs as; a plugin can
+/// neither be granted nor set them.
+pub const IDENTITY_ENV: [&str; 4] = ["HOME", "USER", "LOGNAME", "SHELL"];
+
+/// Whether `name` can be a local user name (what `useradd` accepts, loosely).
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '$'))
 }
 
 /// Whether `name` is a plugin name: letters, digits, '-' and '_' (as `plugins.enable`).
@@ -392,6 +411,25 @@ impl Manifest {
                 )));
             }
         }
+        for (i, name) in raw.grants.env.iter().enumerate() {
+            let plain = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !plain {
+                return Err(err(ConfigIssue::new(
+                    format!("grants.env[{i}]"),
+                    format!(
+                        "{name:?} is not an environment variable name (letters, digits and '_')"
+                    ),
+                )));
+            }
+            if name.starts_with("LD_") || IDENTITY_ENV.contains(&name.as_str()) {
+                return Err(err(ConfigIssue::new(
+                    format!("grants.env[{i}]"),
+                    format!("{name} cannot be granted: the host sets it (identity variables) or refuses it (loader variables)"),
+                )));
+            }
+        }
         let hosts = raw
             .grants
             .hosts
@@ -409,6 +447,7 @@ impl Manifest {
             name: raw.plugin.name,
             programs: raw.grants.programs,
             hosts,
+            env: raw.grants.env,
             config: raw.config,
             limits,
             defaulted_limits,
@@ -658,7 +697,7 @@ concurrent_calls = 2
             (
                 "[plugin]\nname = \"s\"\n[grants]\nprogram = [\"x\"]\n",
                 "grants.program",
-                "unknown field `program`, expected `programs` or `hosts`",
+                "unknown field `program`, expected one of `programs`, `hosts`, `env`",
             ),
             (
                 "[plugin]\nname = \"s\"\n[limits]\nmemory_mb = 0\n",

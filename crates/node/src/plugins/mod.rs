@@ -53,13 +53,14 @@ use wasmtime::Engine;
 pub use cache::ComponentSource;
 pub use manifest::{Limits, Manifest, ManifestError};
 
+use crate::identity::{RunAsError, RunAsPolicy, User};
 use corral_base::config::ConfigIssue;
 use corral_proto::job::{Grants, LoadFailure, LoadedPlugin, PluginCall, PluginError, PluginReply};
 use engine::{Instance, Ticker};
-use imports::Granted;
+use imports::{Granted, RunAs};
 
 /// The agent's `[plugins]` config section.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// Where `NAME.wasm` and its manifest `NAME.toml` live.
@@ -68,6 +69,27 @@ pub struct PluginsConfig {
     pub enable: Vec<String>,
     /// Where compiled components are cached. None: no disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// Who `info`, `render`, `status`, `list` and `logs` run as when the agent is root
+    /// (`submit` and `cancel` run as the job's owner; see [`crate::identity`]). The
+    /// packages create the `corral` system user.
+    pub service_user: String,
+    /// Job owners with a uid under this are refused (system accounts).
+    pub min_job_uid: u32,
+    /// Whether root may own jobs.
+    pub allow_root_jobs: bool,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: None,
+            enable: Vec::new(),
+            cache_dir: None,
+            service_user: "corral".into(),
+            min_job_uid: 1000,
+            allow_root_jobs: false,
+        }
+    }
 }
 
 impl PluginsConfig {
@@ -95,6 +117,12 @@ impl PluginsConfig {
             if !seen.insert(name) {
                 return Err(issue("plugins.enable", format!("{name:?} is listed twice")));
             }
+        }
+        if !manifest::valid_user_name(&p.service_user) {
+            return Err(issue(
+                "plugins.service_user",
+                format!("{:?} is not a user name; name an unprivileged local user (the packages create \"corral\")", p.service_user),
+            ));
         }
         if !p.enable.is_empty() && p.dir.is_none() {
             return Err(issue(
@@ -146,6 +174,10 @@ struct Plugin {
 
 struct Inner {
     plugins: BTreeMap<String, Plugin>,
+    /// Whom calls run as ([`crate::identity`]).
+    policy: RunAsPolicy,
+    /// The user this agent runs as.
+    agent: User,
     /// Advances the engine's epoch while the host lives.
     _ticker: Option<Ticker>,
 }
@@ -251,11 +283,13 @@ fn load_one(
     };
     let limits = manifest.limits.clone();
     let name = manifest.name.clone();
+    let base_env = imports::base_env(&manifest, cx.path_var, |k| std::env::var(k).ok());
     let granted = Arc::new(Granted {
         name: name.clone(),
         manifest,
         programs,
         http,
+        base_env,
     });
     let instance = Instance::new(cx.engine, &component, granted).map_err(|e| {
         anyhow::anyhow!(
@@ -405,6 +439,8 @@ impl PluginHost {
         let host = PluginHost {
             inner: Arc::new(Inner {
                 plugins,
+                policy: policy(cfg),
+                agent: agent_user(),
                 _ticker: Some(ticker),
             }),
         };
@@ -416,6 +452,8 @@ impl PluginHost {
         PluginHost {
             inner: Arc::new(Inner {
                 plugins: BTreeMap::new(),
+                policy: policy(&PluginsConfig::default()),
+                agent: agent_user(),
                 _ticker: None,
             }),
         }
@@ -439,8 +477,16 @@ impl PluginHost {
             .collect()
     }
 
-    /// Calls one export of one plugin in a fresh store.
-    pub async fn call(&self, plugin: &str, call: PluginCall) -> Result<PluginReply, PluginError> {
+    /// Calls one export of one plugin in a fresh store. `owner` is the user the job
+    /// belongs to: `submit` and `cancel` run their programs as that user, the other
+    /// exports as the service user ([`crate::identity`] has the rule); a call whose user
+    /// cannot be used is refused before the plugin runs.
+    pub async fn call(
+        &self,
+        plugin: &str,
+        call: PluginCall,
+        owner: Option<&str>,
+    ) -> Result<PluginReply, PluginError> {
         let p = self
             .inner
             .plugins
@@ -466,9 +512,22 @@ impl PluginHost {
             }
         };
         let instance = p.instance.clone();
+        let inner = self.inner.clone();
+        let owner = owner.map(str::to_string);
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            instance.call(call, Some(runtime))
+            // User lookups may block (NSS, LDAP): on this thread, not the runtime's.
+            let user = inner
+                .policy
+                .resolve(&call, owner.as_deref(), &inner.agent)
+                .map_err(|e| match e {
+                    RunAsError::Owner(_) | RunAsError::Service(_) => {
+                        PluginError::Invalid(e.to_string())
+                    }
+                    _ => PluginError::Denied(e.to_string()),
+                })?;
+            let run_as = RunAs::user(user, inner.agent.uid);
+            instance.call(call, Some(runtime), run_as)
         });
         let result = match tokio::time::timeout(timeout + WALL_GRACE, task).await {
             Ok(Ok(r)) => r,
@@ -492,6 +551,31 @@ impl PluginHost {
         }
         result
     }
+}
+
+fn policy(cfg: &PluginsConfig) -> RunAsPolicy {
+    RunAsPolicy {
+        service_user: cfg.service_user.clone(),
+        min_job_uid: cfg.min_job_uid,
+        allow_root_jobs: cfg.allow_root_jobs,
+    }
+}
+
+/// The user this agent runs as; a uid without a passwd entry (some containers) is
+/// taken as it is, named by its number.
+fn agent_user() -> User {
+    User::current().unwrap_or_else(|e| {
+        let uid = nix::unistd::geteuid().as_raw();
+        tracing::warn!(uid, error = %e, "the agent's own user has no passwd entry");
+        User {
+            name: uid.to_string(),
+            uid,
+            gid: nix::unistd::getegid().as_raw(),
+            groups: Vec::new(),
+            home: "/".into(),
+            shell: "/bin/sh".into(),
+        }
+    })
 }
 
 /// Validates `wasm` against the WIT world and its manifest (`manifest`, or the `.toml`
@@ -585,7 +669,9 @@ pub mod bench {
 
         /// One `info` call in a fresh store, on this thread (what every call pays).
         pub fn call_info(&self) -> Result<(), PluginError> {
-            self.instance.call(PluginCall::Info, None).map(|_| ())
+            self.instance
+                .call(PluginCall::Info, None, RunAs::agent())
+                .map(|_| ())
         }
 
         /// A fresh store and instance without a call (the part of a call's cost that
@@ -608,7 +694,7 @@ mod tests {
             .build()
             .unwrap();
         let err = rt
-            .block_on(host.call("slurm", PluginCall::Info))
+            .block_on(host.call("slurm", PluginCall::Info, None))
             .unwrap_err();
         assert_eq!(err, PluginError::NotLoaded("slurm".into()));
     }
@@ -626,7 +712,7 @@ mod tests {
         let cfg = PluginsConfig {
             dir: Some(dir.path().to_path_buf()),
             enable: vec!["missing".into(), "bad".into(), "other".into()],
-            cache_dir: None,
+            ..PluginsConfig::default()
         };
         let (host, failures) = PluginHost::load(&cfg);
         assert!(host.loaded().is_empty());
@@ -663,7 +749,7 @@ mod tests {
         let cfg = PluginsConfig {
             dir: None,
             enable: vec!["slurm".into()],
-            cache_dir: None,
+            ..PluginsConfig::default()
         };
         let (_, failures) = PluginHost::load(&cfg);
         assert_eq!(failures.len(), 1);

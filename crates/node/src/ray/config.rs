@@ -73,9 +73,22 @@ pub struct RayConfig {
     /// Custom resources, e.g. `{ ib = 1 }`.
     #[serde(default)]
     pub resources: BTreeMap<String, f64>,
-    /// Ray's temp dir (sessions, sockets, logs). Default: `/tmp/corral-ray-NODE`. corral
-    /// treats every process whose command line names it as its own.
+    /// Ray's temp dir (sessions, sockets, logs), mode 0700, owned by the Ray user.
+    /// Default: `STATE_DIR/ray` under `agent.state_dir`, else `/tmp/corral-ray-NODE`.
+    /// corral treats every process of the Ray user whose command line names it as its
+    /// own.
     pub temp_dir: Option<PathBuf>,
+    /// The account Ray runs as ([`super::user`]). Required when the agent runs as root
+    /// (unless `allow_root`); an agent that is not root runs Ray as itself, and this
+    /// must then be unset or name that same account.
+    pub user: Option<String>,
+    /// Let a root agent run Ray as root (no `user`, or a `user` with uid 0).
+    #[serde(default)]
+    pub allow_root: bool,
+    /// `agent.state_dir`, filled in by the agent's config (not a `[ray]` key): the
+    /// default temp dir lives under it.
+    #[serde(skip)]
+    pub state_dir: Option<PathBuf>,
     /// More `ray start` arguments, passed as given.
     #[serde(default)]
     pub extra_args: Vec<String>,
@@ -175,11 +188,16 @@ impl RayConfig {
         }
     }
 
-    /// The temp dir for node `node`.
+    /// The temp dir for node `node`: configured, else `STATE_DIR/ray`, else
+    /// `/tmp/corral-ray-NODE` (an agent without a state dir, such as a development one).
     pub fn temp_dir_for(&self, node: &str) -> PathBuf {
-        self.temp_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/tmp/corral-ray-{node}")))
+        if let Some(t) = &self.temp_dir {
+            return t.clone();
+        }
+        match &self.state_dir {
+            Some(s) => s.join("ray"),
+            None => PathBuf::from(format!("/tmp/corral-ray-{node}")),
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigIssue> {
@@ -256,6 +274,20 @@ impl RayConfig {
         }
         if let Some(t) = &self.temp_dir {
             check_temp_dir(t).map_err(|m| issue("temp_dir", m))?;
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() || u.contains(['\0', '/', ':', ' ']) {
+                return Err(issue(
+                    "user",
+                    format!("{u:?} is not an account name (for example \"corral-ray\")"),
+                ));
+            }
+            if u == "root" && !self.allow_root {
+                return Err(issue(
+                    "user",
+                    "Ray and the code of every Ray job would run as root; name an unprivileged account, or set ray.allow_root = true to run Ray as root knowingly".into(),
+                ));
+            }
         }
         if let Some(h) = &self.head_address {
             if self.role != RoleConfig::Worker {
@@ -362,6 +394,38 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key, "ray.temp_dir");
         assert!(e.message.contains("107 bytes"), "{}", e.message);
+    }
+
+    #[test]
+    fn ray_user_root_needs_allow_root_and_an_empty_user_is_refused() {
+        let e = parse("role = \"head\"\nvenv = \"/v\"\nuser = \"root\"").unwrap_err();
+        assert_eq!(e.key, "ray.user");
+        assert!(e.message.contains("ray.allow_root"), "{}", e.message);
+        parse("role = \"head\"\nvenv = \"/v\"\nuser = \"root\"\nallow_root = true").unwrap();
+        let e = parse("role = \"head\"\nvenv = \"/v\"\nuser = \"\"").unwrap_err();
+        assert_eq!(e.key, "ray.user");
+        let c = parse("role = \"worker\"\nvenv = \"/v\"\nuser = \"corral-ray\"").unwrap();
+        assert_eq!(
+            (c.user.as_deref(), c.allow_root),
+            (Some("corral-ray"), false)
+        );
+    }
+
+    #[test]
+    fn the_default_temp_dir_lives_under_the_agents_state_dir() {
+        let mut c = parse("role = \"head\"\nvenv = \"/v\"").unwrap();
+        assert_eq!(c.temp_dir_for("gpu01"), Path::new("/tmp/corral-ray-gpu01"));
+        c.state_dir = Some("/var/lib/corral/agent".into());
+        assert_eq!(
+            c.temp_dir_for("gpu01"),
+            Path::new("/var/lib/corral/agent/ray")
+        );
+        c.temp_dir = Some("/srv/ray-tmp".into());
+        assert_eq!(c.temp_dir_for("gpu01"), Path::new("/srv/ray-tmp"));
+        assert!(
+            toml::from_str::<RayConfig>("role = \"head\"\nstate_dir = \"/x\"").is_err(),
+            "state_dir is an [agent] key, not a [ray] one"
+        );
     }
 
     #[test]

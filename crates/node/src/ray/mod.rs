@@ -3,28 +3,36 @@
 //! ran `ray start` after a fixed sleep and `ray stop` on the way out.
 //!
 //! Life of the supervisor ([`start`] spawns it as one task):
-//! 1. Kill what a previous agent with the same Ray temp dir left behind
+//! 1. Decide who Ray runs as ([`user`]: `ray.user`, never root unless `ray.allow_root`)
+//!    and give it its temp dir (`STATE_DIR/ray` by default), 0700 and owned by that
+//!    user; an existing one owned by someone else, or that others can write, is refused
+//!    ([`crate::fsperm::PrivateDir`]).
+//! 2. Kill what a previous agent with the same Ray temp dir left behind
 //!    ([`process::sweep_leftovers`]): a head that outlived a `kill -9` of its agent would
 //!    otherwise hold the ports and the persisted session name.
-//! 2. [`probe::probe`] the venv (exists, Python runs, `ray` imports, dashboard extras on a
-//!    head) and read the exact Python and Ray versions. A failure is state `failed` with
-//!    a message naming the path and the fix, re-probed every `restart_cap`, so fixing the
-//!    venv needs no agent restart.
-//! 3. Head: `VENV/bin/ray start --head --block ...` in its own process group. Ready when
-//!    the GCS port accepts a connection *and* the dashboard answers `GET /api/version`
-//!    (polled every 100 ms, never a fixed sleep). Then the head is announced to the
-//!    coordinator ([`corral_proto::wire::AgentMsg::RayHead`]), which pushes it to every agent.
-//! 4. Worker: waits for a ready head from the coordinator (or probes an explicit
+//! 3. [`probe::probe_as`] the venv as the Ray user: only root or that user may be able to
+//!    change it ([`probe::check_venv`]), its Python runs, `ray` imports (with the
+//!    dashboard extras on a head), the user can reach the temp dir; and read the exact
+//!    Python and Ray versions. A failure of any step so far is state `failed` with a
+//!    message naming the path or key and the fix, retried every `restart_cap`, so fixing
+//!    it needs no agent restart (a changed `[ray]` section does).
+//! 4. Head: `VENV/bin/ray start --head --block ...` as the Ray user, in its own process
+//!    group, its output appended to `TEMP/corral-ray-head.log` (opened through the temp
+//!    dir's descriptor, never through a symlink). Ready when the GCS port accepts a
+//!    connection *and* the dashboard answers `GET /api/version` (polled every 100 ms,
+//!    never a fixed sleep). Then the head is announced to the coordinator
+//!    ([`corral_proto::wire::AgentMsg::RayHead`]), which pushes it to every agent.
+//! 5. Worker: waits for a ready head from the coordinator (or probes an explicit
 //!    `head_address`), compares versions ([`versions_match`]) and either refuses, a
 //!    visible `refused` state whose message names both versions and both venvs, or runs
 //!    `VENV/bin/ray start --address HEAD --block ...`; running once Ray prints
 //!    "Ray runtime started.". A head with another address or start time (a restart)
 //!    makes the worker stop and rejoin.
-//! 5. An unexpected exit is cleaned up (the whole group, and leftovers naming the temp
+//! 6. An unexpected exit is cleaned up (the whole group, and leftovers naming the temp
 //!    dir: a half-started head leaves gcs_server behind), then restarted after
 //!    exponential backoff with jitter, at most `max_restarts` times per
 //!    `restart_window`; one more is state `failed`.
-//! 6. On shutdown: SIGTERM to the group, `stop_grace`, SIGKILL, sweep. Never `ray stop`,
+//! 7. On shutdown: SIGTERM to the group, `stop_grace`, SIGKILL, sweep. Never `ray stop`,
 //!    which kills every Ray process on the machine, other clusters' included.
 //!
 //! Trade-offs:
@@ -37,12 +45,14 @@
 pub mod config;
 pub mod probe;
 pub mod process;
+pub mod user;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -54,6 +64,7 @@ use corral_proto::model::{unix_ms, NodeReport, RayRole, RayState, RayStatus};
 use corral_proto::wire::RayHead;
 use probe::VenvInfo;
 use process::RayProcess;
+use user::RayUser;
 
 /// SIGTERM → SIGKILL grace for a worker leaving a head that is gone.
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
@@ -159,6 +170,7 @@ pub fn start(
         shutdown,
         failures: VecDeque::new(),
         attempt: 0,
+        user: None,
     };
     let task = tokio::spawn(sup.run());
     Some(RayHandles {
@@ -184,6 +196,8 @@ struct Supervisor {
     /// Unexpected exits inside the restart window.
     failures: VecDeque<Instant>,
     attempt: u32,
+    /// Who Ray runs as; set by [`Supervisor::prepare`] before anything starts.
+    user: Option<RayUser>,
 }
 
 /// How one run of the Ray process ended.
@@ -217,8 +231,12 @@ impl Supervisor {
         });
     }
 
+    fn log_name(&self) -> String {
+        format!("corral-ray-{}.log", self.role)
+    }
+
     fn log_file(&self) -> PathBuf {
-        self.temp_dir.join(format!("corral-ray-{}.log", self.role))
+        self.temp_dir.join(self.log_name())
     }
 
     async fn run(mut self) {
@@ -228,27 +246,12 @@ impl Supervisor {
             self.shutdown.cancelled().await;
             return;
         }
-        if let Err(e) = std::fs::create_dir_all(&self.temp_dir) {
-            self.set(
-                RayState::Failed,
-                Some(format!(
-                    "cannot create the Ray temp dir {}: {e}; fix ray.temp_dir or its permissions",
-                    self.temp_dir.display()
-                )),
-            );
-            self.shutdown.cancelled().await;
-            return;
-        }
-        let swept = process::sweep_leftovers(None, &self.temp_dir).await;
-        if swept > 0 {
-            warn!(count = swept, temp_dir = %self.temp_dir.display(), "killed Ray processes left behind by an earlier agent");
-        }
         let info = loop {
-            match probe::probe(&self.venv, self.role == RayRole::Head).await {
+            match self.prepare().await {
                 Ok(i) => break i,
-                Err(e) => {
-                    error!(venv = %self.venv.display(), error = %e, "the Ray venv is not usable");
-                    self.set(RayState::Failed, Some(e.to_string()));
+                Err(reason) => {
+                    error!(venv = %self.venv.display(), temp_dir = %self.temp_dir.display(), %reason, "Ray cannot be started");
+                    self.set(RayState::Failed, Some(reason));
                     tokio::select! {
                         _ = tokio::time::sleep(self.cfg.restart_cap) => continue,
                         _ = self.shutdown.cancelled() => return,
@@ -267,6 +270,42 @@ impl Supervisor {
         }
         self.own_head.send_replace(None);
         self.set(RayState::Stopped, None);
+    }
+
+    /// Steps 1 to 3 of the module docs: who Ray runs as, its temp dir, an earlier
+    /// agent's leftovers, and the venv. `Err` is the message of state `failed`.
+    async fn prepare(&mut self) -> Result<VenvInfo, String> {
+        let (name, allow_root, temp) = (
+            self.cfg.user.clone(),
+            self.cfg.allow_root,
+            self.temp_dir.clone(),
+        );
+        // Account lookups go through NSS, which may ask a directory server: not on an
+        // async worker.
+        let user = tokio::task::spawn_blocking(move || {
+            let user = RayUser::resolve(name.as_deref(), allow_root).map_err(|e| e.to_string())?;
+            crate::fsperm::PrivateDir::create(&temp, user.uid, user.gid).map_err(|e| {
+                format!("Ray's temp dir (ray.temp_dir; by default under agent.state_dir): {e}")
+            })?;
+            Ok::<_, String>(user)
+        })
+        .await
+        .map_err(|e| format!("preparing Ray failed: {e}"))??;
+        let swept = process::sweep_leftovers(None, &self.temp_dir, user.uid).await;
+        if swept > 0 {
+            warn!(count = swept, temp_dir = %self.temp_dir.display(), "killed Ray processes left behind by an earlier agent");
+        }
+        let info = probe::probe_as(
+            &self.venv,
+            self.role == RayRole::Head,
+            &user,
+            &[self.temp_dir.as_path()],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        info!(user = %user.describe(), switched = user.switch, temp_dir = %self.temp_dir.display(), "Ray runs as its own user");
+        self.user = Some(user);
+        Ok(info)
     }
 
     /// Records an unexpected exit; `false` when the restart budget is spent.
@@ -399,12 +438,29 @@ impl Supervisor {
     }
 
     fn spawn(&self, info: &VenvInfo, args: Vec<String>) -> anyhow::Result<RayProcess> {
-        let p = process::spawn(
+        let user = self
+            .user
+            .as_ref()
+            .context("Ray's user was not decided before its start")?;
+        // The Ray user owns the temp dir and may have changed it since the last start:
+        // check it again, and open the log through it.
+        let dir = crate::fsperm::PrivateDir::create(&self.temp_dir, user.uid, user.gid)
+            .map_err(|e| anyhow::anyhow!("Ray's temp dir: {e}"))?;
+        let log = match dir.open_append(&self.log_name()) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                warn!(log = %self.log_file().display(), error = %e, "not writing the Ray log file; Ray output goes to the agent log only");
+                None
+            }
+        };
+        let p = process::spawn_as(
             &info.ray_bin(),
             &args,
             &self.temp_dir,
+            log,
             &self.log_file(),
             self.role.as_str(),
+            user,
         )?;
         self.update(|s| s.pid = Some(p.pid));
         Ok(p)

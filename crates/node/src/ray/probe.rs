@@ -2,15 +2,25 @@
 //! runs, that `ray` imports (with the dashboard extras when the role needs them), and
 //! which exact Python and Ray versions it holds.
 //!
-//! The probe runs `VENV/bin/python -c SCRIPT` with a deadline; the script prints one JSON
-//! line. A stand-in `bin/python` that prints such a line is therefore a valid venv for
-//! tests of the version check (only for those: nothing is started from it).
+//! The probe runs `VENV/bin/python -c SCRIPT` with a deadline, as the Ray user (the
+//! agent never runs code from the venv as itself, unless Ray runs as the agent); the
+//! script prints one JSON line. A stand-in `bin/python` that prints such a line is
+//! therefore a valid venv for tests of the version check (only for those: nothing is
+//! started from it).
+//!
+//! Before anything runs, the venv must be one only root or the Ray user can change
+//! ([`check_venv`]): whoever can write `bin/python`, `bin/ray`, `pyvenv.cfg` (which names
+//! the interpreter), `site-packages` (where a `.pth` file runs at start-up), or a
+//! directory holding them, runs code as the Ray user on every start.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use super::user::RayUser;
+use crate::fsperm::{self, PermError};
 
 /// What the probe found in a usable venv.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +69,59 @@ pub enum ProbeError {
         path: String,
         ray: String,
     },
+    #[error("refusing the Ray venv {venv}: Ray runs its code as {user}, so only {allowed} may be able to change it, but {detail} (for the whole venv: `chmod -R go-w {venv}`)")]
+    Unsafe {
+        venv: String,
+        user: String,
+        /// Who may change it, in words.
+        allowed: String,
+        detail: PermError,
+    },
+    #[error("{python} cannot be started as the Ray user: {detail}")]
+    Unreachable {
+        venv: String,
+        python: String,
+        detail: String,
+    },
+}
+
+/// The paths of `venv` that decide what its Python runs (see the module docs).
+fn venv_paths(venv: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = ["", "bin", "bin/python", "bin/ray", "pyvenv.cfg", "lib"]
+        .iter()
+        .map(|p| {
+            if p.is_empty() {
+                venv.to_path_buf()
+            } else {
+                venv.join(p)
+            }
+        })
+        .collect();
+    for lib in ["lib", "lib64"] {
+        if let Ok(dir) = std::fs::read_dir(venv.join(lib)) {
+            let mut found: Vec<PathBuf> = dir
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("python"))
+                .map(|e| e.path().join("site-packages"))
+                .collect();
+            found.sort();
+            paths.extend(found);
+        }
+    }
+    paths
+}
+
+/// Refuses `venv` unless only root and `uid` can change what its Python runs: the
+/// directories above it and the paths [`venv_paths`] names.
+pub fn check_venv(venv: &Path, uid: u32) -> Result<(), PermError> {
+    // The fix suggested for a wrong owner is root: a venv the Ray user cannot change is
+    // one a Ray job cannot change either.
+    let owners: &[u32] = if uid == 0 { &[0] } else { &[uid, 0] };
+    fsperm::check_ancestors(venv, owners)?;
+    for p in venv_paths(venv) {
+        fsperm::check_trusted(&p, owners)?;
+    }
+    Ok(())
 }
 
 const SCRIPT: &str = r#"
@@ -88,12 +151,34 @@ struct ProbeOut {
     dashboard_error: Option<String>,
 }
 
-/// Probes `venv`; `need_dashboard` for the head.
+/// Probes `venv` as the agent itself; `need_dashboard` for the head.
 pub async fn probe(venv: &Path, need_dashboard: bool) -> Result<VenvInfo, ProbeError> {
+    probe_as(venv, need_dashboard, &RayUser::agent(), &[]).await
+}
+
+/// Probes `venv` as `user`, who must also be able to enter each of `reach` (Ray's temp
+/// dir: found out here rather than half-way through a start); `need_dashboard` for the
+/// head. Blocks briefly for the permission checks (a few `stat`s).
+pub async fn probe_as(
+    venv: &Path,
+    need_dashboard: bool,
+    user: &RayUser,
+    reach: &[&Path],
+) -> Result<VenvInfo, ProbeError> {
     let v = venv.display().to_string();
     if !venv.is_dir() {
         return Err(ProbeError::Missing { venv: v });
     }
+    check_venv(venv, user.uid).map_err(|detail| ProbeError::Unsafe {
+        venv: v.clone(),
+        user: user.describe(),
+        allowed: if user.uid == 0 {
+            "root".into()
+        } else {
+            format!("root or {}", user.name)
+        },
+        detail,
+    })?;
     let python = venv.join("bin").join("python");
     let py = python.display().to_string();
     if !is_executable(&python) {
@@ -102,11 +187,17 @@ pub async fn probe(venv: &Path, need_dashboard: bool) -> Result<VenvInfo, ProbeE
             python: py,
         });
     }
-    let run = tokio::process::Command::new(&python)
-        .args(["-c", SCRIPT])
-        // A folder named `ray` in the working directory would shadow the package.
-        .current_dir(venv)
-        .stdin(Stdio::null())
+    // The child enters each of `reach`, then the venv: a folder named `ray` in the
+    // working directory would shadow the package.
+    let mut dirs: Vec<&Path> = reach.to_vec();
+    dirs.push(venv);
+    let mut cmd = super::process::command(&python, &["-c".into(), SCRIPT.into()], &dirs, user)
+        .map_err(|e| ProbeError::PythonBroken {
+            venv: v.clone(),
+            python: py.clone(),
+            detail: e.to_string(),
+        })?;
+    let run = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -120,10 +211,10 @@ pub async fn probe(venv: &Path, need_dashboard: bool) -> Result<VenvInfo, ProbeE
             })
         }
         Ok(Err(e)) => {
-            return Err(ProbeError::PythonBroken {
+            return Err(ProbeError::Unreachable {
                 venv: v,
+                detail: super::process::spawn_failure(&e, &python, &dirs, user),
                 python: py,
-                detail: e.to_string(),
             })
         }
         Ok(Ok(o)) => o,
@@ -185,6 +276,7 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn script(dir: &Path, name: &str, body: &str) {
         let bin = dir.join("bin");
@@ -231,6 +323,62 @@ mod tests {
         assert!(m.contains("ray[default]==2.60.0"), "{m}");
         let ok = probe(d.path(), false).await.unwrap();
         assert_eq!((ok.python.as_str(), ok.ray.as_str()), ("3.11.7", "2.60.0"));
+    }
+
+    #[tokio::test]
+    async fn a_venv_others_can_write_is_refused_with_the_path_and_the_fix() {
+        let d = tempfile::tempdir().unwrap();
+        script(
+            d.path(),
+            "python",
+            "echo '{\"python\": \"3.11.7\", \"ray\": \"2.60.0\", \"dashboard\": true}'",
+        );
+        script(d.path(), "ray", "exit 1");
+        probe(d.path(), false).await.unwrap();
+        for rel in ["", "bin", "bin/python", "bin/ray"] {
+            let p = if rel.is_empty() {
+                d.path().to_path_buf()
+            } else {
+                d.path().join(rel)
+            };
+            let before = std::fs::metadata(&p).unwrap().permissions();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let e = probe(d.path(), false).await.unwrap_err();
+            std::fs::set_permissions(&p, before).unwrap();
+            assert!(matches!(e, ProbeError::Unsafe { .. }), "{rel}: {e}");
+            let m = e.to_string();
+            assert!(m.contains(&format!("chmod go-w {}", p.display())), "{m}");
+            assert!(
+                m.contains(&format!("chmod -R go-w {}", d.path().display())),
+                "{m}"
+            );
+        }
+        probe(d.path(), false).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_venv_owned_by_another_user_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        script(d.path(), "python", "exit 1");
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        // The venv's owner must be neither root nor the Ray user: as root, hand it to
+        // another account; otherwise it is ours, and the Ray user is another.
+        let (ray_uid, owner) = if me == 0 {
+            std::os::unix::fs::chown(d.path(), Some(65534), None).unwrap();
+            (65533, 65534)
+        } else {
+            (me + 1, me)
+        };
+        let e = check_venv(d.path(), ray_uid).unwrap_err();
+        match &e {
+            PermError::Owner { path, owner: o, .. } => {
+                assert_eq!(path, d.path());
+                assert!(o.contains(&format!("uid {owner}")), "{e}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(e.to_string().contains("chown root"), "{e}");
     }
 
     #[tokio::test]

@@ -7,14 +7,28 @@
 //!   up by name and `ray stop` is never run, so other clusters' Ray processes on the same
 //!   machine are untouched.
 //! - After a stop or an exit, [`sweep_leftovers`] kills what remains of *this agent's*
-//!   Ray: processes in the group, and processes of this user whose command line names
+//!   Ray: processes in the group, and processes of the Ray user whose command line names
 //!   this agent's Ray temp dir (which is per agent). That covers a half-started head
 //!   whose gcs_server outlived `ray start`, and leftovers of an agent killed with -9.
+//! - The child runs as the [`RayUser`]: when that is another account than the agent's,
+//!   it sets the account's groups, primary group and uid in the forked child before
+//!   `exec`, checks that root cannot be regained, and only then enters its working
+//!   directory, so a directory the account cannot reach fails the start instead of being
+//!   entered with the agent's rights. A failed step fails the spawn; Ray never runs with
+//!   a mix of identities. [`spawn_failure`] explains such a failure by the first
+//!   directory the account cannot search.
+//! - Environment: the agent's, which is how a site passes CUDA, proxy or `RAY_*`
+//!   settings to Ray, less what belongs to the agent alone ([`AGENT_ONLY_ENV`] and every
+//!   `CORRAL_*`), with `HOME`, `USER`, `LOGNAME` and `SHELL` from the Ray user's passwd
+//!   entry.
 //! - Output (stdout and stderr) goes to one log file per process and to tracing at a
 //!   bounded rate ([`LINES_PER_WINDOW`] lines per [`WINDOW`], then one "suppressed" line),
-//!   so a crash-looping Ray cannot flood the agent's log.
+//!   so a crash-looping Ray cannot flood the agent's log. The log file is opened by the
+//!   caller without following symlinks ([`crate::fsperm`]).
 
 use std::collections::VecDeque;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -26,16 +40,36 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::user::RayUser;
+use crate::fsperm;
+
 pub const LINES_PER_WINDOW: u32 = 20;
 pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// Ray prints this when `ray start` has started everything.
 pub const STARTED_LINE: &str = "Ray runtime started.";
 
+/// Variables of the agent's environment that a Ray child does not get (besides every
+/// `CORRAL_*`): systemd's channels to the agent (notify socket, watchdog, socket
+/// activation, credentials) and the agent's own session directory.
+pub const AGENT_ONLY_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "CREDENTIALS_DIRECTORY",
+    "XDG_RUNTIME_DIR",
+    "MAIL",
+];
+
 /// A running `ray start --block`.
 pub struct RayProcess {
     child: Child,
     pub pid: u32,
+    /// The uid its processes run as (what [`sweep_leftovers`] looks for).
+    pub uid: u32,
     pub log_file: PathBuf,
     /// Receives a unit when Ray prints [`STARTED_LINE`].
     pub started: mpsc::Receiver<()>,
@@ -46,8 +80,100 @@ pub struct RayProcess {
 
 pub const TAIL_LINES: usize = 3;
 
-/// Starts `program args` as a new process group, output to `log_file` (appended) and to
-/// tracing under `role`.
+/// A command for `program args` as `user`, in a new process group. The child enters
+/// each of `dirs` in turn after taking on `user`'s identity, ending in the last one (its
+/// working directory; a folder named `ray` there would shadow the package, so it is
+/// never a user's directory). stdin is `/dev/null`; stdout and stderr are the caller's
+/// to set.
+pub fn command(
+    program: &Path,
+    args: &[String],
+    dirs: &[&Path],
+    user: &RayUser,
+) -> std::io::Result<Command> {
+    // The child changes directory before exec, so the program's path must not depend on
+    // the working directory.
+    let program = std::path::absolute(program)?;
+    let mut cmd = Command::new(&program);
+    cmd.args(args).stdin(Stdio::null()).process_group(0);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CORRAL_") || AGENT_ONLY_ENV.contains(&k.as_ref()) {
+            cmd.env_remove(&key);
+        }
+    }
+    for (k, v) in &user.env {
+        cmd.env(k, v);
+    }
+    cmd.env("PYTHONUNBUFFERED", "1")
+        .env("RAY_USAGE_STATS_ENABLED", "0");
+    let dirs: Vec<CString> = dirs
+        .iter()
+        .map(|d| std::path::absolute(d).and_then(|d| Ok(CString::new(d.as_os_str().as_bytes())?)))
+        .collect::<std::io::Result<_>>()?;
+    let ids = user
+        .switch
+        .then(|| (user.groups.clone(), user.uid, user.gid));
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (setgroups, setgid, setuid, getuid, geteuid, chdir) on
+    // memory allocated before the fork; it neither allocates nor takes locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((groups, uid, gid)) = &ids {
+                if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The uid change must be complete and final (CERT POS37-C).
+                if libc::getuid() != *uid || libc::geteuid() != *uid || libc::setuid(0) == 0 {
+                    return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+                }
+            }
+            for d in &dirs {
+                if libc::chdir(d.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// Why `program` could not be started as `user` from `dirs` (see [`command`]), in
+/// words: the first of those paths the user cannot search by its mode bits, or else
+/// the error as the kernel gave it.
+pub fn spawn_failure(e: &std::io::Error, program: &Path, dirs: &[&Path], user: &RayUser) -> String {
+    let mut paths: Vec<&Path> = dirs.to_vec();
+    if let Some(parent) = program.parent() {
+        paths.push(parent);
+    }
+    for p in paths {
+        if let Some((dir, mode, owner)) = fsperm::first_unsearchable(p, user.uid, &user.groups) {
+            return format!(
+                "{} cannot reach {}: {} is mode {mode:04o}, owned by {}; let {} search it (for example `chmod o+x {}`) or choose a path it can reach",
+                user.describe(),
+                p.display(),
+                dir.display(),
+                fsperm::describe_uid(owner),
+                user.name,
+                dir.display()
+            );
+        }
+    }
+    format!(
+        "starting {} as {}: {e} (check that the venv is intact and readable by {})",
+        program.display(),
+        user.describe(),
+        user.name
+    )
+}
+
+/// Starts `program args` as the agent itself in a new process group, with `cwd` as its
+/// working directory (created if missing), output to `log_file` (appended, never
+/// through a symlink) and to tracing under `role`.
 pub fn spawn(
     program: &Path,
     args: &[String],
@@ -56,23 +182,36 @@ pub fn spawn(
     role: &'static str,
 ) -> Result<RayProcess> {
     std::fs::create_dir_all(cwd).with_context(|| format!("creating {}", cwd.display()))?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        // Neutral working directory: a folder named `ray` would shadow the package.
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+    let log = match fsperm::open_append_nofollow(log_file) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            warn!(log = %log_file.display(), error = %e, "cannot open the Ray log file; Ray output goes to the agent log only");
+            None
+        }
+    };
+    spawn_as(program, args, cwd, log, log_file, role, &RayUser::agent())
+}
+
+/// Starts `program args` as `user` (see [`command`]) in `cwd`, which the caller has
+/// prepared; output to `log` (opened by the caller, `log_file` is its path for
+/// messages) and to tracing under `role`.
+pub fn spawn_as(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    log: Option<std::fs::File>,
+    log_file: &Path,
+    role: &'static str,
+    user: &RayUser,
+) -> Result<RayProcess> {
+    let mut cmd = command(program, args, &[cwd], user)
+        .with_context(|| format!("preparing to start {}", program.display()))?;
+    cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("RAY_USAGE_STATS_ENABLED", "0")
-        .process_group(0)
         .kill_on_drop(false);
-    let mut child = cmd.spawn().with_context(|| {
-        format!(
-            "starting {} (check that the venv is intact)",
-            program.display()
-        )
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!(spawn_failure(&e, program, &[cwd], user)))?;
     let pid = child
         .id()
         .context("the child exited before its pid was read")?;
@@ -87,16 +226,18 @@ pub fn spawn(
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     tokio::spawn(pump(
         line_rx,
+        log.map(tokio::fs::File::from_std),
         log_file.to_path_buf(),
         role,
         pid,
         started_tx,
         tail.clone(),
     ));
-    info!(pid, role, log = %log_file.display(), cmd = %format!("{} {}", program.display(), args.join(" ")), "ray process started");
+    info!(pid, role, user = %user.describe(), log = %log_file.display(), cmd = %format!("{} {}", program.display(), args.join(" ")), "ray process started");
     Ok(RayProcess {
         child,
         pid,
+        uid: user.uid,
         log_file: log_file.to_path_buf(),
         started,
         tail,
@@ -174,24 +315,13 @@ impl RateLimit {
 
 async fn pump(
     mut lines: mpsc::Receiver<String>,
+    mut file: Option<tokio::fs::File>,
     log_file: PathBuf,
     role: &'static str,
     pid: u32,
     started: mpsc::Sender<()>,
     tail: Arc<Mutex<VecDeque<String>>>,
 ) {
-    let mut file = match tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_file)
-        .await
-    {
-        Ok(f) => Some(f),
-        Err(e) => {
-            warn!(log = %log_file.display(), error = %e, "cannot open the Ray log file; Ray output goes to the agent log only");
-            None
-        }
-    };
     let mut limit = RateLimit::new(LINES_PER_WINDOW, WINDOW);
     while let Some(line) = lines.recv().await {
         let clean = strip_ansi(&line);
@@ -264,7 +394,7 @@ impl RayProcess {
             killed += 1;
         }
         let _ = self.child.wait().await;
-        killed + sweep_leftovers(Some(pgid), temp_dir).await
+        killed + sweep_leftovers(Some(pgid), temp_dir, self.uid).await
     }
 }
 
@@ -290,10 +420,10 @@ async fn group_alive_off_runtime(pgid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// [`leftovers`] on a blocking thread (see [`group_alive_off_runtime`]).
-async fn leftovers_off_runtime(pgid: Option<i32>, temp_dir: &Path) -> Vec<i32> {
+/// [`leftovers_of`] on a blocking thread (see [`group_alive_off_runtime`]).
+async fn leftovers_off_runtime(pgid: Option<i32>, temp_dir: &Path, uid: u32) -> Vec<i32> {
     let dir = temp_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || leftovers(pgid, &dir))
+    tokio::task::spawn_blocking(move || leftovers_of(pgid, &dir, uid))
         .await
         .unwrap_or_default()
 }
@@ -366,18 +496,24 @@ fn names_dir(arg: &str, dir: &str) -> bool {
     })
 }
 
-/// This agent's Ray processes still alive: in `pgid`, or (same user) naming `temp_dir`
-/// on their command line.
+/// This agent's Ray processes still alive, when Ray runs as the agent's own user: in
+/// `pgid`, or (same user) naming `temp_dir` on their command line.
 pub fn leftovers(pgid: Option<i32>, temp_dir: &Path) -> Vec<i32> {
     // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    leftovers_of(pgid, temp_dir, unsafe { libc::geteuid() })
+}
+
+/// Processes still alive in `pgid`, or of `uid` and naming `temp_dir` on their command
+/// line.
+pub fn leftovers_of(pgid: Option<i32>, temp_dir: &Path, uid: u32) -> Vec<i32> {
     let dir = temp_dir.display().to_string();
     procs_where(|p| Some(p.pgid) == pgid || (p.uid == uid && cmdline_names(p.pid, &dir)))
 }
 
-/// SIGKILLs [`leftovers`] and waits briefly for them to go; returns how many there were.
-pub async fn sweep_leftovers(pgid: Option<i32>, temp_dir: &Path) -> usize {
-    let found = leftovers_off_runtime(pgid, temp_dir).await;
+/// SIGKILLs [`leftovers_of`] and waits briefly for them to go; returns how many there
+/// were.
+pub async fn sweep_leftovers(pgid: Option<i32>, temp_dir: &Path, uid: u32) -> usize {
+    let found = leftovers_off_runtime(pgid, temp_dir, uid).await;
     if found.is_empty() {
         return 0;
     }
@@ -389,7 +525,8 @@ pub async fn sweep_leftovers(pgid: Option<i32>, temp_dir: &Path) -> usize {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !leftovers_off_runtime(pgid, temp_dir).await.is_empty() {
+    while Instant::now() < deadline && !leftovers_off_runtime(pgid, temp_dir, uid).await.is_empty()
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     found.len()
