@@ -42,16 +42,29 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # As root (CI), the tests run Ray as an unprivileged test user (the agent refuses to run
 # Ray as root), which must reach the venv and must not be able to change it (the agent
 # refuses a venv others can write). $HOME/.cache is under /root (0700), so the venv then
-# lives in /var/cache/corral-test (or CORRAL_RAY_VENV_DIR), root-owned and world-readable.
+# lives in /var/cache/corral-test (or CORRAL_RAY_VENV_DIR), root-owned and world-readable,
+# made from the system Python (CORRAL_RAY_PYTHON to choose): a venv's interpreter is a
+# link to the Python it was made from, and one under /root (pyenv) is out of reach too.
 if [ -z "${CORRAL_RAY_VENV:-}" ]; then
     RAY_VERSION=2.60.0
     if [ "$(id -u)" = 0 ]; then
         ray_venv_dir="${CORRAL_RAY_VENV_DIR:-/var/cache/corral-test}"
+        if [ -x /usr/bin/python3 ]; then
+            ray_python="${CORRAL_RAY_PYTHON:-/usr/bin/python3}"
+        else
+            ray_python="${CORRAL_RAY_PYTHON:-python3}"
+        fi
     else
         ray_venv_dir="${CORRAL_RAY_VENV_DIR:-${CORRAL_CACHE_DIR:-$HOME/.cache/corral}}"
+        ray_python="${CORRAL_RAY_PYTHON:-python3}"
     fi
     CORRAL_RAY_VENV="$ray_venv_dir/ray-$RAY_VERSION"
     have=$("$CORRAL_RAY_VENV/bin/python" -c 'import ray, ray.dashboard.optional_deps; print(ray.__version__)' 2>/dev/null || true)
+    if [ -n "$have" ] && [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1 &&
+        ! runuser -u nobody -- sh -c 'cd / && exec "$0" -c ""' "$CORRAL_RAY_VENV/bin/python" 2>/dev/null; then
+        echo "== $CORRAL_RAY_VENV cannot be used by other users (its Python is out of their reach): recreating it"
+        have=
+    fi
     if [ "$have" != "$RAY_VERSION" ]; then
         echo "== creating the Ray venv $CORRAL_RAY_VENV (ray[default]==$RAY_VERSION)"
         # Nothing group- or world-writable, whatever the caller's umask.
@@ -59,14 +72,14 @@ if [ -z "${CORRAL_RAY_VENV:-}" ]; then
         umask 022
         mkdir -p "$ray_venv_dir"
         rm -rf "$CORRAL_RAY_VENV"
-        if ! python3 -m venv "$CORRAL_RAY_VENV" >/dev/null 2>&1; then
+        if ! "$ray_python" -m venv "$CORRAL_RAY_VENV" >/dev/null 2>&1; then
             # Debian's python3 ships venv separately; install it where we can.
             if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
                 echo "== installing python3 and python3-venv (apt)"
                 apt-get update -qq
                 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
                 rm -rf "$CORRAL_RAY_VENV"
-                python3 -m venv "$CORRAL_RAY_VENV"
+                "$ray_python" -m venv "$CORRAL_RAY_VENV"
             else
                 echo "the Ray tests need a Python venv: install python3 and python3-venv (or set CORRAL_RAY_VENV)" >&2
                 exit 1

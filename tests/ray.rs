@@ -332,7 +332,7 @@ async fn head_and_worker_form_a_cluster_recover_from_kill_9_refuse_mismatch_and_
     println!("head ready after {took:?}");
     assert_eq!(head.head_address.as_deref(), Some(address.as_str()));
     assert!(head.python_version.is_some() && head.ray_version.is_some());
-    ray_runs_as_its_user(&head_tmp, &user);
+    ray_runs_as_its_user(&head_tmp, &user).await;
 
     // 2. A worker learns the head from the coordinator and joins; Ray agrees.
     c.start_agent(
@@ -367,13 +367,19 @@ async fn head_and_worker_form_a_cluster_recover_from_kill_9_refuse_mismatch_and_
     ] {
         assert!(msg.contains(want), "refusal lacks {want:?}: {msg}");
     }
-    let out = run_async(vec!["nodes".into(), "--api".into(), c.api()]).await;
+    let out = run_async(vec!["nodes".into(), "--socket".into(), c.socket()]).await;
     let table = stdout(&out);
     assert!(table.lines().next().unwrap().contains("RAY"), "{table}");
     for want in ["head running", "worker running", "worker refused"] {
         assert!(table.contains(want), "{want:?} not in\n{table}");
     }
-    let out = run_async(vec!["node".into(), "odd".into(), "--api".into(), c.api()]).await;
+    let out = run_async(vec![
+        "node".into(),
+        "odd".into(),
+        "--socket".into(),
+        c.socket(),
+    ])
+    .await;
     assert!(stdout(&out).contains("3.10.99"), "{}", stdout(&out));
     let metrics = c.get("/metrics").await.text().await.unwrap();
     assert!(
@@ -434,9 +440,18 @@ async fn head_and_worker_form_a_cluster_recover_from_kill_9_refuse_mismatch_and_
 /// The head's raylet and gcs_server run as the Ray user, with its groups and home and
 /// no capabilities; the temp dir under the state dir and the log in it are that user's
 /// alone.
-fn ray_runs_as_its_user(temp: &Path, user: &Option<users::TestUser>) {
+async fn ray_runs_as_its_user(temp: &Path, user: &Option<users::TestUser>) {
     let uid = expected_ray_uid(user).to_string();
-    let procs = processes_naming(temp);
+    // The head is ready when its GCS and dashboard answer; its raylet may come just after.
+    let deadline = Instant::now() + SECS(60);
+    let procs = loop {
+        let procs = processes_naming(temp);
+        let has = |n: &str| procs.iter().any(|(_, comm)| comm == n);
+        if (has("raylet") && has("gcs_server")) || Instant::now() > deadline {
+            break procs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for name in ["raylet", "gcs_server"] {
         let (pid, _) = procs
             .iter()
@@ -471,6 +486,8 @@ fn ray_runs_as_its_user(temp: &Path, user: &Option<users::TestUser>) {
     }
     let want = expected_ray_uid(user);
     assert_eq!(mode_and_owner(temp), (0o700, want), "{}", temp.display());
+    // Ray's own temp dir inside, which Ray makes 0777 (unreachable through TEMP).
+    assert_eq!(mode_and_owner(&temp.join("tmp")).1, want);
     assert_eq!(
         mode_and_owner(&temp.join("corral-ray-head.log")),
         (0o600, want)
@@ -489,7 +506,14 @@ async fn missing_venv_and_venv_without_ray_fail_with_the_fix_named() {
         &ray_section(&missing, "worker", &c.path("s1"), &user, None, 24_000),
     );
     let bare = c.path("bare-venv");
-    let made = Command::new("python3")
+    // The venv's Python links to the one it is made from, which the Ray user must
+    // reach: the system's, not one under /root (pyenv).
+    let python = if user.is_some() && Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let made = Command::new(python)
         .args(["-m", "venv", "--without-pip", bare.to_str().unwrap()])
         .status()
         .unwrap();
@@ -523,7 +547,7 @@ async fn missing_venv_and_venv_without_ray_fail_with_the_fix_named() {
         )),
         "{m}"
     );
-    let out = run_async(vec!["nodes".into(), "--api".into(), c.api()]).await;
+    let out = run_async(vec!["nodes".into(), "--socket".into(), c.socket()]).await;
     assert!(stdout(&out).contains("head failed"), "{}", stdout(&out));
 }
 
@@ -546,17 +570,20 @@ async fn a_venv_others_can_write_is_refused_naming_the_path_and_the_fix() {
         r.state == RayState::Failed
     })
     .await;
+    assert!(r.python_version.is_none(), "the venv's Python ran: {r:?}");
     let m = r.message.unwrap();
     assert!(
         m.contains(&format!("refusing the Ray venv {}", open.display())),
         "{m}"
     );
     assert!(
-        m.contains(&format!("{} is writable by all users", bin.display())),
+        m.contains(&format!(
+            "{} is writable by its group and all users",
+            bin.display()
+        )),
         "{m}"
     );
     assert!(m.contains(&format!("chmod go-w {}", bin.display())), "{m}");
-    assert!(r.python_version.is_none(), "the venv's Python ran: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

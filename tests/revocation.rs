@@ -345,3 +345,24 @@ async fn a_coordinator_does_not_start_on_a_broken_crl() {
         "{err}"
     );
 }
+
+#[test]
+fn only_a_coordinator_config_may_name_a_crl() {
+    let c = Cluster::new();
+    c.issue("gpu-01", "agent");
+    let cfg = c.agent_config("gpu-01", "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let with_crl = text.replace(
+        "key = \"tls/gpu-01.key\"\n",
+        "key = \"tls/gpu-01.key\"\ncrl = \"tls/crl.pem\"\n",
+    );
+    assert_ne!(text, with_crl, "the agent config has no [tls] key line");
+    std::fs::write(&cfg, with_crl).unwrap();
+    let out = run(&["config", "check", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("tls.crl") && err.contains("only the coordinator"),
+        "{err}"
+    );
+}

@@ -51,6 +51,8 @@ pub(super) enum TokensCmd {
     Revoke {
         /// The token's id (`corral tokens list`).
         id: String,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -136,7 +138,7 @@ pub(super) async fn tokens(cmd: TokensCmd) -> Result<()> {
                 print!("{}", listing(TOKEN_COLUMNS, &all, unix_ms()));
             }
         }
-        TokensCmd::Revoke { id, api } => {
+        TokensCmd::Revoke { id, json, api } => {
             let t: TokenView = ApiClient::new(&api)?
                 .post_json::<(), _>(
                     &format!("/api/v1/tokens/{}/revoke", super::client::query_value(&id)),
@@ -145,7 +147,11 @@ pub(super) async fn tokens(cmd: TokensCmd) -> Result<()> {
                     &format!("revoking token {id}"),
                 )
                 .await?;
-            println!("token {} of {} is revoked", t.id, t.user);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("token {} of {} is revoked", t.id, t.user);
+            }
         }
     }
     Ok(())

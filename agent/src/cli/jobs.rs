@@ -1026,7 +1026,7 @@ mod tests {
             want
         );
         assert!(
-            t.contains("c17  slurm      -       submitting  true"),
+            t.contains("c17  -      slurm      -       submitting  true"),
             "{t}"
         );
     }

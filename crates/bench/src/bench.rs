@@ -28,7 +28,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use tokio::process::{Child, Command};
 
-use corral::cli::{ApiArgs, ApiClient};
+use corral::cli::ApiClient;
 use corral_proto::model::{unix_ns, Liveness, NodeReport};
 use corral_proto::wire::{self, AgentMsg, Beat, Hello, Welcome, PROTOCOL_VERSION};
 use corral_transport::frame::{FrameReader, FrameWriter};
@@ -126,16 +126,14 @@ fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
     Ok((cpu, kb("VmHWM:"), kb("VmRSS:")))
 }
 
-/// A client for a coordinator API on loopback, once it answers (20 s at most).
-pub(crate) async fn local_api_when_up(port: u16) -> Result<ApiClient> {
-    let api = ApiClient::new(&ApiArgs {
-        api: Some(format!("http://127.0.0.1:{port}")),
-        ..ApiArgs::default()
-    })?;
+/// A client for a local coordinator's API through its Unix socket (where the user
+/// running the harness is someone), once it answers (20 s at most).
+pub(crate) async fn local_api_when_up(socket: &std::path::Path) -> Result<ApiClient> {
+    let api = ApiClient::for_socket(socket)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while api.stats().await.is_err() {
         if Instant::now() > deadline {
-            bail!("the coordinator on 127.0.0.1:{port} did not come up within 20s");
+            bail!("the coordinator on {} did not come up within 20s", socket.display());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -186,7 +184,7 @@ async fn start_coordinator() -> Result<Cluster> {
     std::fs::write(
         &cfg,
         format!(
-            "[coordinator]\nlisten = \"{quic}\"\nstate_dir = \"state\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n"
+            "[coordinator]\nlisten = \"{quic}\"\nstate_dir = \"state\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"api.sock\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n"
         ),
     )?;
     let child = Command::new(crate::bench::corral_exe()?)
@@ -197,7 +195,7 @@ async fn start_coordinator() -> Result<Cluster> {
         .kill_on_drop(true)
         .spawn()
         .context("starting the coordinator process")?;
-    let api = local_api_when_up(api_port).await?;
+    let api = local_api_when_up(&dir.path().join("api.sock")).await?;
     Ok(Cluster {
         dir,
         child,

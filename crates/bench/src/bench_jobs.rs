@@ -39,7 +39,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::bench::bench_pki;
-use corral::cli::{ApiArgs, ApiClient};
+use corral::cli::ApiClient;
 use corral_coordinator::config::{ApiSection, JobsSection};
 use corral_coordinator::jobs::{Scope, Submitted};
 use corral_coordinator::registry::Settings;
@@ -145,8 +145,10 @@ pub async fn run(a: SubmitArgs) -> Result<()> {
         max_frame_bytes: corral_proto::wire::DEFAULT_MAX_FRAME_BYTES,
         api: ApiSection {
             listen: "127.0.0.1:0".parse()?,
+            socket: dir.path().join("api.sock"),
             ..ApiSection::default()
         },
+        access: Default::default(),
         tls: corral_transport::pki::TlsFiles {
             ca: tls.join("ca.pem"),
             cert: tls.join("coordinator.pem"),
@@ -166,16 +168,23 @@ pub async fn run(a: SubmitArgs) -> Result<()> {
     })
     .await?;
     let shared = coordinator.shared.clone();
-    let api_url = format!("http://{}", coordinator.api_addr);
+    // The harness is someone on the socket (the CLI's way in on the coordinator host).
+    let api_url = dir.path().join("api.sock").display().to_string();
 
     let cfg = dir.path().join("agent.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nname = \"bench-jobs\"\ncoordinator = \"{}\"\nserver_name = \"localhost\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/bench-jobs.pem\"\nkey = \"tls/bench-jobs.key\"\n[plugins]\ndir = \"{}\"\nenable = [\"{}\"]\ncache_dir = \"cache\"\n",
+            "[agent]\nname = \"bench-jobs\"\ncoordinator = \"{}\"\nserver_name = \"localhost\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/bench-jobs.pem\"\nkey = \"tls/bench-jobs.key\"\n[plugins]\ndir = \"{}\"\nenable = [\"{}\"]\ncache_dir = \"cache\"\n{}",
             coordinator.quic_addr,
             plugins_dir.display(),
-            a.plugin
+            a.plugin,
+            // `corral submit` and `sbatch` both run as the harness's user here, root
+            // included: the comparison is of the paths, not of who may submit.
+            format_args!(
+                "service_user = {:?}\nmin_job_uid = 0\nallow_root_jobs = true\n",
+                corral_node::identity::User::current()?.name
+            )
         ),
     )?;
     let agent_log = dir.path().join("agent.log");
@@ -244,10 +253,7 @@ async fn measure(
         via: None,
         dry_run,
     };
-    let api = ApiClient::new(&ApiArgs {
-        api: Some(api_url.to_string()),
-        ..ApiArgs::default()
-    })?;
+    let api = ApiClient::for_socket(std::path::Path::new(api_url))?;
     let rendered: Rendered = api
         .post_json(
             "/api/v1/jobs",
@@ -276,7 +282,7 @@ async fn measure(
                             &a.plugin,
                             "--name",
                             "corral-bench",
-                            "--api",
+                            "--socket",
                             api_url,
                             "--",
                             "/bin/sleep",
@@ -374,11 +380,12 @@ async fn measure(
         name: Some("corral-bench-poll".into()),
         ..spec.clone()
     };
+    let me = corral_node::identity::User::current()?.name;
     let t = Instant::now();
     for i in 0..more {
         let submitted = shared
             .jobs
-            .submit(SubmitRequest {
+            .submit(&me, SubmitRequest {
                 scheduler: a.plugin.clone(),
                 spec: sleeper.clone(),
                 via: None,
@@ -430,6 +437,7 @@ async fn measure(
                 &node,
                 &a.plugin,
                 corral_proto::job::PluginCall::Status(tracked.clone()),
+                None,
             )
             .await;
         routed.push(started.elapsed());

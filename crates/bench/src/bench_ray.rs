@@ -243,8 +243,9 @@ async fn corral(venv: &Path, dir: &Path) -> Result<Sample> {
     std::fs::write(
         &coord_cfg,
         format!(
-            "[coordinator]\nlisten = \"127.0.0.1:{quic}\"\nstate_dir = \"{}\"\nray_heads = [\"rhead\"]\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n",
-            state.path().display()
+            "[coordinator]\nlisten = \"127.0.0.1:{quic}\"\nstate_dir = \"{}\"\nray_heads = [\"rhead\"]\n[api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"{}\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n",
+            state.path().display(),
+            state.path().join("api.sock").display()
         ),
     )?;
     let exe = crate::bench::corral_exe()?;
@@ -254,7 +255,7 @@ async fn corral(venv: &Path, dir: &Path) -> Result<Sample> {
             .args(["coordinator", "--config"])
             .arg(&coord_cfg),
     )?;
-    let api = crate::bench::local_api_when_up(api_port).await?;
+    let api = crate::bench::local_api_when_up(&state.path().join("api.sock")).await?;
     let agent_cfg = |name: &str, ray: String| -> Result<PathBuf> {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(

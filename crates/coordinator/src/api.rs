@@ -367,7 +367,7 @@ fn host_allowed(state: &ApiState, host: &str) -> bool {
 /// Whether `origin` is the API's own (same host as `Host`) or an allowed one.
 fn origin_allowed(state: &ApiState, origin: &str, headers: &HeaderMap) -> bool {
     let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-    if state.cors_origins.iter().any(|o| *o == origin) {
+    if state.cors_origins.contains(&origin) {
         return true;
     }
     let host = headers
@@ -517,17 +517,17 @@ fn certificate_caller(
 }
 
 /// Refuses `caller` unless they have `role`.
-fn require(caller: &Caller, role: Role, what: &str) -> Result<(), Response> {
+fn require(caller: &Caller, role: Role, what: &str) -> Result<(), Box<Response>> {
     if caller.has(role) {
         return Ok(());
     }
-    Err(error(
+    Err(Box::new(error(
         StatusCode::FORBIDDEN,
         format!(
             "{what} needs the {role} role; {} has {} (an admin grants roles in [access] roles, or issues a token with `corral tokens create --role {role}`)",
             caller.user, caller.role
         ),
-    ))
+    )))
 }
 
 /// Records who changed what, as an audit event.
@@ -576,7 +576,7 @@ async fn ping(
     Path(name): Path<String>,
 ) -> Response {
     if let Err(r) = require(&caller, Role::User, "pinging a node") {
-        return r;
+        return *r;
     }
     if s.shared.registry.get(&name).is_none() {
         return unknown(&name);
@@ -608,7 +608,7 @@ async fn report_now(
     Path(name): Path<String>,
 ) -> Response {
     if let Err(r) = require(&caller, Role::User, "asking a node for a report") {
-        return r;
+        return *r;
     }
     if s.shared.registry.get(&name).is_none() {
         return unknown(&name);
@@ -707,7 +707,7 @@ async fn submit(
     body: String,
 ) -> Response {
     if let Err(r) = require(&caller, Role::User, "submitting a job") {
-        return r;
+        return *r;
     }
     let req = match serde_json::from_str::<serde_json::Value>(&body)
         .map_err(|e| format!("the body is not JSON: {e}"))
@@ -777,23 +777,28 @@ async fn jobs(
 }
 
 /// The job `id` names, if `caller` may manage it.
-fn managed_job(s: &ApiState, caller: &Caller, id: &str, what: &str) -> Result<JobId, Response> {
-    let id = parse_job_id(id).map_err(|e| error(StatusCode::NOT_FOUND, e))?;
+fn managed_job(
+    s: &ApiState,
+    caller: &Caller,
+    id: &str,
+    what: &str,
+) -> Result<JobId, Box<Response>> {
+    let id = parse_job_id(id).map_err(|e| Box::new(error(StatusCode::NOT_FOUND, e)))?;
     let job = s
         .shared
         .jobs
         .get(id)
-        .ok_or_else(|| job_error(JobError::NoJob(id)))?;
+        .ok_or_else(|| Box::new(job_error(JobError::NoJob(id))))?;
     if !caller.may_manage(&job.owner) {
         let owner = if job.owner.is_empty() {
             "no recorded user (it predates owners)".to_string()
         } else {
             job.owner.clone()
         };
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             format!("{id} belongs to {owner}; only its owner or an admin may {what} it ({} is {})", caller.user, caller.role),
-        ));
+        )));
     }
     Ok(id)
 }
@@ -805,7 +810,7 @@ async fn job(
 ) -> Response {
     let id = match managed_job(&s, &caller, &id, "see") {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match s.shared.jobs.get(id) {
         Some(j) => Json(j).into_response(),
@@ -820,7 +825,7 @@ async fn cancel(
 ) -> Response {
     let id = match managed_job(&s, &caller, &id, "cancel") {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match s.shared.jobs.cancel(id).await {
         Ok(j) => {
@@ -842,7 +847,7 @@ fn token_error(e: TokenError) -> Response {
 
 async fn tokens(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
     if let Err(r) = require(&caller, Role::Admin, "listing tokens") {
-        return r;
+        return *r;
     }
     Json(s.access.list_tokens()).into_response()
 }
@@ -853,7 +858,7 @@ async fn create_token(
     body: String,
 ) -> Response {
     if let Err(r) = require(&caller, Role::Admin, "creating tokens") {
-        return r;
+        return *r;
     }
     let req: CreateToken = match serde_json::from_str(&body) {
         Ok(r) => r,
@@ -885,7 +890,7 @@ async fn revoke_token(
     Path(id): Path<String>,
 ) -> Response {
     if let Err(r) = require(&caller, Role::Admin, "revoking tokens") {
-        return r;
+        return *r;
     }
     match s.access.revoke_token(&id).await {
         Ok(t) => {

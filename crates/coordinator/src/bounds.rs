@@ -10,7 +10,7 @@
 //! | filesystems per report | [`MAX_FILESYSTEMS`] (256) | each is two metric series and a health check |
 //! | per-core readings | [`MAX_CORES`] (4096) | the largest machines Linux schedules on today |
 //! | any other list in a report or an announcement (reasons, temperatures, NVLinks, XIDs, plugins, grants...) | [`MAX_ITEMS`] (256) | NVLinks are 18 per GPU, reasons a handful |
-//! | every string (node facts, mount points, device names, reason messages, versions, Ray addresses, plugin names...) | [`MAX_TEXT_BYTES`] (4 KiB) | `PATH_MAX`; a message an operator reads is far shorter |
+//! | every string (node facts, mount points, device names, reason messages, versions, Ray addresses, plugin names, error messages of command results...) | [`MAX_TEXT_BYTES`] (4 KiB) | `PATH_MAX`; a message an operator reads is far shorter |
 //! | beat interval (hello) | [`MIN_BEAT`]..=[`MAX_BEAT`] (100 ms to 60 s) | faster floods the coordinator, slower makes liveness meaningless |
 //! | agent's frame limit (hello) | at least [`MIN_PEER_FRAME`] (1 KiB), used up to [`MAX_PEER_FRAME`] (64 MiB) | nothing useful fits in less; the coordinator never sends more |
 //! | events per node | [`EVENTS_PER_MINUTE`] (60) a minute, in bursts of as many | a flapping node cannot flush the shared event history |
@@ -27,17 +27,19 @@
 
 use std::time::{Duration, Instant};
 
-use corral_proto::job::{LoadFailure, LoadedPlugin};
+use corral_proto::job::{LoadFailure, LoadedPlugin, PluginError};
 use corral_proto::model::NodeReport;
-use corral_proto::wire::RayHead;
+use corral_proto::wire::{CommandOutput, RayHead};
 
 pub(crate) const MAX_GPUS: usize = 128;
 pub(crate) const MAX_FILESYSTEMS: usize = 256;
 pub(crate) const MAX_CORES: usize = 4096;
 pub(crate) const MAX_ITEMS: usize = 256;
 pub(crate) const MAX_TEXT_BYTES: usize = 4096;
-pub(crate) const MIN_BEAT: Duration = Duration::from_millis(100);
-pub(crate) const MAX_BEAT: Duration = Duration::from_secs(60);
+pub(crate) const MIN_BEAT: Duration =
+    Duration::from_millis(*corral_proto::wire::BEAT_INTERVAL_MS.start() as u64);
+pub(crate) const MAX_BEAT: Duration =
+    Duration::from_millis(*corral_proto::wire::BEAT_INTERVAL_MS.end() as u64);
 pub(crate) const MIN_PEER_FRAME: usize = 1024;
 pub(crate) const MAX_PEER_FRAME: usize = 64 << 20;
 pub(crate) const EVENTS_PER_MINUTE: u32 = 60;
@@ -201,6 +203,28 @@ pub(crate) fn plugins(loaded: &mut Vec<LoadedPlugin>, failed: &mut Vec<LoadFailu
     c
 }
 
+/// Cuts the error message of a command result in place (it becomes an API error and a
+/// job's recorded message); answers themselves (scripts, logs, statuses) are bounded by
+/// the frame limit and by what was asked.
+pub(crate) fn command_result(result: &mut Result<CommandOutput, String>) -> Cuts {
+    let mut c = Cuts::default();
+    match result {
+        Err(message) => c.text("command error", message),
+        Ok(CommandOutput::Plugin(Err(e))) => {
+            let (PluginError::Denied(m)
+            | PluginError::Invalid(m)
+            | PluginError::Backend(m)
+            | PluginError::Timeout(m)
+            | PluginError::Unsupported(m)
+            | PluginError::Plugin(m)
+            | PluginError::NotLoaded(m)) = e;
+            c.text("plugin error", m);
+        }
+        Ok(_) => {}
+    }
+    c
+}
+
 /// The beat interval a hello announces, if within bounds; otherwise the refusal's reason.
 pub(crate) fn beat_interval(ms: u32) -> Result<Duration, String> {
     let d = Duration::from_millis(u64::from(ms));
@@ -311,6 +335,21 @@ mod tests {
         ] {
             assert!(summary.contains(want), "{want} not in {summary}");
         }
+    }
+
+    #[test]
+    fn a_command_results_error_message_is_cut() {
+        let mut failed: Result<CommandOutput, String> = Err("e".repeat(10_000));
+        assert!(!command_result(&mut failed).is_empty());
+        assert!(failed.unwrap_err().len() <= MAX_TEXT_BYTES);
+        let mut plugin = Ok(CommandOutput::Plugin(Err(PluginError::Backend(
+            "b".repeat(10_000),
+        ))));
+        assert!(!command_result(&mut plugin).is_empty());
+        let Ok(CommandOutput::Plugin(Err(PluginError::Backend(m)))) = plugin else {
+            panic!("the kind changed");
+        };
+        assert!(m.len() <= MAX_TEXT_BYTES);
     }
 
     #[test]

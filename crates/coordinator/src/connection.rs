@@ -326,7 +326,8 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
                         }
                         registry.report(&node, conn_id, *r);
                     }
-                    AgentMsg::CommandResult { id, result } => {
+                    AgentMsg::CommandResult { id, mut result } => {
+                        note_cuts("command result", bounds::command_result(&mut result));
                         shared.commands.complete(&node, conn_id, id, result);
                     }
                     AgentMsg::RayHead(mut head) => {
@@ -389,9 +390,10 @@ fn close_reason(conn: &quinn::Connection) -> Option<String> {
         }
         quinn::ConnectionError::TimedOut => "connection timed out".into(),
         // Refusals break the loop with their own reason; what else closes a connection
-        // here is the registry, when a newer connection of the node took over.
+        // here is the registry (a newer connection of the node took over) or the
+        // revocation watch (its certificate was revoked; logged with the serial there).
         quinn::ConnectionError::LocallyClosed => {
-            "replaced by a newer connection from the same node".into()
+            "closed by the coordinator: replaced by a newer connection from the same node, or its certificate was revoked".into()
         }
         other => other.to_string(),
     })

@@ -36,10 +36,10 @@
 //!   in the announcement as not authorized (shown, logged, counted) and never hosted:
 //!   [`Registry::plugin_hosts`] lists only authorized hosts, in the configured order,
 //!   so nothing is routed by who announced first or by name.
-//! - Events are rate-limited per node ([`crate::bounds::EVENTS_PER_MINUTE`]): one node
-//!   cannot flush the shared event history. State still changes; only the event is not
-//!   recorded, counted per node, and the node's next recorded event says how many were
-//!   not.
+//! - Events about a node are rate-limited per node ([`crate::bounds::EVENTS_PER_MINUTE`]):
+//!   one node cannot flush the shared event history. State still changes; only the event
+//!   is not recorded, counted per node, and the node's next recorded event says how many
+//!   were not. Audit events (what someone did through the API) are never limited.
 //! - The registry holds no transport: a connection is its command queue and a close
 //!   handle the connection task gives it (`OnReplaced`), called once when a newer
 //!   connection of the same node takes over.
@@ -949,7 +949,8 @@ fn gpu_health_changes(
         .collect()
 }
 
-/// Records an event unless its node is over its event rate (then it is counted instead).
+/// Records an event, unless it is about a node over its event rate (then it is counted
+/// instead). Audit events are what people did, not what a node caused: never limited.
 fn push_event(
     inner: &mut Inner,
     node: &str,
@@ -958,7 +959,11 @@ fn push_event(
     to: &str,
     mut message: String,
 ) {
-    if let Some(n) = inner.nodes.get_mut(node) {
+    if let Some(n) = inner
+        .nodes
+        .get_mut(node)
+        .filter(|_| kind != EventKind::Audit)
+    {
         if !n.events.take(Instant::now()) {
             if n.events.pending == 1 {
                 tracing::warn!(
@@ -1282,7 +1287,12 @@ mod tests {
         );
         let suppressed = r.stats_view().refused.suppressed_events["loud"];
         assert_eq!(loud_events as u64 + suppressed, 501);
-        // Another node's events are still recorded.
+        // What people do about the node is still recorded, as are other nodes' events.
+        r.audit("loud", "ping", "alice pinged loud".into());
+        assert!(r
+            .events(0, Some("loud"), 10_000)
+            .iter()
+            .any(|e| e.kind == EventKind::Audit));
         r.disconnect("quiet", quiet, "gone");
         assert!(r
             .events(0, Some("quiet"), 10)

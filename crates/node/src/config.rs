@@ -103,8 +103,16 @@ impl AgentSection {
                     .into(),
             ));
         }
-        if a.beat_interval > Duration::from_secs(3600) {
-            return Err(issue("agent.beat_interval", "must be at most 1h".into()));
+        let range = &corral_proto::wire::BEAT_INTERVAL_MS;
+        let ms = a.beat_interval.as_millis();
+        if ms < u128::from(*range.start()) || ms > u128::from(*range.end()) {
+            return Err(issue(
+                "agent.beat_interval",
+                format!(
+                    "{} is outside what coordinators accept; use 100ms to 60s",
+                    humantime::format_duration(a.beat_interval)
+                ),
+            ));
         }
         if a.state_dir
             .as_ref()

@@ -85,6 +85,9 @@ pub const DEFAULT_QUIC_PORT: u16 = 7440;
 pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest agent protocol this coordinator still accepts.
 pub const MIN_PROTOCOL_VERSION: u32 = 4;
+/// The beat intervals a coordinator accepts in a hello (faster floods it, slower makes
+/// liveness meaningless); an agent's config is checked against the same range.
+pub const BEAT_INTERVAL_MS: std::ops::RangeInclusive<u32> = 100..=60_000;
 /// Default largest frame accepted (reports of nodes with many filesystems and GPUs fit
 /// comfortably; a hostile peer cannot make the coordinator buffer more).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;

@@ -23,8 +23,9 @@
 //!   behind that plugin, and corral cannot tell whether two agents' `slurm` plugins
 //!   front the same cluster. While that node is away the job keeps its last known state
 //!   (with `poll_error` saying why it is not being refreshed) and is polled again when
-//!   the node returns. New submissions go to the connected host of the plugin first in
-//!   name order, or to the node named with `via`.
+//!   the node returns. New submissions go only to nodes authorized to serve the plugin
+//!   (`[schedulers.NAME] nodes`): the first connected one in that order, or the node
+//!   named with `via` if it is one; a node that merely announced the plugin gets none.
 //! - **One status call per poll per scheduler instance.** Every poll asks each (node,
 //!   plugin) pair about all its unfinished jobs in one `status` call (split only beyond
 //!   `jobs.status_batch` ids, which bounds one answer's size), never one call per job.

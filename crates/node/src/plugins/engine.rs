@@ -352,7 +352,7 @@ impl Instance {
     /// A fresh store and instance, calling nothing (for `corral-bench plugin`).
     #[cfg(feature = "bench")]
     pub fn instantiate_only(&self) -> Result<(), PluginError> {
-        let mut store = self.store(None);
+        let mut store = self.store(None, RunAs::agent());
         self.pre
             .instantiate(&mut store)
             .map(|_| ())

@@ -47,17 +47,17 @@ pub struct Granted {
 }
 
 /// The environment a plugin's programs start from (see the module doc), taken from
-/// `agent_env` (the agent's own environment) and `path` (its `PATH`).
+/// `agent_env` (the agent's own environment). The granted programs themselves were
+/// resolved at load; `PATH` is for what they run in turn (a scheduler's wrapper
+/// scripts).
 pub fn base_env(
     manifest: &Manifest,
-    path: Option<&std::ffi::OsStr>,
     agent_env: impl Fn(&str) -> Option<String>,
 ) -> Vec<(String, String)> {
     let mut env = Vec::new();
-    let path = path
-        .and_then(|p| p.to_str())
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    env.push(("PATH".to_string(), path.to_string()));
+    let path = agent_env("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    env.push(("PATH".to_string(), path));
     for name in ["LANG", "LC_ALL", "TZ"]
         .into_iter()
         .chain(manifest.env.iter().map(String::as_str))
@@ -497,5 +497,47 @@ mod tests {
             check_url("p", &hosts, "http://head-01.evil.example/"),
             Err(WitError::Denied(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn programs_start_from_the_agents_path_locale_and_granted_variables_only() {
+        let m = Manifest::parse(
+            "[plugin]\nname = \"s\"\n[grants]\nenv = [\"SGE_ROOT\", \"SGE_CELL\"]\n",
+            std::path::Path::new("s.toml"),
+        )
+        .unwrap();
+        let agent = |k: &str| match k {
+            "PATH" => Some("/usr/bin:/bin".to_string()),
+            "LANG" => Some("C.UTF-8".to_string()),
+            "SGE_ROOT" => Some("/var/lib/gridengine".to_string()),
+            "AWS_SECRET_ACCESS_KEY" | "HOME" | "LD_PRELOAD" => Some("agent's".to_string()),
+            _ => None,
+        };
+        let env = base_env(&m, agent);
+        assert_eq!(
+            env,
+            [
+                ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+                ("LANG".into(), "C.UTF-8".into()),
+                ("SGE_ROOT".into(), "/var/lib/gridengine".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn identity_and_loader_variables_cannot_be_granted() {
+        for name in ["HOME", "USER", "LD_PRELOAD"] {
+            let err = Manifest::parse(
+                &format!("[plugin]\nname = \"s\"\n[grants]\nenv = [\"{name}\"]\n"),
+                std::path::Path::new("s.toml"),
+            )
+            .unwrap_err();
+            assert_eq!(err.key, "grants.env[0]", "{name}");
+        }
     }
 }

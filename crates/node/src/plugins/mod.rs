@@ -283,7 +283,7 @@ fn load_one(
     };
     let limits = manifest.limits.clone();
     let name = manifest.name.clone();
-    let base_env = imports::base_env(&manifest, cx.path_var, |k| std::env::var(k).ok());
+    let base_env = imports::base_env(&manifest, |k| std::env::var(k).ok());
     let granted = Arc::new(Granted {
         name: name.clone(),
         manifest,

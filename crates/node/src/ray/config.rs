@@ -73,7 +73,8 @@ pub struct RayConfig {
     /// Custom resources, e.g. `{ ib = 1 }`.
     #[serde(default)]
     pub resources: BTreeMap<String, f64>,
-    /// Ray's temp dir (sessions, sockets, logs), mode 0700, owned by the Ray user.
+    /// Ray's temp dir, mode 0700, owned by the Ray user: corral's log of Ray's output,
+    /// and Ray's own temp dir (sessions, sockets, logs) as [`RAY_OWN_TEMP_DIR`].
     /// Default: `STATE_DIR/ray` under `agent.state_dir`, else `/tmp/corral-ray-NODE`.
     /// corral treats every process of the Ray user whose command line names it as its
     /// own.
@@ -145,10 +146,16 @@ fn default_stop_grace() -> Duration {
     Duration::from_secs(10)
 }
 
-/// Ray's longest Unix socket path is the temp dir plus
+/// What Ray gets as its `--temp-dir`: this directory inside corral's temp dir. Ray makes
+/// its temp dir, session, socket and log directories world-writable (mode 0777, so that
+/// users can share `/tmp/ray`); inside corral's temp dir, which is 0700 and the Ray
+/// user's, nobody else can reach them.
+pub const RAY_OWN_TEMP_DIR: &str = "tmp";
+
+/// Ray's longest Unix socket path is its temp dir (corral's plus `/tmp`) plus
 /// `/session_YYYY-MM-DD_HH-MM-SS_UUUUUU_PID/sockets/plasma_store` (about 66 bytes), and
 /// an AF_UNIX path holds at most 107.
-pub const MAX_TEMP_DIR_BYTES: usize = 107 - 66;
+pub const MAX_TEMP_DIR_BYTES: usize = 107 - 66 - 1 - RAY_OWN_TEMP_DIR.len();
 
 /// Refuses a temp dir too long for Ray's sockets (Ray itself fails late, half-started),
 /// and one that is not Ray's own: corral stops every process of its user whose command

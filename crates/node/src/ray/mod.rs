@@ -18,7 +18,8 @@
 //!    it needs no agent restart (a changed `[ray]` section does).
 //! 4. Head: `VENV/bin/ray start --head --block ...` as the Ray user, in its own process
 //!    group, its output appended to `TEMP/corral-ray-head.log` (opened through the temp
-//!    dir's descriptor, never through a symlink). Ready when the GCS port accepts a
+//!    dir's descriptor, never through a symlink), Ray's own temp dir `TEMP/tmp` (which Ray
+//!    makes world-writable; TEMP keeps everyone else out). Ready when the GCS port accepts a
 //!    connection *and* the dashboard answers `GET /api/version` (polled every 100 ms,
 //!    never a fixed sleep). Then the head is announced to the coordinator
 //!    ([`corral_proto::wire::AgentMsg::RayHead`]), which pushes it to every agent.
@@ -430,7 +431,10 @@ impl Supervisor {
         }
         a.extend([
             "--temp-dir".into(),
-            self.temp_dir.display().to_string(),
+            self.temp_dir
+                .join(config::RAY_OWN_TEMP_DIR)
+                .display()
+                .to_string(),
             "--disable-usage-stats".into(),
         ]);
         a.extend(self.cfg.extra_args.iter().cloned());

@@ -146,11 +146,19 @@ pub fn command(
 /// words: the first of those paths the user cannot search by its mode bits, or else
 /// the error as the kernel gave it.
 pub fn spawn_failure(e: &std::io::Error, program: &Path, dirs: &[&Path], user: &RayUser) -> String {
-    let mut paths: Vec<&Path> = dirs.to_vec();
+    let mut paths: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
     if let Some(parent) = program.parent() {
+        paths.push(parent.to_path_buf());
+    }
+    // A venv's `bin/python` links to the interpreter it was made from, which may lie
+    // where the user cannot go (a pyenv Python under /root, say).
+    if let Some(parent) = std::fs::canonicalize(program)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         paths.push(parent);
     }
-    for p in paths {
+    for p in &paths {
         if let Some((dir, mode, owner)) = fsperm::first_unsearchable(p, user.uid, &user.groups) {
             return format!(
                 "{} cannot reach {}: {} is mode {mode:04o}, owned by {}; let {} search it (for example `chmod o+x {}`) or choose a path it can reach",
