@@ -60,7 +60,11 @@ async fn an_unauthenticated_request_on_loopback_is_refused() {
     // The CLI off the socket says what to do.
     let out = run_async(vec!["nodes".into(), "--api".into(), c.api()]).await;
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("corral tokens create"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("corral tokens create"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,7 +113,10 @@ async fn a_viewer_token_reads_but_cannot_submit_and_a_user_token_cannot_manage_t
         .json()
         .await
         .unwrap();
-    assert_eq!((me["user"].as_str(), me["role"].as_str()), (Some("alice"), Some("user")));
+    assert_eq!(
+        (me["user"].as_str(), me["role"].as_str()),
+        (Some("alice"), Some("user"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,7 +124,11 @@ async fn a_text_plain_post_is_refused_even_with_a_good_token() {
     let c = started().await;
     let admin = c.token("ops", "admin").await;
     let http = reqwest::Client::new();
-    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let mut req = http
             .post(format!("{}/api/v1/jobs", c.api()))
             .bearer_auth(&admin)
@@ -160,7 +171,10 @@ async fn a_rebound_host_name_or_a_foreign_origin_is_refused() {
         .unwrap();
     assert_eq!(r.status(), 421);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("api.hosts"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("api.hosts"),
+        "{body}"
+    );
     // A page on another origin, even one that got hold of a token.
     let r = http
         .get(&url)
@@ -245,10 +259,7 @@ async fn a_revoked_token_stops_working_and_every_change_is_an_audit_event_naming
     let secret = token.rsplit('_').next().unwrap();
     assert!(!text.contains(secret), "a listing shows no secret: {text}");
     let tokens: Vec<Value> = serde_json::from_str(&text).unwrap();
-    let id = tokens
-        .iter()
-        .find(|t| t["user"] == "ci-bot")
-        .unwrap()["id"]
+    let id = tokens.iter().find(|t| t["user"] == "ci-bot").unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -268,7 +279,11 @@ async fn a_revoked_token_stops_working_and_every_change_is_an_audit_event_naming
         }
     };
     let out = whoami(token.clone()).await;
-    assert!(stdout(&out).starts_with("ci-bot (user), by token"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("ci-bot (user), by token"),
+        "{}",
+        stdout(&out)
+    );
     let out = run_async(vec![
         "tokens".into(),
         "revoke".into(),
@@ -280,23 +295,36 @@ async fn a_revoked_token_stops_working_and_every_change_is_an_audit_event_naming
     assert!(out.status.success(), "{}", stderr(&out));
     let out = whoami(token).await;
     assert_eq!(out.status.code(), Some(5));
-    assert!(stderr(&out).contains(&format!("token {id} has been revoked")), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("token {id} has been revoked")),
+        "{}",
+        stderr(&out)
+    );
 
     let events: Vec<Value> = c.get("/api/v1/events").await.json().await.unwrap();
     let audit: Vec<String> = events
         .iter()
         .filter(|e| e["kind"] == "audit")
-        .map(|e| format!("{} {}", e["to"].as_str().unwrap(), e["message"].as_str().unwrap()))
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["to"].as_str().unwrap(),
+                e["message"].as_str().unwrap()
+            )
+        })
         .collect();
     let me = runner();
     assert!(
         audit
             .iter()
-            .any(|a| a.starts_with(&format!("token-create {me} (local uid")) && a.contains("for ci-bot as user")),
+            .any(|a| a.starts_with(&format!("token-create {me} (local uid"))
+                && a.contains("for ci-bot as user")),
         "{audit:?}"
     );
     assert!(
-        audit.iter().any(|a| a.starts_with("token-revoke") && a.contains(&id)),
+        audit
+            .iter()
+            .any(|a| a.starts_with("token-revoke") && a.contains(&id)),
         "{audit:?}"
     );
 }
@@ -332,7 +360,11 @@ async fn an_operator_certificate_logs_in_on_https_and_an_agent_certificate_does_
     );
     let out = run_async(login("worker-1")).await;
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("takes operator certificates"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("takes operator certificates"),
+        "{}",
+        stderr(&out)
+    );
     // Without any certificate the HTTPS listener still wants a credential.
     let out = run_async(vec![
         "whoami".into(),
@@ -350,9 +382,10 @@ fn a_listener_off_loopback_without_tls_is_refused_at_start_and_by_config_check()
     let mut c = Cluster::new();
     c.api_extra.clear();
     let cfg = c.write_coordinator_config();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(&format!("127.0.0.1:{}\"\nsocket", c.api_port), &format!("0.0.0.0:{}\"\nsocket", c.api_port));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("127.0.0.1:{}\"\nsocket", c.api_port),
+        &format!("0.0.0.0:{}\"\nsocket", c.api_port),
+    );
     std::fs::write(&cfg, text).unwrap();
     let check = run(&["config", "check", cfg.to_str().unwrap()]);
     assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
@@ -362,11 +395,17 @@ fn a_listener_off_loopback_without_tls_is_refused_at_start_and_by_config_check()
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let status = wait_timeout(&mut start, Duration::from_secs(10)).expect("coordinator kept running");
+    let status =
+        wait_timeout(&mut start, Duration::from_secs(10)).expect("coordinator kept running");
     assert!(!status.success());
     let mut err = String::new();
     use std::io::Read;
-    start.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    start
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(err.contains("in the clear"), "{err}");
 }
 

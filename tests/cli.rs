@@ -139,7 +139,12 @@ async fn dev_runs_a_ready_node_keeps_state_across_runs_and_stops_on_ctrl_c() {
     let api_port = free_tcp_port();
     let api = format!("http://127.0.0.1:{api_port}");
     let socket = state.path().join("api.sock").to_str().unwrap().to_string();
-    let token = state.path().join("admin-token").to_str().unwrap().to_string();
+    let token = state
+        .path()
+        .join("admin-token")
+        .to_str()
+        .unwrap()
+        .to_string();
     for round in 0..2 {
         let mut dev = corral()
             .args([

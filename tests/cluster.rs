@@ -225,7 +225,13 @@ async fn coordinator_sends_commands_to_agents() {
     c.signal_agent("cmd", libc::SIGTERM);
     c.wait_liveness("cmd", Liveness::Disconnected, SECS(5))
         .await;
-    let out = run_async(vec!["ping".into(), "cmd".into(), "--socket".into(), c.socket()]).await;
+    let out = run_async(vec![
+        "ping".into(),
+        "cmd".into(),
+        "--socket".into(),
+        c.socket(),
+    ])
+    .await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not connected"), "{}", stderr(&out));
 }

@@ -143,7 +143,15 @@ async fn submit_whoami(c: &Cluster, user: &str, scheduler: &str, out: &Path) -> 
         c,
         user,
         &[
-            "submit", "--scheduler", scheduler, "--json", "--chdir", &dir, "--", "/bin/sh", "-c",
+            "submit",
+            "--scheduler",
+            scheduler,
+            "--json",
+            "--chdir",
+            &dir,
+            "--",
+            "/bin/sh",
+            "-c",
             &script,
         ],
     )
@@ -176,7 +184,10 @@ async fn only_owner_and_admin_manage(c: &Cluster, alice_job: &str) {
     assert_eq!(seen["redacted"], true, "{seen}");
     assert_eq!(seen["spec"]["executable"], "", "{seen}");
     let mine = json_as(c, "bob", &["jobs", "--mine", "--json"]).await;
-    assert!(mine.as_array().unwrap().iter().all(|j| j["owner"] == "bob"), "{mine}");
+    assert!(
+        mine.as_array().unwrap().iter().all(|j| j["owner"] == "bob"),
+        "{mine}"
+    );
     // alice sees hers in full; root (admin) sees and cancels it.
     let own = json_as(c, "alice", &["status", alice_job, "--json"]).await;
     assert_eq!(own["spec"]["executable"], "/bin/sleep", "{own}");
@@ -244,7 +255,17 @@ async fn job_submitted_by_alice_through_the_socket_runs_as_alice_under_slurm() {
     let long = json_as(
         &c,
         "alice",
-        &["submit", "--scheduler", "slurm", "--json", "--chdir", shared.to_str().unwrap(), "--", "/bin/sleep", "300"],
+        &[
+            "submit",
+            "--scheduler",
+            "slurm",
+            "--json",
+            "--chdir",
+            shared.to_str().unwrap(),
+            "--",
+            "/bin/sleep",
+            "300",
+        ],
     )
     .await;
     only_owner_and_admin_manage(&c, long["id"].as_str().unwrap()).await;
@@ -278,7 +299,17 @@ async fn job_submitted_by_alice_through_the_socket_runs_as_alice_under_grid_engi
     let long = json_as(
         &c,
         "alice",
-        &["submit", "--scheduler", "sge", "--json", "--chdir", shared.to_str().unwrap(), "--", "/bin/sleep", "300"],
+        &[
+            "submit",
+            "--scheduler",
+            "sge",
+            "--json",
+            "--chdir",
+            shared.to_str().unwrap(),
+            "--",
+            "/bin/sleep",
+            "300",
+        ],
     )
     .await;
     only_owner_and_admin_manage(&c, long["id"].as_str().unwrap()).await;

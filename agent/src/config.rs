@@ -27,6 +27,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use corral_base::config::{check_readable, parse_toml, ConfigIssue};
+use corral_coordinator::access::AccessSection;
 use corral_coordinator::config::{
     ApiSection, Authority, CoordinatorSection, JobsSection, SchedulerSection,
 };
@@ -38,7 +39,6 @@ use corral_node::health::verdict::Thresholds;
 use corral_node::plugins::PluginsConfig;
 use corral_node::ray::RayConfig;
 use corral_node::AgentOptions;
-use corral_coordinator::access::AccessSection;
 use corral_transport::pki::TlsFiles;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -73,7 +73,9 @@ const TOKEN_COLUMNS: &[Column<TokenView>] = &[
     ("ID", |t, _| t.id.clone()),
     ("USER", |t, _| t.user.clone()),
     ("ROLE", |t, _| t.role.to_string()),
-    ("CREATED", |t, now| format!("{} ago by {}", age(now, Some(t.created_ms)), t.created_by)),
+    ("CREATED", |t, now| {
+        format!("{} ago by {}", age(now, Some(t.created_ms)), t.created_by)
+    }),
     ("STATE", |t, now| match (t.revoked_ms, t.expires_ms) {
         (Some(r), _) => format!("revoked {} ago", age(now, Some(r))),
         (None, Some(e)) if e <= now => "expired".into(),

@@ -77,9 +77,12 @@ impl ApiClient {
                 let chain = CertificateDer::pem_file_iter(cert)
                     .with_context(|| format!("reading --api-cert {}", cert.display()))?
                     .collect::<Result<Vec<_>, _>>()
-                    .with_context(|| format!("--api-cert {}: not a PEM certificate", cert.display()))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .with_context(|| format!("--api-key {}: not a PEM private key", key.display()))?;
+                    .with_context(|| {
+                        format!("--api-cert {}: not a PEM certificate", cert.display())
+                    })?;
+                let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+                    format!("--api-key {}: not a PEM private key", key.display())
+                })?;
                 tls.with_client_auth_cert(chain, key)
                     .context("--api-cert and --api-key do not belong together")?
             }
@@ -92,7 +95,10 @@ impl ApiClient {
         let (base, target) = match &socket {
             Some(path) => {
                 http = http.unix_socket(path.as_path());
-                ("http://localhost".to_string(), format!("the socket {}", path.display()))
+                (
+                    "http://localhost".to_string(),
+                    format!("the socket {}", path.display()),
+                )
             }
             None => {
                 let url = args
@@ -120,7 +126,11 @@ impl ApiClient {
             .get(format!("{}/api/v1/whoami", self.base))
             .bearer_auth(token);
         let resp = req.send().await.context("asking who the token is")?;
-        anyhow::ensure!(resp.status().is_success(), "the token is refused: {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "the token is refused: {}",
+            resp.status()
+        );
         Ok(resp.json().await?)
     }
 
@@ -259,7 +269,9 @@ pub(super) fn query_value(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

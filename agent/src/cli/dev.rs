@@ -384,7 +384,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
     let token_file = state.join("admin-token");
     let token_note = match admin_token(&socket, &token_file, &me).await {
-        Ok(()) => format!("an admin token for HTTP clients is in {}", token_file.display()),
+        Ok(()) => format!(
+            "an admin token for HTTP clients is in {}",
+            token_file.display()
+        ),
         Err(e) => format!("no admin token for HTTP clients: {e:#}"),
     };
     let plugin_hints = match plugins.enable.first() {

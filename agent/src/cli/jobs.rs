@@ -487,7 +487,9 @@ fn command_line(spec: &JobSpec) -> String {
 /// `corral jobs`, one row per job.
 const JOB_COLUMNS: &[Column<JobView>] = &[
     ("JOB", |j, _| j.id.to_string()),
-    ("OWNER", |j, _| or_dash(Some(j.owner.as_str()).filter(|o| !o.is_empty()))),
+    ("OWNER", |j, _| {
+        or_dash(Some(j.owner.as_str()).filter(|o| !o.is_empty()))
+    }),
     ("SCHEDULER", |j, _| j.scheduler.clone()),
     ("NATIVE", |j, _| or_dash(j.native_id.as_deref())),
     ("STATE", |j, _| j.state_word.clone()),
@@ -518,7 +520,9 @@ const JOB_DETAIL: Layout = Layout {
 
 /// `corral status JOB`, after the heading and before the history.
 const JOB_FIELDS: &[Field<JobView>] = &[
-    ("Owner:", |j, _| Some(j.owner.clone()).filter(|o| !o.is_empty())),
+    ("Owner:", |j, _| {
+        Some(j.owner.clone()).filter(|o| !o.is_empty())
+    }),
     ("State:", |j, now| {
         let native = j
             .native_state

@@ -133,7 +133,10 @@ pub(crate) async fn local_api_when_up(socket: &std::path::Path) -> Result<ApiCli
     let deadline = Instant::now() + Duration::from_secs(20);
     while api.stats().await.is_err() {
         if Instant::now() > deadline {
-            bail!("the coordinator on {} did not come up within 20s", socket.display());
+            bail!(
+                "the coordinator on {} did not come up within 20s",
+                socket.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -385,12 +385,15 @@ async fn measure(
     for i in 0..more {
         let submitted = shared
             .jobs
-            .submit(&me, SubmitRequest {
-                scheduler: a.plugin.clone(),
-                spec: sleeper.clone(),
-                via: None,
-                dry_run: false,
-            })
+            .submit(
+                &me,
+                SubmitRequest {
+                    scheduler: a.plugin.clone(),
+                    spec: sleeper.clone(),
+                    via: None,
+                    dry_run: false,
+                },
+            )
             .await
             .map_err(|e| anyhow::anyhow!("submitting poll job {i}: {e}"))?;
         let Submitted::Job(job) = submitted else {

@@ -70,7 +70,8 @@ impl Caller {
     /// Whether the caller may see in full, and cancel, a job owned by `owner`: its
     /// owner (with at least the `user` role) or an admin.
     pub fn may_manage(&self, owner: &str) -> bool {
-        self.role == Role::Admin || (self.role >= Role::User && !owner.is_empty() && owner == self.user)
+        self.role == Role::Admin
+            || (self.role >= Role::User && !owner.is_empty() && owner == self.user)
     }
 
     /// How the caller is named in events and logs: `alice (token t-1a2b)`.
@@ -238,7 +239,11 @@ impl Access {
     }
 
     /// Makes a token for `req.user` with `req.role`; `by` is who asked (an admin).
-    pub async fn create_token(&self, by: &Caller, req: CreateToken) -> Result<CreatedToken, TokenError> {
+    pub async fn create_token(
+        &self,
+        by: &Caller,
+        req: CreateToken,
+    ) -> Result<CreatedToken, TokenError> {
         if !valid_user(&req.user) {
             return Err(TokenError::BadUser(req.user));
         }

@@ -89,7 +89,9 @@ enum Peer {
     /// A TCP listener (plain, or HTTPS without a client certificate).
     Network,
     /// The HTTPS listener, with the verified chain of the client's certificate.
-    Certified { chain: Vec<rustls::pki_types::CertificateDer<'static>> },
+    Certified {
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    },
 }
 
 impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
@@ -193,7 +195,9 @@ where
     type Stream = tokio_rustls::server::TlsStream<I>;
     type Service = axum::middleware::AddExtension<S, Peer>;
     type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<(Self::Stream, Self::Service)>> + Send>,
+        Box<
+            dyn std::future::Future<Output = std::io::Result<(Self::Stream, Self::Service)>> + Send,
+        >,
     >;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
@@ -261,7 +265,8 @@ pub(crate) async fn serve(
             let revocations = tls_clients.context(
                 "the HTTPS API needs the cluster CA to verify operator certificates ([tls] ca)",
             )?;
-            let tls = corral_transport::pki::https_server_config_with_clients(cert, key, revocations)?;
+            let tls =
+                corral_transport::pki::https_server_config_with_clients(cert, key, revocations)?;
             let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
             let acceptor = CertAcceptor {
                 tls: axum_server::tls_rustls::RustlsAcceptor::new(tls),
@@ -286,9 +291,10 @@ pub(crate) async fn serve(
         _ => {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tokio::spawn(async move {
-                let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await;
+                let served =
+                    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                        .await;
                 if let Err(e) = served {
                     tracing::error!(error = %e, "HTTP API server failed");
                 }
@@ -418,22 +424,32 @@ async fn check_request(State(state): State<AppState>, req: Request, next: Next) 
     }
     if req.method() == Method::OPTIONS {
         return match origin {
-            Some(o) if state.cors_origins.contains(&o.trim_end_matches('/').to_ascii_lowercase()) => (
-                StatusCode::NO_CONTENT,
-                [
-                    (header::ACCESS_CONTROL_ALLOW_ORIGIN, o),
-                    (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST".to_string()),
-                    (
-                        header::ACCESS_CONTROL_ALLOW_HEADERS,
-                        "authorization, content-type".to_string(),
-                    ),
-                    (header::VARY, "origin".to_string()),
-                ],
-            )
-                .into_response(),
+            Some(o)
+                if state
+                    .cors_origins
+                    .contains(&o.trim_end_matches('/').to_ascii_lowercase()) =>
+            {
+                (
+                    StatusCode::NO_CONTENT,
+                    [
+                        (header::ACCESS_CONTROL_ALLOW_ORIGIN, o),
+                        (
+                            header::ACCESS_CONTROL_ALLOW_METHODS,
+                            "GET, POST".to_string(),
+                        ),
+                        (
+                            header::ACCESS_CONTROL_ALLOW_HEADERS,
+                            "authorization, content-type".to_string(),
+                        ),
+                        (header::VARY, "origin".to_string()),
+                    ],
+                )
+                    .into_response()
+            }
             _ => error(
                 StatusCode::FORBIDDEN,
-                "cross-origin requests are refused; an operator allows origins in api.cors_origins".into(),
+                "cross-origin requests are refused; an operator allows origins in api.cors_origins"
+                    .into(),
             ),
         };
     }
@@ -454,9 +470,14 @@ async fn check_request(State(state): State<AppState>, req: Request, next: Next) 
         }
     }
     let mut resp = next.run(req).await;
-    if let Some(o) = origin.filter(|o| state.cors_origins.contains(&o.trim_end_matches('/').to_ascii_lowercase())) {
+    if let Some(o) = origin.filter(|o| {
+        state
+            .cors_origins
+            .contains(&o.trim_end_matches('/').to_ascii_lowercase())
+    }) {
         if let Ok(v) = o.parse() {
-            resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            resp.headers_mut()
+                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
             resp.headers_mut()
                 .insert(header::VARY, header::HeaderValue::from_static("origin"));
         }
@@ -501,7 +522,8 @@ fn certificate_caller(
     chain: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<Caller, String> {
     use corral_transport::pki;
-    let identity = pki::peer_chain_identity(chain).map_err(|e| format!("client certificate: {e}"))?;
+    let identity =
+        pki::peer_chain_identity(chain).map_err(|e| format!("client certificate: {e}"))?;
     if identity.role != pki::Role::Operator {
         return Err(format!(
             "the client certificate is a {} certificate for {}; the API takes operator certificates (`corral certs issue --role operator`)",
@@ -613,7 +635,13 @@ async fn report_now(
     if s.shared.registry.get(&name).is_none() {
         return unknown(&name);
     }
-    audit(&s, &caller, &name, "report", format!("asked {name} for a report"));
+    audit(
+        &s,
+        &caller,
+        &name,
+        "report",
+        format!("asked {name} for a report"),
+    );
     match s
         .shared
         .commands
@@ -736,7 +764,13 @@ async fn submit(
         Ok(Submitted::DryRun(rendered)) => Json(rendered).into_response(),
         Err(e) => {
             if !dry_run {
-                audit(&s, &caller, "", "submit", format!("failed to submit to {scheduler}: {e}"));
+                audit(
+                    &s,
+                    &caller,
+                    "",
+                    "submit",
+                    format!("failed to submit to {scheduler}: {e}"),
+                );
             }
             job_error(e)
         }
@@ -797,7 +831,10 @@ fn managed_job(
         };
         return Err(Box::new(error(
             StatusCode::FORBIDDEN,
-            format!("{id} belongs to {owner}; only its owner or an admin may {what} it ({} is {})", caller.user, caller.role),
+            format!(
+                "{id} belongs to {owner}; only its owner or an admin may {what} it ({} is {})",
+                caller.user, caller.role
+            ),
         )));
     }
     Ok(id)
@@ -829,7 +866,13 @@ async fn cancel(
     };
     match s.shared.jobs.cancel(id).await {
         Ok(j) => {
-            audit(&s, &caller, &j.node, "cancel", format!("cancelled {id} (owner {})", j.owner));
+            audit(
+                &s,
+                &caller,
+                &j.node,
+                "cancel",
+                format!("cancelled {id} (owner {})", j.owner),
+            );
             Json(j).into_response()
         }
         Err(e) => job_error(e),
@@ -876,7 +919,10 @@ async fn create_token(
                 &caller,
                 "",
                 "token-create",
-                format!("created token {} for {} as {}", made.token.id, made.token.user, made.token.role),
+                format!(
+                    "created token {} for {} as {}",
+                    made.token.id, made.token.user, made.token.role
+                ),
             );
             (StatusCode::CREATED, Json(made)).into_response()
         }
@@ -894,7 +940,13 @@ async fn revoke_token(
     }
     match s.access.revoke_token(&id).await {
         Ok(t) => {
-            audit(&s, &caller, "", "token-revoke", format!("revoked token {} of {}", t.id, t.user));
+            audit(
+                &s,
+                &caller,
+                "",
+                "token-revoke",
+                format!("revoked token {} of {}", t.id, t.user),
+            );
             Json(t).into_response()
         }
         Err(e) => token_error(e),

@@ -164,7 +164,14 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         loaded_tokens,
         store.clone(),
     ));
-    let served = api::serve(&opts.api, shared.clone(), access, Some(&shared.revocations), shutdown.clone()).await?;
+    let served = api::serve(
+        &opts.api,
+        shared.clone(),
+        access,
+        Some(&shared.revocations),
+        shutdown.clone(),
+    )
+    .await?;
     let api_addr = served.addr;
     tasks.extend(served.tasks);
 

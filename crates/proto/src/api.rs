@@ -65,8 +65,8 @@ impl EventKind {
             EventKind::Gpu,
             EventKind::Audit,
         ]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 

@@ -132,7 +132,12 @@ impl Jobs {
         let native_spec = self.translate(&req.spec, &req.scheduler, &node)?;
         if req.dry_run {
             return match self
-                .call(&node, &req.scheduler, PluginCall::Render(native_spec), Some(owner))
+                .call(
+                    &node,
+                    &req.scheduler,
+                    PluginCall::Render(native_spec),
+                    Some(owner),
+                )
                 .await
             {
                 Ok(PluginReply::Text(script)) => Ok(Submitted::DryRun(Rendered {
@@ -156,7 +161,12 @@ impl Jobs {
         self.lock().table.put(job.clone());
 
         let result = self
-            .call(&node, &job.scheduler, PluginCall::Submit(native_spec), Some(owner))
+            .call(
+                &node,
+                &job.scheduler,
+                PluginCall::Submit(native_spec),
+                Some(owner),
+            )
             .await;
         let failure = settle(&mut job, result);
         self.lock().table.put(job.clone());

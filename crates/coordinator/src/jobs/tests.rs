@@ -220,12 +220,15 @@ impl Rig {
 
     async fn submit(&self, scheduler: &str, spec: JobSpec) -> Result<JobView, JobError> {
         self.jobs
-            .submit("alice", SubmitRequest {
-                scheduler: scheduler.into(),
-                spec,
-                via: None,
-                dry_run: false,
-            })
+            .submit(
+                "alice",
+                SubmitRequest {
+                    scheduler: scheduler.into(),
+                    spec,
+                    via: None,
+                    dry_run: false,
+                },
+            )
             .await
             .map(|r| match r {
                 Submitted::Job(job) => *job,
@@ -665,12 +668,15 @@ async fn a_dry_run_renders_and_records_nothing() {
     r.agent("n1", &["slurm"], sched.clone());
     let out = r
         .jobs
-        .submit("alice", SubmitRequest {
-            scheduler: "slurm".into(),
-            spec: spec("/bin/hostname"),
-            via: None,
-            dry_run: true,
-        })
+        .submit(
+            "alice",
+            SubmitRequest {
+                scheduler: "slurm".into(),
+                spec: spec("/bin/hostname"),
+                via: None,
+                dry_run: true,
+            },
+        )
         .await
         .unwrap();
     let Submitted::DryRun(rendered) = out else {

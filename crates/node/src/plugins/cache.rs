@@ -231,7 +231,10 @@ mod tests {
             std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode)).unwrap();
             let err = Cache::open(&shared).unwrap_err().to_string();
             assert!(err.contains(&format!("writable by {who}")), "{err}");
-            assert!(err.contains(&format!("chmod go-w {}", shared.display())), "{err}");
+            assert!(
+                err.contains(&format!("chmod go-w {}", shared.display())),
+                "{err}"
+            );
         }
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
         Cache::open(&shared).unwrap();
@@ -257,7 +260,13 @@ mod tests {
         };
         let err = Cache::open(&theirs).unwrap_err().to_string();
         assert!(err.contains("is owned by"), "{err}");
-        assert!(err.contains(&format!("chown {}", crate::fsperm::user_name(me).unwrap_or(me.to_string()))), "{err}");
+        assert!(
+            err.contains(&format!(
+                "chown {}",
+                crate::fsperm::user_name(me).unwrap_or(me.to_string())
+            )),
+            "{err}"
+        );
     }
 
     #[test]
