@@ -228,6 +228,38 @@ async fn a_job_owned_by_root_is_refused_by_the_node() {
     );
 }
 
+/// alice submits through the socket to `scheduler` on `c`: her job runs as her (uid,
+/// home), and a second, long one is hers alone to see and cancel (with admins).
+async fn alice_runs_as_alice(c: &Cluster, scheduler: &str, alice: &support::users::TestUser) {
+    let shared = shared_dir(c);
+    let out = shared.join(format!("{scheduler}-who"));
+    let id = submit_whoami(c, "alice", scheduler, &out).await;
+    assert_eq!(
+        written(&out, c).await,
+        format!("alice {} {}", alice.uid, alice.home.display())
+    );
+    // A job that stays queued or running long enough to be cancelled by someone.
+    let long = json_as(
+        c,
+        "alice",
+        &[
+            "submit",
+            "--scheduler",
+            scheduler,
+            "--json",
+            "--chdir",
+            shared.to_str().unwrap(),
+            "--",
+            "/bin/sleep",
+            "300",
+        ],
+    )
+    .await;
+    only_owner_and_admin_manage(c, long["id"].as_str().unwrap()).await;
+    let done = json_as(c, "alice", &["status", &id, "--json"]).await;
+    assert_eq!(done["owner"], "alice", "{done}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn job_submitted_by_alice_through_the_socket_runs_as_alice_under_slurm() {
     if !root_or_skip() {
@@ -244,33 +276,7 @@ async fn job_submitted_by_alice_through_the_socket_runs_as_alice_under_slurm() {
         return;
     };
     let c = cluster(&plugins, "slurm", &[]).await;
-    let shared = shared_dir(&c);
-    let out = shared.join("slurm-who");
-    let id = submit_whoami(&c, "alice", "slurm", &out).await;
-    assert_eq!(
-        written(&out, &c).await,
-        format!("alice {} {}", alice.uid, alice.home.display())
-    );
-    // A job that stays queued long enough to be cancelled by someone.
-    let long = json_as(
-        &c,
-        "alice",
-        &[
-            "submit",
-            "--scheduler",
-            "slurm",
-            "--json",
-            "--chdir",
-            shared.to_str().unwrap(),
-            "--",
-            "/bin/sleep",
-            "300",
-        ],
-    )
-    .await;
-    only_owner_and_admin_manage(&c, long["id"].as_str().unwrap()).await;
-    let done = json_as(&c, "alice", &["status", &id, "--json"]).await;
-    assert_eq!(done["owner"], "alice", "{done}");
+    alice_runs_as_alice(&c, "slurm", &alice).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -289,28 +295,5 @@ async fn job_submitted_by_alice_through_the_socket_runs_as_alice_under_grid_engi
         return;
     };
     let c = cluster(&plugins, "sge", &support::sge::env()).await;
-    let shared = shared_dir(&c);
-    let out = shared.join("sge-who");
-    submit_whoami(&c, "alice", "sge", &out).await;
-    assert_eq!(
-        written(&out, &c).await,
-        format!("alice {} {}", alice.uid, alice.home.display())
-    );
-    let long = json_as(
-        &c,
-        "alice",
-        &[
-            "submit",
-            "--scheduler",
-            "sge",
-            "--json",
-            "--chdir",
-            shared.to_str().unwrap(),
-            "--",
-            "/bin/sleep",
-            "300",
-        ],
-    )
-    .await;
-    only_owner_and_admin_manage(&c, long["id"].as_str().unwrap()).await;
+    alice_runs_as_alice(&c, "sge", &alice).await;
 }

@@ -13,17 +13,15 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_node::plugins::{PluginHost, PluginsConfig};
 use corral_proto::job::{
-    Dependency, DependencyKind, JobArray, JobSpec, JobState, JobStatus, PluginCall, PluginError,
-    PluginReply,
+    Dependency, DependencyKind, JobArray, JobState, JobStatus, PluginCall, PluginError, PluginReply,
 };
+use support::scenarios::{run_all, PluginJobs};
 use support::sge::{sge, Sge};
 use support::slurm::built_plugins_dir;
 use support::users::{ensure_user, TestUser};
@@ -50,103 +48,19 @@ const NASTY: &[&str] = &[
 /// The service user `status` and `list` run as: not the owner, not root.
 const SERVICE_USER: &str = "nobody";
 
+/// The sge plugin's jobs (submitted and cancelled as alice), the Grid Engine they go
+/// to, and the users.
 struct Fixture {
-    host: PluginHost,
+    jobs: PluginJobs,
     sge: Arc<Sge>,
-    /// The jobs' working directory, owned by alice.
-    dir: tempfile::TempDir,
     alice: TestUser,
     bob: TestUser,
 }
 
-impl Fixture {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn call(&self, call: PluginCall, owner: &str) -> Result<PluginReply, PluginError> {
-        self.host.call("sge", call, Some(owner)).await
-    }
-
-    /// A spec that runs `sh -c SCRIPT` in the test's directory.
-    fn sh(&self, script: &str) -> JobSpec {
-        JobSpec {
-            executable: "/bin/sh".into(),
-            arguments: vec!["-c".into(), script.into()],
-            directory: Some(self.dir.path().display().to_string()),
-            stdout_path: Some(self.path("sge.o$JOB_ID.$TASK_ID").display().to_string()),
-            stderr_path: Some(self.path("sge.e$JOB_ID.$TASK_ID").display().to_string()),
-            ..JobSpec::default()
-        }
-    }
-
-    /// Submits as alice.
-    async fn submit(&self, spec: JobSpec) -> String {
-        match self.call(PluginCall::Submit(spec), &self.alice.name).await {
-            Ok(PluginReply::Submitted(id)) => id,
-            other => panic!("submit: {other:?}"),
-        }
-    }
-
-    async fn status(&self, id: &str) -> JobStatus {
-        match self
-            .host
-            .call("sge", PluginCall::Status(vec![id.to_string()]), None)
-            .await
-        {
-            Ok(PluginReply::Statuses(mut v)) => {
-                assert_eq!(v.len(), 1, "{v:?}");
-                v.remove(0)
-            }
-            other => panic!("status {id}: {other:?}"),
-        }
-    }
-
-    /// Cancels as alice.
-    async fn cancel(&self, id: &str) {
-        match self
-            .call(PluginCall::Cancel(id.to_string()), &self.alice.name)
-            .await
-        {
-            Ok(PluginReply::Done) => {}
-            other => panic!("cancel {id}: {other:?}"),
-        }
-    }
-
-    /// Polls `status` until `pred` holds (or `within` passes: a failure with the last status).
-    async fn wait(
-        &self,
-        id: &str,
-        what: &str,
-        within: Duration,
-        pred: impl Fn(&JobStatus) -> bool,
-    ) -> JobStatus {
-        let start = Instant::now();
-        loop {
-            let s = self.status(id).await;
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                start.elapsed() < within,
-                "job {id} not {what} within {within:?}; last: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    async fn wait_running(&self, id: &str) -> JobStatus {
-        self.wait(id, "running", Duration::from_secs(60), |s| {
-            s.state == JobState::Running
-        })
-        .await
-    }
-
-    async fn wait_ended(&self, id: &str) -> JobStatus {
-        self.wait(id, "ended", Duration::from_secs(90), |s| {
-            s.state.is_terminal()
-        })
-        .await
+impl std::ops::Deref for Fixture {
+    type Target = PluginJobs;
+    fn deref(&self) -> &PluginJobs {
+        &self.jobs
     }
 }
 
@@ -173,7 +87,7 @@ fn failed_reason(s: &JobStatus) -> &str {
     }
 }
 
-type Scenario = fn(Arc<Fixture>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+type Scenario = support::scenarios::Scenario<Fixture>;
 
 async fn a_job_runs_as_its_owner_and_succeeds(f: Arc<Fixture>) {
     let id = f
@@ -217,7 +131,7 @@ async fn cancel_stops_a_running_job_and_cancelling_again_is_fine(f: Arc<Fixture>
 async fn another_user_cannot_cancel_a_job_grid_engine_refuses_them(f: Arc<Fixture>) {
     let id = f.submit(f.sh("sleep 300")).await;
     f.wait_running(&id).await;
-    let r = f.call(PluginCall::Cancel(id.clone()), &f.bob.name).await;
+    let r = f.call_as(PluginCall::Cancel(id.clone()), &f.bob.name).await;
     assert!(
         matches!(&r, Err(PluginError::Backend(m)) if m.contains("privileges")),
         "bob's cancel of alice's job: {r:?}"
@@ -320,7 +234,7 @@ async fn a_dependent_job_waits_for_its_dependency(f: Arc<Fixture>) {
     );
     // Grid Engine only knows "after the other ended".
     spec.dependencies[0].kind = DependencyKind::AfterOk;
-    let r = f.call(PluginCall::Submit(spec), &f.alice.name).await;
+    let r = f.call_as(PluginCall::Submit(spec), &f.alice.name).await;
     assert!(matches!(r, Err(PluginError::Unsupported(_))), "{r:?}");
 }
 
@@ -371,7 +285,7 @@ async fn metacharacters_reach_the_job_literally(f: Arc<Fixture>) {
 async fn a_name_grid_engine_cannot_take_is_refused_before_qsub_runs(f: Arc<Fixture>) {
     let mut spec = f.sh("exit 0");
     spec.name = Some("two words".into());
-    let r = f.call(PluginCall::Submit(spec), &f.alice.name).await;
+    let r = f.call_as(PluginCall::Submit(spec), &f.alice.name).await;
     assert!(
         matches!(&r, Err(PluginError::Invalid(m)) if m.contains("Grid Engine takes")),
         "{r:?}"
@@ -425,34 +339,6 @@ async fn a_disabled_host_takes_no_new_jobs_until_enabled(f: Arc<Fixture>) {
     assert_eq!(s.state, JobState::Succeeded);
 }
 
-/// Runs each scenario in its own task (a panic fails that scenario only), printing how
-/// long each took; returns the names of those that failed.
-async fn run_all(f: &Arc<Fixture>, scenarios: Vec<(&'static str, Scenario)>) -> Vec<&'static str> {
-    let tasks: Vec<_> = scenarios
-        .into_iter()
-        .map(|(name, s)| {
-            let run = s(f.clone());
-            let task = tokio::spawn(async move {
-                let started = Instant::now();
-                run.await;
-                started.elapsed()
-            });
-            (name, task)
-        })
-        .collect();
-    let mut failed = Vec::new();
-    for (name, t) in tasks {
-        match t.await {
-            Ok(took) => println!("scenario {name} ... ok ({took:.1?})"),
-            Err(e) => {
-                println!("scenario {name} ... FAILED ({e})");
-                failed.push(name);
-            }
-        }
-    }
-    failed
-}
-
 macro_rules! scenario {
     ($f:ident) => {
         (stringify!($f), (|fx| Box::pin($f(fx))) as Scenario)
@@ -500,9 +386,15 @@ fn sge_plugin_drives_a_real_grid_engine() {
             .unwrap();
         std::os::unix::fs::chown(dir.path(), Some(alice.uid), Some(alice.gid)).unwrap();
         let f = Arc::new(Fixture {
-            host,
+            jobs: PluginJobs {
+                host,
+                plugin: "sge",
+                owner: alice.name.clone(),
+                dir,
+                stdout: "sge.o$JOB_ID.$TASK_ID",
+                stderr: Some("sge.e$JOB_ID.$TASK_ID"),
+            },
             sge: sge_daemons.clone(),
-            dir,
             alice,
             bob,
         });

@@ -10,17 +10,13 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_node::plugins::{PluginHost, PluginsConfig};
-use corral_proto::job::{
-    Dependency, DependencyKind, JobArray, JobSpec, JobState, JobStatus, PluginCall, PluginError,
-    PluginReply,
-};
+use corral_proto::job::{Dependency, DependencyKind, JobArray, JobState, PluginCall, PluginReply};
+use support::scenarios::{run_all, PluginJobs};
 use support::slurm::{built_plugins_dir, node_state, Slurm, NODE};
 
 const NASTY: &[&str] = &[
@@ -39,84 +35,8 @@ const NASTY: &[&str] = &[
     "ünï ✓",
 ];
 
-struct Fixture {
-    host: PluginHost,
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn call(&self, call: PluginCall) -> Result<PluginReply, PluginError> {
-        self.host.call("slurm", call, Some(support::runner())).await
-    }
-
-    /// A spec that runs `sh -c SCRIPT` in the test's directory.
-    fn sh(&self, script: &str) -> JobSpec {
-        JobSpec {
-            executable: "/bin/sh".into(),
-            arguments: vec!["-c".into(), script.into()],
-            directory: Some(self.dir.path().display().to_string()),
-            stdout_path: Some(self.path("slurm-%j.out").display().to_string()),
-            ..JobSpec::default()
-        }
-    }
-
-    async fn submit(&self, spec: JobSpec) -> String {
-        match self.call(PluginCall::Submit(spec)).await {
-            Ok(PluginReply::Submitted(id)) => id,
-            other => panic!("submit: {other:?}"),
-        }
-    }
-
-    async fn status(&self, id: &str) -> JobStatus {
-        match self.call(PluginCall::Status(vec![id.to_string()])).await {
-            Ok(PluginReply::Statuses(mut v)) => {
-                assert_eq!(v.len(), 1, "{v:?}");
-                v.remove(0)
-            }
-            other => panic!("status {id}: {other:?}"),
-        }
-    }
-
-    async fn cancel(&self, id: &str) {
-        match self.call(PluginCall::Cancel(id.to_string())).await {
-            Ok(PluginReply::Done) => {}
-            other => panic!("cancel {id}: {other:?}"),
-        }
-    }
-
-    /// Polls `status` until `pred` holds (or `within` passes: a failure with the last status).
-    async fn wait(
-        &self,
-        id: &str,
-        what: &str,
-        within: Duration,
-        pred: impl Fn(&JobStatus) -> bool,
-    ) -> JobStatus {
-        let start = Instant::now();
-        loop {
-            let s = self.status(id).await;
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                start.elapsed() < within,
-                "job {id} not {what} within {within:?}; last: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    async fn wait_ended(&self, id: &str) -> JobStatus {
-        self.wait(id, "ended", Duration::from_secs(90), |s| {
-            s.state.is_terminal()
-        })
-        .await
-    }
-}
+/// The Slurm plugin's jobs, submitted and cancelled as the test runner.
+type Fixture = PluginJobs;
 
 /// Runs a Slurm client program directly (for what the plugin does not do: releasing a
 /// hold, reading a job's name or script back) and returns its stdout.
@@ -136,7 +56,7 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-type Scenario = fn(Arc<Fixture>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+type Scenario = support::scenarios::Scenario<Fixture>;
 
 async fn a_held_job_is_queued_then_runs_and_succeeds(f: Arc<Fixture>) {
     let mut spec = f.sh("sleep 3");
@@ -354,26 +274,6 @@ async fn a_drained_node_takes_no_new_jobs_until_resumed(f: Arc<Fixture>) {
     assert_eq!(s.state, JobState::Succeeded);
 }
 
-/// Runs each scenario in its own task (a panic fails that scenario only); returns the
-/// names of those that failed.
-async fn run_all(f: &Arc<Fixture>, scenarios: Vec<(&'static str, Scenario)>) -> Vec<&'static str> {
-    let tasks: Vec<_> = scenarios
-        .into_iter()
-        .map(|(name, s)| (name, tokio::spawn(s(f.clone()))))
-        .collect();
-    let mut failed = Vec::new();
-    for (name, t) in tasks {
-        match t.await {
-            Ok(()) => println!("scenario {name} ... ok"),
-            Err(e) => {
-                println!("scenario {name} ... FAILED ({e})");
-                failed.push(name);
-            }
-        }
-    }
-    failed
-}
-
 macro_rules! scenario {
     ($f:ident) => {
         (stringify!($f), (|fx| Box::pin($f(fx))) as Scenario)
@@ -401,7 +301,14 @@ async fn slurm_plugin_drives_a_real_slurm() {
         .prefix("corral-slurm-jobs")
         .tempdir()
         .unwrap();
-    let f = Arc::new(Fixture { host, dir });
+    let f = Arc::new(PluginJobs {
+        host,
+        plugin: "slurm",
+        owner: support::runner().to_string(),
+        dir,
+        stdout: "slurm-%j.out",
+        stderr: None,
+    });
 
     let mut failed = run_all(
         &f,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_programs;
+pub mod scenarios;
 pub mod sge;
 pub mod slurm;
 pub mod users;
@@ -20,6 +21,37 @@ use corral_proto::model::Liveness;
 /// Where a [`Cluster`]'s coordinator serves its API socket (`[api] socket`).
 fn dir_socket(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("api.sock")
+}
+
+/// Whether this run is CI's (`CI=true`), where every test must really run.
+pub fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Fails under CI, prints `SKIPPED: why` elsewhere; returns `None` for `?`-style use.
+pub fn skip<T>(why: &str) -> Option<T> {
+    if ci() {
+        panic!("CI=true, so this must run, but: {why}");
+    }
+    println!("SKIPPED: {why}");
+    None
+}
+
+/// Stops a daemon the harness started: SIGTERM, then SIGKILL after `grace`; reaped.
+pub fn stop_child(mut child: Child, grace: Duration) {
+    signal(&child, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            _ if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 pub fn corral() -> Command {

@@ -58,18 +58,7 @@ pub fn env() -> [(&'static str, &'static str); 2] {
     [("SGE_ROOT", SGE_ROOT), ("SGE_CELL", SGE_CELL)]
 }
 
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-/// Fails under CI, prints `SKIPPED: why` elsewhere; returns `None` for `?`-style use.
-fn skip<T>(why: &str) -> Option<T> {
-    if ci() {
-        panic!("CI=true, so this must run, but: {why}");
-    }
-    println!("SKIPPED: {why}");
-    None
-}
+use super::{ci, skip};
 
 fn client(program: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(program);
@@ -448,23 +437,8 @@ impl Drop for Sge {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        while let Some((_, mut child)) = self.started.pop() {
-            // SAFETY: kill(2) of a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    _ if Instant::now() > deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
+        while let Some((_, child)) = self.started.pop() {
+            super::stop_child(child, Duration::from_secs(20));
         }
     }
 }

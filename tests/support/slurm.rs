@@ -58,18 +58,7 @@ MinJobAge=2\n"
     )
 }
 
-pub fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-/// Fails under CI, prints `SKIPPED: why` elsewhere; returns `None` for `?`-style use.
-pub fn skip<T>(why: &str) -> Option<T> {
-    if ci() {
-        panic!("CI=true, so this must run, but: {why}");
-    }
-    println!("SKIPPED: {why}");
-    None
-}
+pub use super::{ci, skip};
 
 /// Where `cargo xtask plugins` put the built plugins: `$CORRAL_PLUGINS_DIR`, else
 /// `<target dir>/plugins`. `None` (failing under CI) when `NAME.wasm` is not there.
@@ -342,23 +331,8 @@ impl Drop for Slurm {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        while let Some((_, mut child)) = self.started.pop() {
-            // SAFETY: kill(2) of a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    _ if Instant::now() > deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
+        while let Some((_, child)) = self.started.pop() {
+            super::stop_child(child, Duration::from_secs(10));
         }
     }
 }

@@ -104,6 +104,35 @@ pub struct Credentials {
     pub groups: Vec<u32>,
 }
 
+impl Credentials {
+    /// Becomes this identity, for good: supplementary groups, then the primary group,
+    /// then the uid (each step needs the privilege the next gives up), then a check
+    /// that the change is complete and cannot be undone (CERT POS37-C). For a forked
+    /// child before `exec` (`CommandExt::pre_exec`): it only calls async-signal-safe
+    /// functions and neither allocates nor takes locks. Every program corral runs as
+    /// someone else (plugin programs, Ray) drops its privileges here.
+    pub fn become_in_child(&self) -> std::io::Result<()> {
+        // SAFETY: plain system calls on memory owned by `self` (the groups buffer was
+        // allocated before the fork).
+        unsafe {
+            if libc::setgroups(self.groups.len() as _, self.groups.as_ptr()) != 0
+                || libc::setgid(self.gid) != 0
+                || libc::setuid(self.uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getuid() != self.uid
+                || libc::geteuid() != self.uid
+                || libc::getegid() != self.gid
+                || (self.uid != 0 && libc::setuid(0) == 0)
+            {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -267,20 +296,10 @@ pub fn run(cmd: &Command) -> Result<Output, ExecError> {
         c.envs(cmd.env.iter().map(|(k, v)| (k, v)));
     }
     if let Some(cred) = cmd.credentials.clone() {
-        let groups: Vec<libc::gid_t> = cred.groups.clone();
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (setgroups, setgid, setuid) on memory allocated
-        // before the fork; it neither allocates nor takes locks.
+        // SAFETY: the closure runs in the forked child before exec and does only what
+        // `become_in_child` does (async-signal-safe, no allocation).
         unsafe {
-            c.pre_exec(move || {
-                if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
-                    || libc::setgid(cred.gid) != 0
-                    || libc::setuid(cred.uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            c.pre_exec(move || cred.become_in_child());
         }
     }
     let mut child = c.spawn().map_err(|source| ExecError::Spawn {

@@ -111,25 +111,18 @@ pub fn command(
         .iter()
         .map(|d| std::path::absolute(d).and_then(|d| Ok(CString::new(d.as_os_str().as_bytes())?)))
         .collect::<std::io::Result<_>>()?;
-    let ids = user
-        .switch
-        .then(|| (user.groups.clone(), user.uid, user.gid));
+    let ids = user.switch.then(|| crate::exec::Credentials {
+        uid: user.uid,
+        gid: user.gid,
+        groups: user.groups.clone(),
+    });
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (setgroups, setgid, setuid, getuid, geteuid, chdir) on
-    // memory allocated before the fork; it neither allocates nor takes locks.
+    // async-signal-safe functions (those of `become_in_child`, and chdir) on memory
+    // allocated before the fork; it neither allocates nor takes locks.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some((groups, uid, gid)) = &ids {
-                if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
-                    || libc::setgid(*gid) != 0
-                    || libc::setuid(*uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The uid change must be complete and final (CERT POS37-C).
-                if libc::getuid() != *uid || libc::geteuid() != *uid || libc::setuid(0) == 0 {
-                    return Err(std::io::Error::from_raw_os_error(libc::EPERM));
-                }
+            if let Some(cred) = &ids {
+                cred.become_in_child()?;
             }
             for d in &dirs {
                 if libc::chdir(d.as_ptr()) != 0 {
