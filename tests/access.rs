@@ -5,8 +5,7 @@
 //! The test runner is admin on the socket ([`Cluster::access`]); everything else has to
 //! authenticate like anyone off the socket.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
 //! The command line's own behaviour: config checks, certificate commands, the client
 //! commands' errors, and `corral dev` end to end.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::time::{Duration, Instant};
 

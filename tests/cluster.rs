@@ -1,8 +1,7 @@
 //! End-to-end behaviour of a real coordinator and real agents over QUIC with mutual TLS
 //! on loopback: registration, reports, liveness transitions, restarts, commands.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::time::Duration;
 

@@ -11,8 +11,7 @@
 //!
 //! Without the built plugins: a failure under `CI=true`, `SKIPPED` elsewhere.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::path::Path;
 

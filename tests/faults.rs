@@ -1,8 +1,7 @@
 //! Bad peers and bad input against a real coordinator: each gets a clear refusal, and the
 //! coordinator keeps serving a well-behaved agent throughout.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::net::SocketAddr;
 use std::path::Path;

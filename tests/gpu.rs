@@ -5,8 +5,7 @@
 //! either through `gpu.kernel_log` pointing at a fixture file or as `kmsg` lines of a
 //! script step.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::time::Duration;
 

@@ -10,8 +10,7 @@
 //! Needs root (to switch users); off CI without root, Slurm or Grid Engine the tests
 //! print `SKIPPED: <why>` and pass, under `CI=true` that is a failure.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

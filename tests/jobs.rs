@@ -10,8 +10,7 @@
 //! The Slurm tests hold [`SLURM`] while they run: the harness cancels every job of the
 //! test partition when it stops, which must not hit another test's jobs.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -21,8 +21,7 @@
 //! The package build and install itself is `tests/packaging.sh` (it needs root and
 //! installs a system package).
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;

@@ -11,8 +11,7 @@
 //! Without a wasm toolchain or the built plugins: a failure under `CI=true`, `SKIPPED`
 //! elsewhere.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@
 //! The component is found in `$CORRAL_PLUGINS_DIR`, else `<target dir>/plugins`. Without
 //! it these tests fail under `CI=true` and print `SKIPPED` otherwise.
 
-mod support;
+use corral_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

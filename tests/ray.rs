@@ -14,8 +14,7 @@
 //! keeps it under /var/cache/corral-test when root, since /root is 0700. Otherwise Ray
 //! runs as the user running the tests.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

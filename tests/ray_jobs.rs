@@ -9,8 +9,7 @@
 //! dashboard. Without the venv or the built plugin: a failure under CI=true, "SKIPPED"
 //! elsewhere.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -3,8 +3,7 @@
 //! reason the agent can print; a revocation applies without restarting the coordinator
 //! and ends the revoked node's open connection; a broken CRL file changes nothing.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -10,8 +10,7 @@
 //! Without Grid Engine, root or the built plugin: a failure under CI=true, "SKIPPED"
 //! elsewhere.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -7,8 +7,7 @@
 //! scenario runs even when another fails; the test fails naming each failed one.
 //! Without Slurm or the built plugin: a failure under CI=true, "SKIPPED" elsewhere.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::path::Path;
 use std::sync::Arc;

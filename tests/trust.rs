@@ -4,8 +4,7 @@
 //! an oversized command fails alone. The peers here are hand-driven agent connections
 //! (a real agent never sends these messages), each with its own agent certificate.
 
-#[path = "support/mod.rs"]
-mod support;
+use corral_test_support as support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

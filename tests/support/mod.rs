@@ -2,7 +2,6 @@
 //! every connection real QUIC with certificates from a real CA made by `corral certs`.
 //! Processes are killed when the cluster value is dropped, so a failing test leaves
 //! nothing running.
-#![allow(dead_code)]
 
 pub mod fake_programs;
 pub mod scenarios;
@@ -54,8 +53,37 @@ pub fn stop_child(mut child: Child, grace: Duration) {
     }
 }
 
+/// The `corral` binary under test: `$CORRAL_BIN`, else the one cargo built beside the
+/// running test binary (`target/<profile>/deps/TEST` → `target/<profile>/corral`, what
+/// `CARGO_BIN_EXE_corral` names for the tests of the `corral` package).
+pub fn corral_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CORRAL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary in target/<profile>/deps");
+    profile_dir.join("corral")
+}
+
+/// A directory for the harness's own files in cargo's target dir (`target/tmp`, what
+/// `CARGO_TARGET_TMPDIR` names for integration tests): owned by whoever builds, never a
+/// world-writable directory.
+pub fn target_tmp() -> PathBuf {
+    let bin = corral_bin();
+    let dir = bin
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("tmp"))
+        .expect("corral in target/<profile>/");
+    std::fs::create_dir_all(&dir).expect("creating target/tmp");
+    dir
+}
+
 pub fn corral() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
+    let mut c = Command::new(corral_bin());
     c.env("CORRAL_LOG", "info,quinn=warn")
         .env_remove("CORRAL_API")
         .env_remove("CORRAL_SOCKET")
@@ -102,6 +130,12 @@ pub struct Cluster {
     coordinator: Option<Child>,
     agents: HashMap<String, Child>,
     http: reqwest::Client,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::new()
+    }
 }
 
 impl Cluster {

@@ -66,9 +66,11 @@ pub fn built_plugins_dir(name: &str) -> Option<PathBuf> {
     let dir = match std::env::var_os("CORRAL_PLUGINS_DIR") {
         Some(d) => PathBuf::from(d),
         None => {
+            // This crate is tests/support in the workspace.
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("the agent crate is inside the workspace")
+                .ancestors()
+                .nth(2)
+                .expect("tests/support is inside the workspace")
                 .to_path_buf();
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)

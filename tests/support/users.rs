@@ -11,7 +11,7 @@
 //!   are never deleted: they are cheap, and a later run (or another test binary running
 //!   at the same time) reuses them.
 //! - Creation is serialized by an exclusive `flock` on a file in cargo's
-//!   `CARGO_TARGET_TMPDIR` (shared by every test binary of this target dir, owned by
+//!   `target/tmp` ([`super::target_tmp`], shared by every test binary of this target dir, owned by
 //!   whoever builds, never a world-writable directory that root would open through a
 //!   planted symlink), plus a process-wide mutex for threads of one binary. `useradd`
 //!   racing anyone else is caught by looking the user up again when it fails.
@@ -71,7 +71,7 @@ static IN_PROCESS: Mutex<()> = Mutex::new(());
 /// An exclusive lock shared by every test process using this target dir; released when
 /// the file is dropped.
 fn cross_process_lock() -> std::fs::File {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("corral-test-users.lock");
+    let path = super::target_tmp().join("corral-test-users.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
