@@ -49,6 +49,14 @@ if [ -z "${CORRAL_RAY_VENV:-}" ]; then
     RAY_VERSION=2.60.0
     if [ "$(id -u)" = 0 ]; then
         ray_venv_dir="${CORRAL_RAY_VENV_DIR:-/var/cache/corral-test}"
+        if [ -z "${CORRAL_RAY_PYTHON:-}" ] && ! /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 &&
+            command -v apt-get >/dev/null 2>&1; then
+            # A Python only root can reach (pyenv under /root) would not do: install the
+            # system one.
+            echo "== installing python3 and python3-venv (apt), for a venv other users can run"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+        fi
         if [ -x /usr/bin/python3 ]; then
             ray_python="${CORRAL_RAY_PYTHON:-/usr/bin/python3}"
         else
