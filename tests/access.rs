@@ -329,7 +329,8 @@ async fn a_revoked_token_stops_working_and_every_change_is_an_audit_event_naming
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_operator_certificate_logs_in_on_https_and_an_agent_certificate_does_not() {
+async fn an_operator_certificate_logs_in_on_https_until_revoked_and_an_agent_certificate_does_not()
+{
     let mut c = Cluster::new();
     c.api_extra = "tls_cert = \"tls/coordinator.pem\"\ntls_key = \"tls/coordinator.key\"".into();
     c.issue("ops", "operator");
@@ -364,6 +365,22 @@ async fn an_operator_certificate_logs_in_on_https_and_an_agent_certificate_does_
         "{}",
         stderr(&out)
     );
+    // A revoked operator certificate stops working without a coordinator restart.
+    let out = run(&["certs", "revoke", "--ca", tls.to_str().unwrap(), "ops"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = run_async(login("ops")).await;
+        if !out.status.success() {
+            assert!(!stdout(&out).contains("(admin)"), "{}", stdout(&out));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked operator certificate still logs in"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     // Without any certificate the HTTPS listener still wants a credential.
     let out = run_async(vec![
         "whoami".into(),

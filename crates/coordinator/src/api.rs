@@ -530,9 +530,16 @@ fn certificate_caller(
             identity.role, identity.name
         ));
     }
-    let serial = chain
-        .first()
-        .and_then(|c| pki::serial_of(c).ok())
+    let leaf = chain.first().ok_or("no client certificate")?;
+    // A kept-alive connection keeps the identity its handshake accepted: a certificate
+    // revoked since then is refused here, request by request.
+    if let Some(r) = state.shared.revocations.revoked(leaf) {
+        return Err(format!(
+            "the client certificate of {} (serial {}) has been revoked; ask an admin for a new one",
+            identity.name, r.serial
+        ));
+    }
+    let serial = pki::serial_of(leaf)
         .map(|s| s.to_string())
         .unwrap_or_default();
     Ok(state.access.certificate(&identity.name, serial))
