@@ -95,6 +95,15 @@ async fn a_viewer_token_reads_but_cannot_submit_and_a_user_token_cannot_manage_t
             .contains("submitting a job needs the user role; watcher has viewer"),
         "{body}"
     );
+    // Node actions need the user role too.
+    let r = http
+        .post(format!("{}/api/v1/nodes/any/ping", c.api()))
+        .bearer_auth(&viewer)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     let user = c.token("alice", "user").await;
     let r = http
         .get(format!("{}/api/v1/tokens", c.api()))

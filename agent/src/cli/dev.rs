@@ -261,10 +261,19 @@ async fn admin_token(socket: &Path, file: &Path, me: &str) -> Result<()> {
     Ok(())
 }
 
+/// `$XDG_STATE_HOME/corral/dev`, else `~/.local/state/corral/dev`. An empty or relative
+/// `XDG_STATE_HOME` is ignored, as the XDG spec says: the CLI looks for the dev socket here
+/// from any directory, so the path must not depend on where `corral dev` was started.
 pub(super) fn default_state_dir() -> PathBuf {
+    let absolute = |p: PathBuf| Some(p).filter(|p| p.is_absolute());
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".local/state"))
+                .and_then(absolute)
+        })
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("corral").join("dev")
 }

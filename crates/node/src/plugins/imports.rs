@@ -498,11 +498,6 @@ mod tests {
             Err(WitError::Denied(_))
         ));
     }
-}
-
-#[cfg(test)]
-mod env_tests {
-    use super::*;
 
     #[test]
     fn programs_start_from_the_agents_path_locale_and_granted_variables_only() {
