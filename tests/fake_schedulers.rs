@@ -178,7 +178,7 @@ async fn lsf_submits_polls_and_cancels_through_the_host_against_fake_bsub_bjobs_
         return;
     };
     let fakes = Fakes::new();
-    fakes.install(&["bsub", "bjobs", "bkill", "bpeek", "badmin"]);
+    fakes.install(&["bsub", "bjobs", "bkill", "bpeek", "badmin", "bhosts"]);
     let bjobs = fixture("lsf/fixtures/bjobs.json");
     fakes
         .ok("bsub", &fixture("lsf/fixtures/bsub.txt"))

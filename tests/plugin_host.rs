@@ -148,6 +148,27 @@ async fn healthy(host: &PluginHost, plugin: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn node_state_reaches_the_export_and_a_plugin_without_it_says_unsupported() {
+    let Some(wasm) = hostile_wasm() else { return };
+    let plugins = Plugins::new(wasm);
+    plugins.add(&ManifestText::new("hostile"));
+    let host = plugins.load(&["hostile"]);
+    // The hostile plugin declares no node admin: the SDK's default answers through the
+    // host's `node-state` export, as an error value, not a trap.
+    let r = host
+        .call(
+            "hostile",
+            PluginCall::NodeState {
+                node: "node01".into(),
+            },
+            None,
+        )
+        .await;
+    assert_eq!(r, Err(PluginError::Unsupported("node-state".into())));
+    healthy(&host, "hostile").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn each_hostile_call_fails_alone_and_the_next_call_and_other_plugins_work() {
     let Some(wasm) = hostile_wasm() else { return };
     let plugins = Plugins::new(wasm);

@@ -5,7 +5,8 @@
 //!
 //! One Grid Engine serves the whole file, so the behaviours run as scenarios of one
 //! test: those that share the queue run side by side (it has eight slots), then
-//! disable/enable runs alone, since a disabled queue holds everyone's jobs. Every
+//! disable/enable runs alone, since a disabled queue holds everyone's jobs, and so does
+//! reading the host's drain state back (`node-state`, as the service user). Every
 //! scenario runs even when another fails; the test fails naming each failed one.
 //! Without Grid Engine, root or the built plugin: a failure under CI=true, "SKIPPED"
 //! elsewhere.
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use corral_node::plugins::{PluginHost, PluginsConfig};
 use corral_proto::job::{
-    Dependency, DependencyKind, JobArray, JobState, JobStatus, PluginCall, PluginError, PluginReply,
+    Dependency, DependencyKind, JobArray, JobState, JobStatus, NodeState, PluginCall, PluginError,
+    PluginReply,
 };
 use support::scenarios::{run_all, PluginJobs};
 use support::sge::{sge, Sge};
@@ -338,6 +340,71 @@ async fn a_disabled_host_takes_no_new_jobs_until_enabled(f: Arc<Fixture>) {
     assert_eq!(s.state, JobState::Succeeded);
 }
 
+/// `node-state` of `node`, run as the service user (`nobody`).
+async fn node_state(f: &Fixture, node: &str) -> Result<PluginReply, PluginError> {
+    f.host
+        .call("sge", PluginCall::NodeState { node: node.into() }, None)
+        .await
+}
+
+async fn node_state_reports_disabled_queues_and_no_reason(f: Arc<Fixture>) {
+    let node = f.sge.host.clone();
+    let host_state = |drained| {
+        Ok(PluginReply::NodeState(Some(NodeState {
+            drained,
+            reason: None,
+        })))
+    };
+    assert_eq!(node_state(&f, &node).await, host_state(false));
+    let r = f
+        .host
+        .call(
+            "sge",
+            PluginCall::DrainNode {
+                node: node.clone(),
+                reason: "corral: gpu 0 XID 79".into(),
+            },
+            None,
+        )
+        .await;
+    assert_eq!(r, Ok(PluginReply::Done));
+    // Disabled, and Grid Engine keeps no reason: none comes back.
+    let drained = node_state(&f, &node).await;
+    let r = f
+        .host
+        .call("sge", PluginCall::ResumeNode { node: node.clone() }, None)
+        .await;
+    assert_eq!(r, Ok(PluginReply::Done));
+    assert_eq!(drained, host_state(true));
+    assert_eq!(node_state(&f, &node).await, host_state(false));
+
+    // A person disabling the queue with qmod reads the same: drained.
+    let instance = format!("{}@{node}", support::sge::QUEUE);
+    assert!(client("qmod", vec!["-d".into(), instance.clone()]).await.0);
+    let by_hand = node_state(&f, &node).await;
+    assert!(client("qmod", vec!["-e".into(), instance]).await.0);
+    assert_eq!(by_hand, host_state(true));
+
+    // A host Grid Engine has no queue on: none, not an error; draining it fails.
+    assert_eq!(
+        node_state(&f, "no-such-host-corral").await,
+        Ok(PluginReply::NodeState(None))
+    );
+    let r = f
+        .host
+        .call(
+            "sge",
+            PluginCall::DrainNode {
+                node: "no-such-host-corral".into(),
+                reason: String::new(),
+            },
+            None,
+        )
+        .await;
+    assert!(matches!(&r, Err(PluginError::Backend(_))), "{r:?}");
+    assert_eq!(node_state(&f, &node).await, host_state(false));
+}
+
 macro_rules! scenario {
     ($f:ident) => {
         (stringify!($f), (|fx| Box::pin($f(fx))) as Scenario)
@@ -419,6 +486,13 @@ fn sge_plugin_drives_a_real_grid_engine() {
             run_all(
                 &f,
                 vec![scenario!(a_disabled_host_takes_no_new_jobs_until_enabled)],
+            )
+            .await,
+        );
+        failed.extend(
+            run_all(
+                &f,
+                vec![scenario!(node_state_reports_disabled_queues_and_no_reason)],
             )
             .await,
         );

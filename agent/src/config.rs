@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use corral_base::config::{check_readable, parse_toml, ConfigIssue};
 use corral_coordinator::access::AccessSection;
 use corral_coordinator::config::{
-    ApiSection, Authority, CoordinatorSection, JobsSection, SchedulerSection,
+    ApiSection, Authority, CoordinatorSection, JobsSection, RemediationSection, SchedulerSection,
 };
 use corral_coordinator::registry::Settings;
 use corral_coordinator::CoordinatorOptions;
@@ -64,7 +64,11 @@ pub struct Config {
     /// How the coordinator tracks jobs.
     #[serde(default)]
     pub jobs: JobsSection,
-    /// `[schedulers.NAME]`: which nodes may serve scheduler plugin NAME (absent: none).
+    /// When the coordinator drains unhealthy nodes and resumes them.
+    #[serde(default)]
+    pub remediation: RemediationSection,
+    /// `[schedulers.NAME]`: one scheduler instance: which nodes may serve plugin NAME,
+    /// and which nodes it schedules on (absent: none).
     #[serde(default)]
     pub schedulers: BTreeMap<String, SchedulerSection>,
 }
@@ -202,6 +206,7 @@ impl Config {
         }
         if let Some(c) = &self.coordinator {
             corral_coordinator::config::validate(c, &self.api, &self.jobs)?;
+            corral_coordinator::config::validate_remediation(&self.remediation)?;
         }
         match &self.coordinator {
             Some(c) => corral_coordinator::config::validate_authority(c, &self.schedulers)?,
@@ -280,6 +285,8 @@ impl Config {
                 .context("the config has no [tls] section")?,
             jobs: self.jobs.clone(),
             authority: Authority::from_config(c, &self.schedulers),
+            remediation: self.remediation.clone(),
+            schedulers: self.schedulers.clone(),
         })
     }
 

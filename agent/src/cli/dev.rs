@@ -352,6 +352,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
                 .map(|p| (p.clone(), vec![node.clone()]))
                 .collect(),
         ),
+        // The policy cordons an unhealthy dev node in corral (and its Ray worker, when
+        // there is one) but drains it in no scheduler: this machine's scheduler is not
+        // corral dev's to change.
+        remediation: Default::default(),
+        schedulers: Default::default(),
     })
     .await
     .context("starting the dev coordinator (if a port is taken, pass --quic-port / --api-port)")?;

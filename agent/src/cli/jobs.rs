@@ -561,6 +561,7 @@ const JOB_FIELDS: &[Field<JobView>] = &[
             None => "never".into(),
         })
     }),
+    ("Polled via:", |j, _| j.polled_via.clone()),
     ("Not refreshed:", |j, _| j.poll_error.clone()),
 ];
 
@@ -943,6 +944,7 @@ mod tests {
             updated_ms: 50_000,
             polled_ms: Some(60_000),
             poll_error: Some("agent node-a is not connected".into()),
+            polled_via: Some("node-b".into()),
             history: vec![
                 Transition {
                     at_ms: 1_000,
@@ -977,6 +979,7 @@ mod tests {
              After:      after-ok c3, after-any c4\n\
              Submitted:  1m ago\n\
              Last poll:  1.0s ago\n\
+             Polled via: node-b\n\
              Not refreshed: agent node-a is not connected\n\
              \n\
              History:\n\
@@ -1008,6 +1011,7 @@ mod tests {
             updated_ms: 1_000,
             polled_ms: None,
             poll_error: None,
+            polled_via: None,
             history: vec![],
             ..full_job()
         };

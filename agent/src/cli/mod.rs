@@ -13,6 +13,7 @@ mod client;
 mod dev;
 mod generate;
 mod jobs;
+mod remediation;
 mod show;
 
 use std::path::PathBuf;
@@ -119,6 +120,13 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Cordon a node and drain it in its schedulers and Ray, now (admin).
+    Drain(remediation::DrainArgs),
+    /// Lift what corral drained of a node, now (admin).
+    Resume(remediation::ResumeArgs),
+    /// The remediation policy: status, pause, resume.
+    #[command(subcommand)]
+    Remediation(remediation::RemediationCmd),
     /// Round trip through a node's command channel.
     Ping {
         name: String,
@@ -185,6 +193,9 @@ pub fn main() -> ExitCode {
             | Cmd::Plugins(_)
             | Cmd::Whoami(_)
             | Cmd::Tokens(_)
+            | Cmd::Drain(_)
+            | Cmd::Resume(_)
+            | Cmd::Remediation(_)
     );
     let mut builder = if client {
         tokio::runtime::Builder::new_current_thread()
@@ -316,6 +327,9 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Certs(cmd) => certs::run(cmd),
+        Cmd::Drain(a) => remediation::drain(a).await,
+        Cmd::Resume(a) => remediation::resume(a).await,
+        Cmd::Remediation(cmd) => remediation::run(cmd).await,
         Cmd::Nodes { json, api } => {
             let nodes = ApiClient::new(&api)?.nodes().await?;
             if json {

@@ -204,7 +204,12 @@ fn ray_summary(r: &NodeReport) -> String {
 /// `corral nodes`, one row per node.
 const NODE_COLUMNS: &[Column<NodeView>] = &[
     ("NAME", |n, _| n.name.clone()),
-    ("LIVENESS", |n, _| n.liveness.to_string()),
+    // Like kubectl's `Ready,SchedulingDisabled`: a cordon is part of the node's state.
+    ("LIVENESS", |n, _| match &n.cordon {
+        Some(c) if c.resuming => format!("{},resuming", n.liveness),
+        Some(_) => format!("{},cordoned", n.liveness),
+        None => n.liveness.to_string(),
+    }),
     ("HEALTH", |n, _| n.health.to_string()),
     ("CPU", |n, _| {
         reported(n, |r| format!("{:.0}%", r.host.cpu_percent))
@@ -257,6 +262,26 @@ const NODE_FIELDS: &[Field<NodeView>] = &[
         let mut s = n.health.to_string();
         for r in &n.reasons {
             let _ = write!(s, "\n  - [{}] {}: {}", r.status, r.check, r.message);
+        }
+        Some(s)
+    }),
+    ("Cordoned:", |n, now| {
+        let c = n.cordon.as_ref()?;
+        let mut s = format!(
+            "{} ago by {}{}: {}",
+            age(now, Some(c.since_ms)),
+            c.by,
+            if c.resuming { ", resuming" } else { "" },
+            c.reason
+        );
+        for d in &c.drains {
+            let _ = write!(s, "\n  - {} {} ({}): {}", d.kind, d.target, d.node, d.state);
+            if d.attempts > 0 {
+                let _ = write!(s, " after {} failed tries", d.attempts);
+            }
+            if let Some(m) = &d.message {
+                let _ = write!(s, "; {m}");
+            }
         }
         Some(s)
     }),
@@ -703,6 +728,7 @@ mod tests {
             last_beat_ms: Some(1_000),
             last_report_ms: None,
             report: Some(report),
+            cordon: None,
         }
     }
 

@@ -165,6 +165,11 @@ pub async fn run(a: SubmitArgs) -> Result<()> {
             vec![],
             [(a.plugin.clone(), vec!["bench-jobs".to_string()])].into(),
         ),
+        remediation: corral_coordinator::config::RemediationSection {
+            enabled: false,
+            ..Default::default()
+        },
+        schedulers: Default::default(),
     })
     .await?;
     let shared = coordinator.shared.clone();

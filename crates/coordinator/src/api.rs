@@ -8,7 +8,11 @@
 //! | `GET /api/v1/nodes/{name}` | viewer | one node, 404 if unknown |
 //! | `POST /api/v1/nodes/{name}/ping` | user | round trip through the agent's command path |
 //! | `POST /api/v1/nodes/{name}/report` | user | ask the agent to sample and report now |
-//! | `GET /api/v1/events?since=ID&node=NAME&limit=N` | viewer | liveness, health and audit events, oldest first |
+//! | `POST /api/v1/nodes/{name}/drain` | admin | cordon `{"reason"}` and drain in its schedulers and Ray, now, whatever the limits ([`crate::remediation`]) |
+//! | `POST /api/v1/nodes/{name}/resume` | admin | lift what corral drained of the node, now; 409 if not cordoned |
+//! | `GET /api/v1/remediation` | viewer | the policy's state: paused, blocked and why, cordoned and the limit, nodes waiting ([`RemediationView`](corral_proto::api::RemediationView)) |
+//! | `POST /api/v1/remediation/pause`, `.../resume` | admin | stop or restart the policy's actions (kept across restarts) |
+//! | `GET /api/v1/events?since=ID&node=NAME&limit=N` | viewer | liveness, health, audit and remediation events, oldest first |
 //! | `GET /api/v1/stats` | viewer | coordinator counters and the beat latency histogram ([`StatsView`](corral_proto::api::StatsView)) |
 //! | `POST /api/v1/jobs` | user | submit `{"scheduler", "spec", "via"?, "dry_run"?}` as the caller: 201 and the job, or 200 and the rendered script for a dry run |
 //! | `GET /api/v1/jobs?owner=NAME` | viewer | every job (or one owner's), oldest first, without histories; others' jobs without their detail |
@@ -65,8 +69,9 @@ use crate::access::{Access, AuthError, Caller, TokenError};
 use crate::commands::CommandError;
 use crate::config::ApiSection;
 use crate::jobs::{JobError, Submitted};
+use crate::remediation::RemediationError;
 use crate::Shared;
-use corral_proto::api::{CreateToken, JobId, JobView, Role, SubmitRequest, WhoAmI};
+use corral_proto::api::{CreateToken, DrainRequest, JobId, JobView, Role, SubmitRequest, WhoAmI};
 use corral_proto::job::{JobSpec, PluginError};
 use corral_proto::wire::{Command, CommandOutput};
 
@@ -312,6 +317,11 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/{name}", get(node))
         .route("/api/v1/nodes/{name}/ping", post(ping))
         .route("/api/v1/nodes/{name}/report", post(report_now))
+        .route("/api/v1/nodes/{name}/drain", post(drain_node))
+        .route("/api/v1/nodes/{name}/resume", post(resume_node))
+        .route("/api/v1/remediation", get(remediation))
+        .route("/api/v1/remediation/pause", post(pause_remediation))
+        .route("/api/v1/remediation/resume", post(unpause_remediation))
         .route("/api/v1/events", get(events))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/jobs", get(jobs).post(submit))
@@ -960,6 +970,113 @@ async fn revoke_token(
     }
 }
 
+fn remediation_error(e: RemediationError) -> Response {
+    let status = match e {
+        RemediationError::UnknownNode(_) => StatusCode::NOT_FOUND,
+        RemediationError::NotCordoned(_) => StatusCode::CONFLICT,
+        RemediationError::BadReason(_) => StatusCode::BAD_REQUEST,
+        RemediationError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+async fn drain_node(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: String,
+) -> Response {
+    if let Err(r) = require(&caller, Role::Admin, "draining a node") {
+        return *r;
+    }
+    let req: DrainRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad drain request (expected {{\"reason\": \"...\"}}): {e}"),
+            )
+        }
+    };
+    match s
+        .shared
+        .remediation
+        .drain_by(&name, &req.reason, &caller.user)
+        .await
+    {
+        Ok(c) => {
+            audit(
+                &s,
+                &caller,
+                &name,
+                "drain",
+                format!("drained {name}: {}", req.reason),
+            );
+            Json(c).into_response()
+        }
+        Err(e) => remediation_error(e),
+    }
+}
+
+async fn resume_node(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = require(&caller, Role::Admin, "resuming a node") {
+        return *r;
+    }
+    match s.shared.remediation.resume_by(&name, &caller.user).await {
+        Ok(c) => {
+            audit(&s, &caller, &name, "resume", format!("resumed {name}"));
+            Json(c).into_response()
+        }
+        Err(e) => remediation_error(e),
+    }
+}
+
+async fn remediation(State(s): State<AppState>) -> Response {
+    Json(s.shared.remediation.view()).into_response()
+}
+
+async fn set_paused(s: AppState, caller: Caller, pause: bool) -> Response {
+    let what = if pause {
+        "pausing remediation"
+    } else {
+        "resuming remediation"
+    };
+    if let Err(r) = require(&caller, Role::Admin, what) {
+        return *r;
+    }
+    let by = pause.then_some(caller.user.as_str());
+    match s.shared.remediation.set_paused(by, &caller.user).await {
+        Ok(v) => {
+            let (action, done) = if pause {
+                ("remediation-pause", "paused remediation")
+            } else {
+                ("remediation-resume", "resumed remediation")
+            };
+            audit(&s, &caller, "", action, done.into());
+            Json(v).into_response()
+        }
+        Err(e) => remediation_error(e),
+    }
+}
+
+async fn pause_remediation(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    set_paused(s, caller, true).await
+}
+
+async fn unpause_remediation(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    set_paused(s, caller, false).await
+}
+
 async fn plugins(State(s): State<AppState>) -> Response {
     Json(s.shared.registry.plugins()).into_response()
 }
@@ -969,6 +1086,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         &s.shared.registry.snapshot(),
         &s.shared.registry.stats_view(),
         &s.shared.jobs.metrics(),
+        &s.shared.remediation.metrics(),
     );
     (
         [(

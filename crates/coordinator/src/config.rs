@@ -1,7 +1,9 @@
 //! The coordinator's sections: `[coordinator]` (where it listens and keeps state, when
 //! nodes count as disconnected and down, which nodes may be Ray heads), `[api]` (the
-//! HTTP listener), `[jobs]` (how submitted jobs are tracked) and `[schedulers.NAME]`
-//! (which nodes may serve scheduler plugin NAME; see [`Authority`]).
+//! HTTP listener), `[jobs]` (how submitted jobs are tracked), `[remediation]` (when
+//! unhealthy nodes are drained and resumed, and the limits on it) and
+//! `[schedulers.NAME]` (one scheduler instance: which nodes may serve plugin NAME, see
+//! [`Authority`], and which nodes it schedules on, under what names).
 //!
 //! Invariant: [`validate`] refuses what the coordinator could not run with, or could
 //! only run with unsafely (an API reachable from other machines without a token or
@@ -285,13 +287,262 @@ fn validate_jobs(j: &JobsSection) -> Result<(), ConfigIssue> {
 /// submission to whoever holds any agent certificate.
 pub const ANY_NODE: &str = "*";
 
-/// `[schedulers.NAME]`: the nodes allowed to serve scheduler plugin NAME.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[schedulers.NAME]`: one scheduler instance (a Slurm cluster), driven by plugin NAME.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerSection {
-    /// In the order submissions prefer them (the first connected one gets a submission
-    /// made without `--via`); `"*"` stands for every node not named before it.
+    /// Its submit hosts: the nodes allowed to serve plugin NAME, in the order
+    /// submissions prefer them (the first connected one gets a submission made without
+    /// `--via`); `"*"` stands for every node not named before it.
     pub nodes: Vec<String>,
+    /// Whether remediation drains and resumes nodes in this instance (default true).
+    #[serde(default = "yes")]
+    pub drain: bool,
+    /// The corral nodes this instance schedules on, for draining and for its
+    /// `max_unhealthy_percent`; `"*"` (the default) is every node. A node the scheduler
+    /// turns out not to know is left alone there (recorded, not retried).
+    #[serde(default = "every_node")]
+    pub members: Vec<String>,
+    /// The scheduler's name for a corral node where it differs (`gpu-01 = "gpu01"`);
+    /// by default a node has the same name in the scheduler as in corral.
+    #[serde(default)]
+    pub node_names: BTreeMap<String, String>,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        SchedulerSection {
+            nodes: Vec::new(),
+            drain: true,
+            members: every_node(),
+            node_names: BTreeMap::new(),
+        }
+    }
+}
+
+impl SchedulerSection {
+    /// Whether corral node `node` is one this instance schedules on.
+    pub fn has_member(&self, node: &str) -> bool {
+        self.members.iter().any(|m| m == node || m == ANY_NODE)
+    }
+
+    /// The scheduler's name for corral node `node`.
+    pub fn native_name<'a>(&'a self, node: &'a str) -> &'a str {
+        self.node_names.get(node).map_or(node, String::as_str)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn every_node() -> Vec<String> {
+    vec![ANY_NODE.to_string()]
+}
+
+/// A delay that may be `"never"`: `[remediation.drain_after]` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delay {
+    After(Duration),
+    Never,
+}
+
+impl Serialize for Delay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Delay::After(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            Delay::Never => s.serialize_str("never"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Delay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "never" {
+            return Ok(Delay::Never);
+        }
+        humantime::parse_duration(&s).map(Delay::After).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a delay ({e}); write a duration such as \"30s\" or \"5m\", or \"never\""
+            ))
+        })
+    }
+}
+
+/// How long a node must stay unhealthy for one class of reason before it is drained
+/// (`[remediation.drain_after]`). A class left out takes `default`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainAfter {
+    pub default: Delay,
+    /// A GPU failed: fell off the bus, lost, ECC or row-remap failure, too hot.
+    pub gpu: Option<Delay>,
+    /// An XID that needs a GPU reset or a reboot.
+    pub xid: Option<Delay>,
+    /// A custom check of severity `fail` failed.
+    pub check: Option<Delay>,
+    /// A required mount is missing.
+    pub mount: Option<Delay>,
+    pub disk: Option<Delay>,
+    pub memory: Option<Delay>,
+}
+
+impl Default for DrainAfter {
+    fn default() -> Self {
+        DrainAfter {
+            default: Delay::After(Duration::from_secs(30)),
+            gpu: None,
+            xid: None,
+            check: None,
+            mount: None,
+            disk: None,
+            memory: None,
+        }
+    }
+}
+
+/// The classes of reasons a node is drained for, each with its own `drain_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReasonClass {
+    Gpu,
+    Xid,
+    Check,
+    Mount,
+    Disk,
+    Memory,
+    /// Any other unhealthy reason (a CPU too hot).
+    Other,
+}
+
+impl ReasonClass {
+    /// The class of a health reason, by its check name (`gpu_xid:0`, `check:ib`,
+    /// `mount:/scratch`, `disk:/`, `memory`).
+    pub fn of(check: &str) -> ReasonClass {
+        let kind = check.split(':').next().unwrap_or(check);
+        match kind {
+            "gpu_xid" => ReasonClass::Xid,
+            k if k == "gpu" || k.starts_with("gpu_") => ReasonClass::Gpu,
+            "check" => ReasonClass::Check,
+            "mount" => ReasonClass::Mount,
+            "disk" => ReasonClass::Disk,
+            k if k.starts_with("memory") => ReasonClass::Memory,
+            _ => ReasonClass::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonClass::Gpu => "gpu",
+            ReasonClass::Xid => "xid",
+            ReasonClass::Check => "check",
+            ReasonClass::Mount => "mount",
+            ReasonClass::Disk => "disk",
+            ReasonClass::Memory => "memory",
+            ReasonClass::Other => "other",
+        }
+    }
+}
+
+impl DrainAfter {
+    pub fn of(&self, class: ReasonClass) -> Delay {
+        let specific = match class {
+            ReasonClass::Gpu => self.gpu,
+            ReasonClass::Xid => self.xid,
+            ReasonClass::Check => self.check,
+            ReasonClass::Mount => self.mount,
+            ReasonClass::Disk => self.disk,
+            ReasonClass::Memory => self.memory,
+            ReasonClass::Other => None,
+        };
+        specific.unwrap_or(self.default)
+    }
+}
+
+/// `[remediation]`: when the coordinator drains unhealthy nodes and resumes them, and
+/// the limits that keep an outage of something shared from draining the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemediationSection {
+    /// Off: the coordinator drains and resumes nothing by itself (manual drains still work).
+    pub enabled: bool,
+    /// Decisions are logged and recorded as events; nothing is changed.
+    pub dry_run: bool,
+    pub drain_after: DrainAfter,
+    /// How long a node corral drained must stay healthy before corral resumes it.
+    #[serde(with = "humantime_serde")]
+    pub resume_after: Duration,
+    /// Drain `down` nodes too (off: an agent can restart while slurmd keeps running).
+    pub drain_when_down: bool,
+    /// Corral holds at most this share of the nodes cordoned, cluster-wide and in each
+    /// scheduler instance (at least one node); beyond it, it drains nothing more and says
+    /// why.
+    pub max_unhealthy_percent: u32,
+    /// At most one automatic drain per this interval per scheduler instance.
+    #[serde(with = "humantime_serde")]
+    pub drain_interval: Duration,
+    /// How long running Ray work on a drained worker gets to finish before the worker
+    /// is stopped.
+    #[serde(with = "humantime_serde")]
+    pub ray_drain_deadline: Duration,
+    /// The first retry of a failed action waits this long; each next one twice as
+    /// long, up to `max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RemediationSection {
+    fn default() -> Self {
+        RemediationSection {
+            enabled: true,
+            dry_run: false,
+            drain_after: DrainAfter::default(),
+            resume_after: Duration::from_secs(300),
+            drain_when_down: false,
+            max_unhealthy_percent: 30,
+            drain_interval: Duration::from_secs(60),
+            ray_drain_deadline: Duration::from_secs(60),
+            retry_after: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Checks `[remediation]` beyond types.
+pub fn validate_remediation(r: &RemediationSection) -> Result<(), ConfigIssue> {
+    let issue = |key: &str, message: String| ConfigIssue {
+        key: key.into(),
+        message,
+    };
+    if !(1..=100).contains(&r.max_unhealthy_percent) {
+        return Err(issue(
+            "remediation.max_unhealthy_percent",
+            format!(
+                "{} is out of range; use 1 to 100 (at least one node may always be drained)",
+                r.max_unhealthy_percent
+            ),
+        ));
+    }
+    if r.retry_after < Duration::from_millis(100) {
+        return Err(issue(
+            "remediation.retry_after",
+            "must be at least 100ms".into(),
+        ));
+    }
+    if r.max_backoff < r.retry_after {
+        return Err(issue(
+            "remediation.max_backoff",
+            "must be at least remediation.retry_after".into(),
+        ));
+    }
+    if r.ray_drain_deadline > Duration::from_secs(7 * 86400) {
+        return Err(issue(
+            "remediation.ray_drain_deadline",
+            "must be at most 7 days".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Which nodes the coordinator lets announce what: a Ray head (`[coordinator]
@@ -397,6 +648,20 @@ pub fn validate_authority(
             message: format!("{e} (the section is named after the scheduler plugin it authorizes)"),
         })?;
         check_nodes(&format!("schedulers.{name}.nodes"), &section.nodes)?;
+        check_nodes(&format!("schedulers.{name}.members"), &section.members)?;
+        for (node, native) in &section.node_names {
+            let key = format!("schedulers.{name}.node_names.{node}");
+            corral_proto::names::validate_name(node).map_err(|e| ConfigIssue {
+                key: key.clone(),
+                message: format!("{e} (keys are corral node names)"),
+            })?;
+            if native.is_empty() || native.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigIssue {
+                    key,
+                    message: format!("{native:?} is not a node name the scheduler could know; write the scheduler's name for {node}"),
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -459,6 +724,7 @@ mod authority_tests {
         assert!(err.message.contains("twice"), "{}", err.message);
         let section = |nodes: &[&str]| SchedulerSection {
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            ..SchedulerSection::default()
         };
         let err = validate_authority(
             &coordinator(&[]),

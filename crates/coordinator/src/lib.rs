@@ -20,7 +20,7 @@
 //! Background tasks: a sweeper (every 100 ms) applies time-based liveness transitions,
 //! a flusher (every second) hands changed nodes and new events to the store, and the
 //! job poller ([`jobs::Jobs::poll`], run by its loop) asks the plugins about unfinished
-//! jobs.
+//! jobs, and the [`remediation`] drains and resumes nodes.
 
 pub mod access;
 mod api;
@@ -32,6 +32,7 @@ pub mod jobs;
 mod latency;
 pub mod metrics;
 pub mod registry;
+pub mod remediation;
 mod revocation;
 mod store;
 
@@ -48,7 +49,7 @@ use tracing::info;
 
 pub use commands::CommandError;
 use commands::Commands;
-use config::{ApiSection, Authority, JobsSection};
+use config::{ApiSection, Authority, JobsSection, RemediationSection, SchedulerSection};
 use corral_proto::wire::Refusal;
 use corral_transport::frame::{refusal_code, transport_config};
 use corral_transport::pki::{self, Role, TlsFiles};
@@ -69,12 +70,17 @@ pub struct CoordinatorOptions {
     /// Which nodes may announce a Ray head and serve which scheduler plugin
     /// (`Authority::default()`: none).
     pub authority: Authority,
+    /// When unhealthy nodes are drained, and the limits.
+    pub remediation: RemediationSection,
+    /// The scheduler instances, for draining (members, their names there).
+    pub schedulers: std::collections::BTreeMap<String, SchedulerSection>,
 }
 
 /// The running coordinator's parts, shared by the API and the connection tasks.
 pub struct Shared {
     pub registry: Arc<Registry>,
     pub jobs: Arc<Jobs>,
+    pub remediation: Arc<remediation::Remediation>,
     commands: Arc<Commands>,
     /// The certificate revocation lists in force ([`revocation`]): the QUIC and HTTPS
     /// client verifiers read them at every handshake.
@@ -148,9 +154,24 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         commands.clone(),
         loaded.jobs,
     ));
+    let remediation = Arc::new(remediation::Remediation::new(
+        opts.remediation.clone(),
+        &opts.schedulers,
+        registry.clone(),
+        store.clone(),
+        Arc::new(remediation::Live {
+            jobs: jobs.clone(),
+            registry: registry.clone(),
+            commands: commands.clone(),
+            timeout: opts.jobs.call_timeout,
+        }),
+        loaded.cordons,
+        loaded.paused,
+    ));
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         jobs: jobs.clone(),
+        remediation: remediation.clone(),
         commands,
         revocations: revocations.clone(),
     });
@@ -206,6 +227,7 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         }
     }));
     tasks.push(tokio::spawn(jobs.run(shutdown.clone())));
+    tasks.push(tokio::spawn(remediation.run(shutdown.clone())));
     tasks.push(tokio::spawn(revocation::watch_crl(
         revocations,
         shutdown.clone(),

@@ -47,6 +47,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
 use crate::jobs::JobMetrics;
+use crate::remediation::RemediationMetrics;
 use corral_proto::api::{NodeView, StatsView};
 use corral_proto::model::{
     DeviceStatus, Filesystem, GpuAction, GpuSample, HealthStatus, Liveness, NodeReport, RayState,
@@ -61,6 +62,7 @@ struct Scrape<'a> {
     nodes: &'a [NodeView],
     stats: &'a StatsView,
     jobs: &'a JobMetrics,
+    remediation: &'a RemediationMetrics,
     now_ms: u64,
 }
 
@@ -560,7 +562,7 @@ const FAMILIES: &[Family] = &[
     ),
     gauge(
         "corral_ray_state",
-        "1 for the state of the node's supervised Ray process (starting, running, restarting, refused, failed, stopped)",
+        "1 for the state of the node's supervised Ray process (starting, running, restarting, refused, failed, stopped, draining, drained)",
         &["node", "role", "state"],
         |s| {
             s.rays()
@@ -695,6 +697,41 @@ const FAMILIES: &[Family] = &[
         "Reports cut to the coordinator's caps (GPUs, filesystems, list and string lengths)",
         NODE,
         |s| by_key(&s.stats.refused.truncated_reports, "node"),
+    ),
+    gauge(
+        "corral_node_cordoned",
+        "1 while the node is cordoned (drained by corral's remediation or by hand through corral), else 0",
+        NODE,
+        |s| s.nodes.iter().map(|n| (node(n), one_if(n.cordon.is_some()))).collect(),
+    ),
+    counter(
+        "corral_remediation_actions_total",
+        "Remediation actions since the coordinator started, by action (cordon, drain, resume, uncordon) and outcome (ok, failed, foreign, not-member, blocked, dry-run)",
+        &["action", "outcome"],
+        |s| {
+            s.remediation
+                .actions
+                .iter()
+                .map(|((action, outcome), n)| {
+                    (
+                        vec![("action", action.to_string()), ("outcome", outcome.to_string())],
+                        *n,
+                    )
+                })
+                .collect()
+        },
+    ),
+    gauge(
+        "corral_remediation_paused",
+        "1 while the remediation policy is paused (corral remediation pause)",
+        &[],
+        |s| vec![(vec![], one_if(s.remediation.paused))],
+    ),
+    gauge(
+        "corral_remediation_blocked",
+        "1 while the remediation holds back drains because max_unhealthy_percent is reached",
+        &[],
+        |s| vec![(vec![], one_if(s.remediation.blocked))],
     ),
     counter(
         "corral_suppressed_events_total",
@@ -867,11 +904,17 @@ impl Family {
 }
 
 /// Renders the exposition text.
-pub(crate) fn render(nodes: &[NodeView], stats: &StatsView, jobs: &JobMetrics) -> String {
+pub(crate) fn render(
+    nodes: &[NodeView],
+    stats: &StatsView,
+    jobs: &JobMetrics,
+    remediation: &RemediationMetrics,
+) -> String {
     let scrape = Scrape {
         nodes,
         stats,
         jobs,
+        remediation,
         now_ms: corral_proto::model::unix_ms(),
     };
     let mut reg = PromRegistry::default();
@@ -952,6 +995,7 @@ mod tests {
             last_beat_ms: Some(0),
             last_report_ms: Some(0),
             report: Some(report),
+            cordon: None,
         };
         let jobs = JobMetrics {
             jobs: [(("slurm".to_string(), "running".to_string()), 2)].into(),
@@ -971,11 +1015,22 @@ mod tests {
         (vec![node], stats, jobs)
     }
 
+    fn remediated() -> RemediationMetrics {
+        RemediationMetrics {
+            paused: true,
+            blocked: false,
+            actions: [(("drain", "ok"), 2)].into(),
+        }
+    }
+
     #[test]
     fn every_documented_name_appears_and_no_other() {
         let (nodes, stats, jobs) = fixture();
-        let text = render(&nodes, &stats, &jobs);
+        let text = render(&nodes, &stats, &jobs, &remediated());
         for line in [
+            "corral_remediation_actions_total{action=\"drain\",outcome=\"ok\"} 2\n",
+            "corral_remediation_paused 1.0\n",
+            "corral_node_cordoned{node=\"n\"} 0.0\n",
             "corral_jobs{scheduler=\"slurm\",state=\"running\"} 2.0\n",
             "corral_plugin_calls_total{plugin=\"slurm\",export=\"status\",outcome=\"ok\"} 5\n",
             "corral_plugins_loaded{node=\"n\"} 0.0\n",
@@ -1006,6 +1061,7 @@ mod tests {
             nodes: &nodes,
             stats: &stats,
             jobs: &jobs,
+            remediation: &remediated(),
             now_ms: 0,
         };
         for f in FAMILIES {
@@ -1044,11 +1100,17 @@ mod tests {
     #[test]
     fn a_mount_point_built_to_inject_a_label_adds_no_series() {
         let (mut nodes, stats, jobs) = fixture();
-        let before = series(&render(&nodes, &stats, &jobs)).len();
+        let before = series(&render(
+            &nodes,
+            &stats,
+            &jobs,
+            &RemediationMetrics::default(),
+        ))
+        .len();
         let hostile = "/x\"} 1\ncorral_node_up{node=\"victim\"} 1\n# \\";
         let report = nodes[0].report.as_mut().unwrap();
         report.host.filesystems[0].mount = hostile.into();
-        let text = render(&nodes, &stats, &jobs);
+        let text = render(&nodes, &stats, &jobs, &RemediationMetrics::default());
         assert_eq!(
             series(&text).len(),
             before,

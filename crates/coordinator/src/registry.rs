@@ -39,7 +39,8 @@
 //! - Events about a node are rate-limited per node ([`crate::bounds::EVENTS_PER_MINUTE`]):
 //!   one node cannot flush the shared event history. State still changes; only the event
 //!   is not recorded, counted per node, and the node's next recorded event says how many
-//!   were not. Audit events (what someone did through the API) are never limited.
+//!   were not. Audit events (what someone did through the API) and remediation events
+//!   (what was drained and why) are never limited.
 //! - The registry holds no transport: a connection is its command queue and a close
 //!   handle the connection task gives it (`OnReplaced`), called once when a newer
 //!   connection of the same node takes over.
@@ -63,7 +64,7 @@ use crate::config::Authority;
 use crate::latency::LatencyHistogram;
 use crate::store::{EventRow, NodeRow};
 use corral_proto::api::{
-    Event, EventKind, LatencySummary, NodePlugins, NodeView, RefusedInput, StatsView,
+    Cordon, Event, EventKind, LatencySummary, NodePlugins, NodeView, RefusedInput, StatsView,
 };
 use corral_proto::job::{LoadFailure, LoadedPlugin};
 use corral_proto::model::{unix_ms, unix_ns, HealthStatus, Liveness, NodeReport, Reason};
@@ -124,6 +125,8 @@ struct Node {
     events: EventBudget,
     /// Reports cut to the caps since the coordinator started.
     truncated_reports: u64,
+    /// Set by the remediation ([`crate::remediation`], which keeps it in the database).
+    cordon: Option<Cordon>,
 }
 
 impl Node {
@@ -146,6 +149,7 @@ impl Node {
             plugins: None,
             events: EventBudget::new(Instant::now()),
             truncated_reports: 0,
+            cordon: None,
         }
     }
 
@@ -170,6 +174,7 @@ impl Node {
             plugins: None,
             events: EventBudget::new(now),
             truncated_reports: 0,
+            cordon: None,
         }
     }
 
@@ -204,6 +209,7 @@ impl Node {
             last_beat_ms: self.last_beat_ms,
             last_report_ms: self.last_report_ms,
             report: self.report.clone(),
+            cordon: self.cordon.clone(),
         }
     }
 
@@ -797,9 +803,31 @@ impl Registry {
         push_event(&mut inner, node, EventKind::Audit, None, action, message);
     }
 
-    /// The command queue of a connected node.
-    pub(crate) fn command_channel(&self, name: &str) -> Option<mpsc::Sender<CoordMsg>> {
-        self.command_route(name).map(|(_, queue)| queue)
+    /// Records what the remediation did or decided about `node` (a `remediation`
+    /// event; `action` is what happened). Like audit events, never rate-limited: a
+    /// drain is the story an operator reads afterwards.
+    pub(crate) fn remediation_event(&self, node: &str, action: &str, message: String) {
+        let mut inner = self.lock();
+        push_event(
+            &mut inner,
+            node,
+            EventKind::Remediation,
+            None,
+            action,
+            message,
+        );
+    }
+
+    /// Sets or clears `name`'s cordon as the API and metrics show it; false when no
+    /// such node is known.
+    pub(crate) fn set_cordon(&self, name: &str, cordon: Option<Cordon>) -> bool {
+        match self.lock().nodes.get_mut(name) {
+            Some(n) => {
+                n.cordon = cordon;
+                true
+            }
+            None => false,
+        }
     }
 
     /// A connected node's current connection id and its command queue: a command is
@@ -962,7 +990,7 @@ fn push_event(
     if let Some(n) = inner
         .nodes
         .get_mut(node)
-        .filter(|_| kind != EventKind::Audit)
+        .filter(|_| !matches!(kind, EventKind::Audit | EventKind::Remediation))
     {
         if !n.events.take(Instant::now()) {
             if n.events.pending == 1 {

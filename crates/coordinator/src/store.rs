@@ -91,6 +91,15 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_ms INTEGER,
     revoked_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS cordons (
+    node TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
 
 /// A node as stored: the JSON of the `nodes.view` column.
@@ -198,6 +207,43 @@ pub(crate) struct TokenRow {
     pub revoked_ms: Option<u64>,
 }
 
+/// A cordoned node as stored: the JSON of `cordons.record` (see [`crate::remediation`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CordonRow {
+    pub node: String,
+    pub reason: String,
+    pub since_ms: u64,
+    /// `policy` or the user who drained it.
+    pub by: String,
+    #[serde(default)]
+    pub resuming: bool,
+    #[serde(default)]
+    pub drains: Vec<DrainRow>,
+}
+
+/// One drain of a cordoned node, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DrainRow {
+    /// `scheduler` or `ray`.
+    pub kind: String,
+    pub target: String,
+    pub node: String,
+    pub state: String,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Who paused the remediation: the `remediation_paused` row of `settings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PauseRow {
+    pub by: String,
+    pub since_ms: u64,
+}
+
+const PAUSED_KEY: &str = "remediation_paused";
+
 type Ack<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
 
 enum Op {
@@ -207,6 +253,9 @@ enum Op {
     PutJobs(Vec<JobRow>, Option<Ack<()>>),
     DeleteJobs(Vec<u64>),
     PutToken(TokenRow, Ack<()>),
+    /// Writes (`Some`) or deletes (`None`) a node's cordon.
+    PutCordon(String, Option<CordonRow>, Ack<()>),
+    PutPause(Option<PauseRow>, Ack<()>),
 }
 
 /// Handle to the store thread.
@@ -223,6 +272,9 @@ pub(crate) struct Loaded {
     pub jobs: Vec<JobRow>,
     /// Every API token, revoked ones included.
     pub tokens: Vec<TokenRow>,
+    /// Cordoned nodes, by name.
+    pub cordons: Vec<CordonRow>,
+    pub paused: Option<PauseRow>,
 }
 
 fn db_path(state_dir: &Path) -> PathBuf {
@@ -318,6 +370,18 @@ impl Store {
         self.acked(|ack| Op::PutToken(token, ack)).await
     }
 
+    /// Writes (`Some`) or deletes (`None`) the cordon of `node`; returns once committed:
+    /// a drain is recorded before it is made, so a crash can never forget one.
+    pub(crate) async fn put_cordon(&self, node: &str, cordon: Option<CordonRow>) -> Result<()> {
+        let node = node.to_string();
+        self.acked(|ack| Op::PutCordon(node, cordon, ack)).await
+    }
+
+    /// Records that the remediation is paused (`Some`) or running (`None`).
+    pub(crate) async fn put_pause(&self, pause: Option<PauseRow>) -> Result<()> {
+        self.acked(|ack| Op::PutPause(pause, ack)).await
+    }
+
     /// Deletes jobs and their histories; returns at once.
     pub(crate) fn delete_jobs(&self, ids: Vec<u64>) {
         if !ids.is_empty() {
@@ -376,11 +440,45 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
             })
         })?
         .collect::<Result<_, _>>()?;
+    let mut cordons = vec![];
+    let mut stmt = conn.prepare("SELECT node, record FROM cordons ORDER BY node")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let node: String = row.get(0)?;
+        let json: String = row.get(1)?;
+        match serde_json::from_str::<CordonRow>(&json) {
+            Ok(c) => cordons.push(c),
+            // Kept in the database and reported; the node shows as not cordoned, and the
+            // drains it recorded must be checked by hand (the log says so).
+            Err(e) => {
+                tracing::error!(node = %node, error = %e, "unreadable cordon row: this node's drains are not tracked; check its scheduler drains by hand")
+            }
+        }
+    }
+    let paused = conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = ?1",
+            [PAUSED_KEY],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+        .map(|json| {
+            serde_json::from_str::<PauseRow>(&json).unwrap_or_else(|e| {
+                // Fails safe: an unreadable pause is a pause.
+                tracing::error!(error = %e, "unreadable remediation pause; staying paused");
+                PauseRow {
+                    by: "unknown (unreadable record)".into(),
+                    since_ms: 0,
+                }
+            })
+        });
     Ok(Loaded {
         nodes,
         events,
         jobs,
         tokens,
+        cordons,
+        paused,
     })
 }
 
@@ -465,6 +563,20 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, retention: u32, path: Pa
                 }
                 let _ = ack.send(r.map_err(|e| e.to_string()));
             }
+            Op::PutCordon(node, cordon, ack) => {
+                let r = put_cordon(&conn, &node, cordon.as_ref());
+                if let Err(e) = &r {
+                    tracing::error!(db = %path.display(), error = format!("{e:#}"), node = %node, "writing a cordon failed");
+                }
+                let _ = ack.send(r.map_err(|e| format!("{e:#}")));
+            }
+            Op::PutPause(pause, ack) => {
+                let r = put_pause(&conn, pause.as_ref());
+                if let Err(e) = &r {
+                    tracing::error!(db = %path.display(), error = format!("{e:#}"), "writing the remediation pause failed");
+                }
+                let _ = ack.send(r.map_err(|e| format!("{e:#}")));
+            }
             Op::DeleteJobs(ids) => {
                 if let Err(e) = delete_jobs(&mut conn, &ids) {
                     tracing::error!(db = %path.display(), error = format!("{e:#}"), jobs = ids.len(), "deleting finished jobs failed");
@@ -537,6 +649,29 @@ fn write_job(tx: &rusqlite::Transaction<'_>, job: &JobRow) -> Result<()> {
             t.message
         ])?;
     }
+    Ok(())
+}
+
+fn put_cordon(conn: &Connection, node: &str, cordon: Option<&CordonRow>) -> Result<()> {
+    match cordon {
+        Some(c) => conn.execute(
+            "INSERT INTO cordons(node, record, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(node) DO UPDATE SET record = excluded.record, updated_ms = excluded.updated_ms",
+            params![node, serde_json::to_string(c)?, corral_proto::model::unix_ms()],
+        )?,
+        None => conn.execute("DELETE FROM cordons WHERE node = ?1", [node])?,
+    };
+    Ok(())
+}
+
+fn put_pause(conn: &Connection, pause: Option<&PauseRow>) -> Result<()> {
+    match pause {
+        Some(p) => conn.execute(
+            "INSERT OR REPLACE INTO settings(key, value) VALUES (?1, ?2)",
+            params![PAUSED_KEY, serde_json::to_string(p)?],
+        )?,
+        None => conn.execute("DELETE FROM settings WHERE key = ?1", [PAUSED_KEY])?,
+    };
     Ok(())
 }
 

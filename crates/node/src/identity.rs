@@ -9,9 +9,10 @@
 //! Invariants:
 //! - The user is chosen by the host from what the call is, never by the plugin:
 //!   `submit` and `cancel` run as the job's owner (the user the coordinator
-//!   authenticated), `info`, `render`, `status`, `list` and `logs` as the configured
-//!   service user, `drain-node` and `resume-node` as the agent itself (they change the
-//!   scheduler's view of this node, which the coordinator allows only admins to ask for).
+//!   authenticated), `info`, `render`, `status`, `list`, `logs` and `node-state` as the
+//!   configured service user (they only read), `drain-node` and `resume-node` as the
+//!   agent itself (they change the scheduler's view of a node, which the coordinator
+//!   asks for only on its remediation policy's or an admin's behalf).
 //! - A job owner that is root, or whose uid is under `[plugins] min_job_uid`, is refused
 //!   unless the operator allowed it (`allow_root_jobs`, a lower `min_job_uid`). A job
 //!   without an owner is refused on an agent that could run it as anyone.
@@ -199,7 +200,8 @@ impl RunAsPolicy {
             | PluginCall::Render(_)
             | PluginCall::Status(_)
             | PluginCall::List
-            | PluginCall::Logs { .. } => {
+            | PluginCall::Logs { .. }
+            | PluginCall::NodeState { .. } => {
                 if !privileged || self.service_user == agent.name {
                     // An unprivileged agent is already as unprivileged as it can make
                     // these calls.
@@ -329,5 +331,26 @@ mod tests {
             reason: "r".into(),
         };
         assert_eq!(missing.resolve(&drain, None, &root).unwrap(), root);
+    }
+
+    #[test]
+    fn a_node_state_query_runs_as_the_service_user_like_any_read() {
+        let root = user("root", 0);
+        let p = RunAsPolicy {
+            service_user: "no-such-user-corral-test".into(),
+            ..policy()
+        };
+        let query = PluginCall::NodeState { node: "n".into() };
+        // The service user is looked up (and here missing), never replaced by the agent.
+        let err = p.resolve(&query, None, &root).unwrap_err();
+        assert!(
+            matches!(err, RunAsError::Service(LookupError::Unknown(ref u)) if u == "no-such-user-corral-test"),
+            "{err}"
+        );
+        let as_root = RunAsPolicy {
+            service_user: "root".into(),
+            ..policy()
+        };
+        assert_eq!(as_root.resolve(&query, None, &root).unwrap(), root);
     }
 }

@@ -22,7 +22,11 @@
 //!   session carries its status in every report (a change is reported at once), relays
 //!   its head to the coordinator (again after each reconnect) and the coordinator's head
 //!   to it. On shutdown the session withdraws this node's head before closing, and the
-//!   agent waits for the supervisor to stop its process group.
+//!   agent waits for the supervisor to stop its process group. `Command::RayDrain` and
+//!   `Command::RayResume` go to the supervisor's control ([`crate::ray::RayControl`]) on
+//!   their own task, like plugin calls: a drain waits for Ray's GCS and a resume for a
+//!   stop of the worker, neither of which may delay beats. Without `[ray]` (or on a
+//!   head) they succeed saying there is nothing to drain or resume.
 //! - *Scheduler plugins* ([`crate::plugins`]) listed in `[plugins]` are loaded on a
 //!   blocking thread while the agent already connects and beats (compiling a component
 //!   can take seconds; liveness must not wait for it). Once loaded, every session
@@ -610,6 +614,22 @@ async fn session(
                         });
                         continue;
                     }
+                    Command::RayDrain { .. } | Command::RayResume => {
+                        // A drain waits for Ray's GCS, a resume for a stop of the worker:
+                        // beside the session, like plugin calls.
+                        let control = ray.map(|r| r.control.clone());
+                        let results = results_tx.clone();
+                        tokio::spawn(async move {
+                            let result = ray_command(control, command).await;
+                            match &result {
+                                Ok(CommandOutput::Ray { detail }) => info!(id, %detail, "ray command done"),
+                                Ok(_) => {}
+                                Err(e) => warn!(id, error = %e, "ray command failed"),
+                            }
+                            let _ = results.send(AgentMsg::CommandResult { id, result }).await;
+                        });
+                        continue;
+                    }
                 };
                 if let Err(e) = send_within(&mut writer, "command result", &AgentMsg::CommandResult { id, result }, limit).await {
                     return lost(e, &conn);
@@ -617,6 +637,37 @@ async fn session(
             }
         }
     }
+}
+
+/// Runs a [`Command::RayDrain`] or [`Command::RayResume`] through this node's Ray
+/// supervisor (`None`: Ray is not configured here, so there is nothing to drain).
+async fn ray_command(
+    control: Option<crate::ray::RayControl>,
+    command: Command,
+) -> Result<CommandOutput, String> {
+    let answer = match (command, control) {
+        (Command::RayDrain { .. }, None) => {
+            Ok("Ray is not configured on this node ([ray] role): nothing to drain".into())
+        }
+        (Command::RayResume, None) => {
+            Ok("Ray is not configured on this node ([ray] role): nothing to resume".into())
+        }
+        (
+            Command::RayDrain {
+                reason,
+                deadline_ms,
+            },
+            Some(c),
+        ) => match crate::ray::drain::deadline(deadline_ms) {
+            Ok(deadline) => c.drain(reason, deadline).await,
+            Err(e) => Err(e),
+        },
+        (Command::RayResume, Some(c)) => c.resume().await,
+        (other, _) => return Err(format!("not a Ray command: {other:?}")),
+    };
+    answer
+        .map(|detail| CommandOutput::Ray { detail })
+        .map_err(|e| e.to_string())
 }
 
 /// Sends `msg` unless it is over `limit` bytes (see [`frame_within`]).
@@ -730,6 +781,81 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(decode(&frame), big);
+    }
+
+    #[tokio::test]
+    async fn ray_commands_without_ray_succeed_saying_there_is_nothing_to_drain_or_resume() {
+        let drain = Command::RayDrain {
+            reason: "corral: gpu 0 XID 79".into(),
+            deadline_ms: 60_000,
+        };
+        for (command, want) in [
+            (drain, "nothing to drain"),
+            (Command::RayResume, "nothing to resume"),
+        ] {
+            let Ok(CommandOutput::Ray { detail }) = ray_command(None, command).await else {
+                panic!("not a Ray answer");
+            };
+            assert!(
+                detail.contains(want) && detail.contains("not configured"),
+                "{detail}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn ray_commands_reach_the_supervisor_and_its_failure_is_the_commands_error() {
+        use crate::ray::drain::Request;
+        let (control, mut rx) = crate::ray::RayControl::channel();
+        let supervisor = tokio::spawn(async move {
+            let mut seen = vec![];
+            while let Some(c) = rx.recv().await {
+                seen.push(c.request.clone());
+                let answer = match c.request {
+                    Request::Drain { .. } => Ok("drained Ray node 1a2b".to_string()),
+                    Request::Resume => Err(crate::ray::ControlError::Restart("no venv".into())),
+                };
+                c.answer(answer);
+            }
+            seen
+        });
+        let drain = |deadline_ms| Command::RayDrain {
+            reason: "corral: disk".into(),
+            deadline_ms,
+        };
+        let out = ray_command(Some(control.clone()), drain(60_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            CommandOutput::Ray {
+                detail: "drained Ray node 1a2b".into()
+            }
+        );
+        let e = ray_command(Some(control.clone()), Command::RayResume)
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("restarting the Ray worker failed: no venv"),
+            "{e}"
+        );
+        // A deadline past the limit is refused here, before the supervisor sees it.
+        let e = ray_command(Some(control.clone()), drain(u64::MAX))
+            .await
+            .unwrap_err();
+        assert!(e.contains("ray_drain_deadline"), "{e}");
+        drop(control);
+        let seen = supervisor.await.unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                Request::Drain {
+                    reason: "corral: disk".into(),
+                    deadline: Duration::from_secs(60)
+                },
+                Request::Resume
+            ]
+        );
     }
 
     #[test]

@@ -34,6 +34,92 @@ pub struct NodeView {
     pub last_beat_ms: Option<u64>,
     pub last_report_ms: Option<u64>,
     pub report: Option<NodeReport>,
+    /// Set while the node is cordoned: corral places no work there and has drained it in
+    /// its schedulers and in Ray ([`Cordon`]).
+    #[serde(default)]
+    pub cordon: Option<Cordon>,
+}
+
+/// Why and where a node is drained, as the coordinator's remediation holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cordon {
+    /// Without corral's prefix: `gpu 0 (GPU-…) XID 79 …` or what a person typed.
+    pub reason: String,
+    pub since_ms: u64,
+    /// `policy`, or the user who drained it by hand.
+    pub by: String,
+    /// Every place the node is (to be) drained in.
+    pub drains: Vec<DrainView>,
+    /// Being resumed: the drains are being lifted.
+    #[serde(default)]
+    pub resuming: bool,
+}
+
+/// One drain of a cordoned node: in one scheduler instance, or in Ray.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainView {
+    /// `scheduler` or `ray`.
+    pub kind: String,
+    /// The scheduler instance (`slurm`), or `ray`.
+    pub target: String,
+    /// The node's name there.
+    pub node: String,
+    /// `pending` (not done yet, or failed and to be retried), `drained` (corral set
+    /// it, and will lift it), `foreign` (someone else's drain was there: corral leaves
+    /// it alone, now and on resume), `not-member` (the scheduler has no such node),
+    /// `nothing` (no Ray worker to drain), `resumed`.
+    pub state: String,
+    #[serde(default)]
+    pub attempts: u32,
+    /// The last failure, or what was found (a foreign drain's reason).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// When the next try is due (pending ones).
+    #[serde(default)]
+    pub next_try_ms: Option<u64>,
+}
+
+/// `GET /api/v1/remediation`: what the remediation policy is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemediationView {
+    pub enabled: bool,
+    pub dry_run: bool,
+    /// Who paused it and when; `None`: running.
+    pub paused: Option<Paused>,
+    /// Why drains are held back now (a limit); `None`: not held back.
+    pub blocked: Option<String>,
+    /// Cordoned nodes, and how many the cluster-wide limit allows.
+    pub cordoned: usize,
+    pub limit: usize,
+    pub nodes: usize,
+    /// Nodes that are unhealthy and waiting out `drain_after` or a limit.
+    pub waiting: Vec<Waiting>,
+    /// Actions that failed and are being retried.
+    pub failing: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    pub by: String,
+    pub since_ms: u64,
+}
+
+/// A node the policy would drain, not drained yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub node: String,
+    pub reason: String,
+    /// When it becomes due by `drain_after` (it may then still wait for a limit).
+    pub due_ms: Option<u64>,
+    /// What holds it back once due.
+    #[serde(default)]
+    pub held_by: Option<String>,
+}
+
+/// `POST /api/v1/nodes/{name}/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRequest {
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +132,11 @@ pub enum EventKind {
     /// Someone changed something through the API: `to` is the action (`submit`,
     /// `cancel`, `token-create`, ...), the message names who and what.
     Audit,
+    /// The remediation policy or a person drained, resumed or held back a node: `to` is
+    /// what happened (`cordon`, `drain`, `drain-failed`, `resuming`, `resume`,
+    /// `uncordon`, `blocked`, `would-drain`, ...), the message names the node, reason, scheduler,
+    /// outcome and who acted.
+    Remediation,
 }
 
 impl EventKind {
@@ -55,6 +146,7 @@ impl EventKind {
             EventKind::Health => "health",
             EventKind::Gpu => "gpu",
             EventKind::Audit => "audit",
+            EventKind::Remediation => "remediation",
         }
     }
 
@@ -64,6 +156,7 @@ impl EventKind {
             EventKind::Health,
             EventKind::Gpu,
             EventKind::Audit,
+            EventKind::Remediation,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -316,7 +409,7 @@ pub struct JobView {
     /// The scheduler plugin's name.
     pub scheduler: String,
     /// The node whose plugin took (or is taking) the submission; status and cancel go
-    /// there.
+    /// there while it is connected, else through another host of the same scheduler.
     pub node: String,
     /// Who submitted it: the user its programs run as. Empty for jobs recorded before
     /// corral knew owners.
@@ -341,6 +434,11 @@ pub struct JobView {
     pub polled_ms: Option<u64>,
     /// Why its state is not being refreshed, while that lasts.
     pub poll_error: Option<String>,
+    /// The host whose plugin gave the last status answer about it: `node` while that is
+    /// connected, else another authorized host of the same scheduler instance. Unset
+    /// until the first answer (also after a coordinator restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polled_via: Option<String>,
     /// Oldest first. Left out of listings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Transition>,
@@ -385,7 +483,7 @@ pub struct Rendered {
 /// What one pass of the job poller did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollReport {
-    /// (node, plugin) pairs asked.
+    /// Scheduler instances asked (one `[schedulers.NAME]` each).
     pub groups: usize,
     /// `status` calls made.
     pub calls: usize,

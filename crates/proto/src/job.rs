@@ -189,6 +189,21 @@ pub struct PluginInfo {
     pub features: Vec<Feature>,
 }
 
+/// A node as its scheduler sees it, for draining (WIT `types.node-state`).
+///
+/// The coordinator reads it before draining a node and before resuming one: a drain
+/// whose reason does not carry corral's prefix is a person's, and corral neither
+/// overwrites nor lifts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The scheduler places no new work on the node (Slurm DRAIN, PBS offline, a Grid
+    /// Engine queue instance disabled, LSF closed by an admin).
+    pub drained: bool,
+    /// The reason the scheduler keeps with the drain, as it was given; `None` when it
+    /// keeps none (Grid Engine never does) or the node is not drained.
+    pub reason: Option<String>,
+}
+
 /// What an operator granted a plugin (from its manifest), as agents announce it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grants {
@@ -225,9 +240,21 @@ pub enum PluginCall {
     Status(Vec<String>),
     Cancel(String),
     List,
-    Logs { id: String, max_bytes: u32 },
-    DrainNode { node: String, reason: String },
-    ResumeNode { node: String },
+    Logs {
+        id: String,
+        max_bytes: u32,
+    },
+    DrainNode {
+        node: String,
+        reason: String,
+    },
+    ResumeNode {
+        node: String,
+    },
+    /// `node` (the scheduler's name for it) as the scheduler sees it now.
+    NodeState {
+        node: String,
+    },
 }
 
 impl PluginCall {
@@ -243,6 +270,7 @@ impl PluginCall {
             PluginCall::Logs { .. } => "logs",
             PluginCall::DrainNode { .. } => "drain-node",
             PluginCall::ResumeNode { .. } => "resume-node",
+            PluginCall::NodeState { .. } => "node-state",
         }
     }
 }
@@ -259,4 +287,44 @@ pub enum PluginReply {
     Statuses(Vec<JobStatus>),
     /// `cancel`, `drain-node`, `resume-node`.
     Done,
+    /// `node-state`: `None` when the scheduler has no node of that name.
+    NodeState(Option<NodeState>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_state_is_appended_so_older_calls_and_replies_keep_their_encoding() {
+        // Postcard tags a variant by its index: the new call and reply come last, so a
+        // peer that predates them still reads every other call and reply alike.
+        let call = PluginCall::NodeState { node: "n1".into() };
+        assert_eq!(call.export(), "node-state");
+        assert_eq!(postcard::to_allocvec(&call).unwrap(), [9, 2, b'n', b'1']);
+        let reply = PluginReply::NodeState(Some(NodeState {
+            drained: true,
+            reason: Some("x".into()),
+        }));
+        assert_eq!(
+            postcard::to_allocvec(&reply).unwrap(),
+            [5, 1, 1, 1, 1, b'x']
+        );
+        assert_eq!(
+            postcard::to_allocvec(&PluginReply::NodeState(None)).unwrap(),
+            [5, 0]
+        );
+        assert_eq!(postcard::to_allocvec(&PluginReply::Done).unwrap(), [4]);
+    }
+
+    #[test]
+    fn a_node_state_reads_the_same_in_json() {
+        let s = NodeState {
+            drained: true,
+            reason: Some("corral: gpu 0 XID 79".into()),
+        };
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, r#"{"drained":true,"reason":"corral: gpu 0 XID 79"}"#);
+        assert_eq!(serde_json::from_str::<NodeState>(&json).unwrap(), s);
+    }
 }

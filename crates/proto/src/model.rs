@@ -585,16 +585,24 @@ pub enum RayState {
     Failed,
     /// Stopped by corral (agent shutdown).
     Stopped,
+    /// A worker whose drain Ray accepted: no new tasks are placed on it, and it still
+    /// runs until its work ends or the drain's deadline passes.
+    Draining,
+    /// A worker stopped by a drain (its work ended, or the deadline passed). Not
+    /// restarted until it is resumed.
+    Drained,
 }
 
 impl RayState {
-    pub const ALL: [RayState; 6] = [
+    pub const ALL: [RayState; 8] = [
         RayState::Starting,
         RayState::Running,
         RayState::Restarting,
         RayState::Refused,
         RayState::Failed,
         RayState::Stopped,
+        RayState::Draining,
+        RayState::Drained,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -605,6 +613,8 @@ impl RayState {
             RayState::Refused => "refused",
             RayState::Failed => "failed",
             RayState::Stopped => "stopped",
+            RayState::Draining => "draining",
+            RayState::Drained => "drained",
         }
     }
 }
@@ -692,6 +702,21 @@ pub fn unix_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_ray_state_is_listed_once_under_its_json_name() {
+        let mut seen = std::collections::HashSet::new();
+        for st in RayState::ALL {
+            assert!(seen.insert(st), "{st} listed twice");
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+            assert_eq!(serde_json::from_str::<RayState>(&json).unwrap(), st);
+        }
+        // ALL is what the metrics export; a state missing from it is never shown.
+        for st in [RayState::Draining, RayState::Drained] {
+            assert!(RayState::ALL.contains(&st), "{st}");
+        }
+    }
 
     #[test]
     fn nvml_recovery_action_values_map_to_actions() {

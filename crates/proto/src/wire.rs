@@ -48,6 +48,13 @@
 //!   [`Welcome::max_frame_bytes`] tell each side the largest frame the other accepts, so
 //!   an oversized command or answer fails alone instead of ending the session.
 //!   Protocol 3 is not accepted: a protocol-3 agent would run every job as itself.
+//! - 5: health that acts. [`Command::RayDrain`] and [`Command::RayResume`], answered by
+//!   [`CommandOutput::Ray`]; Ray states `draining` and `drained`
+//!   ([`crate::model::RayState`]); the scheduler plugins' `node-state` call
+//!   ([`PluginCall::NodeState`], [`PluginReply::NodeState`]). Protocol 4 is not
+//!   accepted: the coordinator drains and resumes nodes through these commands, and a
+//!   protocol-4 agent would refuse them as undecodable and lose its session, so a
+//!   cordoned node would stay in Ray and in its schedulers.
 //!
 //! The golden-bytes tests at the end of this file pin the encoding of every message:
 //! reordering, retyping or inserting a field fails them, which is the reminder to bump
@@ -82,9 +89,9 @@ use crate::model::NodeReport;
 pub const DEFAULT_QUIC_PORT: u16 = 7440;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The oldest agent protocol this coordinator still accepts.
-pub const MIN_PROTOCOL_VERSION: u32 = 4;
+pub const MIN_PROTOCOL_VERSION: u32 = 5;
 /// The beat intervals a coordinator accepts in a hello (faster floods it, slower makes
 /// liveness meaningless); an agent's config is checked against the same range.
 pub const BEAT_INTERVAL_MS: std::ops::RangeInclusive<u32> = 100..=60_000;
@@ -191,6 +198,23 @@ pub enum Command {
         /// every other export as its service user; the plugin never chooses.
         owner: Option<String>,
     },
+    /// Drain this node's Ray worker: Ray places no new tasks on it and its running work
+    /// gets `deadline_ms` to finish, after which the agent stops the worker. A drained
+    /// worker is not restarted until [`Command::RayResume`]. Idempotent; on a node that
+    /// runs no Ray worker (a head, or no Ray) it succeeds with a detail saying there was
+    /// nothing to drain. Answered by [`CommandOutput::Ray`] once Ray accepted the drain
+    /// (or the worker, not yet joined, was stopped); the outer `Err` says what failed.
+    RayDrain {
+        /// Why, as Ray records it (`ray list nodes` shows it with the node's death).
+        reason: String,
+        /// How long running work may take before the worker is stopped; 0 stops it as
+        /// soon as Ray accepted the drain.
+        deadline_ms: u64,
+    },
+    /// Undo a [`Command::RayDrain`]: a draining worker is stopped, and a drained one is
+    /// started again, so that it rejoins as a new Ray node. A no-op success when nothing
+    /// is drained.
+    RayResume,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +226,11 @@ pub enum CommandOutput {
     /// The plugin's answer; a plugin's own failure is an `Err` here, while the outer
     /// command result's `Err` is kept for the agent failing to run the command at all.
     Plugin(Result<PluginReply, PluginError>),
+    /// What [`Command::RayDrain`] or [`Command::RayResume`] did, in words ("drained Ray
+    /// node 1a2b…; running work has 1m to finish", "not a Ray worker: nothing to drain").
+    Ray {
+        detail: String,
+    },
 }
 
 /// Why a coordinator closes an agent's connection; the QUIC application error code.
@@ -715,6 +744,23 @@ mod tests {
                 "coord head changed",
                 e(&CoordMsg::HeadChanged { head: Some(head) }),
             ),
+            (
+                "coord ray drain",
+                e(&CoordMsg::Command {
+                    id: 4,
+                    command: Command::RayDrain {
+                        reason: "corral: gpu 0 XID 79".into(),
+                        deadline_ms: 60_000,
+                    },
+                }),
+            ),
+            (
+                "coord ray resume",
+                e(&CoordMsg::Command {
+                    id: 5,
+                    command: Command::RayResume,
+                }),
+            ),
             ("output report queued", e(&CommandOutput::ReportQueued)),
             (
                 "output plugin statuses",
@@ -725,6 +771,12 @@ mod tests {
             (
                 "output plugin info",
                 e(&CommandOutput::Plugin(Ok(PluginReply::Info(info)))),
+            ),
+            (
+                "output ray",
+                e(&CommandOutput::Ray {
+                    detail: "drained Ray node 1a2b".into(),
+                }),
             ),
             (
                 "output plugin error",
@@ -775,8 +827,8 @@ mod tests {
 
     #[rustfmt::skip]
     const GOLDEN: &[(&str, &str)] = &[
-        ("hello", "04066770752d303105302e312e30e807808040"),
-        ("welcome", "0405302e312e30808040"),
+        ("hello", "05066770752d303105302e312e30e807808040"),
+        ("welcome", "0505302e312e30808040"),
         ("agent beat", "008080a8b1e39fe7cb17"),
         ("agent report", "01066770752d3031066770752d30310944656269616e20313203362e31044550594340012080808080802005302e312e3080d095ffbc31901c00004841020000204100007041000000000000f03f000000000000004000000000000008408080808080208080808004808080808010000001012f096e766d65306e317031046578743480808080800280808080800101045463746c000036420100284750552d66613465303030302d303030302d303030302d303030302d3030303030303030303030300e46616b6520483130302038304742018090dfc04a0180c0fc82aa0201320128010000000000406f40010d31363530303030303030303030011030303030303030303a31383a30302e3001093535302e35342e3135010431322e34010e39362e30302e38392e30302e30310101010764656661756c74010000000180b09dc2df01011401000100012d00010000000000e08540010000000080842e4101bc0f01bb1401000105010501100110010001010100010001000100010001000100010001000100010001000101000100010001000000000000000000000001116e766d6c3a2064726976657220627573790101066469736b3a2f01156469736b202f203931252066756c6c203e2039302501010180d095ffbc31082f6f70742f7261790106332e31312e370106322e36302e30010d31302e302e302e313a363337390101066a6f696e6564019221011e2f7661722f6c69622f636f7272616c2f7261792f776f726b65722e6c6f67"),
         ("agent command result ok", "0209000005"),
@@ -787,9 +839,12 @@ mod tests {
         ("coord report now", "000201"),
         ("coord plugin submit", "00030205736c75726d020122697427732061202274657374223b20726d202d7266202f2060696460202428696429072f62696e2f736803022d630d6563686f2022243122203e263203612062010d2f746d702f776f726b206469720101410331203200010b2f746d702f6f75742d256a0001020000010801802001982a01056465627567000001010a0201030101033132330110736c75726d2e636f6e73747261696e7404613130300105616c696365"),
         ("coord head changed", "010107686561642d30310d31302e302e302e313a3633373914687474703a2f2f31302e302e302e313a3832363506332e31312e3706322e36302e30082f6f70742f72617907"),
+        ("coord ray drain", "00040314636f7272616c3a20677075203020584944203739e0d403"),
+        ("coord ray resume", "000504"),
         ("output report queued", "01"),
         ("output plugin statuses", "020003010234320506657869742033064641494c45440106010f4e6f6e5a65726f45786974436f6465"),
         ("output plugin info", "02000005736c75726d05302e312e3005536c75726d020001"),
+        ("output ray", "0315647261696e656420526179206e6f64652031613262"),
         ("output plugin error", "020101086261642073706563"),
     ];
 }

@@ -355,3 +355,14 @@ fn info_names_the_plugin_as_its_manifest_does() {
         assert!(manifest.contains(&format!("\"{program}\"")), "{program}");
     }
 }
+
+#[test]
+fn node_state_is_unsupported_without_running_anything() {
+    // HTCondor has no drain here (no Drain feature): the SDK's default answers.
+    let b = Script::new();
+    assert!(matches!(
+        HtCondor::node_state(&b, "node01".into()),
+        Err(Error::Unsupported(m)) if m == "node-state"
+    ));
+    assert!(b.calls().is_empty());
+}

@@ -1,10 +1,10 @@
 //! The IBM Spectrum LSF plugin: `bsub`, `bjobs -json -o ...`, `bkill`, `bpeek`, `badmin`,
-//! run by their bare granted names through the host.
+//! `bhosts`, run by their bare granted names through the host.
 //!
 //! Tested against fixtures only: LSF cannot run on the project's machines, so
 //! `fixtures/` holds output in LSF 10.1's documented formats (`bjobs -json` records,
-//! `bsub`/`bkill` messages), written by hand from those formats, not captured from a
-//! live cluster.
+//! `bhosts -l`, `bsub`/`bkill` messages), written by hand from those formats, not
+//! captured from a live cluster.
 //!
 //! Invariants and trade-offs:
 //! - Submission: options are `bsub` argv elements and the script goes on stdin (LSF
@@ -21,12 +21,20 @@
 //! - `lsf.*` attributes pass through as `-FLAG [value]`, but not the managed ones
 //!   (interactive modes, `-K`, `-J`, `-U`); bsub has no option that changes who a job
 //!   runs as.
+//! - Hosts: `drain-node` is `badmin hclose -C REASON HOST` (running jobs finish),
+//!   `resume-node` is `badmin hopen -C "resumed by corral" HOST`: both always leave a
+//!   comment of their own, so an older comment of corral's cannot be read as the
+//!   reason of a close someone makes later without `-C`. `node-state` reads `bhosts -l
+//!   HOST` ([`parse_bhosts`]): drained when the status is `closed_Adm` (closed by an
+//!   administrator; the other `closed_*` statuses are LSF's own and lift by
+//!   themselves), the reason being the `ADMIN ACTION COMMENT`. Written from the
+//!   documented format, tested against that only.
 //! - What is LSF's own is here (argv, parsers, table, lookup); the rest is the SDK's,
 //!   wired by the one declaration `LSF` ([`corral_plugin_sdk::batch::Batch`]).
 
 use corral_plugin_sdk::batch::{Batch, Cancel};
 use corral_plugin_sdk::ids::{JobId, Tasks};
-use corral_plugin_sdk::nodes::{Arg, NodeAdmin};
+use corral_plugin_sdk::nodes::{Arg, NodeAdmin, StateQuery, Unknown};
 use corral_plugin_sdk::records::{self, Deserialize};
 use corral_plugin_sdk::script::check_line;
 use corral_plugin_sdk::spec::{check_array, check_counts, cpus_per_node, dependencies};
@@ -36,7 +44,8 @@ use corral_plugin_sdk::status::Found;
 use corral_plugin_sdk::submit::Submit;
 use corral_plugin_sdk::Feature::{Arrays, Dependencies, Drain, Gpus, List, Logs, Reservations};
 use corral_plugin_sdk::{
-    failure, run, run_ok, Backend, Command, Error, JobSpec, JobState, JobStatus, Scheduler,
+    failure, run, run_ok, Backend, Command, Error, JobSpec, JobState, JobStatus, NodeState,
+    Scheduler,
 };
 
 pub struct Lsf;
@@ -369,10 +378,62 @@ impl Scheduler for Lsf {
     }
 }
 
-/// `badmin hclose [-C COMMENT] HOST` closes a host to new jobs, `badmin hopen` reopens it.
+/// `badmin hclose -C COMMENT HOST` closes a host to new jobs, `badmin hopen -C COMMENT
+/// HOST` reopens it (see the module docs for why both leave a comment); `bhosts -l
+/// HOST` reads it back, and says `Bad host name` of a host LSF does not have.
 const ADMIN: NodeAdmin = NodeAdmin::new("badmin", "", "LSF host name")
-    .drain(&[Arg::Text("hclose"), Arg::ReasonFlag("-C"), Arg::Node("")])
-    .resume(&[Arg::Text("hopen"), Arg::Node("")]);
+    .drain(&[
+        Arg::Text("hclose"),
+        Arg::Text("-C"),
+        Arg::Reason("", "drained by corral"),
+        Arg::Node(""),
+    ])
+    .resume(&[
+        Arg::Text("hopen"),
+        Arg::Text("-C"),
+        Arg::Text("resumed by corral"),
+        Arg::Node(""),
+    ])
+    .state(StateQuery::new(
+        "bhosts",
+        &[Arg::Text("-l"), Arg::Node("")],
+        Unknown::Says(&["Bad host name"]),
+        parse_bhosts,
+    ));
+
+/// Parses `bhosts -l HOST` for `node-state`: the status is the first word of the line
+/// after the `STATUS` header, `closed_Adm` is drained, and the reason is the text of
+/// ` ADMIN ACTION COMMENT: "..."` (without the quotes LSF puts around it). One host
+/// record is expected: a host group's name prints one per member, and is refused; no
+/// record is no such host.
+pub fn parse_bhosts(node: &str, text: &str) -> Result<Option<NodeState>, Error> {
+    match text.lines().filter(|l| l.starts_with("HOST ")).count() {
+        0 => return Ok(None),
+        1 => {}
+        n => {
+            return Err(Error::Invalid(format!(
+                "{node:?} names {n} LSF hosts (a host group?); node-state reads one host"
+            )))
+        }
+    }
+    let mut lines = text.lines().skip_while(|l| !l.starts_with("HOST "));
+    let status = lines
+        .by_ref()
+        .skip_while(|l| !l.starts_with("STATUS "))
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or_else(|| Error::Backend(format!("bhosts -l {node} printed no STATUS")))?;
+    let drained = status == "closed_Adm";
+    let comment = lines
+        .find_map(|l| l.trim_start().strip_prefix("ADMIN ACTION COMMENT:"))
+        .map(|c| {
+            let c = c.trim();
+            c.strip_prefix('"')
+                .and_then(|c| c.strip_suffix('"'))
+                .unwrap_or(c)
+        });
+    Ok(Some(NodeState::new(drained, comment)))
+}
 
 #[cfg(test)]
 mod tests;

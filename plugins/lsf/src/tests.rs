@@ -10,6 +10,9 @@ const BSUB: &str = include_str!("../fixtures/bsub.txt");
 const BKILL_FINISHED: &str = include_str!("../fixtures/bkill-finished.stderr");
 const BKILL_UNKNOWN: &str = include_str!("../fixtures/bkill-unknown.stderr");
 const BPEEK: &str = include_str!("../fixtures/bpeek.txt");
+const BHOSTS_CLOSED: &str = include_str!("../fixtures/bhosts-l-closed.txt");
+const BHOSTS_OK: &str = include_str!("../fixtures/bhosts-l-ok.txt");
+const BHOSTS_UNKNOWN: &str = include_str!("../fixtures/bhosts-unknown.stderr");
 
 fn ids(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -187,13 +190,72 @@ fn logs_are_the_tail_of_bpeek_without_its_header() {
 }
 
 #[test]
-fn drain_closes_the_host_with_a_literal_comment() {
-    let b = Script::new().ok("badmin", "").ok("badmin", "");
+fn drain_closes_the_host_with_a_literal_comment_and_resume_replaces_it() {
+    let b = Script::new()
+        .ok("badmin", "")
+        .ok("badmin", "")
+        .ok("badmin", "");
     Lsf::drain_node(&b, "host1".into(), "disk; #4".into()).unwrap();
+    Lsf::drain_node(&b, "host1".into(), " ".into()).unwrap();
     Lsf::resume_node(&b, "host1".into()).unwrap();
     let c = b.commands();
     assert_eq!(c[0].args, ["hclose", "-C", "disk; #4", "host1"]);
-    assert_eq!(c[1].args, ["hopen", "host1"]);
+    assert_eq!(c[1].args, ["hclose", "-C", "drained by corral", "host1"]);
+    assert_eq!(c[2].args, ["hopen", "-C", "resumed by corral", "host1"]);
+}
+
+#[test]
+fn a_host_closed_by_an_admin_is_drained_with_the_comment_verbatim() {
+    assert_eq!(
+        parse_bhosts("host1", BHOSTS_CLOSED).unwrap(),
+        Some(NodeState {
+            drained: true,
+            reason: Some("corral: gpu 0 XID 79; see #7".into()),
+        })
+    );
+    // An open host's comment (the last admin action's) is no drain reason.
+    assert_eq!(
+        parse_bhosts("host1", BHOSTS_OK).unwrap(),
+        Some(NodeState {
+            drained: false,
+            reason: None,
+        })
+    );
+    // closed_Full and the like are LSF's own and lift by themselves.
+    let full = BHOSTS_OK.replacen("ok        ", "closed_Full", 1);
+    assert!(full.contains("\nclosed_Full "), "{full}");
+    assert!(!parse_bhosts("host1", &full).unwrap().unwrap().drained);
+}
+
+#[test]
+fn node_state_reads_bhosts_and_knows_a_bad_host_name() {
+    let b = Script::new()
+        .ok("bhosts", BHOSTS_CLOSED)
+        .run("bhosts", 255, "", BHOSTS_UNKNOWN)
+        .run("bhosts", 255, "", "LSF is down. Please wait ...\n");
+    assert!(
+        Lsf::node_state(&b, "host1".into())
+            .unwrap()
+            .unwrap()
+            .drained
+    );
+    assert_eq!(b.commands()[0].args, ["-l", "host1"]);
+    assert_eq!(Lsf::node_state(&b, "host99".into()).unwrap(), None);
+    assert!(matches!(
+        Lsf::node_state(&b, "host1".into()),
+        Err(Error::Backend(m)) if m.contains("LSF is down")
+    ));
+    b.assert_done();
+}
+
+#[test]
+fn a_host_group_is_refused_by_node_state() {
+    let two = format!("{BHOSTS_CLOSED}\n{BHOSTS_OK}");
+    assert!(matches!(
+        parse_bhosts("groupA", &two),
+        Err(Error::Invalid(m)) if m.contains("host group")
+    ));
+    assert_eq!(parse_bhosts("h", "").unwrap(), None);
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //!
 //! Tested against fixtures only: PBS cannot run on the project's machines, so
 //! `fixtures/` holds output in the documented PBS Pro 2022 / OpenPBS formats (JSON
-//! `qstat`, `qsub` and `qdel` messages), written by hand from those formats, not
-//! captured from a live server. A site should check the plugin against its own PBS
+//! `qstat` and `pbsnodes`, `qsub` and `qdel` messages), written by hand from those
+//! formats, not captured from a live server. A site should check the plugin against its own PBS
 //! before relying on it.
 //!
 //! Invariants and trade-offs:
@@ -24,6 +24,13 @@
 //!   1 (some failed) or 2 (some deleted or requeued).
 //! - `pbs.*` attributes become `-l resource=value`; names of PBS's identity attributes
 //!   (`-u`'s `User_List`, `group_list`) are refused, so none can change who a job runs as.
+//! - Nodes: `drain-node` is `pbsnodes -o -C REASON NODE` (offline: running jobs finish),
+//!   `resume-node` is `pbsnodes -r -C "resumed by corral" NODE`. PBS keeps a vnode's
+//!   comment until something replaces it, so both always set one: otherwise a person's
+//!   later `pbsnodes -o` without `-C` would show corral's old comment, and corral would
+//!   take that person's drain for its own. `node-state` reads `pbsnodes -F json -v
+//!   NODE` ([`parse_pbsnodes`]): drained when `state` lists `offline`, the reason being
+//!   the `comment`. Written from the documented format, tested against that only.
 //! - What is PBS's own is here (argv, parsers, table, lookup); the rest is the SDK's,
 //!   wired by the one declaration `PBS` ([`corral_plugin_sdk::batch::Batch`]).
 //! - Torque differs: its `qstat -x` means XML, it has no `-F json`, arrays use `-t` and
@@ -34,7 +41,7 @@ use std::collections::BTreeMap;
 
 use corral_plugin_sdk::batch::{Batch, Cancel};
 use corral_plugin_sdk::ids::is_number;
-use corral_plugin_sdk::nodes::{Arg, NodeAdmin};
+use corral_plugin_sdk::nodes::{Arg, NodeAdmin, StateQuery, Unknown};
 use corral_plugin_sdk::records::{self, Deserialize};
 use corral_plugin_sdk::script::check_line;
 use corral_plugin_sdk::spec::{self, check_array, check_counts, is_word, Passthrough, TextFlags};
@@ -44,7 +51,7 @@ use corral_plugin_sdk::submit::Submit;
 use corral_plugin_sdk::Feature::{Arrays, Dependencies, Drain, Gpus, List, Reservations};
 use corral_plugin_sdk::{
     failure, first_line, run, run_ok, Backend, Command, Error, JobSpec, JobState, JobStatus,
-    Scheduler,
+    NodeState, Scheduler,
 };
 
 pub struct Pbs;
@@ -399,11 +406,72 @@ impl Scheduler for Pbs {
     }
 }
 
-/// `pbsnodes -o [-C COMMENT] NODE` marks a vnode offline (running jobs finish),
-/// `pbsnodes -r NODE` clears it.
+/// `pbsnodes -F json -v NODE`: the `nodes` object, by vnode name.
+#[derive(Deserialize)]
+#[serde(crate = "corral_plugin_sdk::serde")]
+struct Pbsnodes {
+    #[serde(default)]
+    nodes: BTreeMap<String, Vnode>,
+}
+
+#[derive(Deserialize)]
+#[serde(crate = "corral_plugin_sdk::serde")]
+struct Vnode {
+    /// Comma-separated: `free`, `offline,job-busy`, `down,offline`.
+    #[serde(default)]
+    state: String,
+    comment: Option<String>,
+}
+
+/// Parses `pbsnodes -F json -v NODE` for `node-state`: drained when the vnode's state
+/// lists `offline` (what `pbsnodes -o` sets), with its comment as the reason. The vnode
+/// is the one named `node`, or the only one printed; none printed is no such node.
+pub fn parse_pbsnodes(node: &str, json: &str) -> Result<Option<NodeState>, Error> {
+    let parsed: Pbsnodes = records::json("pbsnodes", json)?;
+    let vnode = match parsed.nodes.get(node) {
+        Some(v) => v,
+        None if parsed.nodes.is_empty() => return Ok(None),
+        None if parsed.nodes.len() == 1 => parsed.nodes.values().next().expect("one vnode"),
+        None => {
+            return Err(Error::Backend(format!(
+                "pbsnodes -v {node} printed {} vnodes, none of them {node:?}: {}",
+                parsed.nodes.len(),
+                parsed.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
+    let drained = vnode.state.split(',').any(|s| s.trim() == "offline");
+    Ok(Some(NodeState::new(drained, vnode.comment.as_deref())))
+}
+
+/// `pbsnodes -o -C COMMENT NODE` marks a vnode offline (running jobs finish),
+/// `pbsnodes -r -C COMMENT NODE` clears it; both replace the comment (see the module
+/// docs). `pbsnodes -F json -v NODE` reads it back; of a vnode it does not have,
+/// pbsnodes says `Unknown node`.
 const ADMIN: NodeAdmin = NodeAdmin::new("pbsnodes", "[]", "PBS vnode name")
-    .drain(&[Arg::Text("-o"), Arg::ReasonFlag("-C"), Arg::Node("")])
-    .resume(&[Arg::Text("-r"), Arg::Node("")]);
+    .drain(&[
+        Arg::Text("-o"),
+        Arg::Text("-C"),
+        Arg::Reason("", "drained by corral"),
+        Arg::Node(""),
+    ])
+    .resume(&[
+        Arg::Text("-r"),
+        Arg::Text("-C"),
+        Arg::Text("resumed by corral"),
+        Arg::Node(""),
+    ])
+    .state(StateQuery::new(
+        "pbsnodes",
+        &[
+            Arg::Text("-F"),
+            Arg::Text("json"),
+            Arg::Text("-v"),
+            Arg::Node(""),
+        ],
+        Unknown::Says(&["Unknown node"]),
+        parse_pbsnodes,
+    ));
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,9 @@ const QSUB: &str = include_str!("../fixtures/qsub.txt");
 const QSUB_ARRAY: &str = include_str!("../fixtures/qsub-array.txt");
 const QDEL_FINISHED: &str = include_str!("../fixtures/qdel-finished.stderr");
 const QDEL_UNKNOWN: &str = include_str!("../fixtures/qdel-unknown.stderr");
+const PBSNODES_OFFLINE: &str = include_str!("../fixtures/pbsnodes-offline.json");
+const PBSNODES_FREE: &str = include_str!("../fixtures/pbsnodes-free.json");
+const PBSNODES_UNKNOWN: &str = include_str!("../fixtures/pbsnodes-unknown.stderr");
 
 fn ids(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -264,13 +267,18 @@ fn bad_ids_names_and_options_are_refused() {
 }
 
 #[test]
-fn drain_and_resume_use_pbsnodes_offline_with_a_literal_comment() {
-    let b = Script::new().ok("pbsnodes", "").ok("pbsnodes", "");
+fn drain_and_resume_use_pbsnodes_offline_and_always_replace_the_comment() {
+    let b = Script::new()
+        .ok("pbsnodes", "")
+        .ok("pbsnodes", "")
+        .ok("pbsnodes", "");
     Pbs::drain_node(&b, "node01".into(), "fan; see #7".into()).unwrap();
+    Pbs::drain_node(&b, "node01".into(), "".into()).unwrap();
     Pbs::resume_node(&b, "node01".into()).unwrap();
     let c = b.commands();
     assert_eq!(c[0].args, ["-o", "-C", "fan; see #7", "node01"]);
-    assert_eq!(c[1].args, ["-r", "node01"]);
+    assert_eq!(c[1].args, ["-o", "-C", "drained by corral", "node01"]);
+    assert_eq!(c[2].args, ["-r", "-C", "resumed by corral", "node01"]);
     assert!(matches!(
         Pbs::drain_node(&b, "-r".into(), "".into()),
         Err(Error::Invalid(_))
@@ -287,4 +295,70 @@ fn resource_names_of_identity_attributes_are_refused() {
             "{key}"
         );
     }
+}
+
+#[test]
+fn an_offline_vnode_is_drained_with_its_comment_verbatim() {
+    assert_eq!(
+        parse_pbsnodes("node01", PBSNODES_OFFLINE).unwrap(),
+        Some(NodeState {
+            drained: true,
+            reason: Some("corral: gpu 0 XID 79; see #7".into()),
+        })
+    );
+}
+
+#[test]
+fn a_free_vnode_is_not_drained_and_its_old_comment_is_no_reason() {
+    assert_eq!(
+        parse_pbsnodes("node01", PBSNODES_FREE).unwrap(),
+        Some(NodeState {
+            drained: false,
+            reason: None,
+        })
+    );
+    let down_offline = r#"{"nodes": {"n2": {"state": "down,offline"}}}"#;
+    assert_eq!(
+        parse_pbsnodes("n2", down_offline).unwrap(),
+        Some(NodeState {
+            drained: true,
+            reason: None,
+        })
+    );
+}
+
+#[test]
+fn node_state_asks_pbsnodes_for_json_and_knows_an_unknown_node() {
+    let b = Script::new()
+        .ok("pbsnodes", PBSNODES_OFFLINE)
+        .run("pbsnodes", 15, "", PBSNODES_UNKNOWN)
+        .run(
+            "pbsnodes",
+            1,
+            "",
+            "pbsnodes: cannot connect to server pbs-head, error=15010\n",
+        );
+    assert!(
+        Pbs::node_state(&b, "node01".into())
+            .unwrap()
+            .unwrap()
+            .drained
+    );
+    assert_eq!(b.commands()[0].args, ["-F", "json", "-v", "node01"]);
+    assert_eq!(Pbs::node_state(&b, "node99".into()).unwrap(), None);
+    assert!(matches!(
+        Pbs::node_state(&b, "node01".into()),
+        Err(Error::Backend(m)) if m.contains("cannot connect")
+    ));
+    b.assert_done();
+}
+
+#[test]
+fn pbsnodes_output_about_other_vnodes_is_an_error() {
+    let two = r#"{"nodes": {"a": {"state": "free"}, "b": {"state": "offline"}}}"#;
+    assert!(matches!(
+        parse_pbsnodes("c", two),
+        Err(Error::Backend(m)) if m.contains("none of them")
+    ));
+    assert_eq!(parse_pbsnodes("c", r#"{"nodes": {}}"#).unwrap(), None);
 }

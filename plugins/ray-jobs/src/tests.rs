@@ -193,3 +193,14 @@ fn ids_that_are_not_url_safe_are_refused() {
         );
     }
 }
+
+#[test]
+fn node_state_is_unsupported_without_a_request() {
+    // Ray's own drain is the agent's (it supervises Ray), not this plugin's.
+    let b = Script::new();
+    assert!(matches!(
+        RayJobs::node_state(&b, "node01".into()),
+        Err(Error::Unsupported(m)) if m == "node-state"
+    ));
+    assert!(b.calls().is_empty());
+}

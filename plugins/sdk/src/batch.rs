@@ -1,8 +1,8 @@
 //! One declaration per batch-scheduler plugin ([`Batch`]): what the plugin is, how it
 //! submits, looks jobs up, cancels and drains. [`crate::Scheduler::BATCH`] turns it into
-//! the `info`, `render`, `submit`, `status`, `cancel`, `drain-node` and `resume-node`
-//! exports, so the plugin writes only its own functions (argv, parsers, lookups) and
-//! `list` or `logs` where it has them.
+//! the `info`, `render`, `submit`, `status`, `cancel`, `drain-node`, `resume-node` and
+//! `node-state` exports, so the plugin writes only its own functions (argv, parsers,
+//! lookups) and `list` or `logs` where it has them.
 //!
 //! Invariants: every piece keeps its own ([`crate::submit::Submit`],
 //! [`crate::status::Resolver`], [`crate::status::cancel`], [`crate::nodes::NodeAdmin`]);

@@ -34,7 +34,9 @@
 //!   with [`states::Facts`] for holds, exit codes, signals and removal reasons.
 //! - [`status::Resolver`]: live query, then history, de-duplication, aggregation,
 //!   `unknown` with the reasons.
-//! - [`nodes::NodeAdmin`]: `drain_node`/`resume_node` as argv templates.
+//! - [`nodes::NodeAdmin`]: `drain_node`/`resume_node` as argv templates, and
+//!   `node_state` as a query ([`nodes::StateQuery`]: a template, the scheduler's words
+//!   for "no such node", a parser into [`NodeState`]).
 //! - [`ids`]: job id and node name checks; [`spec`]: standard refusals, counts, arrays,
 //!   dependency lists and attribute pass-through that never changes identity;
 //!   [`records`]: typed JSON and XML output.
@@ -52,7 +54,8 @@ pub use corral::scheduler::http::{Request, Response};
 pub use corral::scheduler::log::Level;
 pub use corral::scheduler::process::{Command, Output};
 pub use corral::scheduler::types::{
-    Dependency, DependencyKind, Error, Feature, JobArray, JobSpec, JobState, JobStatus, PluginInfo,
+    Dependency, DependencyKind, Error, Feature, JobArray, JobSpec, JobState, JobStatus, NodeState,
+    PluginInfo,
 };
 pub use status::unique_ids;
 pub use {serde, serde_json};
@@ -147,7 +150,7 @@ impl Backend for Host {
 /// A batch-scheduler plugin declares [`Scheduler::BATCH`] ([`batch::Batch`]: its name,
 /// features, submit program, status lookups, cancel program, node admin program) and
 /// writes only `list`/`logs` where it has them; `info`, `render`, `submit`, `status`,
-/// `cancel`, `drain_node` and `resume_node` follow from the declaration. A plugin that
+/// `cancel`, `drain_node`, `resume_node` and `node_state` follow from the declaration. A plugin that
 /// works otherwise (over HTTP) implements those itself. Without either, `info` names no
 /// plugin (so the host refuses to load it) and the others answer `unsupported`.
 pub trait Scheduler {
@@ -205,6 +208,14 @@ pub trait Scheduler {
             None => Err(Error::Unsupported("resume-node".into())),
         }
     }
+    /// `node` as the scheduler sees it now (drained, and the reason it keeps), `None`
+    /// when the scheduler has no node of that name.
+    fn node_state(b: &dyn Backend, node: String) -> Result<Option<NodeState>, Error> {
+        match Self::BATCH.and_then(|b| b.nodes) {
+            Some(n) => n.node_state(b, &node),
+            None => Err(Error::Unsupported("node-state".into())),
+        }
+    }
 }
 
 impl<T: Scheduler> exports::corral::scheduler::scheduler::Guest for T {
@@ -234,6 +245,9 @@ impl<T: Scheduler> exports::corral::scheduler::scheduler::Guest for T {
     }
     fn resume_node(node: String) -> Result<(), Error> {
         T::resume_node(&Host, node)
+    }
+    fn node_state(node: String) -> Result<Option<NodeState>, Error> {
+        T::node_state(&Host, node)
     }
 }
 
@@ -454,6 +468,19 @@ impl PluginInfo {
             version: version.to_string(),
             scheduler: scheduler.to_string(),
             features: features.to_vec(),
+        }
+    }
+}
+
+impl NodeState {
+    /// A node's state as a plugin reports it. The reason is kept only while the node is
+    /// drained, and only when it has more than white space; otherwise it is verbatim.
+    pub fn new(drained: bool, reason: Option<&str>) -> NodeState {
+        NodeState {
+            drained,
+            reason: reason
+                .filter(|r| drained && !r.trim().is_empty())
+                .map(str::to_string),
         }
     }
 }
@@ -686,6 +713,14 @@ mod tests {
             Error::Backend(m) => assert_eq!(m, "squeue was killed by a signal: (no output)"),
             e => panic!("unexpected {e:?}"),
         }
+    }
+
+    #[test]
+    fn a_node_state_keeps_a_reason_only_while_drained_and_verbatim() {
+        let drained = NodeState::new(true, Some(" corral: gpu 0 [x] "));
+        assert_eq!(drained.reason.as_deref(), Some(" corral: gpu 0 [x] "));
+        assert_eq!(NodeState::new(true, Some("  ")).reason, None);
+        assert_eq!(NodeState::new(false, Some("old comment")).reason, None);
     }
 
     #[test]

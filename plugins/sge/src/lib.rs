@@ -40,12 +40,20 @@
 //!   deletion: a running job deleted with `qdel` ends as killed by signal 9, which the
 //!   reason says may be a `qdel`. A job deleted while still queued never reaches
 //!   accounting, so it ends `unknown`.
+//! - Nodes: `drain-node` disables every queue instance on the host (`qmod -d '*@HOST'`),
+//!   `resume-node` enables them all. `node-state` reads `qstat -xml -f -q '*@HOST'`
+//!   ([`parse_host`]): the host is drained when *any* of its queue instances is
+//!   disabled (`d`), since a person may have disabled one queue and `resume-node` would
+//!   enable it again; corral must leave such a host alone. Grid Engine keeps no reason
+//!   with a disabled queue, so the reason is always `None`: from Grid Engine alone a
+//!   drain corral set cannot be told from a person's. A host without queue instances
+//!   (unknown to Grid Engine, or in no queue) is `None`.
 //! - What is Grid Engine's own is here (argv, parsers, letters, lookups); the rest is the
 //!   SDK's, wired by the one declaration `SGE` ([`corral_plugin_sdk::batch::Batch`]).
 
 use corral_plugin_sdk::batch::{Batch, Cancel};
 use corral_plugin_sdk::ids::{JobId, Tasks};
-use corral_plugin_sdk::nodes::{Arg, NodeAdmin};
+use corral_plugin_sdk::nodes::{Arg, NodeAdmin, StateQuery, Unknown};
 use corral_plugin_sdk::records;
 use corral_plugin_sdk::script::check_line;
 use corral_plugin_sdk::spec::{self, check_array, check_counts, is_word, Passthrough, TextFlags};
@@ -55,7 +63,7 @@ use corral_plugin_sdk::submit::Submit;
 use corral_plugin_sdk::Feature::{Arrays, Dependencies, Drain, List, Reservations};
 use corral_plugin_sdk::{
     failure, first_line, run, run_ok, Backend, Command, DependencyKind, Error, JobSpec, JobState,
-    JobStatus, Scheduler,
+    JobStatus, NodeState, Scheduler,
 };
 
 pub struct Sge;
@@ -484,11 +492,39 @@ impl Scheduler for Sge {
     }
 }
 
+/// Parses `qstat -xml -f -q '*@HOST'` for `node-state`: drained when any queue instance
+/// listed is disabled (state letter `d`; `D`, disabled by a calendar, is the site's
+/// schedule, not a drain), never with a reason (Grid Engine keeps none). No queue
+/// instance at all: Grid Engine has no such host to schedule on.
+pub fn parse_host(_node: &str, xml: &str) -> Result<Option<NodeState>, Error> {
+    let queues = records::xml("qstat", xml, "Queue-List")?;
+    if queues.is_empty() {
+        return Ok(None);
+    }
+    let drained = queues
+        .iter()
+        .any(|q| q.get("state").is_some_and(|s| s.contains('d')));
+    Ok(Some(NodeState::new(drained, None)))
+}
+
 /// `qmod -d '*@HOST'` disables every queue instance on the host (running jobs finish,
 /// no new ones start; Grid Engine keeps no reason with it), `qmod -e` enables them.
+/// `qstat -xml -f -q '*@HOST'` lists them; for a host with none, qstat exits 1 and
+/// prints nothing.
 const ADMIN: NodeAdmin = NodeAdmin::new("qmod", "", "host name")
     .drain(&[Arg::Text("-d"), Arg::Node("*@")])
-    .resume(&[Arg::Text("-e"), Arg::Node("*@")]);
+    .resume(&[Arg::Text("-e"), Arg::Node("*@")])
+    .state(StateQuery::new(
+        "qstat",
+        &[
+            Arg::Text("-xml"),
+            Arg::Text("-f"),
+            Arg::Text("-q"),
+            Arg::Node("*@"),
+        ],
+        Unknown::Silent,
+        parse_host,
+    ));
 
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,9 @@ const QACCT_UNKNOWN: &str = include_str!("../fixtures/qacct-unknown.stderr");
 const QSUB: &str = include_str!("../fixtures/qsub-terse.txt");
 const QSUB_ARRAY: &str = include_str!("../fixtures/qsub-terse-array.txt");
 const QDEL_UNKNOWN: &str = include_str!("../fixtures/qdel-unknown.txt");
+const HOST_ENABLED: &str = include_str!("../fixtures/qstat-host-enabled.xml");
+const HOST_DISABLED: &str = include_str!("../fixtures/qstat-host-disabled.xml");
+const HOST_PARTLY_DISABLED: &str = include_str!("../fixtures/qstat-host-partly-disabled.xml");
 
 fn ids(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -354,4 +357,50 @@ fn names_grid_engine_would_refuse_are_refused_before_qsub_runs() {
     let mut spec = JobSpec::command("true", Vec::<String>::new());
     spec.name = Some("two words".into());
     assert!(matches!(qsub_args(&spec), Err(Error::Invalid(_))));
+}
+
+const READY: Option<NodeState> = Some(NodeState {
+    drained: false,
+    reason: None,
+});
+const DISABLED: Option<NodeState> = Some(NodeState {
+    drained: true,
+    reason: None,
+});
+
+#[test]
+fn a_host_is_drained_when_its_queues_are_disabled_and_never_has_a_reason() {
+    assert_eq!(parse_host("vm", HOST_ENABLED).unwrap(), READY);
+    assert_eq!(parse_host("vm", HOST_DISABLED).unwrap(), DISABLED);
+}
+
+#[test]
+fn one_disabled_queue_of_several_makes_the_host_drained() {
+    // corral.q@vm enabled, corral2.q@vm disabled by hand: resume-node would enable both.
+    assert_eq!(parse_host("vm", HOST_PARTLY_DISABLED).unwrap(), DISABLED);
+}
+
+#[test]
+fn node_state_lists_the_hosts_queue_instances_and_a_silent_failure_is_no_host() {
+    let b = Script::new()
+        .ok("qstat", HOST_DISABLED)
+        .run("qstat", 1, "", "")
+        .run(
+            "qstat",
+            1,
+            "",
+            "error: commlib error: got select error (Connection refused)\n",
+        );
+    assert_eq!(Sge::node_state(&b, "vm".into()).unwrap(), DISABLED);
+    assert_eq!(b.commands()[0].args, ["-xml", "-f", "-q", "*@vm"]);
+    assert_eq!(Sge::node_state(&b, "nosuch".into()).unwrap(), None);
+    assert!(matches!(
+        Sge::node_state(&b, "vm".into()),
+        Err(Error::Backend(m)) if m.contains("commlib error")
+    ));
+    assert!(matches!(
+        Sge::node_state(&b, "*".into()),
+        Err(Error::Invalid(_))
+    ));
+    b.assert_done();
 }

@@ -26,19 +26,27 @@
 //!   manages and `--uid`/`--gid` (jobs run as the submitting user), abbreviations
 //!   included, since sbatch's getopt_long expands them.
 //! - Stdout/stderr paths are Slurm filename patterns: `%j`, `%A`, `%a` expand there.
+//! - Nodes: `drain-node` is `scontrol update ... State=DRAIN Reason=R` with the reason
+//!   verbatim; `node-state` reads `scontrol show node NODE` ([`parse_node`]) in its
+//!   multi-line form, where every field Slurm writes begins a line and the reason runs
+//!   to the end of its own line: with `--oneliner` the end of a reason could only be
+//!   guessed from the key that follows it, and a reason is free text. Slurm's
+//!   ` [user@time]` suffix is removed, so the reason reads back as it was given. One node
+//!   per call: a hostlist is refused.
 //! - What is Slurm's own is here (argv, parsers, table, lookups); the rest is the SDK's,
 //!   wired by the one declaration `SLURM` ([`corral_plugin_sdk::batch::Batch`]).
 
 use corral_plugin_sdk::batch::{Batch, Cancel};
 use corral_plugin_sdk::ids::{JobId, Tasks};
-use corral_plugin_sdk::nodes::{Arg, NodeAdmin};
+use corral_plugin_sdk::nodes::{Arg, NodeAdmin, StateQuery, Unknown};
 use corral_plugin_sdk::spec::{array_range, check_array, dependency_list, Passthrough, TextFlags};
 use corral_plugin_sdk::states::{Facts, Means, Rows, StateTable};
 use corral_plugin_sdk::status::Found;
 use corral_plugin_sdk::submit::Submit;
 use corral_plugin_sdk::Feature::{Arrays, Dependencies, Drain, Gpus, List, Logs, Reservations};
 use corral_plugin_sdk::{
-    failure, first_line, run, Backend, Command, Error, JobSpec, JobState, JobStatus, Scheduler,
+    failure, first_line, run, Backend, Command, Error, JobSpec, JobState, JobStatus, NodeState,
+    Scheduler,
 };
 
 pub struct Slurm;
@@ -442,6 +450,79 @@ fn history_of(b: &dyn Backend, id: &str) -> Result<Found, Error> {
 /// exits 0 even then, others 1): either way the job is where cancel wants it.
 const SCANCEL_GONE: &[&str] = &["already completing or completed", INVALID_JOB];
 
+/// The node state flags under which Slurm places no new work on a node (`IDLE+DRAIN`,
+/// `MIXED+DRAIN`: what sinfo calls drained and draining).
+const DRAIN_FLAGS: &[&str] = &["DRAIN", "DRAINING", "DRAINED"];
+
+/// Parses `scontrol show node NODE` (the multi-line form) for `node-state`: drained when
+/// a `+` flag of `State=` is one of [`DRAIN_FLAGS`]; the reason is the `Reason=` line
+/// without Slurm's ` [user@time]` suffix, with the lines of a reason that had line
+/// breaks joined back by `\n`. Fields are the lines Slurm indents by exactly three
+/// spaces (the record's first line is `NodeName=`); a reason's further lines are
+/// indented deeper, so nothing in a reason can pose as a field, and the first
+/// `State=`/`Reason=` line wins.
+pub fn parse_node(node: &str, text: &str) -> Result<Option<NodeState>, Error> {
+    let records = text.lines().filter(|l| l.starts_with("NodeName=")).count();
+    match records {
+        0 => {
+            return Err(Error::Backend(format!(
+                "scontrol printed no node record for {node:?}: {:?}",
+                first_line(text).unwrap_or_default()
+            )))
+        }
+        1 => {}
+        n => {
+            return Err(Error::Invalid(format!(
+                "{node:?} names {n} Slurm nodes; node-state reads one node"
+            )))
+        }
+    }
+    let state = text
+        .lines()
+        .filter_map(node_field)
+        .find_map(|f| f.split_whitespace().next()?.strip_prefix("State="))
+        .ok_or_else(|| Error::Backend(format!("scontrol shows no State for node {node:?}")))?;
+    let drained = state.split('+').any(|flag| DRAIN_FLAGS.contains(&flag));
+    let mut lines = text
+        .lines()
+        .skip_while(|l| node_field(l).is_none_or(|f| !f.starts_with("Reason=")));
+    let reason = lines.next().and_then(node_field).map(|f| {
+        let first = f.strip_prefix("Reason=").unwrap_or(f).trim_end();
+        let mut reason = without_user_and_time(first).to_string();
+        // Slurm writes a reason's further lines indented by ten spaces.
+        for more in lines.take_while(|l| l.starts_with("    ")) {
+            reason.push('\n');
+            reason.push_str(more.strip_prefix("          ").unwrap_or(more.trim_start()));
+        }
+        reason
+    });
+    Ok(Some(NodeState::new(drained, reason.as_deref())))
+}
+
+/// A field line of `scontrol show` without its three-space indent; `None` for any other
+/// line (a record's first line, a reason's further lines).
+fn node_field(line: &str) -> Option<&str> {
+    line.strip_prefix("   ").filter(|f| !f.starts_with(' '))
+}
+
+/// `maint x [root@2026-12-01T16:08:13]` → `maint x`: the suffix Slurm adds to the first
+/// line of a reason (who set it, and when). Text that does not end in one is returned
+/// as it is.
+fn without_user_and_time(line: &str) -> &str {
+    let Some(body) = line.strip_suffix(']') else {
+        return line;
+    };
+    match body.rsplit_once(" [") {
+        Some((reason, who_when))
+            if who_when.contains('@')
+                && !who_when.contains(|c: char| c.is_whitespace() || c == '[') =>
+        {
+            reason
+        }
+        _ => line,
+    }
+}
+
 /// This plugin: `sbatch` submits, `scancel` cancels, `scontrol` drains.
 const SLURM: Batch = Batch::new("slurm", env!("CARGO_PKG_VERSION"), "Slurm")
     .features(&[Arrays, Dependencies, Gpus, Reservations, Drain, Logs, List])
@@ -455,6 +536,16 @@ impl Scheduler for Slurm {
 
     fn list(b: &dyn Backend) -> Result<Vec<JobStatus>, Error> {
         Ok(squeue(b, None)?.iter().map(Record::status).collect())
+    }
+
+    /// One node: a hostlist (which `drain-node` takes) is refused before scontrol runs.
+    fn node_state(b: &dyn Backend, node: String) -> Result<Option<NodeState>, Error> {
+        if node.contains(['[', ']', ',']) {
+            return Err(Error::Invalid(format!(
+                "{node:?} is a hostlist; node-state reads one Slurm node"
+            )));
+        }
+        ADMIN.node_state(b, &node)
     }
 
     fn logs(b: &dyn Backend, id: String, max_bytes: u32) -> Result<String, Error> {
@@ -488,7 +579,9 @@ impl Scheduler for Slurm {
 }
 
 /// `scontrol update NodeName=N State=DRAIN Reason=R` (Slurm refuses to drain without a
-/// reason) and `State=RESUME`; a node may be a hostlist (`node[01-04]`).
+/// reason, so an empty one becomes "drained by corral") and `State=RESUME`; a node may
+/// be a hostlist (`node[01-04]`). `scontrol show node N` reads one back; Slurm says
+/// `Node N not found` (on stdout, exit 1) of a node it does not have.
 const ADMIN: NodeAdmin = NodeAdmin::new("scontrol", "[],", "Slurm node name or hostlist")
     .drain(&[
         Arg::Text("update"),
@@ -500,7 +593,13 @@ const ADMIN: NodeAdmin = NodeAdmin::new("scontrol", "[],", "Slurm node name or h
         Arg::Text("update"),
         Arg::Node("NodeName="),
         Arg::Text("State=RESUME"),
-    ]);
+    ])
+    .state(StateQuery::new(
+        "scontrol",
+        &[Arg::Text("show"), Arg::Text("node"), Arg::Node("")],
+        Unknown::Says(&[" not found"]),
+        parse_node,
+    ));
 
 #[cfg(test)]
 mod tests;

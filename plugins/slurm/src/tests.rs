@@ -18,6 +18,11 @@ const SCONTROL_ARRAY: &str = include_str!("../fixtures/scontrol-array.txt");
 const SCONTROL_INVALID: &str = include_str!("../fixtures/scontrol-invalid.stderr");
 const SACCT_DISABLED: &str = include_str!("../fixtures/sacct-disabled.stderr");
 const SBATCH_PARSABLE: &str = include_str!("../fixtures/sbatch-parsable.txt");
+const NODE_IDLE: &str = include_str!("../fixtures/scontrol-node-idle.txt");
+const NODE_DRAINED: &str = include_str!("../fixtures/scontrol-node-drained.txt");
+const NODE_DRAINING: &str = include_str!("../fixtures/scontrol-node-draining.txt");
+const NODE_MULTILINE_REASON: &str = include_str!("../fixtures/scontrol-node-multiline-reason.txt");
+const NODE_UNKNOWN: &str = include_str!("../fixtures/scontrol-node-unknown.txt");
 
 fn ids(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -557,4 +562,95 @@ fn a_failed_scancel_of_a_job_that_already_ended_is_confirmed_and_succeeds() {
         .ok("scontrol", SCONTROL_COMPLETED);
     Slurm::cancel(&b, "10".into()).unwrap();
     b.assert_done();
+}
+
+fn drained(reason: &str) -> Option<NodeState> {
+    Some(NodeState {
+        drained: true,
+        reason: Some(reason.into()),
+    })
+}
+
+#[test]
+fn node_state_reads_a_drain_and_its_reason_without_slurms_suffix() {
+    assert_eq!(
+        parse_node("localhost", NODE_DRAINED).unwrap(),
+        drained("maint x")
+    );
+    assert_eq!(
+        parse_node("localhost", NODE_IDLE).unwrap(),
+        Some(NodeState {
+            drained: false,
+            reason: None
+        })
+    );
+}
+
+#[test]
+fn a_node_still_running_jobs_is_drained_and_brackets_in_a_reason_are_kept() {
+    // State=ALLOCATED+DRAIN (sinfo: draining), Reason=disk check [ops] [root@...].
+    assert_eq!(
+        parse_node("localhost", NODE_DRAINING).unwrap(),
+        drained("disk check [ops]")
+    );
+}
+
+#[test]
+fn a_reason_of_several_lines_reads_back_whole_and_cannot_pose_as_a_field() {
+    // Set with a line break: "corral: gpu 0 XID 79\nReason=State=IDLE".
+    assert_eq!(
+        parse_node("localhost", NODE_MULTILINE_REASON).unwrap(),
+        drained("corral: gpu 0 XID 79\nReason=State=IDLE")
+    );
+}
+
+#[test]
+fn only_slurms_own_suffix_is_removed_from_a_reason() {
+    assert_eq!(without_user_and_time("a [root@2026-12-01T16:08:13]"), "a");
+    assert_eq!(without_user_and_time("see [ops]"), "see [ops]");
+    assert_eq!(without_user_and_time("mail [a b@c]"), "mail [a b@c]");
+    assert_eq!(
+        without_user_and_time("x [y@z] [slurm@2026-01-01T00:00:00]"),
+        "x [y@z]"
+    );
+}
+
+#[test]
+fn node_state_asks_scontrol_for_one_node_and_knows_its_not_found() {
+    let b = Script::new()
+        .ok("scontrol", NODE_DRAINED)
+        .run("scontrol", 1, NODE_UNKNOWN, "")
+        .run(
+            "scontrol",
+            1,
+            "",
+            "slurm_load_node error: Unable to contact slurm controller (connect failure)\n",
+        );
+    assert_eq!(
+        Slurm::node_state(&b, "localhost".into()).unwrap(),
+        drained("maint x")
+    );
+    assert_eq!(b.commands()[0].args, ["show", "node", "localhost"]);
+    assert_eq!(Slurm::node_state(&b, "nosuch".into()).unwrap(), None);
+    let e = Slurm::node_state(&b, "localhost".into()).unwrap_err();
+    assert!(
+        matches!(&e, Error::Backend(m) if m.contains("Unable to contact slurm controller")),
+        "{e:?}"
+    );
+    b.assert_done();
+}
+
+#[test]
+fn node_state_refuses_a_hostlist_and_output_with_other_than_one_node() {
+    let b = Script::new();
+    for list in ["node[01-02]", "a,b"] {
+        assert!(
+            matches!(Slurm::node_state(&b, list.into()), Err(Error::Invalid(m)) if m.contains("hostlist")),
+            "{list}"
+        );
+    }
+    assert!(b.commands().is_empty());
+    let two = format!("{NODE_IDLE}\n{NODE_DRAINED}");
+    assert!(matches!(parse_node("n", &two), Err(Error::Invalid(_))));
+    assert!(matches!(parse_node("n", ""), Err(Error::Backend(_))));
 }

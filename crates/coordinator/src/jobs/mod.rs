@@ -8,8 +8,13 @@
 //!
 //! A job is submitted to a *scheduler plugin* (by its name, e.g. `slurm`) that some
 //! connected agent hosts (`AgentMsg::Plugins`). The coordinator records it under its own
-//! id (`c17`), with the scheduler, the node whose plugin took it, the native id the
-//! scheduler gave it, the spec and every state it went through.
+//! id (`c17`), with the scheduler, the node whose plugin took it (its *submit host*), the
+//! native id the scheduler gave it, the spec and every state it went through.
+//!
+//! A *scheduler instance* is one `[schedulers.NAME]` section of the coordinator's config
+//! (NAME is the plugin's name): one scheduler (a Slurm cluster) and the nodes authorized
+//! to reach it, its *hosts* (login nodes), in order of preference. A native id means
+//! something to the instance, not to the host that happened to submit the job.
 //!
 //! Invariants:
 //! - **Durable before answered.** A submission is first written to the database as
@@ -18,17 +23,22 @@
 //!   returned. A coordinator that dies between the first write and the last leaves the
 //!   job `submitting`; at the next start it becomes `orphaned`: corral cannot know
 //!   whether the scheduler accepted it, and says so instead of guessing.
-//! - **A job belongs to the node that submitted it.** Its status and cancel calls go to
-//!   that node's plugin only: a native id means something only to the scheduler instance
-//!   behind that plugin, and corral cannot tell whether two agents' `slurm` plugins
-//!   front the same cluster. While that node is away the job keeps its last known state
-//!   (with `poll_error` saying why it is not being refreshed) and is polled again when
-//!   the node returns. New submissions go only to nodes authorized to serve the plugin
-//!   (`[schedulers.NAME] nodes`): the first connected one in that order, or the node
-//!   named with `via` if it is one; a node that merely announced the plugin gets none.
-//! - **One status call per poll per scheduler instance.** Every poll asks each (node,
-//!   plugin) pair about all its unfinished jobs in one `status` call (split only beyond
-//!   `jobs.status_batch` ids, which bounds one answer's size), never one call per job.
+//! - **A job belongs to its scheduler instance.** Its status and cancel calls go
+//!   through its submit host while that is connected and hosts the plugin, else through
+//!   the first other authorized connected host of the instance
+//!   ([`Jobs::instance_hosts`]); the host that answered last is recorded
+//!   (`polled_via`, and a history note whenever it changes). Only when no host of the
+//!   instance can be asked does the job keep its last known state, with `poll_error`
+//!   saying why ("no host of scheduler slurm is connected (submitted through login-01);
+//!   last known state shown"), cleared by the next answer. The config is the operator's
+//!   word that the hosts it names front one scheduler: corral does not check it. New
+//!   submissions go only to authorized hosts: the first connected one in that order, or
+//!   the node named with `via` if it is one; a node that merely announced the plugin
+//!   gets none.
+//! - **One status call per poll per scheduler instance.** Every poll asks each instance
+//!   about all its unfinished jobs, whichever hosts submitted them, in one `status` call
+//!   (split only beyond `jobs.status_batch` ids, which bounds one answer's size), never
+//!   one call per job or per submit host.
 //! - **Terminal states never move back.** A job whose state is terminal
 //!   ([`JobState::is_terminal`](corral_proto::job::JobState::is_terminal)), `rejected`
 //!   or `orphaned` is no longer polled, and an answer that arrives for it later is
@@ -36,12 +46,13 @@
 //! - **Unknown is not an answer.** A job the plugin reports `unknown`, or leaves out of
 //!   its answer, is shown `unknown` with the reason and stays tracked: it is asked about
 //!   again at every poll until the plugin resolves it.
-//! - **Backoff per scheduler instance.** A failed poll (plugin error, no answer, plugin
-//!   no longer loaded there) doubles that pair's interval up to `jobs.max_backoff`; a
-//!   successful one restores `jobs.poll_interval`. A node that is simply not connected
-//!   is not a failure: its jobs wait for it at the normal interval.
+//! - **Backoff per scheduler instance.** A failed poll (plugin error, no host answered,
+//!   no connected host hosts the plugin now) doubles that instance's interval up to
+//!   `jobs.max_backoff`; a successful one restores `jobs.poll_interval`. An instance
+//!   with no host connected (or none announced yet) is not a failure: its jobs wait at
+//!   the normal interval.
 //! - Dependencies name corral jobs (`c17`) and are translated to native ids here; the
-//!   job depended on must have been submitted through the same scheduler instance.
+//!   job depended on must belong to the same scheduler instance (any of its hosts).
 //!
 //! Trade-offs: the table lives in memory (a `BTreeMap` under one mutex with the poll
 //! schedule, never held across an await) with the database as its durable copy;
@@ -55,7 +66,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -68,6 +79,7 @@ use crate::registry::Registry;
 use crate::store::{JobRow, Store};
 use corral_proto::api::{JobId, JobView, NodePlugins, Rendered};
 use corral_proto::job::{PluginCall, PluginError, PluginReply};
+use corral_proto::model::Liveness;
 use corral_proto::wire::{Command, CommandOutput};
 
 pub use poller::Scope;
@@ -146,7 +158,7 @@ pub(crate) struct JobMetrics {
 /// The table and the poll schedule, under one lock.
 struct Inner {
     table: Table,
-    /// (node, plugin) → poll schedule.
+    /// Scheduler instance → poll schedule.
     groups: HashMap<GroupKey, Group>,
 }
 
@@ -247,6 +259,35 @@ impl Jobs {
             *c.entry((plugin.to_string(), export, outcome)).or_default() += 1;
         }
         result
+    }
+
+    /// The hosts a call about jobs of `scheduler` goes through, in the order to try them:
+    /// the connected authorized hosts that announced the plugin
+    /// ([`Registry::plugin_hosts`]); those beating (`ready`) before those that missed
+    /// their beats (an agent killed outright keeps its connection until QUIC's idle
+    /// timeout, and a call to it only times out), and within each, those in `submitters`
+    /// (the jobs' submit hosts) first; otherwise in `[schedulers.NAME] nodes` order.
+    /// Empty: no host can be asked now.
+    pub(crate) fn instance_hosts(
+        &self,
+        scheduler: &str,
+        submitters: &HashSet<String>,
+    ) -> Vec<String> {
+        let mut hosts: Vec<(bool, bool, String)> = self
+            .registry
+            .plugin_hosts(scheduler)
+            .into_iter()
+            .map(|h| {
+                let silent = self
+                    .registry
+                    .get(&h)
+                    .is_none_or(|n| n.liveness != Liveness::Ready);
+                (silent, !submitters.contains(&h), h)
+            })
+            .collect();
+        // Stable: the configured order stays within each part.
+        hosts.sort_by_key(|(silent, other, _)| (*silent, *other));
+        hosts.into_iter().map(|(_, _, h)| h).collect()
     }
 
     /// Forgets finished jobs past `jobs.retention`, in memory and in the database (at

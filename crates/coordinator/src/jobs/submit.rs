@@ -7,8 +7,12 @@
 //! - A failure that may have reached the scheduler (the agent timed out) is `orphaned`,
 //!   one that cannot have (busy, not connected, refused) is `rejected`.
 //! - A cancel is a request: the job's state changes only when the scheduler says so at
-//!   the next poll, which the cancel makes due at once.
+//!   the next poll, which the cancel makes due at once. It goes through the job's submit
+//!   host while that hosts the plugin, else through another host of the same instance;
+//!   a host that cannot be asked hands it to the next (a cancel asked twice is still one
+//!   cancel to a scheduler).
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use tracing::{info, warn};
@@ -88,8 +92,8 @@ impl Jobs {
     }
 
     /// The spec the plugin gets: dependencies translated from corral ids to native ids
-    /// of jobs submitted through the same scheduler instance.
-    fn translate(&self, spec: &JobSpec, scheduler: &str, node: &str) -> Result<JobSpec, JobError> {
+    /// of jobs of the same scheduler instance (through whichever of its hosts).
+    fn translate(&self, spec: &JobSpec, scheduler: &str) -> Result<JobSpec, JobError> {
         if spec.executable.trim().is_empty() {
             return Err(JobError::Invalid(
                 "the job has no executable; give the command after `--`".into(),
@@ -106,10 +110,10 @@ impl Jobs {
                 .table
                 .get(id)
                 .ok_or_else(|| JobError::Invalid(format!("dependency: no job {id}")))?;
-            if other.scheduler != scheduler || other.node != node {
+            if other.scheduler != scheduler {
                 return Err(JobError::Invalid(format!(
-                    "dependency: {id} went to {} on node {}, this job to {scheduler} on node {node}; a dependency must be on a job of the same scheduler instance (submit with --via {})",
-                    other.scheduler, other.node, other.node
+                    "dependency: {id} went to scheduler {}, this job to {scheduler}; a dependency must be on a job of the same scheduler instance",
+                    other.scheduler
                 )));
             }
             dep.job = match (&other.phase, &other.native_id) {
@@ -129,7 +133,7 @@ impl Jobs {
     /// belong to and run as.
     pub async fn submit(&self, owner: &str, req: SubmitRequest) -> Result<Submitted, JobError> {
         let node = self.route(&req.scheduler, req.via.as_deref())?;
-        let native_spec = self.translate(&req.spec, &req.scheduler, &node)?;
+        let native_spec = self.translate(&req.spec, &req.scheduler)?;
         if req.dry_run {
             return match self
                 .call(
@@ -213,30 +217,24 @@ impl Jobs {
                 )))
             }
         };
-        match self
-            .call(
-                &job.node,
-                &job.scheduler,
-                PluginCall::Cancel(native.clone()),
-                Some(job.owner.as_str()).filter(|o| !o.is_empty()),
-            )
-            .await
-        {
-            Ok(PluginReply::Done) => {}
-            Ok(other) => return Err(unexpected(&job.scheduler, &job.node, &other, None)),
-            Err(e) => return Err(call_error(e, &job.scheduler, &job.node, None)),
-        }
-        info!(job = %id, scheduler = %job.scheduler, node = %job.node, owner = %job.owner, native_id = %native, "cancel requested");
+        let via = self.cancel_through(&job, &native).await?;
+        info!(job = %id, scheduler = %job.scheduler, submit_host = %job.node, %via, owner = %job.owner, native_id = %native, "cancel requested");
         let updated = {
             let mut inner = self.lock();
-            let key = (job.node.clone(), job.scheduler.clone());
-            if let Some(g) = inner.groups.get_mut(&key) {
+            if let Some(g) = inner.groups.get_mut(&job.scheduler) {
                 // Look again at once: the scheduler's answer is the state, not our wish.
                 g.due = Instant::now();
             }
             inner.table.get_mut(id).map(|j| {
                 if !j.is_finished() {
-                    j.note("cancel requested");
+                    if via == j.node {
+                        j.note("cancel requested");
+                    } else {
+                        j.note(&format!(
+                            "cancel requested through node {via} (submitted through {})",
+                            j.node
+                        ));
+                    }
                 }
                 j.clone()
             })
@@ -245,6 +243,44 @@ impl Jobs {
         self.store.put_jobs(vec![updated.row()]);
         self.wake.notify_one();
         Ok(updated.view(true))
+    }
+
+    /// Asks `job`'s scheduler instance to cancel native job `native` through its hosts in
+    /// order ([`Jobs::instance_hosts`]: the submit host first); returns the host that
+    /// took the request.
+    async fn cancel_through(&self, job: &Job, native: &str) -> Result<String, JobError> {
+        let hosts = self.instance_hosts(&job.scheduler, &HashSet::from([job.node.clone()]));
+        if hosts.is_empty() {
+            return Err(JobError::Unavailable(format!(
+                "{} cannot be cancelled now: no host of scheduler {} is connected (submitted through {}); try again when one is (`corral plugins` shows the hosts)",
+                job.id, job.scheduler, job.node
+            )));
+        }
+        let owner = Some(job.owner.as_str()).filter(|o| !o.is_empty());
+        let last = hosts.len() - 1;
+        for (i, node) in hosts.iter().enumerate() {
+            match self
+                .call(
+                    node,
+                    &job.scheduler,
+                    PluginCall::Cancel(native.to_string()),
+                    owner,
+                )
+                .await
+            {
+                Ok(PluginReply::Done) => return Ok(node.clone()),
+                Ok(other) => return Err(unexpected(&job.scheduler, node, &other, None)),
+                Err(CallError::Command(e)) if i < last => {
+                    warn!(job = %job.id, scheduler = %job.scheduler, %node, error = %e, next = %hosts[i + 1], "a host of the scheduler could not be asked to cancel; trying the next");
+                }
+                Err(e) => return Err(call_error(e, &job.scheduler, node, None)),
+            }
+        }
+        // Every host but the last returns or continues above; the last always returns.
+        Err(JobError::Unavailable(format!(
+            "{} cannot be cancelled now: no host of scheduler {} answered",
+            job.id, job.scheduler
+        )))
     }
 }
 

@@ -31,7 +31,8 @@ pub(super) struct Job {
     pub(super) id: JobId,
     /// The scheduler plugin's name.
     pub(super) scheduler: String,
-    /// The node whose plugin took (or is taking) the submission.
+    /// The node whose plugin took (or is taking) the submission: its submit host, the one
+    /// its status and cancel calls prefer.
     pub(super) node: String,
     /// Who submitted it (the authenticated user); its programs run as this user. Empty
     /// for jobs recorded before owners were: only admins see those in full.
@@ -48,6 +49,10 @@ pub(super) struct Job {
     pub(super) updated_ms: u64,
     pub(super) polled_ms: Option<u64>,
     pub(super) poll_error: Option<String>,
+    /// The host whose plugin gave the last status answer about it (any authorized host of
+    /// its scheduler instance). Kept in memory only: unset after a restart until the next
+    /// answer.
+    pub(super) polled_via: Option<String>,
     pub(super) history: Vec<Step>,
 }
 
@@ -81,6 +86,7 @@ impl Job {
             updated_ms: now,
             polled_ms: None,
             poll_error: None,
+            polled_via: None,
             history: vec![],
         };
         job.record(Some(format!(
@@ -151,6 +157,7 @@ impl Job {
             updated_ms: self.updated_ms,
             polled_ms: self.polled_ms,
             poll_error: self.poll_error.clone(),
+            polled_via: self.polled_via.clone(),
             history: if with_history {
                 self.history
                     .iter()
@@ -218,6 +225,7 @@ impl Job {
             updated_ms: row.updated_ms,
             polled_ms: row.polled_ms,
             poll_error: row.poll_error,
+            polled_via: None,
             history: row
                 .history
                 .into_iter()
@@ -288,15 +296,14 @@ impl Table {
         self.jobs.values()
     }
 
-    /// The tracked jobs submitted through `plugin` on `node`.
+    /// The tracked jobs of scheduler instance `scheduler`, whichever host submitted them.
     pub(super) fn tracked_in<'a>(
         &'a mut self,
-        node: &'a str,
-        plugin: &'a str,
+        scheduler: &'a str,
     ) -> impl Iterator<Item = &'a mut Job> {
         self.jobs
             .values_mut()
-            .filter(move |j| j.tracked() && j.node == node && j.scheduler == plugin)
+            .filter(move |j| j.tracked() && j.scheduler == scheduler)
     }
 
     /// Removes finished jobs whose last change is older than `retention` ("0s": never)

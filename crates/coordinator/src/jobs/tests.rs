@@ -108,6 +108,8 @@ struct Rig {
     store: Arc<Store>,
     dir: tempfile::TempDir,
     conns: Vec<(String, u64)>,
+    /// (node, export) of every plugin call a fake agent answered, in order.
+    calls: Arc<Mutex<Vec<(String, &'static str)>>>,
 }
 
 fn plugin(name: &str) -> LoadedPlugin {
@@ -171,6 +173,7 @@ fn rig_in(dir: tempfile::TempDir, jobs: JobsSection) -> Rig {
         store,
         dir,
         conns: vec![],
+        calls: Arc::default(),
     }
 }
 
@@ -199,6 +202,7 @@ impl Rig {
         self.conns.push((node.into(), conn));
         let commands = self.commands.clone();
         let answerer = node.to_string();
+        let calls = self.calls.clone();
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 if let CoordMsg::Command {
@@ -206,6 +210,10 @@ impl Rig {
                     command: Command::Plugin { call, .. },
                 } = msg
                 {
+                    calls
+                        .lock()
+                        .unwrap()
+                        .push((answerer.clone(), call.export()));
                     let answer = sched.answer(*call);
                     commands.complete(&answerer, conn, id, Ok(CommandOutput::Plugin(answer)));
                 }
@@ -213,19 +221,60 @@ impl Rig {
         });
     }
 
+    /// A new connection for `node` that announces `plugins` and whose agent is gone
+    /// before it reads anything: the registry still lists it, but no command reaches it.
+    fn mute(&mut self, node: &str, plugins: &[&str]) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<CoordMsg>(8);
+        drop(rx);
+        let conn = self.registry.connect(
+            node,
+            Duration::from_secs(1),
+            "127.0.0.1:3".into(),
+            "test".into(),
+            tx,
+            Box::new(|| ()),
+        );
+        self.registry.plugins_announced(
+            node,
+            conn,
+            plugins.iter().map(|p| plugin(p)).collect(),
+            vec![],
+        );
+        self.conns.push((node.into(), conn));
+    }
+
     fn disconnect(&self, node: &str) {
         let conn = self.conns.iter().rev().find(|(n, _)| n == node).unwrap().1;
         self.registry.disconnect(node, conn, "test");
     }
 
+    /// How many `export` calls `node`'s fake agent answered.
+    fn calls_to(&self, node: &str, export: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, e)| n == node && *e == export)
+            .count()
+    }
+
     async fn submit(&self, scheduler: &str, spec: JobSpec) -> Result<JobView, JobError> {
+        self.submit_via(scheduler, spec, None).await
+    }
+
+    async fn submit_via(
+        &self,
+        scheduler: &str,
+        spec: JobSpec,
+        via: Option<&str>,
+    ) -> Result<JobView, JobError> {
         self.jobs
             .submit(
                 "alice",
                 SubmitRequest {
                     scheduler: scheduler.into(),
                     spec,
-                    via: None,
+                    via: via.map(str::to_string),
                     dry_run: false,
                 },
             )
@@ -308,7 +357,8 @@ async fn terminal_states_never_move_back() {
     let report = r.poll().await;
     assert_eq!(report.calls, 0, "a finished job is not asked about");
     r.jobs.apply(
-        &("n1".into(), "slurm".into()),
+        "slurm",
+        "n1",
         std::slice::from_ref(&native),
         vec![JobStatus {
             id: native.clone(),
@@ -382,7 +432,7 @@ async fn failed_polls_back_off_up_to_the_cap_and_recover() {
     r.agent("n1", &["slurm"], sched.clone());
     let job = r.submit("slurm", spec("/bin/true")).await.unwrap();
     *sched.failing.lock().unwrap() = Some(PluginError::Backend("slurmctld down".into()));
-    let key: GroupKey = ("n1".into(), "slurm".into());
+    let key: GroupKey = "slurm".into();
     let delay = |r: &Rig| {
         let inner = r.jobs.lock();
         inner.groups[&key]
@@ -435,24 +485,45 @@ async fn the_poller_polls_on_its_own_and_backs_off() {
 }
 
 #[tokio::test]
-async fn a_disconnected_node_keeps_its_jobs_without_backoff() {
+async fn with_no_host_of_the_instance_a_job_keeps_its_last_state_and_says_why() {
     let mut r = rig();
     let sched = Arc::new(FakeScheduler::default());
     r.agent("n1", &["slurm"], sched.clone());
+    r.agent("n2", &["slurm"], sched.clone());
     let job = r.submit("slurm", spec("/bin/true")).await.unwrap();
-    r.disconnect("n1");
-    let report = r.poll().await;
-    assert_eq!(report.calls, 0);
-    assert_eq!(report.failed_groups, 0);
-    let seen = r.job(job.id);
-    assert_eq!(seen.state, Some(JobState::Queued { held: false }));
-    assert!(seen.poll_error.unwrap().contains("not connected"));
-    // Back (a new connection announcing the plugin): polled again.
-    r.agent("n1", &["slurm"], sched.clone());
-    sched.set(job.native_id.as_deref().unwrap(), JobState::Succeeded);
+    assert_eq!(job.node, "n1");
+    sched.set(job.native_id.as_deref().unwrap(), JobState::Running);
     r.poll().await;
-    assert_eq!(r.job(job.id).state, Some(JobState::Succeeded));
-    assert_eq!(r.job(job.id).poll_error, None);
+    assert_eq!(r.job(job.id).state, Some(JobState::Running));
+    // Every host of the instance away: nothing to ask, which is not a failure.
+    r.disconnect("n1");
+    r.disconnect("n2");
+    sched.set(job.native_id.as_deref().unwrap(), JobState::Succeeded);
+    let report = r.poll().await;
+    assert_eq!(
+        (report.groups, report.calls, report.failed_groups),
+        (1, 0, 0)
+    );
+    let seen = r.job(job.id);
+    assert_eq!(seen.state, Some(JobState::Running), "the last known state");
+    assert_eq!(
+        seen.poll_error.as_deref(),
+        Some("no host of scheduler slurm is connected (submitted through n1); last known state shown")
+    );
+    {
+        let inner = r.jobs.lock();
+        let wait = inner.groups["slurm"]
+            .due
+            .saturating_duration_since(Instant::now());
+        assert!(wait <= Duration::from_millis(100), "no backoff: {wait:?}");
+    }
+    // Another host of the instance comes back: polled through it, and the reason goes.
+    r.agent("n2", &["slurm"], sched.clone());
+    r.poll().await;
+    let seen = r.job(job.id);
+    assert_eq!(seen.state, Some(JobState::Succeeded));
+    assert_eq!(seen.poll_error, None);
+    assert_eq!(seen.polled_via.as_deref(), Some("n2"));
 }
 
 #[tokio::test]
@@ -479,33 +550,176 @@ async fn a_reconnected_node_is_waited_for_until_it_announces_then_a_missing_plug
         .plugins_announced("n1", conn, vec![plugin("pbs")], vec![]);
     let report = r.poll().await;
     assert_eq!((report.calls, report.failed_groups), (0, 1));
-    assert!(r
-        .job(job.id)
-        .poll_error
-        .unwrap()
-        .contains("does not host the slurm plugin"));
+    let why = r.job(job.id).poll_error.unwrap();
+    assert!(
+        why.contains("no connected host of scheduler slurm hosts the slurm plugin now")
+            && why.contains("n1 announced pbs"),
+        "{why}"
+    );
 }
 
 #[tokio::test]
-async fn status_and_cancel_go_to_the_node_that_submitted() {
+async fn a_job_is_polled_through_another_host_of_its_instance_when_its_submit_host_is_gone() {
     let mut r = rig();
-    let a = Arc::new(FakeScheduler::default());
-    let b = Arc::new(FakeScheduler::default());
-    r.agent("a", &["slurm"], a.clone());
+    // Two login nodes of one Slurm: one scheduler behind both.
+    let sched = Arc::new(FakeScheduler::default());
+    r.agent("a", &["slurm"], sched.clone());
+    r.agent("b", &["slurm"], sched.clone());
+    let job = r
+        .submit_via("slurm", spec("/bin/true"), Some("b"))
+        .await
+        .unwrap();
+    let native = job.native_id.clone().unwrap();
+    // Both connected: the submit host is asked, though a comes first in the config.
+    r.poll().await;
+    assert_eq!(
+        (r.calls_to("a", "status"), r.calls_to("b", "status")),
+        (0, 1)
+    );
+    assert_eq!(r.job(job.id).polled_via.as_deref(), Some("b"));
+
+    r.disconnect("b");
+    sched.set(&native, JobState::Running);
+    let report = r.poll().await;
+    assert_eq!((report.calls, report.failed_groups), (1, 0));
+    assert_eq!(r.calls_to("a", "status"), 1);
+    let seen = r.job(job.id);
+    assert_eq!(seen.state, Some(JobState::Running));
+    assert_eq!(seen.node, "b", "still submitted through b");
+    assert_eq!(seen.polled_via.as_deref(), Some("a"));
+    assert_eq!(seen.poll_error, None);
+    let notes: Vec<&str> = seen
+        .history
+        .iter()
+        .filter_map(|t| t.message.as_deref())
+        .collect();
+    assert!(
+        notes.contains(&"status through node a, another host of slurm (submitted through b)"),
+        "{notes:?}"
+    );
+
+    // The submit host returns and is preferred again.
+    r.agent("b", &["slurm"], sched.clone());
+    sched.set(&native, JobState::Succeeded);
+    r.poll().await;
+    assert_eq!(
+        (r.calls_to("a", "status"), r.calls_to("b", "status")),
+        (1, 2)
+    );
+    let seen = r.job(job.id);
+    assert_eq!(seen.state, Some(JobState::Succeeded));
+    assert_eq!(seen.polled_via.as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn one_status_call_covers_the_jobs_of_every_submit_host_of_an_instance() {
+    let mut r = rig();
+    let sched = Arc::new(FakeScheduler::default());
+    r.agent("a", &["slurm"], sched.clone());
+    r.agent("b", &["slurm"], sched.clone());
+    for via in ["a", "b", "a", "b"] {
+        r.submit_via("slurm", spec("/bin/true"), Some(via))
+            .await
+            .unwrap();
+    }
+    let report = r.poll().await;
+    assert_eq!((report.groups, report.calls, report.jobs), (1, 1, 4));
+    // Through the first submit host in the configured order.
+    assert_eq!(
+        (r.calls_to("a", "status"), r.calls_to("b", "status")),
+        (1, 0)
+    );
+    assert_eq!(sched.asked.lock().unwrap()[0].len(), 4);
+}
+
+#[tokio::test]
+async fn a_host_that_cannot_be_asked_hands_the_poll_to_the_next_host() {
+    let mut r = rig();
+    let sched = Arc::new(FakeScheduler::default());
+    r.agent("a", &["slurm"], sched.clone());
+    r.agent("b", &["slurm"], sched.clone());
     let job = r.submit("slurm", spec("/bin/true")).await.unwrap();
     assert_eq!(job.node, "a");
-    r.agent("b", &["slurm"], b.clone());
-    r.disconnect("a");
-    r.poll().await;
-    r.jobs.cancel(job.id).await.unwrap_err();
-    assert_eq!(
-        b.status_calls.load(Ordering::SeqCst),
-        0,
-        "b's scheduler is not a's"
+    // a's agent is gone but its connection not yet noticed: the call cannot reach it.
+    r.mute("a", &["slurm"]);
+    sched.set(job.native_id.as_deref().unwrap(), JobState::Running);
+    let report = r.poll().await;
+    assert_eq!((report.calls, report.jobs, report.failed_groups), (2, 1, 0));
+    let seen = r.job(job.id);
+    assert_eq!(seen.state, Some(JobState::Running));
+    assert_eq!(seen.polled_via.as_deref(), Some("b"));
+    // With no other host, the same is a failure of the instance, which backs off.
+    r.disconnect("b");
+    let report = r.poll().await;
+    assert_eq!((report.calls, report.failed_groups), (1, 1));
+    let why = r.job(job.id).poll_error.unwrap();
+    assert!(
+        why.contains("no connected host answered") && why.contains("node a"),
+        "{why}"
     );
-    // New submissions go to the connected host.
-    let second = r.submit("slurm", spec("/bin/true")).await.unwrap();
-    assert_eq!(second.node, "b");
+}
+
+#[tokio::test]
+async fn a_job_is_cancelled_through_another_host_of_its_instance_when_its_submit_host_is_gone() {
+    let mut r = rig();
+    let sched = Arc::new(FakeScheduler::default());
+    r.agent("a", &["slurm"], sched.clone());
+    r.agent("b", &["slurm"], sched.clone());
+    let job = r.submit("slurm", spec("/bin/sleep")).await.unwrap();
+    assert_eq!(job.node, "a");
+    r.disconnect("a");
+    let cancelled = r.jobs.cancel(job.id).await.unwrap();
+    assert_eq!(r.calls_to("b", "cancel"), 1);
+    assert_eq!(
+        cancelled.history.last().unwrap().message.as_deref(),
+        Some("cancel requested through node b (submitted through a)")
+    );
+    r.poll().await;
+    assert_eq!(r.job(job.id).state, Some(JobState::Cancelled));
+
+    // No host at all: refused, saying why, and nothing changes.
+    let other = r.submit("slurm", spec("/bin/sleep")).await.unwrap();
+    r.disconnect("b");
+    let err = r.jobs.cancel(other.id).await.unwrap_err();
+    assert!(matches!(err, JobError::Unavailable(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("no host of scheduler slurm is connected (submitted through b)"),
+        "{err}"
+    );
+    assert_eq!(
+        r.job(other.id).state,
+        Some(JobState::Queued { held: false })
+    );
+}
+
+#[tokio::test]
+async fn a_dependency_may_name_a_job_submitted_through_another_host_of_the_instance() {
+    let mut r = rig();
+    let sched = Arc::new(FakeScheduler::default());
+    r.agent("a", &["slurm"], sched.clone());
+    r.agent("b", &["slurm"], sched.clone());
+    r.agent("c", &["pbs"], sched.clone());
+    let first = r
+        .submit_via("slurm", spec("/bin/true"), Some("a"))
+        .await
+        .unwrap();
+    let mut second = spec("/bin/true");
+    second.dependencies = vec![Dependency {
+        kind: DependencyKind::AfterOk,
+        job: first.id.to_string(),
+    }];
+    r.submit_via("slurm", second.clone(), Some("b"))
+        .await
+        .unwrap();
+    let sent = sched.submitted.lock().unwrap()[1].clone();
+    assert_eq!(sent.dependencies[0].job, first.native_id.unwrap());
+    // Another scheduler's job is no dependency.
+    let err = r.submit("pbs", second).await.unwrap_err();
+    assert!(
+        matches!(err, JobError::Invalid(_)) && err.to_string().contains("same scheduler instance"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -706,19 +920,19 @@ async fn plugin_calls_are_counted_by_export_and_outcome() {
 }
 
 #[tokio::test]
-async fn a_pair_in_flight_is_not_taken_by_another_pass() {
+async fn an_instance_in_flight_is_not_taken_by_another_pass() {
     let mut r = rig();
     let sched = Arc::new(FakeScheduler::default());
     r.agent("n1", &["slurm"], sched.clone());
     r.submit("slurm", spec("/bin/true")).await.unwrap();
-    // Created, not yet run: the pair is already in flight.
+    // Created, not yet run: the instance is already in flight.
     let first = r.jobs.poll(Scope::All);
     let second = r.jobs.poll(Scope::All).await;
     assert_eq!((second.groups, second.calls), (0, 0));
     let first = first.await;
     assert_eq!((first.groups, first.calls), (1, 1));
     assert_eq!(sched.status_calls.load(Ordering::SeqCst), 1);
-    // A pair polled just now is not due yet.
+    // An instance polled just now is not due yet.
     assert_eq!(r.jobs.poll(Scope::Due).await.groups, 0);
 }
 

@@ -3,7 +3,7 @@
 
 use super::bindings::corral::scheduler::types as wit;
 use corral_proto::job::{
-    DependencyKind, Feature, JobSpec, JobState, JobStatus, PluginError, PluginInfo,
+    DependencyKind, Feature, JobSpec, JobState, JobStatus, NodeState, PluginError, PluginInfo,
 };
 
 pub fn error_from_wit(e: wit::Error) -> PluginError {
@@ -79,6 +79,13 @@ pub fn status_from_wit(s: wit::JobStatus) -> JobStatus {
         native_state: s.native_state,
         exit_code: s.exit_code,
         message: s.message,
+    }
+}
+
+pub fn node_state_from_wit(s: wit::NodeState) -> NodeState {
+    NodeState {
+        drained: s.drained,
+        reason: s.reason,
     }
 }
 
@@ -181,6 +188,31 @@ mod tests {
         assert_eq!(
             error_from_wit(wit::Error::Unsupported("logs".into())),
             PluginError::Unsupported("logs".into())
+        );
+    }
+
+    #[test]
+    fn a_node_state_keeps_its_reason_verbatim() {
+        let reason = " corral: gpu 0 \u{2014} XID 79 [ops] ";
+        assert_eq!(
+            node_state_from_wit(wit::NodeState {
+                drained: true,
+                reason: Some(reason.into()),
+            }),
+            NodeState {
+                drained: true,
+                reason: Some(reason.into()),
+            }
+        );
+        assert_eq!(
+            node_state_from_wit(wit::NodeState {
+                drained: false,
+                reason: None,
+            }),
+            NodeState {
+                drained: false,
+                reason: None,
+            }
         );
     }
 }

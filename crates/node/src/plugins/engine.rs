@@ -37,7 +37,9 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::corral::scheduler::{clock, config, http, log, process, types};
 use super::bindings::PluginPre;
-use super::convert::{error_from_wit, info_from_wit, spec_to_wit, status_from_wit};
+use super::convert::{
+    error_from_wit, info_from_wit, node_state_from_wit, spec_to_wit, status_from_wit,
+};
 use super::imports::{CallState, Granted, RunAs};
 use super::manifest::Manifest;
 use corral_proto::job::{PluginCall, PluginError, PluginInfo, PluginReply};
@@ -401,6 +403,9 @@ impl Instance {
             PluginCall::ResumeNode { node } => s
                 .call_resume_node(&mut store, &node)
                 .map(|r| r.map(|()| PluginReply::Done)),
+            PluginCall::NodeState { node } => s
+                .call_node_state(&mut store, &node)
+                .map(|r| r.map(|state| PluginReply::NodeState(state.map(node_state_from_wit)))),
         };
         match answer {
             Ok(Ok(reply)) => Ok(reply),

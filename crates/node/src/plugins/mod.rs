@@ -478,9 +478,10 @@ impl PluginHost {
     }
 
     /// Calls one export of one plugin in a fresh store. `owner` is the user the job
-    /// belongs to: `submit` and `cancel` run their programs as that user, the other
-    /// exports as the service user ([`crate::identity`] has the rule); a call whose user
-    /// cannot be used is refused before the plugin runs.
+    /// belongs to: `submit` and `cancel` run their programs as that user, `drain-node`
+    /// and `resume-node` as the agent, the other exports (`node-state` among them) as the
+    /// service user ([`crate::identity`] has the rule); a call whose user cannot be used
+    /// is refused before the plugin runs.
     pub async fn call(
         &self,
         plugin: &str,

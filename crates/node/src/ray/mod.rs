@@ -36,6 +36,30 @@
 //! 7. On shutdown: SIGTERM to the group, `stop_grace`, SIGKILL, sweep. Never `ray stop`,
 //!    which kills every Ray process on the machine, other clusters' included.
 //!
+//! Drain and resume ([`RayControl`], which the session hands the coordinator's
+//! `RayDrain` and `RayResume` to; the GCS side is in [`drain`]):
+//! - A drain of a joined worker asks Ray's GCS to drain this worker's node (reason
+//!   PREEMPTION, the coordinator's reason message, the deadline), and answers once Ray
+//!   accepted it: state `draining`, Ray places no new tasks there. When the worker's
+//!   raylet exits by itself (Ray shuts a drained node down once its work ended), or
+//!   `ray start` exits, or the deadline passes (corral then stops the process group as
+//!   on shutdown, and the work left on it with it), the state is `drained`. None of
+//!   that is a crash: no restart, no restart budget used. A drained worker stays stopped
+//!   until resumed; a head change does not restart it.
+//! - A drain while the worker does not run (waiting for a head, refused, in backoff,
+//!   failed) or has not joined yet (the process is stopped) makes it `drained` at once:
+//!   it would otherwise join later and undo the drain.
+//! - A resume stops a draining worker and starts a drained one fresh (a new Ray node;
+//!   `running` once joined), clears the restart budget, and answers once the new
+//!   `ray start` runs (or why it cannot start).
+//! - Idempotent: a drain while draining or drained, and a resume with nothing drained,
+//!   succeed and say so. On a head, every request answers that there is nothing to drain
+//!   or resume (a head is never drained: its node is the cluster).
+//! - The drained state lives in this process only: an agent restarted while drained
+//!   starts its worker normally. That is deliberate: the coordinator keeps the node
+//!   cordoned and sends the drain again when the node reconnects, and a worker that
+//!   rejoins for those seconds is the lesser harm than one stranded by stale local state.
+//!
 //! Trade-offs:
 //! - The coordinator keeps the last announced head when the head's agent merely loses
 //!   its connection (the Ray head may well still be running); a head agent that shuts
@@ -44,6 +68,7 @@
 //!   versions of the head are unknown to corral; Ray's own version check then applies.
 
 pub mod config;
+pub mod drain;
 pub mod probe;
 pub mod process;
 pub mod user;
@@ -63,12 +88,17 @@ use tracing::{error, info, warn};
 pub use config::{PythonMatch, RayConfig, RoleConfig};
 use corral_proto::model::{unix_ms, NodeReport, RayRole, RayState, RayStatus};
 use corral_proto::wire::RayHead;
+use drain::{Control, Request};
+pub use drain::{ControlError, RayControl};
 use probe::VenvInfo;
 use process::RayProcess;
 use user::RayUser;
 
 /// SIGTERM → SIGKILL grace for a worker leaving a head that is gone.
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a draining worker is checked for its raylet (a `/proc` scan).
+const RAYLET_CHECK: Duration = Duration::from_millis(500);
 
 /// What the agent holds of a running supervisor.
 pub struct RayHandles {
@@ -78,6 +108,8 @@ pub struct RayHandles {
     pub own_head: watch::Receiver<Option<RayHead>>,
     /// The cluster's head as the coordinator announces it; the agent writes here.
     pub cluster_head: watch::Sender<Option<RayHead>>,
+    /// Drain and resume this node's worker.
+    pub control: RayControl,
     pub task: JoinHandle<()>,
 }
 
@@ -157,6 +189,26 @@ pub fn start(
     let (status_tx, status_rx) = watch::channel(Some(status));
     let (own_tx, own_rx) = watch::channel(None);
     let (cluster_tx, cluster_rx) = watch::channel(None);
+    let (control, mut control_rx) = RayControl::channel();
+    let control_rx = match role {
+        RayRole::Worker => Some(control_rx),
+        // A head has nothing to drain in any state: answered beside it, so that its
+        // supervisor never has to.
+        RayRole::Head => {
+            tokio::spawn(async move {
+                while let Some(c) = control_rx.recv().await {
+                    let what = match c.request {
+                        Request::Drain { .. } => "drain",
+                        Request::Resume => "resume",
+                    };
+                    c.answer(Ok(format!(
+                        "this node runs the Ray head, not a worker: nothing to {what}"
+                    )));
+                }
+            });
+            None
+        }
+    };
     let sup = Supervisor {
         cfg: cfg.clone(),
         node: node.to_string(),
@@ -172,12 +224,16 @@ pub fn start(
         failures: VecDeque::new(),
         attempt: 0,
         user: None,
+        control: control_rx,
+        drain: None,
+        resume_reply: None,
     };
     let task = tokio::spawn(sup.run());
     Some(RayHandles {
         status: status_rx,
         own_head: own_rx,
         cluster_head: cluster_tx,
+        control,
         task,
     })
 }
@@ -199,6 +255,90 @@ struct Supervisor {
     attempt: u32,
     /// Who Ray runs as; set by [`Supervisor::prepare`] before anything starts.
     user: Option<RayUser>,
+    /// Drain and resume requests (workers only; `None` once the agent dropped its end).
+    control: Option<tokio::sync::mpsc::Receiver<Control>>,
+    /// The drain in force: the worker is draining or drained while this is set.
+    drain: Option<DrainState>,
+    /// A resume waiting to be answered by the next start of the worker.
+    resume_reply: Option<tokio::sync::oneshot::Sender<drain::Answer>>,
+}
+
+/// A drain in force.
+struct DrainState {
+    reason: String,
+    deadline: Duration,
+    /// The Ray node Ray accepted the drain of (`None`: the worker was not running).
+    node: Option<String>,
+    since_ms: u64,
+    /// How the drained worker ended, once it did.
+    ended: Option<String>,
+}
+
+impl DrainState {
+    fn new(reason: String, deadline: Duration) -> Self {
+        DrainState {
+            reason,
+            deadline,
+            node: None,
+            since_ms: unix_ms(),
+            ended: None,
+        }
+    }
+
+    fn node_text(&self) -> String {
+        self.node
+            .as_ref()
+            .map(|n| format!("Ray node {n}"))
+            .unwrap_or_else(|| "the worker".into())
+    }
+
+    /// The state message of a drained worker.
+    fn drained_message(&self) -> String {
+        format!(
+            "drained ({}): {}; not restarted until resumed",
+            self.reason,
+            self.ended.as_deref().unwrap_or("stopped")
+        )
+    }
+
+    /// The answer to a drain while this one is in force.
+    fn already(&self) -> String {
+        let ago = Duration::from_millis(unix_ms().saturating_sub(self.since_ms) / 1000 * 1000);
+        match &self.ended {
+            Some(ended) => format!(
+                "already drained {} ago ({}): {ended}",
+                humantime::format_duration(ago),
+                self.reason
+            ),
+            None => format!(
+                "already draining {} since {} ago ({}); it stops when its work ends or at the deadline of {}",
+                self.node_text(),
+                humantime::format_duration(ago),
+                self.reason,
+                humantime::format_duration(self.deadline)
+            ),
+        }
+    }
+}
+
+/// The next drain or resume request; never resolves when there is no control (a head,
+/// or the agent dropped its end).
+async fn next_control(rx: &mut Option<tokio::sync::mpsc::Receiver<Control>>) -> Control {
+    if let Some(r) = rx.as_mut() {
+        if let Some(c) = r.recv().await {
+            return c;
+        }
+        *rx = None;
+    }
+    std::future::pending().await
+}
+
+/// Resolves at `at`; never when there is no such instant.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How one run of the Ray process ended.
@@ -208,6 +348,10 @@ enum Ended {
     Crashed(String),
     /// Worker: the head changed; rejoin at once.
     HeadChanged,
+    /// Worker: stopped by a drain (why, in words); not restarted until resumed.
+    Drained(String),
+    /// Worker: a resume of a draining worker; start it again at once.
+    Resumed,
 }
 
 impl Supervisor {
@@ -243,19 +387,35 @@ impl Supervisor {
     async fn run(mut self) {
         // The default temp dir carries the node name, so check it here too.
         if let Err(m) = config::check_temp_dir(&self.temp_dir) {
-            self.set(RayState::Failed, Some(format!("{m}; set ray.temp_dir")));
-            self.shutdown.cancelled().await;
-            return;
+            let m = format!("{m}; set ray.temp_dir");
+            self.set(RayState::Failed, Some(m.clone()));
+            loop {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    c = next_control(&mut self.control) => {
+                        self.on_idle(c);
+                        self.settle_resume(Err(ControlError::CannotRejoin(m.clone())));
+                    }
+                }
+            }
         }
         let info = loop {
             match self.prepare().await {
                 Ok(i) => break i,
                 Err(reason) => {
                     error!(venv = %self.venv.display(), temp_dir = %self.temp_dir.display(), %reason, "Ray cannot be started");
-                    self.set(RayState::Failed, Some(reason));
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.cfg.restart_cap) => continue,
-                        _ = self.shutdown.cancelled() => return,
+                    self.set(RayState::Failed, Some(reason.clone()));
+                    let retry = tokio::time::sleep(self.cfg.restart_cap);
+                    tokio::pin!(retry);
+                    loop {
+                        tokio::select! {
+                            _ = &mut retry => break,
+                            _ = self.shutdown.cancelled() => return,
+                            c = next_control(&mut self.control) => {
+                                self.on_idle(c);
+                                self.settle_resume(Ok(format!("no longer drained; the worker starts once its venv can be used ({reason})")));
+                            }
+                        }
                     }
                 }
             }
@@ -336,10 +496,16 @@ impl Supervisor {
             error!(node = %self.node, role = %self.role, "{msg}");
             self.set(RayState::Failed, Some(msg));
             self.update(|s| s.pid = None);
-            // Workers try again when a new head appears; heads wait for the operator.
+            // Workers try again when a new head appears, or when drained (and then
+            // resumed); heads wait for the operator.
             loop {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return false,
+                    c = next_control(&mut self.control) => {
+                        if self.on_idle(c) {
+                            return true;
+                        }
+                    }
                     c = self.cluster_head.changed(), if self.role == RayRole::Worker => {
                         if c.is_err() { self.shutdown.cancelled().await; return false; }
                         if self.cluster_head.borrow().is_some() {
@@ -368,9 +534,175 @@ impl Supervisor {
                 humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
             )),
         );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = self.shutdown.cancelled() => false,
+        let wait = tokio::time::sleep(delay);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => return true,
+                _ = self.shutdown.cancelled() => return false,
+                c = next_control(&mut self.control) => {
+                    if self.on_idle(c) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers `c` while no worker process runs. `true` when it drained or resumed the
+    /// worker, so that the caller plans again; a resume is then answered by
+    /// [`Supervisor::settle_resume`] once the caller knows what happens next.
+    fn on_idle(&mut self, c: Control) -> bool {
+        match &c.request {
+            Request::Drain { reason, deadline } => {
+                if let Some(d) = &self.drain {
+                    c.answer(Ok(d.already()));
+                    return false;
+                }
+                let (state, message) = self
+                    .status
+                    .borrow()
+                    .as_ref()
+                    .map(|s| (s.state, s.message.clone()))
+                    .unwrap_or((RayState::Starting, None));
+                let mut d = DrainState::new(reason.clone(), *deadline);
+                d.ended = Some(format!("drained while not running ({state})"));
+                info!(node = %self.node, %state, reason = %d.reason, "ray worker drained while not running");
+                self.drain = Some(d);
+                let message = message.map(|m| format!(": {m}")).unwrap_or_default();
+                c.answer(Ok(format!(
+                    "the Ray worker was not running ({state}{message}); it stays stopped until resumed"
+                )));
+                true
+            }
+            Request::Resume => {
+                if self.drain.take().is_none() {
+                    c.answer(Ok("nothing is drained: nothing to resume".into()));
+                    return false;
+                }
+                info!(node = %self.node, "ray worker resumed");
+                self.failures.clear();
+                self.attempt = 0;
+                self.resume_reply = Some(c.reply);
+                true
+            }
+        }
+    }
+
+    /// Answers the resume waiting for the worker's next start, if any.
+    fn settle_resume(&mut self, answer: drain::Answer) {
+        if let Some(reply) = self.resume_reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// A drained worker: waits for a resume (`true`) or shutdown (`false`), answering
+    /// drains meanwhile.
+    async fn wait_resumed(&mut self) -> bool {
+        let message = self.drain.as_ref().map(DrainState::drained_message);
+        self.update(|s| s.pid = None);
+        self.set(RayState::Drained, message);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                c = next_control(&mut self.control) => {
+                    if self.on_idle(c) && self.drain.is_none() {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers `c` while the worker's process runs (`joined`: Ray said it started).
+    /// `Some` ends this run of the worker.
+    async fn on_running(
+        &mut self,
+        c: Control,
+        joined: bool,
+        head: &RayHead,
+        draining_until: &mut Option<tokio::time::Instant>,
+    ) -> Option<Ended> {
+        match &c.request {
+            Request::Resume => {
+                if self.drain.take().is_none() {
+                    c.answer(Ok(
+                        "the Ray worker is running and not drained: nothing to resume".into(),
+                    ));
+                    return None;
+                }
+                info!(node = %self.node, "draining ray worker resumed; starting it again");
+                self.failures.clear();
+                self.attempt = 0;
+                self.resume_reply = Some(c.reply);
+                Some(Ended::Resumed)
+            }
+            Request::Drain { .. } if self.drain.is_some() => {
+                let already = self.drain.as_ref().map(DrainState::already);
+                c.answer(Ok(already.unwrap_or_default()));
+                None
+            }
+            Request::Drain { reason, deadline } if !joined => {
+                let mut d = DrainState::new(reason.clone(), *deadline);
+                d.ended = Some("stopped before it had joined the head".into());
+                self.drain = Some(d);
+                c.answer(Ok("the Ray worker had not joined the head yet: stopped it; it stays stopped until resumed".into()));
+                Some(Ended::Drained(
+                    "stopped before it had joined the head".into(),
+                ))
+            }
+            Request::Drain { reason, deadline } => {
+                let (reason, deadline) = (reason.clone(), *deadline);
+                let Some(user) = self.user.clone() else {
+                    c.answer(Err(ControlError::Restart(
+                        "Ray's user was not decided before its start".into(),
+                    )));
+                    return None;
+                };
+                let ray_temp = self.temp_dir.join(config::RAY_OWN_TEMP_DIR);
+                let log = self.log_file();
+                let dirs = [self.temp_dir.as_path(), self.venv.as_path()];
+                let worker = drain::Worker {
+                    venv: &self.venv,
+                    user: &user,
+                    dirs: &dirs,
+                    address: &head.address,
+                    ray_temp_dir: &ray_temp,
+                    log: &log,
+                };
+                let until_ms = unix_ms().saturating_add(deadline.as_millis() as u64);
+                let started = Instant::now();
+                let result = tokio::select! {
+                    r = drain::drain_node(&worker, &reason, until_ms) => r,
+                    _ = self.shutdown.cancelled() => return Some(Ended::Shutdown),
+                };
+                match result {
+                    Ok(node) => {
+                        info!(node = %self.node, ray_node = %node, reason = %reason, deadline_ms = deadline.as_millis() as u64, ms = started.elapsed().as_millis() as u64, "ray accepted the drain of this worker");
+                        let mut d = DrainState::new(reason, deadline);
+                        d.node = Some(node.clone());
+                        let deadline_text = humantime::format_duration(deadline).to_string();
+                        self.set(
+                            RayState::Draining,
+                            Some(format!(
+                                "draining Ray node {node} ({}): no new tasks; stopped when its work ends, or in {deadline_text} at the latest",
+                                d.reason
+                            )),
+                        );
+                        self.drain = Some(d);
+                        *draining_until = Some(tokio::time::Instant::now() + deadline);
+                        c.answer(Ok(format!(
+                            "drained Ray node {node}: Ray places no new tasks there, and its running work has {deadline_text} to finish"
+                        )));
+                        None
+                    }
+                    Err(e) => {
+                        warn!(node = %self.node, error = %e, "draining the ray worker failed");
+                        c.answer(Err(e.into()));
+                        None
+                    }
+                }
+            }
         }
     }
 
@@ -567,7 +899,8 @@ impl Supervisor {
                         return;
                     }
                 }
-                Ended::HeadChanged => {}
+                // A head is never drained (its requests are answered beside it).
+                Ended::HeadChanged | Ended::Drained(_) | Ended::Resumed => {}
             }
         }
     }
@@ -595,14 +928,28 @@ impl Supervisor {
 
     async fn run_worker(&mut self, info: &VenvInfo) {
         loop {
+            if self.drain.is_some() {
+                if !self.wait_resumed().await {
+                    return;
+                }
+                self.set(
+                    RayState::Starting,
+                    Some("resumed: starting the worker again".into()),
+                );
+                continue;
+            }
             let Some(head) = self.target_head() else {
                 self.update(|s| s.head_address = None);
                 self.set(
                     RayState::Starting,
                     Some("waiting for the coordinator to announce a ready Ray head".into()),
                 );
+                self.settle_resume(Ok(
+                    "no longer drained; the worker starts once the coordinator announces a ready Ray head".into(),
+                ));
                 tokio::select! {
                     c = self.cluster_head.changed() => if c.is_err() { self.shutdown.cancelled().await; return; },
+                    c = next_control(&mut self.control) => { self.on_idle(c); }
                     _ = self.shutdown.cancelled() => return,
                 }
                 continue;
@@ -618,9 +965,11 @@ impl Supervisor {
             {
                 let msg = refusal_message(self.cfg.python_match, info, &head);
                 error!(node = %self.node, head = %head.address, "{msg}");
-                self.set(RayState::Refused, Some(msg));
+                self.set(RayState::Refused, Some(msg.clone()));
+                self.settle_resume(Err(ControlError::CannotRejoin(msg)));
                 tokio::select! {
                     c = self.cluster_head.changed() => if c.is_err() { self.shutdown.cancelled().await; return; },
+                    c = next_control(&mut self.control) => { self.on_idle(c); }
                     _ = self.shutdown.cancelled() => return,
                 }
                 continue;
@@ -634,9 +983,14 @@ impl Supervisor {
                         head.address
                     )),
                 );
+                self.settle_resume(Ok(format!(
+                    "no longer drained; the worker joins the Ray head at {} once it accepts connections",
+                    head.address
+                )));
                 tokio::select! {
                     _ = wait_tcp(&head.address) => {}
                     c = self.cluster_head.changed() => { if c.is_err() { self.shutdown.cancelled().await; return; } continue; }
+                    c = next_control(&mut self.control) => { self.on_idle(c); continue; }
                     _ = self.shutdown.cancelled() => return,
                 }
             }
@@ -651,7 +1005,15 @@ impl Supervisor {
                 "--block".into(),
             ];
             args.extend(self.common_args().await);
-            let ended = match self.spawn(info, args) {
+            let spawned = self.spawn(info, args);
+            match &spawned {
+                Ok(p) => self.settle_resume(Ok(format!(
+                    "restarted the Ray worker (pid {}): it rejoins the Ray head at {} as a new Ray node",
+                    p.pid, head.address
+                ))),
+                Err(e) => self.settle_resume(Err(ControlError::Restart(format!("{e:#}")))),
+            }
+            let ended = match spawned {
                 Err(e) => Ended::Crashed(format!("{e:#}")),
                 Ok(mut p) => {
                     let mut joined = false;
@@ -660,6 +1022,12 @@ impl Supervisor {
                         std::mem::replace(&mut p.started, tokio::sync::mpsc::channel(1).1);
                     let deadline = tokio::time::sleep(self.cfg.start_timeout);
                     tokio::pin!(deadline);
+                    // Set while a drain Ray accepted is in progress: when its deadline is.
+                    let mut draining_until: Option<tokio::time::Instant> = None;
+                    let mut raylet_check = tokio::time::interval(RAYLET_CHECK);
+                    raylet_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    // The head went away under a draining worker: nothing to wait for.
+                    let mut head_gone = false;
                     let end = loop {
                         tokio::select! {
                             s = started_rx.recv(), if !joined => {
@@ -669,14 +1037,37 @@ impl Supervisor {
                                     self.set(RayState::Running, None);
                                 }
                             }
-                            st = p.wait() => break Ended::Crashed(format!("ray start --address {} exited ({})", head.address, exit_text(st))),
+                            st = p.wait() => {
+                                if draining_until.is_some() {
+                                    break Ended::Drained(format!("`ray start` exited while draining ({})", exit_text(st)));
+                                }
+                                break Ended::Crashed(format!("ray start --address {} exited ({})", head.address, exit_text(st)));
+                            }
                             _ = &mut deadline, if !joined => break Ended::Crashed(format!("not joined within {} (ray.start_timeout)", humantime::format_duration(self.cfg.start_timeout))),
+                            _ = sleep_until(draining_until), if draining_until.is_some() => {
+                                let grace = self.drain.as_ref().map(|d| d.deadline).unwrap_or_default();
+                                break Ended::Drained(format!("its work had not ended by the drain deadline ({}), so corral stopped it", humantime::format_duration(grace)));
+                            }
+                            _ = raylet_check.tick(), if draining_until.is_some() => {
+                                if !process::group_runs_off_runtime(p.pid as i32, "raylet").await {
+                                    break Ended::Drained("Ray shut the drained node down once its work had ended".into());
+                                }
+                            }
                             c = self.cluster_head.changed() => {
                                 if c.is_err() { break Ended::Shutdown; }
                                 let new = self.target_head();
                                 if new.as_ref().map(|h| (&h.address, h.started_ms)) != Some((&head.address, head.started_ms)) {
                                     info!(node = %self.node, old = %head.address, new = ?new.as_ref().map(|h| &h.address), "the Ray head changed; leaving the old one");
+                                    if draining_until.is_some() {
+                                        head_gone = true;
+                                        break Ended::Drained("the Ray head changed while the worker was draining".into());
+                                    }
                                     break Ended::HeadChanged;
+                                }
+                            }
+                            c = next_control(&mut self.control) => {
+                                if let Some(end) = self.on_running(c, joined, &head, &mut draining_until).await {
+                                    break end;
                                 }
                             }
                             _ = self.shutdown.cancelled() => break Ended::Shutdown,
@@ -691,6 +1082,8 @@ impl Supervisor {
                             RayState::Starting,
                             Some("the head changed; rejoining".into()),
                         );
+                    }
+                    if matches!(end, Ended::HeadChanged) || head_gone {
                         // The old head is gone: there is nothing to drain (Ray would wait
                         // 30 s for it), and its restart cannot bind its port while this
                         // raylet still names it ("already running").
@@ -705,6 +1098,18 @@ impl Supervisor {
             match ended {
                 Ended::Shutdown => return,
                 Ended::HeadChanged => {}
+                Ended::Drained(why) => {
+                    info!(node = %self.node, reason = %why, "ray worker drained");
+                    if let Some(d) = &mut self.drain {
+                        d.ended = Some(why);
+                    }
+                }
+                Ended::Resumed => {
+                    self.set(
+                        RayState::Starting,
+                        Some("resumed: starting the worker again".into()),
+                    );
+                }
                 Ended::Crashed(why) => {
                     if !self.after_crash(why).await {
                         return;
@@ -790,6 +1195,272 @@ pub async fn wait_head_ready(gcs_host: &str, gcs_port: u16, dash_host: &str, das
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// A stand-in venv whose `ray start` runs a `raylet` (a copy of sleep) beside
+    /// itself and outlives it, as Ray does, and whose Python answers the probe and drains: every drain's
+    /// arguments are appended to `drains` in the venv, and its node is `fake-N`.
+    fn fake_venv(dir: &Path) {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/sleep", bin.join("raylet")).unwrap();
+        corral_base::testing::write_script(
+            &bin.join("python"),
+            r#"venv=$(dirname "$(dirname "$0")")
+if [ $# -le 2 ]; then echo '{"python": "3.11.7", "ray": "2.60.0", "dashboard": true}'; exit 0; fi
+shift 2
+echo "$*" >> "$venv/drains"
+printf '{"node": "fake-%s", "accepted": true, "rejection": ""}\n' "$(wc -l < "$venv/drains" | tr -d ' ')""#,
+        );
+        corral_base::testing::write_script(
+            &bin.join("ray"),
+            r#""$(dirname "$0")/raylet" 600 &
+echo $! > raylet.pid
+echo 'Ray runtime started.'
+# Like `ray start --block`, it outlives a raylet that exits cleanly.
+wait
+sleep 600"#,
+        );
+    }
+
+    fn worker_config(venv: &Path, temp: &Path) -> RayConfig {
+        toml::from_str(&format!(
+            "role = \"worker\"\nvenv = \"{}\"\ntemp_dir = \"{}\"\nallow_root = true\nnode_ip = \"127.0.0.1\"\nnum_cpus = 1\nnum_gpus = 0\nrestart_base = \"100ms\"\nrestart_cap = \"1s\"\nstop_grace = \"1s\"\nstart_timeout = \"10s\"\n",
+            venv.display(),
+            temp.display()
+        ))
+        .unwrap()
+    }
+
+    /// A head as the coordinator announces it, at `address`.
+    fn announced(address: String) -> Option<RayHead> {
+        Some(RayHead {
+            node: "h".into(),
+            address,
+            dashboard: String::new(),
+            python: "3.11.7".into(),
+            ray: "2.60.0".into(),
+            venv: "/opt/ray".into(),
+            started_ms: 1,
+        })
+    }
+
+    async fn wait_state(
+        h: &RayHandles,
+        what: &str,
+        pred: impl Fn(&RayStatus) -> bool,
+    ) -> RayStatus {
+        let mut rx = h.status.clone();
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|s| s.as_ref().is_some_and(&pred)),
+        )
+        .await;
+        match got {
+            Ok(Ok(s)) => s.clone().unwrap(),
+            _ => panic!("not {what}: {:?}", h.status.borrow()),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_drained_worker_stays_stopped_without_using_its_restart_budget_until_resumed() {
+        let d = tempfile::tempdir().unwrap();
+        let (venv, temp) = (d.path().join("venv"), d.path().join("ray"));
+        fake_venv(&venv);
+        // The head's GCS port, as far as the worker can tell (Ray's `ray start` is a
+        // stand-in, so nothing connects to it).
+        let head = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let head_addr = head.local_addr().unwrap().to_string();
+        let cfg = worker_config(&venv, &temp);
+        let shutdown = CancellationToken::new();
+        let (_reports_tx, reports) = watch::channel(None);
+        let h = start(&cfg, "w1", "127.0.0.1:7440", reports, shutdown.clone()).unwrap();
+        h.cluster_head.send_replace(announced(head_addr.clone()));
+        let first = wait_state(&h, "running", |s| s.state == RayState::Running).await;
+        let raylet_pid = || -> i32 {
+            std::fs::read_to_string(temp.join("raylet.pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+
+        // Nothing drained: a resume changes nothing.
+        let r = h.control.resume().await.unwrap();
+        assert!(r.contains("nothing to resume"), "{r}");
+
+        // A drain reaches Ray with this worker's own Ray temp dir, the reason and a
+        // deadline in the future; the worker keeps running its work.
+        let before = unix_ms();
+        let r = h
+            .control
+            .drain("corral: gpu 0 XID 79".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(r.contains("drained Ray node fake-1"), "{r}");
+        let s = wait_state(&h, "draining", |s| s.state == RayState::Draining).await;
+        assert!(s.message.unwrap().contains("corral: gpu 0 XID 79"));
+        assert_eq!(s.pid, first.pid, "the draining worker was restarted");
+        let drains = std::fs::read_to_string(venv.join("drains")).unwrap();
+        let args: Vec<&str> = drains.trim().splitn(3, ' ').collect();
+        assert_eq!(args[0], head_addr);
+        assert_eq!(args[1], temp.join("tmp").display().to_string());
+        let deadline_ms: u64 = args[2].rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(deadline_ms >= before + 30_000 && deadline_ms <= unix_ms() + 30_000);
+        assert!(drains.contains("corral: gpu 0 XID 79"), "{drains}");
+
+        // Again while draining: nothing new is asked of Ray.
+        let r = h
+            .control
+            .drain("corral: again".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(r.contains("already draining Ray node fake-1"), "{r}");
+        assert_eq!(
+            std::fs::read_to_string(venv.join("drains")).unwrap(),
+            drains
+        );
+
+        // Ray shuts the idle drained node down: the raylet exits, `ray start` does not.
+        unsafe {
+            libc::kill(raylet_pid(), libc::SIGTERM);
+        }
+        let s = wait_state(&h, "drained", |s| s.state == RayState::Drained).await;
+        assert!(
+            s.message
+                .as_deref()
+                .unwrap()
+                .contains("Ray shut the drained node down"),
+            "{s:?}"
+        );
+        assert_eq!(s.restarts, 0, "a drain is not a crash");
+        // Well past restart_base, it is still stopped and nothing of it runs.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let s = h.status.borrow().clone().unwrap();
+        assert_eq!((s.state, s.pid, s.restarts), (RayState::Drained, None, 0));
+        assert!(!process::group_alive(first.pid.unwrap() as i32));
+        let r = h
+            .control
+            .drain("corral: again".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(r.contains("already drained"), "{r}");
+
+        // A resume starts it fresh.
+        let r = h.control.resume().await.unwrap();
+        assert!(r.contains("restarted the Ray worker"), "{r}");
+        let second = wait_state(&h, "running again", |s| s.state == RayState::Running).await;
+        assert_ne!(second.pid, first.pid);
+
+        // Work that outlasts the deadline: corral stops the worker when it passes.
+        let r = h
+            .control
+            .drain("corral: disk".into(), Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(r.contains("drained Ray node fake-2"), "{r}");
+        let s = wait_state(&h, "drained at the deadline", |s| {
+            s.state == RayState::Drained
+        })
+        .await;
+        assert!(
+            s.message.as_deref().unwrap().contains("drain deadline"),
+            "{s:?}"
+        );
+        assert_eq!(s.restarts, 0);
+        assert!(!process::group_alive(second.pid.unwrap() as i32));
+
+        // A resume of a draining worker stops it and starts it again.
+        h.control.resume().await.unwrap();
+        let third = wait_state(&h, "running", |s| s.state == RayState::Running).await;
+        h.control
+            .drain("corral: memory".into(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        wait_state(&h, "draining", |s| s.state == RayState::Draining).await;
+        let r = h.control.resume().await.unwrap();
+        assert!(r.contains("restarted the Ray worker"), "{r}");
+        let fourth = wait_state(&h, "running", |s| s.state == RayState::Running).await;
+        assert_ne!(fourth.pid, third.pid);
+        assert!(!process::group_alive(third.pid.unwrap() as i32));
+        assert_eq!(fourth.restarts, 0);
+
+        shutdown.cancel();
+        h.task.await.unwrap();
+        assert!(!process::group_alive(fourth.pid.unwrap() as i32));
+        drop(head);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_worker_drained_while_it_waits_for_its_head_does_not_start_until_resumed() {
+        let d = tempfile::tempdir().unwrap();
+        let (venv, temp) = (d.path().join("venv"), d.path().join("ray"));
+        fake_venv(&venv);
+        // No head address and no head announced: it waits for the coordinator.
+        let cfg = worker_config(&venv, &temp);
+        let shutdown = CancellationToken::new();
+        let (_reports_tx, reports) = watch::channel(None);
+        let h = start(&cfg, "w2", "127.0.0.1:7440", reports, shutdown.clone()).unwrap();
+        wait_state(&h, "waiting for a head", |s| {
+            s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("waiting for the coordinator"))
+        })
+        .await;
+        let r = h
+            .control
+            .drain("corral: disk".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(
+            r.contains("was not running") && r.contains("stays stopped"),
+            "{r}"
+        );
+        wait_state(&h, "drained", |s| s.state == RayState::Drained).await;
+        // A head appears: a drained worker does not join it.
+        let head = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        h.cluster_head
+            .send_replace(announced(head.local_addr().unwrap().to_string()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = h.status.borrow().clone().unwrap();
+        assert_eq!((s.state, s.pid), (RayState::Drained, None));
+        assert!(
+            !venv.join("drains").exists(),
+            "Ray was asked to drain a worker it never had"
+        );
+        // Resumed, it joins.
+        let r = h.control.resume().await.unwrap();
+        assert!(r.contains("restarted the Ray worker"), "{r}");
+        wait_state(&h, "running", |s| s.state == RayState::Running).await;
+        shutdown.cancel();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_head_answers_that_it_has_nothing_to_drain_or_resume() {
+        let d = tempfile::tempdir().unwrap();
+        let venv = d.path().join("venv");
+        fake_venv(&venv);
+        let mut cfg = worker_config(&venv, &d.path().join("ray"));
+        cfg.role = RoleConfig::Head;
+        let shutdown = CancellationToken::new();
+        let (_reports_tx, reports) = watch::channel(None);
+        let h = start(&cfg, "h1", "127.0.0.1:7440", reports, shutdown.clone()).unwrap();
+        let r = h
+            .control
+            .drain("corral: disk".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(
+            r.contains("runs the Ray head") && r.contains("nothing to drain"),
+            "{r}"
+        );
+        let r = h.control.resume().await.unwrap();
+        assert!(r.contains("nothing to resume"), "{r}");
+        assert_ne!(h.status.borrow().as_ref().unwrap().state, RayState::Drained);
+        shutdown.cancel();
+        h.task.await.unwrap();
+    }
 
     #[test]
     fn patch_level_demands_the_same_python_and_ray() {

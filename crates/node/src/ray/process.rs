@@ -413,6 +413,23 @@ pub fn group_alive(pgid: i32) -> bool {
     !procs_where(|p| p.pgid == pgid).is_empty()
 }
 
+/// Whether a live process of group `pgid` has the command name `comm` (as the kernel
+/// keeps it: the executable's file name, at most 15 bytes), e.g. whether a worker's
+/// `raylet` still runs beside its `ray start --block`.
+pub fn group_runs(pgid: i32, comm: &str) -> bool {
+    procs_where(|p| p.pgid == pgid).into_iter().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
+    })
+}
+
+/// [`group_runs`] on a blocking thread (see [`group_alive_off_runtime`]); `true` when
+/// the scan itself could not run, so that a failed scan never reads as an exit.
+pub async fn group_runs_off_runtime(pgid: i32, comm: &'static str) -> bool {
+    tokio::task::spawn_blocking(move || group_runs(pgid, comm))
+        .await
+        .unwrap_or(true)
+}
+
 /// [`group_alive`] on a blocking thread: a `/proc` scan reads a file per process, which
 /// on a busy node is milliseconds of blocking I/O the async workers must not do.
 async fn group_alive_off_runtime(pgid: i32) -> bool {
@@ -568,6 +585,52 @@ mod tests {
         assert_eq!(l.admit(t), (false, 0));
         assert_eq!(l.admit(t), (false, 0));
         assert_eq!(l.admit(t + Duration::from_secs(11)), (true, 2));
+    }
+
+    #[tokio::test]
+    async fn a_group_member_is_found_by_its_command_name_until_it_exits() {
+        let d = tempfile::tempdir().unwrap();
+        // A copy of sleep named like Ray's raylet, started by the group's leader.
+        let raylet = d.path().join("raylet");
+        std::fs::copy("/bin/sleep", &raylet).unwrap();
+        // One of the same name outside the group, which must never count.
+        let mut outsider = std::process::Command::new(&raylet)
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut p = spawn(
+            Path::new("/bin/sh"),
+            &[
+                "-c".into(),
+                format!(
+                    "{} 30 & echo 'Ray runtime started.'; wait",
+                    raylet.display()
+                ),
+            ],
+            d.path(),
+            &d.path().join("out.log"),
+            "test",
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), p.started.recv())
+            .await
+            .unwrap();
+        let pgid = p.pid as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !group_runs(pgid, "raylet") {
+            assert!(Instant::now() < deadline, "the raylet stand-in never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!group_runs(pgid, "gcs_server"));
+        p.stop(Duration::from_millis(300), &d.path().join("t"))
+            .await;
+        assert!(!group_runs(pgid, "raylet"));
+        assert!(
+            outsider.try_wait().unwrap().is_none(),
+            "the outsider was stopped"
+        );
+        let _ = outsider.kill();
+        let _ = outsider.wait();
     }
 
     #[tokio::test]
