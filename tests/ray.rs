@@ -4,8 +4,10 @@
 //!
 //! Real Ray is heavy (a head is a dozen processes), so the suite starts one corral-run
 //! cluster and walks it through several behaviours in sequence, plus one plain
-//! `ray start` that corral must not touch. Every Ray here has its own ports and temp dir,
-//! and `--num-cpus 1`.
+//! `ray start` that corral must not touch; and a second cluster, a head and a worker on
+//! a fake GPU, for the remediation: a failing GPU drains the worker in Ray, a reboot
+//! brings it back. Every Ray here has its own ports, worker-port range and temp dir, and
+//! `--num-cpus 1`.
 //!
 //! Who Ray runs as: when the tests run as root (CI), every agent is given
 //! `ray.user = "corral-ray-test"`, an ordinary account the harness creates
@@ -21,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_proto::api::NodeView;
-use corral_proto::model::{RayState, RayStatus};
+use corral_proto::model::{HealthStatus, Liveness, RayState, RayStatus};
 use support::*;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -660,4 +662,419 @@ async fn ray_user_is_required_of_a_root_agent_and_refused_to_an_unprivileged_one
     assert!(!state.join("ray").exists());
     let log = c.agent_log("who");
     assert!(!log.contains("ray process started"), "{log}");
+}
+
+// --- Remediation: a failing GPU drains the node's Ray worker; a reboot brings it back ---
+
+/// The remediation timings of the drain test: short, so that the whole life of a cordon
+/// fits in a test, and in the order a real config has them.
+const DRAIN_AFTER: Duration = Duration::from_secs(2);
+const RESUME_AFTER: Duration = Duration::from_secs(3);
+
+/// A driver that connects to the cluster at ADDR and prints one JSON line: the live head
+/// node, the live worker node whose temp dir is TEMP (the newest, as the agent finds its
+/// own), how many nodes are alive, how many nodes (live or dead) the worker's temp dir
+/// has had, where a task pinned to that worker ran (unless it is
+/// OLD: Ray refuses a task pinned to a draining node), where twenty 0-CPU SPREAD tasks
+/// ran, and OLD's state (and reason of death) in the GCS.
+/// `DRIVER ADDR TEMP [OLD]`
+const PLACEMENT_DRIVER: &str = r#"
+import json, sys
+import ray
+from ray._raylet import GcsClient
+from ray.core.generated import gcs_pb2
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+address, temp = sys.argv[1], sys.argv[2]
+old = sys.argv[3] if len(sys.argv) > 3 else None
+ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+
+@ray.remote(num_cpus=0)
+def where():
+    return ray.get_runtime_context().get_node_id()
+
+gcs = GcsClient(address=address)
+nodes = gcs.get_all_node_info(timeout=10)
+alive = [(i.start_time_ms, n.hex(), i) for n, i in nodes.items() if i.state == gcs_pb2.GcsNodeInfo.ALIVE]
+heads = [h for _, h, i in alive if i.is_head_node]
+workers = sorted((t, h) for t, h, i in alive if i.temp_dir == temp and not i.is_head_node)
+out = {"head": heads[0] if heads else None, "worker": workers[-1][1] if workers else None,
+       "alive": len(alive), "worker_nodes": sum(1 for i in nodes.values() if i.temp_dir == temp),
+       "pinned": None, "old_state": None, "old_death": None}
+if out["worker"] and out["worker"] != old:
+    s = NodeAffinitySchedulingStrategy(out["worker"], soft=False)
+    out["pinned"] = ray.get(where.options(scheduling_strategy=s).remote(), timeout=60)
+out["spread"] = ray.get([where.options(scheduling_strategy="SPREAD").remote() for _ in range(20)], timeout=60)
+if old:
+    info = nodes[ray.NodeID.from_hex(old)]
+    out["old_state"] = gcs_pb2.GcsNodeInfo.GcsNodeState.Name(info.state)
+    if info.state == gcs_pb2.GcsNodeInfo.DEAD:
+        field = info.death_info.DESCRIPTOR.fields_by_name["reason"]
+        out["old_death"] = field.enum_type.values_by_number[info.death_info.reason].name
+print(json.dumps(out))
+"#;
+
+/// What [`PLACEMENT_DRIVER`] saw.
+#[derive(Debug, serde::Deserialize)]
+struct Placement {
+    head: Option<String>,
+    worker: Option<String>,
+    alive: usize,
+    worker_nodes: usize,
+    pinned: Option<String>,
+    spread: Vec<String>,
+    old_state: Option<String>,
+    old_death: Option<String>,
+}
+
+/// Runs [`PLACEMENT_DRIVER`] as the Ray user (Ray's session dir is that user's alone)
+/// from `venv`, in `cwd`, against the head at `address`.
+async fn placement(
+    venv: &Path,
+    user: &corral_node::ray::user::RayUser,
+    cwd: &Path,
+    address: &str,
+    worker_temp: &Path,
+    old: Option<&str>,
+) -> Placement {
+    let mut args = vec![
+        "-c".to_string(),
+        PLACEMENT_DRIVER.to_string(),
+        address.to_string(),
+        worker_temp.display().to_string(),
+    ];
+    args.extend(old.map(str::to_string));
+    let mut cmd = corral_node::ray::process::command(&venv.join("bin/python"), &args, &[cwd], user)
+        .expect("the driver's command");
+    let out = tokio::time::timeout(
+        SECS(180),
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the driver finished within 180s")
+    .expect("the driver ran");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the driver gave no answer ({}): {text}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// One healthy fake GPU at PCI 0000:18:00 (where the kernel-log line below points).
+fn calm_gpu() -> Vec<serde_json::Value> {
+    vec![serde_json::json!({ "gpus": [{
+        "index": 0, "uuid": "GPU-fake-0", "name": "Fake H100",
+        "pci_bus_id": "00000000:18:00.0", "temperature_celsius": 50,
+        "pcie_link_width": 16, "pcie_link_width_max": 16, "pcie_replay_count": 0,
+        "ecc_corrected_volatile": 0, "ecc_uncorrected_volatile": 0, "xids": []
+    }]})]
+}
+
+/// XID 79 as the NVIDIA driver logs it (`dmesg` form): the GPU fell off the bus.
+const XID_79: &str = "[ 4213.885200] NVRM: Xid (PCI:0000:18:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n";
+
+/// The `to` of `node`'s remediation events, oldest first.
+async fn remediation_events(c: &Cluster, node: &str) -> Vec<(String, String)> {
+    c.events(node)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == corral_proto::api::EventKind::Remediation)
+        .map(|e| (e.to, e.message))
+        .collect()
+}
+
+/// The cordon's Ray drain, if the node is cordoned and has one.
+fn ray_drain_of(n: &NodeView) -> Option<corral_proto::api::DrainView> {
+    n.cordon
+        .as_ref()?
+        .drains
+        .iter()
+        .find(|d| d.kind == "ray")
+        .cloned()
+}
+
+/// The whole life of a remediation cordon with real Ray: the worker's GPU logs XID 79
+/// (the fault arrives when the test writes it into the kernel log the agent reads, so it
+/// comes only once the worker has been seen taking tasks); after `drain_after` the
+/// coordinator cordons the node and has its agent drain the Ray worker through the GCS;
+/// Ray shuts the node down and new tasks run on the head. XID 79 holds until a reboot,
+/// so the node stays cordoned and drained. The "reboot" is the agent stopped and started
+/// again with what a new boot gives it: its GPU state file gone (the file is keyed by
+/// boot id, which a test cannot change), an empty kernel log and a healthy GPU. The
+/// agent starts its worker as usual; after `resume_after` of health the coordinator
+/// lifts the cordon, its `RayResume` finds nothing drained (the agent's drain state did
+/// not survive the restart) and leaves the running worker alone, and Ray has both nodes
+/// alive, the new worker taking tasks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ray_worker_on_a_node_with_a_failing_gpu_is_drained_and_rejoins_after_recovery() {
+    let Some(venv) = ray_venv() else { return };
+    let user = ray_user();
+    check_venv_reachable(&venv, &user);
+    let driver_user =
+        corral_node::ray::user::RayUser::resolve(user.as_ref().map(|u| u.name.as_str()), false)
+            .expect("the Ray user resolves for the driver");
+    let mut c = ray_cluster();
+    c.authorize_ray_heads(&["head"]);
+    // Ray is the only place this node is drained in: no scheduler instance here.
+    c.schedulers.clear();
+    c.coordinator_extra = format!(
+        "[remediation]\nresume_after = \"{}s\"\ndrain_interval = \"0s\"\nretry_after = \"200ms\"\nray_drain_deadline = \"2s\"\n[remediation.drain_after]\ndefault = \"{}s\"\n",
+        RESUME_AFTER.as_secs(),
+        DRAIN_AFTER.as_secs()
+    );
+    c.start_coordinator();
+    let (port, dash, client) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let address = format!("127.0.0.1:{port}");
+    let (head_state, worker_state) = (c.path("state-head"), c.path("state-worker"));
+    let worker_ray_temp = worker_state.join("ray").join("tmp");
+    let _cleanup = KillOnDrop(vec![head_state.join("ray"), worker_state.join("ray")]);
+
+    c.start_agent(
+        "head",
+        &ray_section(
+            &venv,
+            "head",
+            &head_state,
+            &user,
+            Some((port, dash, client)),
+            31_000,
+        ),
+    );
+    wait_ray(&c, "head", "running a Ray head", SECS(120), |r| {
+        r.state == RayState::Running
+    })
+    .await;
+
+    // The worker's agent reads its GPU's XIDs from a kernel log the test writes.
+    let kmsg = c.path("kmsg-worker");
+    std::fs::write(&kmsg, "").unwrap();
+    let worker_extra = format!(
+        "sample_interval = \"500ms\"\n{}",
+        ray_section(&venv, "worker", &worker_state, &user, None, 31_500)
+    );
+    let gpu_extra = format!("kernel_log = \"{}\"", kmsg.display());
+    c.start_fake_gpu_agent("worker", calm_gpu(), &worker_extra, &gpu_extra);
+    wait_ray(&c, "worker", "joined", SECS(120), |r| {
+        r.state == RayState::Running
+    })
+    .await;
+    wait_ray_nodes(&venv, &address, 2, SECS(60)).await;
+
+    // 1. Healthy: the worker takes tasks, pinned and spread.
+    let before = placement(
+        &venv,
+        &driver_user,
+        c.dir.path(),
+        &address,
+        &worker_ray_temp,
+        None,
+    )
+    .await;
+    let first = before.worker.clone().expect("the GCS lists the worker");
+    let head = before.head.clone().expect("the GCS lists the head");
+    assert_eq!(before.pinned.as_deref(), Some(first.as_str()), "{before:?}");
+    assert!(
+        before.spread.contains(&first),
+        "no spread task ran on the worker before the fault: {before:?}"
+    );
+    let n = c.node("worker").await.unwrap();
+    assert_eq!(n.health, HealthStatus::Healthy, "{:?}", n.reasons);
+    assert!(n.cordon.is_none(), "{:?}", n.cordon);
+
+    // 2. The GPU falls off the bus.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&kmsg)
+            .unwrap();
+        f.write_all(XID_79.as_bytes()).unwrap();
+    }
+    let (_, to_unhealthy) = c
+        .wait_node("worker", "unhealthy", SECS(30), |n| {
+            n.health == HealthStatus::Unhealthy
+        })
+        .await;
+    let unhealthy_at = Instant::now();
+    let (n, _) = c
+        .wait_node("worker", "cordoned and drained in Ray", SECS(60), |n| {
+            ray_drain_of(n).is_some_and(|d| d.state == "drained")
+                && ray_of(n).is_some_and(|r| r.state == RayState::Drained)
+        })
+        .await;
+    let drained_after = unhealthy_at.elapsed();
+    println!(
+        "XID 79 seen as unhealthy after {to_unhealthy:?}; unhealthy → cordoned and Ray drained after {drained_after:?}"
+    );
+    assert!(
+        drained_after + Duration::from_millis(500) >= DRAIN_AFTER,
+        "drained {drained_after:?} after turning unhealthy, before drain_after ({DRAIN_AFTER:?})"
+    );
+    let cordon = n.cordon.clone().unwrap();
+    assert_eq!(cordon.by, "policy");
+    assert!(cordon.reason.contains("XID 79"), "{cordon:?}");
+    assert!(!cordon.resuming, "{cordon:?}");
+    assert_eq!(
+        cordon.drains.len(),
+        1,
+        "only Ray drains this node: {cordon:?}"
+    );
+    let ray = ray_of(&n).unwrap();
+    assert_eq!((ray.pid, ray.restarts), (None, 0), "{ray:?}");
+    let events = remediation_events(&c, "worker").await;
+    let kinds: Vec<&str> = events.iter().map(|(to, _)| to.as_str()).collect();
+    assert_eq!(kinds, ["cordon", "drain"], "{events:?}");
+    assert!(
+        events[0].1.contains("XID 79") && events[0].1.contains("ray"),
+        "{events:?}"
+    );
+    // The agent drained exactly the Ray node the driver saw taking tasks.
+    assert!(
+        events[1].1.contains(&format!("drained Ray node {first}")),
+        "{events:?}"
+    );
+    assert!(c.node("head").await.unwrap().cordon.is_none());
+
+    // 3. Drained: Ray shut the worker's node down, and new tasks run on the head only.
+    let during = placement(
+        &venv,
+        &driver_user,
+        c.dir.path(),
+        &address,
+        &worker_ray_temp,
+        Some(&first),
+    )
+    .await;
+    assert_eq!(
+        during.worker, None,
+        "a live worker node while drained: {during:?}"
+    );
+    assert_eq!(during.alive, 1, "{during:?}");
+    assert_eq!(during.old_state.as_deref(), Some("DEAD"), "{during:?}");
+    assert_eq!(
+        during.old_death.as_deref(),
+        Some("AUTOSCALER_DRAIN_PREEMPTED"),
+        "{during:?}"
+    );
+    assert!(
+        !during.spread.is_empty() && during.spread.iter().all(|n| *n == head),
+        "a task ran elsewhere than the head ({head}) while the worker was drained: {during:?}"
+    );
+    assert!(
+        processes_naming(&worker_state.join("ray")).is_empty(),
+        "the drained worker left processes: {:?}",
+        processes_naming(&worker_state.join("ray"))
+    );
+
+    // XID 79 holds: well past resume_after the node is still cordoned, its worker drained.
+    tokio::time::sleep(RESUME_AFTER + SECS(1)).await;
+    let n = c.node("worker").await.unwrap();
+    assert_eq!(n.health, HealthStatus::Unhealthy, "{:?}", n.reasons);
+    assert!(
+        ray_drain_of(&n).is_some_and(|d| d.state == "drained"),
+        "{:?}",
+        n.cordon
+    );
+    assert_eq!(ray_of(&n).map(|r| r.state), Some(RayState::Drained));
+
+    // 4. The reboot.
+    let status = c.signal_agent("worker", libc::SIGTERM);
+    assert!(status.success(), "the worker's agent exited with {status}");
+    let gpu_state = worker_state.join(corral_node::health::state::FILE_NAME);
+    let held = std::fs::read_to_string(&gpu_state).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the agent keeps a held XID there)",
+            gpu_state.display()
+        )
+    });
+    assert!(
+        held.contains("79"),
+        "the GPU state file does not hold XID 79: {held}"
+    );
+    std::fs::remove_file(&gpu_state).unwrap();
+    std::fs::write(&kmsg, "").unwrap();
+    c.start_fake_gpu_agent("worker", calm_gpu(), &worker_extra, &gpu_extra);
+    let (_, to_healthy) = c
+        .wait_node("worker", "back and healthy", SECS(60), |n| {
+            n.connected && n.liveness == Liveness::Ready && n.health == HealthStatus::Healthy
+        })
+        .await;
+    let healthy_at = Instant::now();
+    let (n, _) = c
+        .wait_node("worker", "uncordoned", SECS(120), |n| n.cordon.is_none())
+        .await;
+    let uncordoned_after = healthy_at.elapsed();
+    println!(
+        "rebooted node healthy after {to_healthy:?}; healthy → uncordoned after {uncordoned_after:?}"
+    );
+    assert!(
+        uncordoned_after + Duration::from_millis(500) >= RESUME_AFTER,
+        "uncordoned {uncordoned_after:?} after turning healthy, before resume_after ({RESUME_AFTER:?})"
+    );
+    assert_eq!(n.health, HealthStatus::Healthy, "{:?}", n.reasons);
+    let events = remediation_events(&c, "worker").await;
+    let kinds: Vec<&str> = events.iter().map(|(to, _)| to.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["cordon", "drain", "drain", "resuming", "resume", "uncordon"],
+        "{events:?}"
+    );
+    // The restarted agent forgot its drain; the coordinator drained its worker again on
+    // the new connection, so the worker stayed out until the resume restarted it.
+    assert!(events[2].1.contains("drained in ray"), "{events:?}");
+    assert!(events[4].1.contains("restarted"), "{events:?}");
+    for (to, message) in &events {
+        println!("remediation event {to}: {message}");
+    }
+
+    // 5. The worker runs (the resume restarted it) and Ray has it back as a new node.
+    let (r, _) = wait_ray(&c, "worker", "running again", SECS(120), |r| {
+        r.state == RayState::Running
+    })
+    .await;
+    wait_ray_nodes(&venv, &address, 2, SECS(60)).await;
+    let after = placement(
+        &venv,
+        &driver_user,
+        c.dir.path(),
+        &address,
+        &worker_ray_temp,
+        Some(&first),
+    )
+    .await;
+    let second = after
+        .worker
+        .clone()
+        .expect("a live worker node after the reboot");
+    assert_ne!(second, first, "{after:?}");
+    assert_eq!(after.alive, 2, "{after:?}");
+    // The drained node and the resumed one (and one more if the rebooted agent's worker
+    // joined before the coordinator drained it again).
+    assert!((2..=3).contains(&after.worker_nodes), "{after:?}");
+    assert_eq!(after.pinned.as_deref(), Some(second.as_str()), "{after:?}");
+    assert!(
+        after.spread.contains(&second),
+        "no spread task ran on the rejoined worker: {after:?}"
+    );
+    let n = c.node("worker").await.unwrap();
+    let now = ray_of(&n).unwrap();
+    assert_eq!(
+        (now.state, now.pid, now.restarts),
+        (RayState::Running, r.pid, r.restarts),
+        "the worker was restarted after it was running again"
+    );
+    assert!(n.cordon.is_none() && c.node("head").await.unwrap().cordon.is_none());
+
+    for name in ["worker", "head"] {
+        let status = c.signal_agent(name, libc::SIGTERM);
+        assert!(status.success(), "{name} exited with {status}");
+    }
 }

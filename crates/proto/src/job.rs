@@ -2,7 +2,7 @@
 //! speaks, and the calls the coordinator routes to a plugin on an agent.
 //!
 //! Invariants:
-//! - These types mirror `wit/scheduler.wit` (package `corral:scheduler@0.1.0`) field for
+//! - These types mirror `wit/scheduler.wit` (package `corral:scheduler@0.2.0`) field for
 //!   field; the plugin host converts between them and the generated bindings, and
 //!   nothing else does. The wire protocol, the coordinator's store and the HTTP API all
 //!   use these types, so a job looks the same everywhere.

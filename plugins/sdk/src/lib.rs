@@ -74,7 +74,7 @@ pub mod testing;
 /// Exports a [`Scheduler`] as the component's `scheduler` interface:
 /// `corral_plugin_sdk::export_plugin!(MyPlugin);` at the plugin crate's root.
 ///
-/// Only on wasm: the export symbols' names (`corral:scheduler/scheduler@0.1.0#info`)
+/// Only on wasm: the export symbols' names (`corral:scheduler/scheduler@0.2.0#info`)
 /// are not valid in a native shared library, and native builds exist for unit tests.
 #[macro_export]
 macro_rules! export_plugin {

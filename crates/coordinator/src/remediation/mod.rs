@@ -42,6 +42,9 @@
 //!   slurmd keeps running) and then at once, `down_after` having been the wait.
 //! - A cordon a person made is lifted only by a person (`corral resume`); one the
 //!   policy made becomes a person's when they drain the node by hand.
+//! - A Ray drain is made again whenever a cordoned node's agent connects anew (its
+//!   restart, or the coordinator's, forgets it and would let the worker rejoin); the
+//!   agent answers a drain it already holds as done.
 //!
 //! Trade-offs:
 //! - Scheduler calls go through the instance's authorized submit hosts in their
@@ -167,6 +170,8 @@ struct Watch {
     good_since: Option<Instant>,
     /// A dry run announced this node's decision already.
     announced: bool,
+    /// Connected at the last evaluation (a new entry: not yet seen connected).
+    connected: bool,
 }
 
 struct Inner {
@@ -320,6 +325,17 @@ impl Remediation {
         let mut waiting = vec![];
         for n in nodes {
             let w = inner.watch.entry(n.name.clone()).or_default();
+            let reconnected = n.connected && !w.connected;
+            w.connected = n.connected;
+            if reconnected {
+                // A Ray drain lives in the agent process that made it: a restarted
+                // agent (or this coordinator restarted) starts its worker again, so a
+                // cordoned node is drained in Ray again on every new connection (the
+                // agent answers an existing drain as done).
+                if let Some(c) = inner.cordons.get_mut(&n.name).filter(|c| !c.resuming) {
+                    c.redrain_ray();
+                }
+            }
             let down = n.liveness == Liveness::Down && self.cfg.drain_when_down;
             if n.liveness == Liveness::Ready {
                 let mut present: BTreeMap<ReasonClass, String> = BTreeMap::new();

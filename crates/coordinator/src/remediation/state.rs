@@ -1,8 +1,9 @@
 //! A cordon and its drains: the remediation's runtime state, with its conversions to the
 //! store's rows and the API's views (each its own type, converted here and nowhere else).
 //!
-//! Invariants: a drain moves `pending → drained | foreign | not-member` while the node
-//! is cordoned and `drained → resumed | foreign` while it is resumed; a failed try
+//! Invariants: a drain moves `pending → drained | foreign | not-member | skipped` while
+//! the node is cordoned (a Ray drain `drained → pending` again when the agent
+//! reconnects) and `drained → resumed | foreign` while it is resumed; a failed try
 //! leaves the state as it was, counts an attempt and sets the next try by backoff. A
 //! `pending` drain is never lifted (it was never made): resuming skips it.
 
@@ -222,6 +223,18 @@ impl Cordoned {
             by,
             resuming: false,
             drains,
+        }
+    }
+
+    /// Makes a made Ray drain pending again (see the module docs of
+    /// [`super`]: a new agent connection forgets it).
+    pub fn redrain_ray(&mut self) {
+        for d in &mut self.drains {
+            if d.target == Target::Ray && d.state == DrainState::Drained {
+                d.state = DrainState::Pending;
+                d.message = Some("the agent connected again: draining its Ray worker again".into());
+                d.next_try = None;
+            }
         }
     }
 

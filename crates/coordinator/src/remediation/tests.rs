@@ -708,3 +708,41 @@ async fn a_scheduler_whose_plugin_cannot_drain_is_skipped_not_retried() {
         "asked once"
     );
 }
+
+#[tokio::test]
+async fn a_cordoned_nodes_ray_worker_is_drained_again_when_its_agent_reconnects() {
+    let mut r = rig_with(
+        cfg(),
+        BTreeMap::new(),
+        &["gpu-01", "gpu-02", "gpu-03", "gpu-04"],
+    );
+    r.report("gpu-01", vec![gpu_xid("GPU 0 XID 79")], true);
+    r.step(Duration::ZERO).await;
+    r.step(30 * S).await;
+    assert_eq!(r.script.calls().len(), 1);
+    r.step(31 * S).await;
+    assert_eq!(
+        r.script.calls().len(),
+        1,
+        "not again while the same agent stays connected"
+    );
+    // The agent restarts (its drain gone with the old process) and comes back.
+    r.registry.disconnect("gpu-01", r.conns["gpu-01"], "test");
+    r.step(32 * S).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    r._rx.push(rx);
+    let conn = r.registry.connect(
+        "gpu-01",
+        S,
+        "127.0.0.1:1".into(),
+        "test".into(),
+        tx,
+        Box::new(|| ()),
+    );
+    r.conns.insert("gpu-01".into(), conn);
+    r.report("gpu-01", vec![gpu_xid("GPU 0 XID 79")], true);
+    r.step(33 * S).await;
+    let calls = r.script.calls();
+    assert_eq!(calls, ["gpu-01 ray-drain 60000", "gpu-01 ray-drain 60000"]);
+    assert_eq!(r.cordon("gpu-01").unwrap().drains[0].state, "drained");
+}

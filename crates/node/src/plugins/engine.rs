@@ -49,8 +49,9 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 /// The WIT package (without version) every import must come from.
 const PACKAGE: &str = "corral:scheduler";
-/// The package versions this host serves (semver-compatible with 0.1.0).
-const VERSION_PREFIX: &str = "0.1.";
+/// The package versions this host serves (semver-compatible with 0.2.0; 0.2.0 added
+/// the `node-state` export, see wit/README.md).
+pub(crate) const VERSION_PREFIX: &str = "0.2.";
 
 pub fn wt(e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
@@ -257,7 +258,7 @@ pub fn check_imports(
         };
         if !version.starts_with(VERSION_PREFIX) {
             anyhow::bail!(
-                "{}: the component imports `{import}`, but this agent serves {PACKAGE}@0.1.x; rebuild the plugin against it or upgrade the agent",
+                "{}: the component imports `{import}`: it was built against {PACKAGE}@{version}, and this agent serves {PACKAGE}@{VERSION_PREFIX}x (see wit/README.md, Versioning); rebuild it with the current corral-plugin-sdk (`cargo xtask plugins`, or `cargo xtask plugins --crate DIR` for your own), or upgrade the agent",
                 wasm.display()
             );
         }
@@ -501,10 +502,10 @@ mod tests {
     }
 
     #[test]
-    fn only_our_package_at_0_1_is_recognised() {
+    fn only_our_package_is_recognised_with_its_version() {
         assert_eq!(
-            our_interface("corral:scheduler/process@0.1.0"),
-            Some(("process", "0.1.0"))
+            our_interface("corral:scheduler/process@0.2.0"),
+            Some(("process", "0.2.0"))
         );
         assert_eq!(our_interface("wasi:cli/environment@0.2.0"), None);
         assert_eq!(our_interface("corral:scheduler-x/log@0.1.0"), None);

@@ -293,9 +293,9 @@ fn load_one(
     });
     let instance = Instance::new(cx.engine, &component, granted).map_err(|e| {
         anyhow::anyhow!(
-            "{}: does not fit this agent's plugin interface ({}@0.1.x): {e:#}",
+            "{}: does not fit this agent's plugin interface (corral:scheduler@{}x): {e:#}",
             wasm.display(),
-            "corral:scheduler"
+            engine::VERSION_PREFIX
         )
     })?;
     let info = instance
