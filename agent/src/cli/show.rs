@@ -746,6 +746,21 @@ mod tests {
         v.address = Some("10.0.0.7:40123".into());
         v.agent_version = Some("0.1.0".into());
         v.last_report_ms = Some(500);
+        v.cordon = Some(corral_proto::api::Cordon {
+            reason: "GPU 0 XID 79".into(),
+            since_ms: 1_000,
+            by: "policy".into(),
+            drains: vec![corral_proto::api::DrainView {
+                kind: "scheduler".into(),
+                target: "slurm".into(),
+                node: "gpu01".into(),
+                state: "pending".into(),
+                attempts: 2,
+                message: Some("slurmctld not responding".into()),
+                next_try_ms: None,
+            }],
+            resuming: false,
+        });
         let r = v.report.as_mut().unwrap();
         r.facts.hostname = "gpu-01.example".into();
         r.facts.os = "Debian 12".into();
@@ -900,6 +915,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cordoned_node_shows_it_in_the_table_and_its_drains_in_the_detail() {
+        let v = full_view();
+        assert!(nodes_table(std::slice::from_ref(&v), 2_000).contains("ready,cordoned"));
+        let d = node_detail(&v, 2_000);
+        assert!(
+            d.contains("Cordoned:    1.0s ago by policy: GPU 0 XID 79"),
+            "{d}"
+        );
+        assert!(
+            d.contains("  - scheduler slurm (gpu01): pending after 2 failed tries; slurmctld not responding"),
+            "{d}"
+        );
+    }
+
+    #[test]
     fn node_without_gpus_says_none() {
         let mut v = view();
         v.report.as_mut().unwrap().gpus.clear();
@@ -947,7 +977,8 @@ mod tests {
         let d = node_detail(&full_view(), 2_000);
         for line in [
             "Node:        gpu-01\n",
-            "Health:      degraded\n  - [degraded] disk: /data is 97% full\nConnected:   yes from 10.0.0.7:40123\n",
+            "Health:      degraded\n  - [degraded] disk: /data is 97% full\nCordoned:    1.0s ago by policy: GPU 0 XID 79\n",
+            "\nConnected:   yes from 10.0.0.7:40123\n",
             "Last report: 1.5s ago\n\nRay:         head restarting (for 1.0s)\n",
             "  venv:      /opt/ray (Python 3.11.2, Ray unknown)\n",
             "  restarts:  2\n  pid:       4242 (process group)\n",

@@ -48,6 +48,8 @@ pub enum BenchCmd {
     Submit(crate::bench_jobs::SubmitArgs),
     /// Plugin host: per-call overhead (fresh store + `info`), cold and cached load.
     Plugin(crate::bench_plugin::PluginArgs),
+    /// Unhealthy → drained and healthy → resumed in Slurm: corral vs Slurm's health-check hook.
+    Remediation(crate::bench_remediation::RemediationArgs),
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +86,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Ray(a) => crate::bench_ray::run(a).await,
         BenchCmd::Submit(a) => crate::bench_jobs::run(a).await,
         BenchCmd::Plugin(a) => crate::bench_plugin::run(a).await,
+        BenchCmd::Remediation(a) => crate::bench_remediation::run(a).await,
         BenchCmd::GpuSample(a) => crate::bench_gpu::run(a),
     }
 }

@@ -69,7 +69,7 @@ pub struct SubmitArgs {
 }
 
 /// `<target>/plugins` for a binary in `<target>/<profile>/corral`.
-fn default_plugins_dir() -> Result<PathBuf> {
+pub(crate) fn default_plugins_dir() -> Result<PathBuf> {
     let exe = crate::bench::corral_exe()?;
     let target = exe
         .parent()

@@ -184,22 +184,7 @@ fn rig() -> Rig {
 impl Rig {
     /// Connects a fake agent `node` hosting `plugins`, all answered by `sched`.
     fn agent(&mut self, node: &str, plugins: &[&str], sched: Arc<FakeScheduler>) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<CoordMsg>(64);
-        let conn = self.registry.connect(
-            node,
-            Duration::from_secs(1),
-            "127.0.0.1:1".into(),
-            "test".into(),
-            tx,
-            Box::new(|| ()),
-        );
-        self.registry.plugins_announced(
-            node,
-            conn,
-            plugins.iter().map(|p| plugin(p)).collect(),
-            vec![],
-        );
-        self.conns.push((node.into(), conn));
+        let (conn, mut rx) = self.connect(node, plugins);
         let commands = self.commands.clone();
         let answerer = node.to_string();
         let calls = self.calls.clone();
@@ -224,12 +209,20 @@ impl Rig {
     /// A new connection for `node` that announces `plugins` and whose agent is gone
     /// before it reads anything: the registry still lists it, but no command reaches it.
     fn mute(&mut self, node: &str, plugins: &[&str]) {
-        let (tx, rx) = tokio::sync::mpsc::channel::<CoordMsg>(8);
-        drop(rx);
+        drop(self.connect(node, plugins));
+    }
+
+    /// A new connection for `node` announcing `plugins`, and its command queue.
+    fn connect(
+        &mut self,
+        node: &str,
+        plugins: &[&str],
+    ) -> (u64, tokio::sync::mpsc::Receiver<CoordMsg>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<CoordMsg>(64);
         let conn = self.registry.connect(
             node,
             Duration::from_secs(1),
-            "127.0.0.1:3".into(),
+            "127.0.0.1:1".into(),
             "test".into(),
             tx,
             Box::new(|| ()),
@@ -241,6 +234,7 @@ impl Rig {
             vec![],
         );
         self.conns.push((node.into(), conn));
+        (conn, rx)
     }
 
     fn disconnect(&self, node: &str) {

@@ -60,6 +60,17 @@ pub(crate) enum Target {
     Ray,
 }
 
+impl Target {
+    /// Its kind (`scheduler`, `ray`), where (the instance, or `ray`), and the node's name
+    /// there, as the API and the store write them.
+    fn parts(&self, corral_node: &str) -> (&'static str, String, String) {
+        match self {
+            Target::Scheduler { instance, node } => ("scheduler", instance.clone(), node.clone()),
+            Target::Ray => ("ray", "ray".to_string(), corral_node.to_string()),
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -262,12 +273,7 @@ impl Cordoned {
                 .drains
                 .iter()
                 .map(|d| {
-                    let (kind, target, node) = match &d.target {
-                        Target::Scheduler { instance, node } => {
-                            ("scheduler", instance.clone(), node.clone())
-                        }
-                        Target::Ray => ("ray", "ray".to_string(), self.node.clone()),
-                    };
+                    let (kind, target, node) = d.target.parts(&self.node);
                     DrainView {
                         kind: kind.into(),
                         target,
@@ -296,12 +302,7 @@ impl Cordoned {
                 .drains
                 .iter()
                 .map(|d| {
-                    let (kind, target, node) = match &d.target {
-                        Target::Scheduler { instance, node } => {
-                            ("scheduler", instance.clone(), node.clone())
-                        }
-                        Target::Ray => ("ray", "ray".to_string(), self.node.clone()),
-                    };
+                    let (kind, target, node) = d.target.parts(&self.node);
                     DrainRow {
                         kind: kind.into(),
                         target,

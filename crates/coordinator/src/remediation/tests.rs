@@ -156,7 +156,9 @@ fn rig_in(
     let registry = Arc::new(Registry::new(
         Settings {
             disconnect_after_beats: 3,
-            down_after: Duration::from_secs(60),
+            // Short: a test makes a node down by disconnecting it, waiting this out and
+            // sweeping (the registry is swept by the coordinator's loop otherwise).
+            down_after: Duration::from_millis(300),
             persist_every: Duration::from_secs(60),
             event_retention: 1000,
         },
@@ -745,4 +747,38 @@ async fn a_cordoned_nodes_ray_worker_is_drained_again_when_its_agent_reconnects(
     let calls = r.script.calls();
     assert_eq!(calls, ["gpu-01 ray-drain 60000", "gpu-01 ray-drain 60000"]);
     assert_eq!(r.cordon("gpu-01").unwrap().drains[0].state, "drained");
+}
+
+#[tokio::test]
+async fn a_down_node_is_drained_only_with_drain_when_down() {
+    for drain_when_down in [false, true] {
+        let r = rig_with(
+            RemediationSection {
+                drain_when_down,
+                ..cfg()
+            },
+            slurm(),
+            &["gpu-01", "gpu-02", "gpu-03", "gpu-04"],
+        );
+        r.well("gpu-01");
+        r.step(Duration::ZERO).await;
+        r.registry.disconnect("gpu-01", r.conns["gpu-01"], "test");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        r.registry.sweep();
+        assert_eq!(r.registry.get("gpu-01").unwrap().liveness, Liveness::Down);
+        r.step(S).await;
+        let c = r.cordon("gpu-01");
+        assert_eq!(
+            c.is_some(),
+            drain_when_down,
+            "drain_when_down = {drain_when_down}"
+        );
+        if let Some(c) = c {
+            assert!(c.reason.contains("node down"), "{c:?}");
+            assert_eq!(
+                c.drains[0].state, "drained",
+                "drained through the submit host"
+            );
+        }
+    }
 }
