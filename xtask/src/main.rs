@@ -157,8 +157,14 @@ impl PluginCrate {
 }
 
 fn workspace_root() -> PathBuf {
-    // xtask lives one level below the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // xtask lives one level below the workspace root. `cargo run` (the `cargo xtask`
+    // alias) says where at run time; the compile-time path is only the fallback, since
+    // a build cache shared by two checkouts may hand one the binary built in the other.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .expect("xtask has a parent folder")
         .to_path_buf()
