@@ -536,6 +536,35 @@ pub fn validate_remediation(r: &RemediationSection) -> Result<(), ConfigIssue> {
             "must be at least remediation.retry_after".into(),
         ));
     }
+    let fmt = |d: Duration| humantime::format_duration(d).to_string();
+    let week = Duration::from_secs(7 * 86400);
+    let mut delays: Vec<(String, Duration)> = vec![
+        ("remediation.resume_after".into(), r.resume_after),
+        ("remediation.drain_interval".into(), r.drain_interval),
+        ("remediation.max_backoff".into(), r.max_backoff),
+    ];
+    let d = &r.drain_after;
+    for (class, delay) in [
+        ("default", Some(d.default)),
+        ("gpu", d.gpu),
+        ("xid", d.xid),
+        ("check", d.check),
+        ("mount", d.mount),
+        ("disk", d.disk),
+        ("memory", d.memory),
+    ] {
+        if let Some(Delay::After(t)) = delay {
+            delays.push((format!("remediation.drain_after.{class}"), t));
+        }
+    }
+    for (key, t) in delays {
+        if t > week {
+            return Err(issue(
+                &key,
+                format!("{} is longer than a week; use at most 7d (or \"never\" for a drain_after class)", fmt(t)),
+            ));
+        }
+    }
     if r.ray_drain_deadline > Duration::from_secs(7 * 86400) {
         return Err(issue(
             "remediation.ray_drain_deadline",

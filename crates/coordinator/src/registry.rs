@@ -818,6 +818,16 @@ impl Registry {
         );
     }
 
+    /// Every connected node's current connection id (one lock for all of them): a new
+    /// id is a new agent connection, even one that replaced the old before it closed.
+    pub(crate) fn connections(&self) -> HashMap<String, u64> {
+        self.lock()
+            .nodes
+            .iter()
+            .filter_map(|(name, n)| n.conn.as_ref().map(|c| (name.clone(), c.id)))
+            .collect()
+    }
+
     /// Sets or clears `name`'s cordon as the API and metrics show it; false when no
     /// such node is known.
     pub(crate) fn set_cordon(&self, name: &str, cordon: Option<Cordon>) -> bool {

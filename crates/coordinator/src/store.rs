@@ -233,6 +233,9 @@ pub(crate) struct DrainRow {
     pub attempts: u32,
     #[serde(default)]
     pub message: Option<String>,
+    /// Corral made it and has not lifted it since.
+    #[serde(default)]
+    pub made: bool,
 }
 
 /// Who paused the remediation: the `remediation_paused` row of `settings`.
@@ -370,11 +373,30 @@ impl Store {
         self.acked(|ack| Op::PutToken(token, ack)).await
     }
 
-    /// Writes (`Some`) or deletes (`None`) the cordon of `node`; returns once committed:
-    /// a drain is recorded before it is made, so a crash can never forget one.
-    pub(crate) async fn put_cordon(&self, node: &str, cordon: Option<CordonRow>) -> Result<()> {
-        let node = node.to_string();
-        self.acked(|ack| Op::PutCordon(node, cordon, ack)).await
+    /// Writes (`Some`) or deletes (`None`) the cordon of `node`, queued at once (before
+    /// this returns) and committed when the returned future resolves: a drain is
+    /// recorded before it is made, so a crash can never forget one. Writes queued in
+    /// some order commit in that order, so a caller that queues under its own lock never
+    /// has an older snapshot overtake a newer one.
+    pub(crate) fn queue_cordon(
+        &self,
+        node: &str,
+        cordon: Option<CordonRow>,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .tx
+            .send(Op::PutCordon(node.to_string(), cordon, tx))
+            .is_ok();
+        let path = self.path.clone();
+        async move {
+            if !sent {
+                anyhow::bail!("the store thread has stopped");
+            }
+            rx.await
+                .map_err(|_| anyhow::anyhow!("the store thread has stopped"))?
+                .map_err(|e| anyhow::anyhow!("{e} (database {})", path.display()))
+        }
     }
 
     /// Records that the remediation is paused (`Some`) or running (`None`).
@@ -455,23 +477,25 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
             }
         }
     }
-    let paused = conn
-        .query_row(
-            "SELECT value FROM settings WHERE key = ?1",
-            [PAUSED_KEY],
-            |r| r.get::<_, String>(0),
-        )
-        .ok()
-        .map(|json| {
-            serde_json::from_str::<PauseRow>(&json).unwrap_or_else(|e| {
-                // Fails safe: an unreadable pause is a pause.
-                tracing::error!(error = %e, "unreadable remediation pause; staying paused");
-                PauseRow {
-                    by: "unknown (unreadable record)".into(),
-                    since_ms: 0,
-                }
-            })
-        });
+    let paused = match conn.query_row(
+        "SELECT value FROM settings WHERE key = ?1",
+        [PAUSED_KEY],
+        |r| r.get::<_, String>(0),
+    ) {
+        Ok(json) => Some(json),
+        Err(rusqlite::Error::QueryReturnedNoRows) => None,
+        Err(e) => return Err(e).context("reading the remediation pause"),
+    };
+    let paused = paused.map(|json| {
+        serde_json::from_str::<PauseRow>(&json).unwrap_or_else(|e| {
+            // Fails safe: an unreadable pause is a pause.
+            tracing::error!(error = %e, "unreadable remediation pause; staying paused");
+            PauseRow {
+                by: "unknown (unreadable record)".into(),
+                since_ms: 0,
+            }
+        })
+    });
     Ok(Loaded {
         nodes,
         events,

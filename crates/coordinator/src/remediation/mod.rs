@@ -17,11 +17,18 @@
 //!   about the node (`node-state`): a node already drained with a reason that lacks
 //!   [`PREFIX`] is someone else's (`foreign`), left alone and never resumed. At resume
 //!   the scheduler is asked again, and a drain whose reason a person has since replaced
-//!   stays in place. (Between the question and the drain a person may drain the node
-//!   too; the scheduler then keeps corral's reason, and the person's intent is lost. The
-//!   window is one plugin call.)
+//!   stays in place. A scheduler that keeps no reasons (Grid Engine) makes a drain found
+//!   in place someone else's unless corral already tried it. Several corral nodes mapped
+//!   onto one scheduler node: the drain is lifted by the last of them to resume.
+//!   (Between the question and the drain a person may drain the node too; the scheduler
+//!   then keeps corral's reason, and the person's intent is lost. The window is one
+//!   plugin call.)
 //! - A cordon is written to the database, and committed, before any drain is made, and
-//!   after every change of one of its drains: a crash never forgets a drain. After a
+//!   after every change of one of its drains: a crash never forgets a drain. Every change
+//!   to a cordon is made in place under the lock and its write queued under the same
+//!   lock, so writes commit in the order of the changes; an action's outcome is applied
+//!   only if its drain is still in the state the action started from (a person's drain
+//!   or resume in between wins, and the next pass asks the scheduler again). After a
 //!   restart the pending ones are made again (a scheduler drain found already set with
 //!   corral's prefix counts as done), and the nodes are watched afresh: a node's
 //!   unhealthy and healthy clocks start at the coordinator's start.
@@ -30,13 +37,16 @@
 //!   members, counting every cordon; and at most one automatic drain per
 //!   `drain_interval` per instance (nodes in no instance share one "cluster" interval).
 //!   A node held back by a percent limit makes the remediation `blocked`: an event when
-//!   it starts and ends, a metric, and the reason in `corral remediation status`.
-//! - Paused (`corral remediation pause`, kept across restarts): the policy starts
-//!   nothing, drains and resumes included, and lets its own pending actions wait. What a
-//!   person asks for (`corral drain`, `corral resume`) still runs.
-//! - `dry_run`: every decision is made, limited, logged and recorded as an event
-//!   (`would-drain`, `would-resume`), and nothing is changed: no cordon is shown, no
-//!   plugin or agent is asked.
+//!   it starts and one when it ends (per limit, not per count), a metric, and the reason
+//!   in `corral remediation status`.
+//! - Paused (`corral remediation pause`, kept across restarts): the policy cordons and
+//!   resumes nothing, and its resumes under way wait; the drains of nodes already
+//!   cordoned go on (keeping a node out is no new action). What a person asks for
+//!   (`corral drain`, `corral resume`) still runs.
+//! - `dry_run`: every decision is made, limited (the nodes it would have cordoned count
+//!   against the limits), logged and recorded once as an event (`would-drain`,
+//!   `would-resume`), and nothing is changed: no cordon is shown, no plugin or agent is
+//!   asked for the policy (a person's `corral drain` still acts).
 //! - Only `ready` nodes' health counts: a disconnected node's last report is old news.
 //!   `down` nodes are drained only with `drain_when_down` (an agent can restart while
 //!   slurmd keeps running) and then at once, `down_after` having been the wait.
@@ -47,9 +57,10 @@
 //!   agent answers a drain it already holds as done.
 //!
 //! Trade-offs:
-//! - Scheduler calls go through the instance's authorized submit hosts in their
-//!   configured order (the first that answers), not through the node: a node that is
-//!   broken, or gone, can still be drained.
+//! - Scheduler calls go through the instance's authorized, connected submit hosts in
+//!   their configured order, the next one when a host cannot be reached or its
+//!   scheduler client fails (only "unsupported" and "invalid" end the try at once), not
+//!   through the node: a node that is broken, or gone, can still be drained.
 //! - The policy evaluates every [`TICK`] over a registry snapshot (O(nodes)); actions
 //!   run beside it, one task per node at a time, so a slow scheduler delays only the
 //!   node it is about.
@@ -98,6 +109,8 @@ pub(crate) trait Actuator: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<PluginReply, Failure>>;
     /// Sends `command` (a Ray drain or resume) to `node`'s agent; `Ok` is what it did.
     fn agent(&self, node: &str, command: Command) -> BoxFuture<'static, Result<String, String>>;
+    /// Whether `node`'s agent is connected now.
+    fn connected(&self, node: &str) -> bool;
 }
 
 /// Why a scheduler call failed, and whether trying again can help.
@@ -168,10 +181,8 @@ pub enum RemediationError {
 struct Watch {
     bad: BTreeMap<ReasonClass, (Instant, String)>,
     good_since: Option<Instant>,
-    /// A dry run announced this node's decision already.
-    announced: bool,
-    /// Connected at the last evaluation (a new entry: not yet seen connected).
-    connected: bool,
+    /// The connection seen at the last evaluation (a new entry: none yet).
+    conn: Option<u64>,
 }
 
 struct Inner {
@@ -180,10 +191,22 @@ struct Inner {
     paused: Option<PauseRow>,
     /// Last automatic drain per scheduler instance (or [`CLUSTER`]).
     last_drain: HashMap<String, Instant>,
-    blocked: Option<String>,
+    /// The limit holding drains back (its key: [`CLUSTER`] or an instance) and why.
+    blocked: Option<(String, String)>,
+    /// Nodes a dry run would have cordoned (counted against the limits like cordons).
+    dry: BTreeSet<String>,
     waiting: Vec<Waiting>,
     in_flight: BTreeSet<String>,
     counts: ActionCounts,
+}
+
+/// Clears a node's in-flight mark when its work ends, however it ends.
+struct InFlight(Arc<Remediation>, String);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().in_flight.remove(&self.1);
+    }
 }
 
 /// The rate-limit key of nodes that are members of no scheduler instance.
@@ -207,6 +230,9 @@ enum Decision {
         node: String,
         reason: String,
         drains: Vec<Drain>,
+        /// The rate-limit entries this drain took, with what they held before (put
+        /// back when the cordon cannot be recorded).
+        rate_keys: Vec<(String, Option<Instant>)>,
     },
     Resume {
         node: String,
@@ -265,6 +291,7 @@ impl Remediation {
                 paused,
                 last_drain: HashMap::new(),
                 blocked: None,
+                dry: BTreeSet::new(),
                 waiting: vec![],
                 in_flight: BTreeSet::new(),
                 // Every known series from the start, so the first failure is an
@@ -315,6 +342,7 @@ impl Remediation {
     }
 
     fn evaluate(&self, nodes: &[NodeView], now: Instant) -> Vec<Decision> {
+        let connections = self.registry.connections();
         let mut inner = self.lock();
         let inner = &mut *inner;
         let mut out = vec![];
@@ -325,8 +353,9 @@ impl Remediation {
         let mut waiting = vec![];
         for n in nodes {
             let w = inner.watch.entry(n.name.clone()).or_default();
-            let reconnected = n.connected && !w.connected;
-            w.connected = n.connected;
+            let conn = connections.get(&n.name).copied();
+            let reconnected = conn.is_some() && conn != w.conn;
+            w.conn = conn;
             if reconnected {
                 // A Ray drain lives in the agent process that made it: a restarted
                 // agent (or this coordinator restarted) starts its worker again, so a
@@ -354,7 +383,6 @@ impl Remediation {
                 }
                 if w.bad.is_empty() {
                     w.good_since.get_or_insert(now);
-                    w.announced = false;
                 } else {
                     w.good_since = None;
                 }
@@ -362,7 +390,10 @@ impl Remediation {
                 w.bad.clear();
                 w.good_since = None;
             }
-            if inner.cordons.contains_key(&n.name) || !self.cfg.enabled {
+            if inner.cordons.contains_key(&n.name)
+                || inner.dry.contains(&n.name)
+                || !self.cfg.enabled
+            {
                 continue;
             }
             if down {
@@ -399,7 +430,13 @@ impl Remediation {
 
         // Drains, within the limits.
         let total = nodes.len();
-        let mut cordoned: BTreeSet<String> = inner.cordons.keys().cloned().collect();
+        // A dry run counts the cordons it would have made, so its limits are the real ones.
+        let mut cordoned: BTreeSet<String> = inner
+            .cordons
+            .keys()
+            .chain(inner.dry.iter())
+            .cloned()
+            .collect();
         let mut blocked = None;
         for (_, node, reason) in due {
             let held = |why: String, waiting: &mut Vec<Waiting>| {
@@ -414,9 +451,6 @@ impl Remediation {
                 held(format!("remediation paused by {}", p.by), &mut waiting);
                 continue;
             }
-            if inner.watch.get(&node).is_some_and(|w| w.announced) {
-                continue;
-            }
             let limit = self.limit(total);
             if cordoned.len() + 1 > limit {
                 let why = format!(
@@ -426,7 +460,7 @@ impl Remediation {
                     cordoned.len() + 1
                 );
                 held(why.clone(), &mut waiting);
-                blocked.get_or_insert(why);
+                blocked.get_or_insert((CLUSTER.to_string(), why));
                 continue;
             }
             let instances: Vec<&String> = self
@@ -445,7 +479,7 @@ impl Remediation {
                         "{drained} of the {members} nodes of scheduler {inst} are cordoned, the most remediation.max_unhealthy_percent ({}%) allows",
                         self.cfg.max_unhealthy_percent
                     );
-                    blocked.get_or_insert(why.clone());
+                    blocked.get_or_insert((inst.to_string(), why.clone()));
                     refused = Some(why);
                     break;
                 }
@@ -475,16 +509,18 @@ impl Remediation {
                 held(why, &mut waiting);
                 continue;
             }
-            for k in keys {
-                inner.last_drain.insert(k, now);
-            }
+            let rate_keys: Vec<(String, Option<Instant>)> = keys
+                .into_iter()
+                .map(|k| {
+                    let previous = inner.last_drain.insert(k.clone(), now);
+                    (k, previous)
+                })
+                .collect();
             cordoned.insert(node.clone());
             let view = nodes.iter().find(|n| n.name == node);
             let drains = self.targets(&node, view);
             if self.cfg.dry_run {
-                if let Some(w) = inner.watch.get_mut(&node) {
-                    w.announced = true;
-                }
+                inner.dry.insert(node.clone());
                 let targets = describe_targets(&drains);
                 out.push(Decision::WouldDrain {
                     node,
@@ -496,35 +532,57 @@ impl Remediation {
                     node,
                     reason,
                     drains,
+                    rate_keys,
                 });
             }
         }
-        if blocked != inner.blocked {
-            inner.blocked = blocked.clone();
-            out.push(Decision::Blocked(blocked));
+        // Which limit holds drains back, by its key (the message carries counts that
+        // change): one event when it starts, one when it ends. Paused, nothing is
+        // evaluated against the limits, so the state stands.
+        if inner.paused.is_none() {
+            let key = |b: &Option<(String, String)>| b.as_ref().map(|(k, _)| k.clone());
+            if key(&blocked) != key(&inner.blocked) {
+                out.push(Decision::Blocked(
+                    blocked.as_ref().map(|(_, why)| why.clone()),
+                ));
+            }
+            inner.blocked = blocked;
         }
         inner.waiting = waiting;
 
         // Resumes.
+        let healthy_for = |inner: &Inner, name: &str| {
+            inner
+                .watch
+                .get(name)
+                .and_then(|w| w.good_since)
+                .is_some_and(|since| since + self.cfg.resume_after <= now)
+        };
         if inner.paused.is_none() && self.cfg.enabled {
-            for (name, c) in &inner.cordons {
-                if c.by != Actor::Policy || c.resuming {
-                    continue;
+            if self.cfg.dry_run {
+                let recovered: Vec<String> = inner
+                    .dry
+                    .iter()
+                    .filter(|n| healthy_for(inner, n))
+                    .cloned()
+                    .collect();
+                for name in recovered {
+                    inner.dry.remove(&name);
+                    out.push(Decision::WouldResume { node: name });
                 }
-                let healthy = inner
-                    .watch
-                    .get(name)
-                    .and_then(|w| w.good_since)
-                    .is_some_and(|since| since + self.cfg.resume_after <= now);
-                if healthy {
-                    out.push(if self.cfg.dry_run {
-                        Decision::WouldResume { node: name.clone() }
-                    } else {
-                        Decision::Resume { node: name.clone() }
-                    });
+            } else {
+                for (name, c) in &inner.cordons {
+                    if c.by == Actor::Policy
+                        && !c.resuming
+                        && c.committed
+                        && healthy_for(inner, name)
+                    {
+                        out.push(Decision::Resume { node: name.clone() });
+                    }
                 }
             }
         }
+        inner.dry.retain(|n| known.contains(n.as_str()));
         out
     }
 
@@ -558,14 +616,30 @@ impl Remediation {
                 node,
                 reason,
                 drains,
+                rate_keys,
             } => {
                 let c = Cordoned::new(&node, &reason, Actor::Policy, drains);
                 let targets = describe_targets(&c.drains);
-                if let Err(e) = self.record(&c).await {
-                    warn!(node = %node, error = %e, "could not record a cordon; not draining");
-                    self.lock().last_drain.clear();
+                // A person may have cordoned it since the evaluation: theirs stands.
+                let Some(ack) = self.insert_new(c) else {
+                    return;
+                };
+                if let Err(e) = ack.await {
+                    warn!(node = %node, error = format!("{e:#}"), "could not record a cordon; not draining, and trying again");
+                    let mut inner = self.lock();
+                    if inner.cordons.get(&node).is_some_and(|c| !c.committed) {
+                        inner.cordons.remove(&node);
+                        self.registry.set_cordon(&node, None);
+                    }
+                    for (key, previous) in rate_keys {
+                        match previous {
+                            Some(t) => inner.last_drain.insert(key, t),
+                            None => inner.last_drain.remove(&key),
+                        };
+                    }
                     return;
                 }
+                self.committed(&node);
                 warn!(node = %node, reason = %reason, targets = %targets, "cordoning an unhealthy node");
                 self.registry.remediation_event(
                     &node,
@@ -573,32 +647,32 @@ impl Remediation {
                     format!("{node} cordoned by policy: {reason}; draining in {targets}"),
                 );
                 self.count("cordon", "ok");
-                self.lock().cordons.insert(node, c);
             }
             Decision::Resume { node } => {
-                let snapshot = {
+                let (ack, targets) = {
                     let mut inner = self.lock();
-                    let Some(c) = inner.cordons.get_mut(&node) else {
+                    // A person may have taken the cordon over since the evaluation.
+                    let Some(c) = inner
+                        .cordons
+                        .get_mut(&node)
+                        .filter(|c| c.by == Actor::Policy && !c.resuming && c.committed)
+                    else {
                         return;
                     };
                     c.resuming = true;
-                    c.clone()
+                    let targets = describe_targets(&c.drains);
+                    (self.queue(&inner, &node), targets)
                 };
-                if let Err(e) = self.record(&snapshot).await {
-                    warn!(node = %node, error = %e, "could not record a resume; retrying next tick");
-                    if let Some(c) = self.lock().cordons.get_mut(&node) {
-                        c.resuming = false;
-                    }
-                    return;
+                if let Err(e) = ack.await {
+                    warn!(node = %node, error = format!("{e:#}"), "could not record a resume; lifting anyway (after a restart the policy decides again)");
                 }
                 info!(node = %node, "resuming a node that has been healthy for remediation.resume_after");
                 self.registry.remediation_event(
                     &node,
                     "resuming",
                     format!(
-                        "{node} healthy for {}: resuming what corral drained ({})",
+                        "{node} healthy for {}: resuming what corral drained ({targets})",
                         humantime::format_duration(self.cfg.resume_after),
-                        describe_targets(&snapshot.drains)
                     ),
                 );
             }
@@ -639,14 +713,39 @@ impl Remediation {
         }
     }
 
-    /// Writes `c` to the database (committed) and shows it.
-    async fn record(&self, c: &Cordoned) -> Result<(), String> {
-        self.store
-            .put_cordon(&c.node, Some(c.row()))
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        self.registry.set_cordon(&c.node, Some(c.view()));
-        Ok(())
+    /// Shows `node`'s cordon as it is now and queues its write (`None`: its removal),
+    /// under the caller's lock: writes commit in the order of the changes they carry.
+    fn queue(
+        &self,
+        inner: &Inner,
+        node: &str,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+        let c = inner.cordons.get(node);
+        self.registry.set_cordon(node, c.map(Cordoned::view));
+        self.store.queue_cordon(node, c.map(Cordoned::row))
+    }
+
+    /// Inserts a new cordon and queues its first write; `None` when the node is
+    /// cordoned already.
+    fn insert_new(
+        &self,
+        c: Cordoned,
+    ) -> Option<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static> {
+        let mut inner = self.lock();
+        if inner.cordons.contains_key(&c.node) {
+            return None;
+        }
+        let node = c.node.clone();
+        inner.cordons.insert(node.clone(), c);
+        Some(self.queue(&inner, &node))
+    }
+
+    /// The first write of `node`'s cordon is on disk: its drains may be made.
+    fn committed(&self, node: &str) {
+        if let Some(c) = self.lock().cordons.get_mut(node) {
+            c.committed = true;
+        }
+        self.wake.notify_one();
     }
 
     fn count(&self, action: &'static str, outcome: &'static str) {
@@ -655,15 +754,18 @@ impl Remediation {
 
     // --- Actions ------------------------------------------------------------------
 
-    /// Starts a task for every cordon with work due, one per node at a time.
+    /// Starts a task for every cordon with work due, one per node at a time. Paused,
+    /// the policy's lifts wait (its drains of cordoned nodes go on: keeping a node out
+    /// is no new action); in a dry run the policy's cordons are left as they are.
     fn dispatch(self: &Arc<Self>, now: Instant) {
         let mut inner = self.lock();
         let paused = inner.paused.is_some();
+        let dry = self.cfg.dry_run;
         let due: Vec<String> = inner
             .cordons
             .values()
             .filter(|c| !inner.in_flight.contains(&c.node))
-            .filter(|c| !(paused && c.by == Actor::Policy))
+            .filter(|c| c.by != Actor::Policy || !(dry || (paused && c.resuming)))
             .filter(|c| c.work_due(now))
             .map(|c| c.node.clone())
             .collect();
@@ -671,83 +773,87 @@ impl Remediation {
             inner.in_flight.insert(node.clone());
             let this = self.clone();
             tokio::spawn(async move {
+                // Cleared however the work ends (a panic included).
+                let _guard = InFlight(this.clone(), node.clone());
                 this.work(&node).await;
-                this.lock().in_flight.remove(&node);
             });
         }
     }
 
     /// Does what is due for `node`'s cordon: each due drain (or lift) in turn, the
     /// cordon written after each; a cordon whose lifts are all done is removed.
+    ///
+    /// An outcome is applied only if its drain is still in the state it was in when
+    /// the try began (a person's drain or resume may have changed it meanwhile: then
+    /// the next pass works from the new state, and asks the scheduler first).
     async fn work(self: &Arc<Self>, node: &str) {
         let next = |this: &Self| {
             let inner = this.lock();
             inner.cordons.get(node).and_then(|c| {
                 c.next_due(Instant::now())
-                    .map(|i| (i, c.drains[i].clone(), c.resuming, c.reason.clone()))
+                    .map(|i| (c.drains[i].clone(), c.resuming, c.reason.clone()))
             })
         };
-        while let Some((index, drain, resuming, reason)) = next(self) {
+        while let Some((drain, resuming, reason)) = next(self) {
             let outcome = if resuming {
                 self.lift(node, &drain).await
             } else {
                 self.drain(node, &drain, &reason).await
             };
-            let snapshot = {
+            let (ack, event) = {
                 let mut inner = self.lock();
+                let inner = &mut *inner;
                 let Some(c) = inner.cordons.get_mut(node) else {
                     return;
                 };
-                let d = &mut c.drains[index];
+                let Some(d) = c
+                    .drains
+                    .iter_mut()
+                    .find(|d| d.target == drain.target && d.state == drain.state)
+                else {
+                    continue;
+                };
                 let (action, word) = d.settle(outcome, &self.cfg, resuming);
                 let msg = d.event_message(node, &c.by, resuming);
-                let snapshot = c.clone();
-                inner
-                    .counts
-                    .entry((action, word))
-                    .and_modify(|n| *n += 1)
-                    .or_insert(1);
-                drop(inner);
-                self.registry.remediation_event(
-                    node,
-                    &format!("{action}{}", if word == "failed" { "-failed" } else { "" }),
-                    msg,
-                );
-                snapshot
+                *inner.counts.entry((action, word)).or_default() += 1;
+                let ack = self.queue(inner, node);
+                let to = format!("{action}{}", if word == "failed" { "-failed" } else { "" });
+                (ack, (to, msg))
             };
-            if let Err(e) = self.record(&snapshot).await {
-                warn!(node, error = %e, "could not record a drain's outcome; it is kept in memory and written with the next change");
+            self.registry.remediation_event(node, &event.0, event.1);
+            if let Err(e) = ack.await {
+                warn!(node, error = format!("{e:#}"), "could not record a drain's outcome; it is kept in memory and written with the next change");
             }
         }
-        // All lifted: the cordon goes.
-        let done = self
-            .lock()
-            .cordons
-            .get(node)
-            .is_some_and(|c| c.resuming && c.lifted());
-        if done {
-            match self.store.put_cordon(node, None).await {
-                Ok(()) => {
-                    let c = self.lock().cordons.remove(node);
-                    self.registry.set_cordon(node, None);
-                    if let Some(w) = self.lock().watch.get_mut(node) {
-                        // A fresh drain_after if it fails again at once.
-                        w.bad.clear();
-                    }
-                    self.count("uncordon", "ok");
-                    let by = c.map(|c| c.by.to_string()).unwrap_or_default();
-                    info!(node, "node uncordoned");
-                    self.registry.remediation_event(
-                        node,
-                        "uncordon",
-                        format!("{node} uncordoned (cordoned by {by}); corral's drains are lifted"),
-                    );
+        // All lifted: the cordon goes, in memory and (queued in order) on disk.
+        let removed = {
+            let mut inner = self.lock();
+            let done = inner
+                .cordons
+                .get(node)
+                .is_some_and(|c| c.resuming && c.committed && c.lifted());
+            if done {
+                let c = inner.cordons.remove(node);
+                if let Some(w) = inner.watch.get_mut(node) {
+                    // A fresh drain_after if it fails again at once.
+                    w.bad.clear();
                 }
-                Err(e) => warn!(
-                    node,
-                    error = format!("{e:#}"),
-                    "could not remove a cordon from the database; retrying"
-                ),
+                *inner.counts.entry(("uncordon", "ok")).or_default() += 1;
+                Some((c, self.queue(&inner, node)))
+            } else {
+                None
+            }
+        };
+        if let Some((c, ack)) = removed {
+            let by = c.map(|c| c.by.to_string()).unwrap_or_default();
+            info!(node, "node uncordoned");
+            self.registry.remediation_event(
+                node,
+                "uncordon",
+                format!("{node} uncordoned (cordoned by {by}); corral's drains are lifted"),
+            );
+            if let Err(e) = ack.await {
+                warn!(node, error = format!("{e:#}"), "could not remove a cordon from the database; after a restart it is resumed again");
             }
         }
     }
@@ -781,9 +887,23 @@ impl Remediation {
                             DrainState::Foreign,
                             Some(format!("already drained by someone else ({r:?}): left alone, and not resumed by corral")),
                         )),
-                        // Ours (an earlier try that was not recorded), or a scheduler that
-                        // keeps no reasons: drained either way.
-                        _ => Ok((DrainState::Drained, None)),
+                        // Corral's, with this reason: nothing to do (an earlier try whose
+                        // answer was lost, or another corral node mapped onto it).
+                        Some(r) if r == text => Ok((DrainState::Drained, None)),
+                        // Corral's with another reason (a person drained it by hand since):
+                        // written again with the current one.
+                        Some(_) => self
+                            .act
+                            .scheduler(instance, PluginCall::DrainNode { node: native.clone(), reason: text })
+                            .await
+                            .map(|_| (DrainState::Drained, None)),
+                        // The scheduler keeps no reasons (Grid Engine): corral's only if
+                        // corral already tried; otherwise someone else's, left alone.
+                        None if d.attempts > 0 || d.made => Ok((DrainState::Drained, None)),
+                        None => Ok((
+                            DrainState::Foreign,
+                            Some(format!("already drained, and scheduler {instance} keeps no reason: taken as someone else's, left alone and not resumed by corral")),
+                        )),
                     },
                     Some(_) => {
                         self.act
@@ -822,40 +942,76 @@ impl Remediation {
             Target::Scheduler {
                 instance,
                 node: native,
-            } => match self.node_state(instance, native).await? {
-                None => Ok((
-                    DrainState::Resumed,
-                    Some(format!("scheduler {instance} no longer has node {native}")),
-                )),
-                Some(s) if !s.drained => Ok((
-                    DrainState::Resumed,
-                    Some("already resumed (by someone else)".into()),
-                )),
-                Some(s) => match s.reason {
-                    Some(r) if !r.starts_with(PREFIX.trim_end()) => Ok((
-                        DrainState::Foreign,
-                        Some(format!(
-                            "the drain reason is now {r:?}, set by someone else: left in place"
-                        )),
-                    )),
-                    _ => self
-                        .act
-                        .scheduler(
-                            instance,
-                            PluginCall::ResumeNode {
-                                node: native.clone(),
-                            },
-                        )
-                        .await
-                        .map(|_| (DrainState::Resumed, None)),
-                },
-            },
+            } => {
+                if let Some(other) = self.also_drained(node, &d.target) {
+                    return Ok((
+                        DrainState::Resumed,
+                        Some(format!("left drained there: {other} is cordoned too and is also {native} in scheduler {instance}; it lifts the drain when it resumes")),
+                    ));
+                }
+                self.lift_scheduler(instance, native).await
+            }
+            Target::Ray if !self.act.connected(node) => Ok((
+                DrainState::Resumed,
+                Some("the agent is not connected: its Ray drain ended with its process".into()),
+            )),
             Target::Ray => self
                 .act
                 .agent(node, Command::RayResume)
                 .await
                 .map(|detail| (DrainState::Resumed, Some(detail)))
                 .map_err(Failure::Retry),
+        }
+    }
+
+    /// Another cordoned node whose drain at the same place (several corral nodes mapped
+    /// onto one scheduler node) may still be in place.
+    fn also_drained(&self, node: &str, target: &Target) -> Option<String> {
+        let inner = self.lock();
+        inner
+            .cordons
+            .values()
+            .filter(|c| c.node != node)
+            .find(|c| {
+                c.drains
+                    .iter()
+                    .any(|d| &d.target == target && d.may_be_in_place())
+            })
+            .map(|c| c.node.clone())
+    }
+
+    async fn lift_scheduler(
+        &self,
+        instance: &str,
+        native: &str,
+    ) -> Result<(DrainState, Option<String>), Failure> {
+        match self.node_state(instance, native).await? {
+            None => Ok((
+                DrainState::Resumed,
+                Some(format!("scheduler {instance} no longer has node {native}")),
+            )),
+            Some(s) if !s.drained => Ok((
+                DrainState::Resumed,
+                Some("already resumed (by someone else)".into()),
+            )),
+            Some(s) => match s.reason {
+                Some(r) if !r.starts_with(PREFIX.trim_end()) => Ok((
+                    DrainState::Foreign,
+                    Some(format!(
+                        "the drain reason is now {r:?}, set by someone else: left in place"
+                    )),
+                )),
+                _ => self
+                    .act
+                    .scheduler(
+                        instance,
+                        PluginCall::ResumeNode {
+                            node: native.to_string(),
+                        },
+                    )
+                    .await
+                    .map(|_| (DrainState::Resumed, None)),
+            },
         }
     }
 
@@ -884,8 +1040,9 @@ impl Remediation {
     // --- What people ask for ---------------------------------------------------------
 
     /// `corral drain NODE --reason TEXT` by `user`: cordons and drains now, whatever the
-    /// limits and a pause. A node the policy cordoned becomes `user`'s (never resumed
-    /// by the policy).
+    /// limits and a pause. A node cordoned already becomes `user`'s (never resumed by
+    /// the policy) and is drained again everywhere with their reason, even while it was
+    /// being resumed.
     pub async fn drain_by(
         &self,
         node: &str,
@@ -896,68 +1053,83 @@ impl Remediation {
         let Some(view) = self.registry.get(node) else {
             return Err(RemediationError::UnknownNode(node.into()));
         };
-        let existing = self.lock().cordons.get(node).cloned();
-        let c = match existing {
-            Some(mut c) => {
-                c.by = Actor::User(user.into());
-                c.resuming = false;
-                c.reason = format!("{reason} ({user})");
-                c
+        let full = format!("{reason} ({user})");
+        let targets = self.targets(node, Some(&view));
+        let (ack, shown, fresh) = {
+            let mut inner = self.lock();
+            let fresh = !inner.cordons.contains_key(node);
+            match inner.cordons.get_mut(node) {
+                Some(c) => c.retake(Actor::User(user.into()), &full, targets),
+                None => {
+                    let c = Cordoned::new(node, &full, Actor::User(user.into()), targets);
+                    inner.cordons.insert(node.into(), c);
+                }
             }
-            None => Cordoned::new(
-                node,
-                &format!("{reason} ({user})"),
-                Actor::User(user.into()),
-                self.targets(node, Some(&view)),
-            ),
+            inner.dry.remove(node);
+            let shown = inner.cordons[node].view();
+            (self.queue(&inner, node), shown, fresh)
         };
-        self.record(&c).await.map_err(RemediationError::Store)?;
-        let view = c.view();
+        if let Err(e) = ack.await {
+            let mut inner = self.lock();
+            if fresh && inner.cordons.get(node).is_some_and(|c| !c.committed) {
+                inner.cordons.remove(node);
+                self.registry.set_cordon(node, None);
+            }
+            return Err(RemediationError::Store(format!("{e:#}")));
+        }
+        self.committed(node);
         warn!(node, user, reason = %reason, "node drained by hand");
         self.registry.remediation_event(
             node,
             "cordon",
             format!(
                 "{node} cordoned by {user}: {reason}; draining in {}",
-                describe_targets(&c.drains)
+                describe_targets_view(&shown)
             ),
         );
         self.count("cordon", "ok");
-        self.lock().cordons.insert(node.into(), c);
-        self.wake.notify_one();
-        Ok(view)
+        Ok(shown)
     }
 
     /// `corral resume NODE` by `user`: lifts corral's drains of the node now.
     pub async fn resume_by(&self, node: &str, user: &str) -> Result<Cordon, RemediationError> {
-        let Some(mut c) = self.lock().cordons.get(node).cloned() else {
-            return Err(if self.registry.get(node).is_some() {
-                RemediationError::NotCordoned(node.into())
-            } else {
-                RemediationError::UnknownNode(node.into())
-            });
+        let (ack, shown) = {
+            let mut inner = self.lock();
+            let Some(c) = inner.cordons.get_mut(node) else {
+                drop(inner);
+                return Err(if self.registry.get(node).is_some() {
+                    RemediationError::NotCordoned(node.into())
+                } else {
+                    RemediationError::UnknownNode(node.into())
+                });
+            };
+            c.resuming = true;
+            c.by = Actor::User(user.into());
+            let shown = c.view();
+            if let Some(w) = inner.watch.get_mut(node) {
+                // A fresh drain_after if it is still unhealthy.
+                w.bad.clear();
+            }
+            (self.queue(&inner, node), shown)
         };
-        c.resuming = true;
-        c.by = Actor::User(user.into());
-        self.record(&c).await.map_err(RemediationError::Store)?;
+        if let Err(e) = ack.await {
+            warn!(
+                node,
+                error = format!("{e:#}"),
+                "could not record a resume by hand; lifting anyway"
+            );
+        }
+        self.committed(node);
         info!(node, user, "node resumed by hand");
         self.registry.remediation_event(
             node,
             "resuming",
             format!(
                 "{node} resumed by {user}: lifting what corral drained ({})",
-                describe_targets(&c.drains)
+                describe_targets_view(&shown)
             ),
         );
-        let view = c.view();
-        let mut inner = self.lock();
-        inner.cordons.insert(node.into(), c);
-        if let Some(w) = inner.watch.get_mut(node) {
-            w.bad.clear();
-        }
-        drop(inner);
-        self.wake.notify_one();
-        Ok(view)
+        Ok(shown)
     }
 
     /// `corral remediation pause` (`Some(user)`) or `resume` (`None`).
@@ -1000,7 +1172,7 @@ impl Remediation {
                 by: p.by.clone(),
                 since_ms: p.since_ms,
             }),
-            blocked: inner.blocked.clone(),
+            blocked: inner.blocked.as_ref().map(|(_, why)| why.clone()),
             cordoned: inner.cordons.len(),
             limit: self.limit(nodes),
             nodes,
@@ -1057,6 +1229,19 @@ pub(crate) fn health_reason(message: &str) -> String {
     }
 }
 
+fn describe_targets_view(c: &Cordon) -> String {
+    let mut v: Vec<String> = c
+        .drains
+        .iter()
+        .map(|d| match d.kind.as_str() {
+            "ray" => "ray".to_string(),
+            _ => format!("{} (as {})", d.target, d.node),
+        })
+        .collect();
+    v.insert(0, "corral".into());
+    v.join(", ")
+}
+
 fn describe_targets(drains: &[Drain]) -> String {
     let mut v: Vec<String> = drains.iter().map(|d| d.target.to_string()).collect();
     v.insert(0, "corral".into());
@@ -1091,23 +1276,29 @@ impl Actuator for Live {
             for host in &hosts {
                 match jobs.call(host, &instance, call.clone(), None).await {
                     Ok(reply) => return Ok(reply),
-                    Err(crate::jobs::CallError::Plugin(e)) => {
-                        let message = format!("scheduler {instance} through {host}: {e}");
-                        return Err(match e {
-                            PluginError::Unsupported(_) | PluginError::Invalid(_) => {
-                                Failure::Final(message)
-                            }
-                            _ => Failure::Retry(message),
-                        });
+                    // The plugin cannot do it anywhere: not retried.
+                    Err(crate::jobs::CallError::Plugin(
+                        e @ (PluginError::Unsupported(_) | PluginError::Invalid(_)),
+                    )) => {
+                        return Err(Failure::Final(format!(
+                            "scheduler {instance} through {host}: {e}"
+                        )))
                     }
+                    // This host's scheduler client failed (munge down, a timeout, a
+                    // trap): the next host may well succeed.
+                    Err(crate::jobs::CallError::Plugin(e)) => errors.push(format!("{host}: {e}")),
                     Err(crate::jobs::CallError::Command(e)) => errors.push(format!("{host}: {e}")),
                 }
             }
             Err(Failure::Retry(format!(
-                "no host of scheduler {instance} answered: {}",
+                "no host of scheduler {instance} could do it: {}",
                 errors.join("; ")
             )))
         })
+    }
+
+    fn connected(&self, node: &str) -> bool {
+        self.registry.command_route(node).is_some()
     }
 
     fn agent(&self, node: &str, command: Command) -> BoxFuture<'static, Result<String, String>> {

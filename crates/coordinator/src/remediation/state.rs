@@ -5,7 +5,8 @@
 //! the node is cordoned (a Ray drain `drained → pending` again when the agent
 //! reconnects) and `drained → resumed | foreign` while it is resumed; a failed try
 //! leaves the state as it was, counts an attempt and sets the next try by backoff. A
-//! `pending` drain is never lifted (it was never made): resuming skips it.
+//! drain that may be in place (made, or tried: a try whose answer was lost may have
+//! taken effect) is asked about and lifted if it is corral's; one never tried is not.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -124,6 +125,9 @@ pub(crate) struct Drain {
     pub message: Option<String>,
     /// When the next try is due; `None`: now (or nothing to do in this state).
     pub next_try: Option<Instant>,
+    /// Corral made this drain and has not lifted it since (it may be `pending` again,
+    /// to be made anew with another reason or after a reconnect).
+    pub made: bool,
 }
 
 impl Drain {
@@ -134,13 +138,21 @@ impl Drain {
             attempts: 0,
             message: None,
             next_try: None,
+            made: false,
         }
+    }
+
+    /// Whether a lift must look at it: made, or tried (a try that failed may still
+    /// have taken effect, e.g. an answer lost to a timeout; the lift asks first).
+    pub fn may_be_in_place(&self) -> bool {
+        self.state == DrainState::Drained
+            || (self.state == DrainState::Pending && (self.attempts > 0 || self.made))
     }
 
     /// Whether this drain has work now: made (cordoned) or lifted (resuming).
     fn due(&self, resuming: bool, now: Instant) -> bool {
         let wanted = if resuming {
-            self.state == DrainState::Drained
+            self.may_be_in_place()
         } else {
             self.state == DrainState::Pending
         };
@@ -158,6 +170,7 @@ impl Drain {
         match outcome {
             Ok((state, message)) => {
                 self.state = state;
+                self.made = state == DrainState::Drained;
                 self.message = message;
                 self.attempts = 0;
                 self.next_try = None;
@@ -223,6 +236,8 @@ pub(crate) struct Cordoned {
     pub by: Actor,
     pub resuming: bool,
     pub drains: Vec<Drain>,
+    /// Its first write is committed: only then is anything drained for it.
+    pub committed: bool,
 }
 
 impl Cordoned {
@@ -234,6 +249,7 @@ impl Cordoned {
             by,
             resuming: false,
             drains,
+            committed: false,
         }
     }
 
@@ -255,12 +271,36 @@ impl Cordoned {
     }
 
     pub fn work_due(&self, now: Instant) -> bool {
-        self.next_due(now).is_some() || (self.resuming && self.lifted())
+        self.committed && (self.next_due(now).is_some() || (self.resuming && self.lifted()))
     }
 
-    /// Resuming and nothing of corral's is left to lift.
+    /// Nothing of corral's is left to lift.
     pub fn lifted(&self) -> bool {
-        !self.drains.iter().any(|d| d.state == DrainState::Drained)
+        !self.drains.iter().any(Drain::may_be_in_place)
+    }
+
+    /// A person drains the cordoned node (again): it becomes theirs, with their reason,
+    /// and is drained everywhere it should be, `targets` included. Drains made before
+    /// are made again (the scheduler then shows the new reason); someone else's, and
+    /// places that cannot drain, stay as they are.
+    pub fn retake(&mut self, by: Actor, reason: &str, targets: Vec<Drain>) {
+        self.by = by;
+        self.reason = reason.to_string();
+        self.resuming = false;
+        for d in &mut self.drains {
+            if matches!(
+                d.state,
+                DrainState::Drained | DrainState::Resumed | DrainState::Pending
+            ) {
+                d.state = DrainState::Pending;
+                d.next_try = None;
+            }
+        }
+        for t in targets {
+            if !self.drains.iter().any(|d| d.target == t.target) {
+                self.drains.push(t);
+            }
+        }
     }
 
     pub fn view(&self) -> Cordon {
@@ -310,6 +350,7 @@ impl Cordoned {
                         state: d.state.as_str().into(),
                         attempts: d.attempts,
                         message: d.message.clone(),
+                        made: d.made,
                     }
                 })
                 .collect(),
@@ -335,6 +376,7 @@ impl Cordoned {
                     attempts: d.attempts,
                     message: d.message,
                     next_try: None,
+                    made: d.made || d.state == "drained",
                 })
                 .collect(),
             node: row.node,
@@ -342,6 +384,7 @@ impl Cordoned {
             since_ms: row.since_ms,
             by: Actor::parse(&row.by),
             resuming: row.resuming,
+            committed: true,
         }
     }
 }

@@ -69,7 +69,8 @@ impl Actuator for Act {
                 PluginCall::NodeState { node } => {
                     PluginReply::NodeState(nodes.get(&node).map(|r| NodeState {
                         drained: r.is_some(),
-                        reason: r.clone(),
+                        // "" stands for a scheduler that keeps no reason.
+                        reason: r.clone().filter(|r| !r.is_empty()),
                     }))
                 }
                 PluginCall::DrainNode { node, reason } => {
@@ -83,6 +84,10 @@ impl Actuator for Act {
                 other => panic!("unexpected call {other:?}"),
             })
         })
+    }
+
+    fn connected(&self, _node: &str) -> bool {
+        true
     }
 
     fn agent(&self, node: &str, command: Command) -> BoxFuture<'static, Result<String, String>> {
@@ -781,4 +786,171 @@ async fn a_down_node_is_drained_only_with_drain_when_down() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn an_agent_that_reconnects_before_its_old_connection_closes_is_drained_again() {
+    let mut r = rig_with(
+        cfg(),
+        BTreeMap::new(),
+        &["gpu-01", "gpu-02", "gpu-03", "gpu-04"],
+    );
+    r.report("gpu-01", vec![gpu_xid("GPU 0 XID 79")], true);
+    r.step(Duration::ZERO).await;
+    r.step(30 * S).await;
+    assert_eq!(r.script.calls().len(), 1);
+    // systemd restarts a crashed agent in seconds: the new connection replaces the old
+    // one, which never closes on its own.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    r._rx.push(rx);
+    let conn = r.registry.connect(
+        "gpu-01",
+        S,
+        "127.0.0.1:1".into(),
+        "test".into(),
+        tx,
+        Box::new(|| ()),
+    );
+    r.conns.insert("gpu-01".into(), conn);
+    r.report("gpu-01", vec![gpu_xid("GPU 0 XID 79")], true);
+    r.step(31 * S).await;
+    assert_eq!(r.script.calls().len(), 2, "{:?}", r.script.calls());
+}
+
+#[tokio::test]
+async fn a_person_draining_a_node_being_resumed_drains_it_again_with_their_reason() {
+    let r = rig_with(cfg(), slurm(), &["gpu-01", "gpu-02", "gpu-03", "gpu-04"]);
+    r.sick("gpu-01");
+    r.step(Duration::ZERO).await;
+    r.step(30 * S).await;
+    r.well("gpu-01");
+    r.step(31 * S).await;
+    r.step(331 * S).await;
+    assert!(r.cordon("gpu-01").is_none(), "resumed");
+    // Drained by the policy again, then a person takes it over with their reason.
+    r.sick("gpu-01");
+    r.step(332 * S).await;
+    r.step(362 * S).await;
+    assert!(r.script.drain_reason("gpu-01").unwrap().contains("XID 79"));
+    let c = r.rem.drain_by("gpu-01", "RMA 4711", "alice").await.unwrap();
+    assert_eq!(c.by, "alice");
+    r.step(363 * S).await;
+    assert_eq!(
+        r.script.drain_reason("gpu-01").as_deref(),
+        Some("corral: RMA 4711 (alice)")
+    );
+    // Resumed by hand while a resume runs, then drained by hand again: drained again.
+    r.rem.resume_by("gpu-01", "alice").await.unwrap();
+    r.rem
+        .drain_by("gpu-01", "still broken", "alice")
+        .await
+        .unwrap();
+    r.step(364 * S).await;
+    let c = r.cordon("gpu-01").expect("still cordoned");
+    assert!(!c.resuming);
+    assert_eq!(
+        r.script.drain_reason("gpu-01").as_deref(),
+        Some("corral: still broken (alice)")
+    );
+}
+
+#[tokio::test]
+async fn a_drain_found_without_a_reason_is_someone_elses_unless_corral_made_it() {
+    // Grid Engine keeps no reasons: a disabled host corral never touched is a person's.
+    let r = rig_with(cfg(), slurm(), &["gpu-01", "gpu-02", "gpu-03", "gpu-04"]);
+    r.script.set("gpu-01", Some(""));
+    r.sick("gpu-01");
+    r.step(Duration::ZERO).await;
+    r.step(30 * S).await;
+    let d = &r.cordon("gpu-01").unwrap().drains[0];
+    assert_eq!(d.state, "foreign", "{d:?}");
+}
+
+#[tokio::test]
+async fn corral_nodes_sharing_a_scheduler_node_lift_it_only_when_the_last_one_resumes() {
+    let mut schedulers = slurm();
+    schedulers.get_mut("slurm").unwrap().node_names = [("gpu-01", "n1"), ("gpu-02", "n1")]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .into();
+    let r = rig_with(
+        RemediationSection {
+            max_unhealthy_percent: 100,
+            ..cfg()
+        },
+        schedulers,
+        &["gpu-01", "gpu-02"],
+    );
+    r.script.set("n1", None);
+    r.sick("gpu-01");
+    r.sick("gpu-02");
+    r.step(Duration::ZERO).await;
+    r.step(30 * S).await;
+    assert!(r.cordon("gpu-01").is_some() && r.cordon("gpu-02").is_some());
+    assert!(r.script.drain_reason("n1").is_some());
+    r.well("gpu-01");
+    r.step(31 * S).await;
+    r.step(331 * S).await;
+    assert!(r.cordon("gpu-01").is_none());
+    assert!(
+        r.script.drain_reason("n1").is_some(),
+        "gpu-02 still needs n1 drained"
+    );
+    r.well("gpu-02");
+    r.step(332 * S).await;
+    r.step(632 * S).await;
+    assert!(r.cordon("gpu-02").is_none());
+    assert_eq!(r.script.drain_reason("n1"), None, "lifted by the last one");
+}
+
+#[tokio::test]
+async fn a_dry_run_storm_reports_the_limit_as_the_real_run_would() {
+    let names: Vec<String> = (1..=10).map(|i| format!("gpu-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let r = rig_with(
+        RemediationSection {
+            dry_run: true,
+            ..cfg()
+        },
+        slurm(),
+        &refs,
+    );
+    for n in &refs {
+        r.sick(n);
+    }
+    r.step(Duration::ZERO).await;
+    r.step(30 * S).await;
+    r.step(31 * S).await;
+    assert_eq!(r.events("would-drain").len(), 3, "30% of 10, once each");
+    assert_eq!(r.events("blocked").len(), 1);
+    assert!(r.script.calls().is_empty());
+    for n in &refs[..3] {
+        r.well(n);
+    }
+    r.step(32 * S).await;
+    r.step(332 * S).await;
+    assert_eq!(r.events("would-resume").len(), 3);
+}
+
+#[tokio::test]
+async fn pausing_does_not_end_a_block_and_one_limit_is_one_blocked_event() {
+    let names: Vec<String> = (1..=10).map(|i| format!("gpu-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let r = rig_with(cfg(), slurm(), &refs);
+    for n in &refs[..5] {
+        r.sick(n);
+    }
+    r.step(Duration::ZERO).await;
+    r.step(30 * S).await;
+    assert_eq!(r.events("blocked").len(), 1);
+    // A person's cordon changes the counts, not the limit that holds drains back.
+    r.rem.drain_by("gpu-09", "maint", "alice").await.unwrap();
+    r.step(31 * S).await;
+    r.rem.set_paused(Some("alice"), "alice").await.unwrap();
+    r.step(32 * S).await;
+    assert_eq!(r.events("blocked").len(), 1);
+    assert!(
+        r.events("unblocked").is_empty(),
+        "a pause is not the end of a block"
+    );
+    assert!(r.rem.metrics().blocked);
 }
