@@ -46,7 +46,11 @@
 //! - `dry_run`: every decision is made, limited (the nodes it would have cordoned count
 //!   against the limits), logged and recorded once as an event (`would-drain`,
 //!   `would-resume`), and nothing is changed: no cordon is shown, no plugin or agent is
-//!   asked for the policy (a person's `corral drain` still acts).
+//!   asked for the policy (a person's `corral drain` still acts). Policy cordons made
+//!   before `dry_run` was turned on are left as they are, neither worked nor resumed,
+//!   until a person resumes them or dry run is turned off.
+//! - A node whose agent reconnects holding its Ray worker drained while corral holds no
+//!   cordon for it (a lift that counted a cut-off agent's drain as ended) is resumed.
 //! - Only `ready` nodes' health counts: a disconnected node's last report is old news.
 //!   `down` nodes are drained only with `drain_when_down` (an agent can restart while
 //!   slurmd keeps running) and then at once, `down_after` having been the wait.
@@ -83,7 +87,7 @@ use crate::registry::Registry;
 use crate::store::{PauseRow, Store};
 use corral_proto::api::{Cordon, NodeView, Paused, RemediationView, Waiting};
 use corral_proto::job::{PluginCall, PluginError, PluginReply};
-use corral_proto::model::{unix_ms, HealthStatus, Liveness, RayRole};
+use corral_proto::model::{unix_ms, HealthStatus, Liveness, RayRole, RayState};
 use corral_proto::wire::Command;
 
 pub(crate) use state::{Actor, Cordoned, Drain, DrainState, Target};
@@ -148,6 +152,8 @@ const KNOWN_ACTIONS: &[(&str, &str)] = &[
     ("resume", "failed"),
     ("resume", "foreign"),
     ("resume", "dry-run"),
+    ("resume", "skipped"),
+    ("resume", "shared"),
     ("uncordon", "ok"),
 ];
 
@@ -243,6 +249,10 @@ enum Decision {
         targets: String,
     },
     WouldResume {
+        node: String,
+    },
+    /// Resume the Ray worker of a node corral holds no cordon for.
+    ResumeRay {
         node: String,
     },
     Blocked(Option<String>),
@@ -352,10 +362,9 @@ impl Remediation {
         let mut due: Vec<(Instant, String, String)> = vec![];
         let mut waiting = vec![];
         for n in nodes {
-            let w = inner.watch.entry(n.name.clone()).or_default();
             let conn = connections.get(&n.name).copied();
-            let reconnected = conn.is_some() && conn != w.conn;
-            w.conn = conn;
+            let seen = inner.watch.get(&n.name).and_then(|w| w.conn);
+            let reconnected = conn.is_some() && conn != seen;
             if reconnected {
                 // A Ray drain lives in the agent process that made it: a restarted
                 // agent (or this coordinator restarted) starts its worker again, so a
@@ -363,8 +372,20 @@ impl Remediation {
                 // agent answers an existing drain as done).
                 if let Some(c) = inner.cordons.get_mut(&n.name).filter(|c| !c.resuming) {
                     c.redrain_ray();
+                    // Queued now; the write needs no waiting for here.
+                    drop(self.queue(inner, &n.name));
+                } else if !inner.cordons.contains_key(&n.name) && ray_held(n) && !self.cfg.dry_run {
+                    // No cordon, yet the agent holds its worker drained: a resume that
+                    // counted a gone agent's drain as ended (it was only cut off), or
+                    // one that raced a coordinator restart. The agent answers a resume
+                    // with nothing drained as done.
+                    out.push(Decision::ResumeRay {
+                        node: n.name.clone(),
+                    });
                 }
             }
+            let w = inner.watch.entry(n.name.clone()).or_default();
+            w.conn = conn;
             let down = n.liveness == Liveness::Down && self.cfg.drain_when_down;
             if n.liveness == Liveness::Ready {
                 let mut present: BTreeMap<ReasonClass, String> = BTreeMap::new();
@@ -622,6 +643,13 @@ impl Remediation {
                 let targets = describe_targets(&c.drains);
                 // A person may have cordoned it since the evaluation: theirs stands.
                 let Some(ack) = self.insert_new(c) else {
+                    let mut inner = self.lock();
+                    for (key, previous) in rate_keys {
+                        match previous {
+                            Some(t) => inner.last_drain.insert(key, t),
+                            None => inner.last_drain.remove(&key),
+                        };
+                    }
                     return;
                 };
                 if let Err(e) = ack.await {
@@ -660,6 +688,7 @@ impl Remediation {
                         return;
                     };
                     c.resuming = true;
+                    c.epoch += 1;
                     let targets = describe_targets(&c.drains);
                     (self.queue(&inner, &node), targets)
                 };
@@ -696,6 +725,23 @@ impl Remediation {
                     format!("dry run: {node} would be resumed"),
                 );
                 self.count("resume", "dry-run");
+            }
+            Decision::ResumeRay { node } => {
+                let outcome = self.act.agent(&node, Command::RayResume).await;
+                let (word, msg) = match outcome {
+                    Ok(detail) => ("ok", format!("{node}'s Ray worker was still drained with no cordon left: resumed ({detail})")),
+                    Err(e) => ("failed", format!("{node}'s Ray worker is still drained with no cordon left, and resuming it failed: {e}; it is tried again when its agent reconnects")),
+                };
+                self.count("resume", word);
+                self.registry.remediation_event(
+                    &node,
+                    if word == "ok" {
+                        "resume"
+                    } else {
+                        "resume-failed"
+                    },
+                    msg,
+                );
             }
             Decision::Blocked(Some(why)) => {
                 warn!(reason = %why, "remediation blocked by a limit");
@@ -787,14 +833,57 @@ impl Remediation {
     /// the try began (a person's drain or resume may have changed it meanwhile: then
     /// the next pass works from the new state, and asks the scheduler first).
     async fn work(self: &Arc<Self>, node: &str) {
-        let next = |this: &Self| {
-            let inner = this.lock();
-            inner.cordons.get(node).and_then(|c| {
-                c.next_due(Instant::now())
-                    .map(|i| (c.drains[i].clone(), c.resuming, c.reason.clone()))
-            })
+        let paused_policy = |inner: &Inner, c: &Cordoned| {
+            c.by == Actor::Policy && c.resuming && inner.paused.is_some()
         };
-        while let Some((drain, resuming, reason)) = next(self) {
+        loop {
+            // The next due drain, taken under the lock. A lift of a scheduler node that
+            // another cordon may still need (several corral nodes mapped onto it) is
+            // settled right here, in the same critical section as the check, so two
+            // nodes resuming at once cannot both leave it to the other.
+            let picked = {
+                let mut inner = self.lock();
+                let inner = &mut *inner;
+                let Some(c) = inner.cordons.get(node) else {
+                    return;
+                };
+                if paused_policy(inner, c) {
+                    break;
+                }
+                let Some(i) = c.next_due(Instant::now()) else {
+                    break;
+                };
+                let (drain, resuming, reason, epoch) =
+                    (c.drains[i].clone(), c.resuming, c.reason.clone(), c.epoch);
+                let sibling = (resuming && matches!(drain.target, Target::Scheduler { .. }))
+                    .then(|| also_drained(inner, node, &drain.target))
+                    .flatten();
+                match sibling {
+                    Some(other) => {
+                        let c = inner.cordons.get_mut(node).expect("looked up above");
+                        let d = &mut c.drains[i];
+                        d.state = DrainState::Resumed;
+                        d.made = false;
+                        d.next_try = None;
+                        d.message = Some(format!(
+                            "left drained there: {other} is cordoned too and maps onto the same node; it lifts the drain when it resumes"
+                        ));
+                        let msg = d.event_message(node, &c.by, true);
+                        *inner.counts.entry(("resume", "shared")).or_default() += 1;
+                        let ack = self.queue(inner, node);
+                        Err((ack, msg))
+                    }
+                    None => Ok((drain, resuming, reason, epoch)),
+                }
+            };
+            let (drain, resuming, reason, epoch) = match picked {
+                Ok(p) => p,
+                Err((ack, msg)) => {
+                    self.registry.remediation_event(node, "resume", msg);
+                    let _ = ack.await;
+                    continue;
+                }
+            };
             let outcome = if resuming {
                 self.lift(node, &drain).await
             } else {
@@ -806,15 +895,26 @@ impl Remediation {
                 let Some(c) = inner.cordons.get_mut(node) else {
                     return;
                 };
-                let Some(d) = c
-                    .drains
-                    .iter_mut()
-                    .find(|d| d.target == drain.target && d.state == drain.state)
-                else {
+                let changed = c.epoch != epoch;
+                let (now_resuming, now_reason) = (c.resuming, c.reason.clone());
+                let by = c.by.clone();
+                let Some(d) = c.drains.iter_mut().find(|d| d.target == drain.target) else {
                     continue;
                 };
+                // What happened is applied whatever changed meanwhile: it did happen.
                 let (action, word) = d.settle(outcome, &self.cfg, resuming);
-                let msg = d.event_message(node, &c.by, resuming);
+                let msg = d.event_message(node, &by, resuming);
+                if changed && !now_resuming && d.next_try.is_none() {
+                    // A person (or a reconnect) changed the cordon while this ran: a
+                    // lift that went through, a drain with the old reason or to the
+                    // old connection, is made again as the cordon now wants it.
+                    if d.state == DrainState::Resumed
+                        || (d.state == DrainState::Drained
+                            && (now_reason != reason || d.target == Target::Ray))
+                    {
+                        d.state = DrainState::Pending;
+                    }
+                }
                 *inner.counts.entry((action, word)).or_default() += 1;
                 let ack = self.queue(inner, node);
                 let to = format!("{action}{}", if word == "failed" { "-failed" } else { "" });
@@ -890,8 +990,9 @@ impl Remediation {
                         // Corral's, with this reason: nothing to do (an earlier try whose
                         // answer was lost, or another corral node mapped onto it).
                         Some(r) if r == text => Ok((DrainState::Drained, None)),
-                        // Corral's with another reason (a person drained it by hand since):
-                        // written again with the current one.
+                        // Corral's with another reason (`corral drain` gave the cordon a
+                        // person's reason, or another corral node mapped onto it drained it
+                        // first): written again with the current one.
                         Some(_) => self
                             .act
                             .scheduler(instance, PluginCall::DrainNode { node: native.clone(), reason: text })
@@ -942,15 +1043,7 @@ impl Remediation {
             Target::Scheduler {
                 instance,
                 node: native,
-            } => {
-                if let Some(other) = self.also_drained(node, &d.target) {
-                    return Ok((
-                        DrainState::Resumed,
-                        Some(format!("left drained there: {other} is cordoned too and is also {native} in scheduler {instance}; it lifts the drain when it resumes")),
-                    ));
-                }
-                self.lift_scheduler(instance, native).await
-            }
+            } => self.lift_scheduler(instance, native).await,
             Target::Ray if !self.act.connected(node) => Ok((
                 DrainState::Resumed,
                 Some("the agent is not connected: its Ray drain ended with its process".into()),
@@ -962,22 +1055,6 @@ impl Remediation {
                 .map(|detail| (DrainState::Resumed, Some(detail)))
                 .map_err(Failure::Retry),
         }
-    }
-
-    /// Another cordoned node whose drain at the same place (several corral nodes mapped
-    /// onto one scheduler node) may still be in place.
-    fn also_drained(&self, node: &str, target: &Target) -> Option<String> {
-        let inner = self.lock();
-        inner
-            .cordons
-            .values()
-            .filter(|c| c.node != node)
-            .find(|c| {
-                c.drains
-                    .iter()
-                    .any(|d| &d.target == target && d.may_be_in_place())
-            })
-            .map(|c| c.node.clone())
     }
 
     async fn lift_scheduler(
@@ -1044,7 +1121,7 @@ impl Remediation {
     /// the policy) and is drained again everywhere with their reason, even while it was
     /// being resumed.
     pub async fn drain_by(
-        &self,
+        self: &Arc<Self>,
         node: &str,
         reason: &str,
         user: &str,
@@ -1069,30 +1146,43 @@ impl Remediation {
             let shown = inner.cordons[node].view();
             (self.queue(&inner, node), shown, fresh)
         };
-        if let Err(e) = ack.await {
-            let mut inner = self.lock();
-            if fresh && inner.cordons.get(node).is_some_and(|c| !c.committed) {
-                inner.cordons.remove(node);
-                self.registry.set_cordon(node, None);
-            }
-            return Err(RemediationError::Store(format!("{e:#}")));
-        }
-        self.committed(node);
-        warn!(node, user, reason = %reason, "node drained by hand");
-        self.registry.remediation_event(
-            node,
-            "cordon",
-            format!(
-                "{node} cordoned by {user}: {reason}; draining in {}",
-                describe_targets_view(&shown)
-            ),
+        let what = format!(
+            "{node} {} by {user}: {reason}; draining in {}",
+            if fresh { "cordoned" } else { "taken over" },
+            describe_targets_view(&shown)
         );
-        self.count("cordon", "ok");
+        // Finished in its own task: a client that goes away mid-request (its handler's
+        // future dropped) must not leave the cordon shown and never worked.
+        let this = self.clone();
+        let name = node.to_string();
+        let done = tokio::spawn(async move {
+            if let Err(e) = ack.await {
+                let mut inner = this.lock();
+                if fresh && inner.cordons.get(&name).is_some_and(|c| !c.committed) {
+                    inner.cordons.remove(&name);
+                    this.registry.set_cordon(&name, None);
+                }
+                return Err(RemediationError::Store(format!("{e:#}")));
+            }
+            this.registry.remediation_event(&name, "cordon", what);
+            if fresh {
+                this.count("cordon", "ok");
+            }
+            this.committed(&name);
+            Ok(())
+        });
+        done.await
+            .map_err(|e| RemediationError::Store(format!("the drain's task failed: {e}")))??;
+        warn!(node, user, reason = %reason, "node drained by hand");
         Ok(shown)
     }
 
     /// `corral resume NODE` by `user`: lifts corral's drains of the node now.
-    pub async fn resume_by(&self, node: &str, user: &str) -> Result<Cordon, RemediationError> {
+    pub async fn resume_by(
+        self: &Arc<Self>,
+        node: &str,
+        user: &str,
+    ) -> Result<Cordon, RemediationError> {
         let (ack, shown) = {
             let mut inner = self.lock();
             let Some(c) = inner.cordons.get_mut(node) else {
@@ -1104,6 +1194,7 @@ impl Remediation {
                 });
             };
             c.resuming = true;
+            c.epoch += 1;
             c.by = Actor::User(user.into());
             let shown = c.view();
             if let Some(w) = inner.watch.get_mut(node) {
@@ -1112,29 +1203,30 @@ impl Remediation {
             }
             (self.queue(&inner, node), shown)
         };
-        if let Err(e) = ack.await {
-            warn!(
-                node,
-                error = format!("{e:#}"),
-                "could not record a resume by hand; lifting anyway"
-            );
-        }
-        self.committed(node);
-        info!(node, user, "node resumed by hand");
-        self.registry.remediation_event(
-            node,
-            "resuming",
-            format!(
-                "{node} resumed by {user}: lifting what corral drained ({})",
-                describe_targets_view(&shown)
-            ),
+        let what = format!(
+            "{node} resumed by {user}: lifting what corral drained ({})",
+            describe_targets_view(&shown)
         );
+        // As for a drain: finished even if the client goes away.
+        let this = self.clone();
+        let name = node.to_string();
+        let done = tokio::spawn(async move {
+            if let Err(e) = ack.await {
+                warn!(node = %name, error = format!("{e:#}"), "could not record a resume by hand; lifting anyway");
+            }
+            this.registry.remediation_event(&name, "resuming", what);
+            this.committed(&name);
+        });
+        let _ = done.await;
+        info!(node, user, "node resumed by hand");
         Ok(shown)
     }
 
-    /// `corral remediation pause` (`Some(user)`) or `resume` (`None`).
+    /// `corral remediation pause` (`Some(user)`) or `resume` (`None`). Memory follows
+    /// the database: only a committed change takes effect, in its own task (a client
+    /// that goes away cannot leave the two apart).
     pub async fn set_paused(
-        &self,
+        self: &Arc<Self>,
         by: Option<&str>,
         user: &str,
     ) -> Result<RemediationView, RemediationError> {
@@ -1142,22 +1234,32 @@ impl Remediation {
             by: u.into(),
             since_ms: unix_ms(),
         });
-        self.store
-            .put_pause(row.clone())
-            .await
-            .map_err(|e| RemediationError::Store(format!("{e:#}")))?;
-        let was = std::mem::replace(&mut self.lock().paused, row.clone());
-        if was.is_some() != row.is_some() {
-            let (action, what) = if row.is_some() {
-                ("paused", "paused")
-            } else {
-                ("unpaused", "running again")
-            };
-            warn!(user, "remediation {what}");
-            self.registry
-                .remediation_event("", action, format!("remediation {what} by {user}"));
-        }
-        self.wake.notify_one();
+        let this = self.clone();
+        let user = user.to_string();
+        let done = tokio::spawn(async move {
+            this.store
+                .put_pause(row.clone())
+                .await
+                .map_err(|e| RemediationError::Store(format!("{e:#}")))?;
+            let was = std::mem::replace(&mut this.lock().paused, row.clone());
+            if was.is_some() != row.is_some() {
+                let (action, what) = if row.is_some() {
+                    ("paused", "paused")
+                } else {
+                    ("unpaused", "running again")
+                };
+                warn!(user = %user, "remediation {what}");
+                this.registry.remediation_event(
+                    "",
+                    action,
+                    format!("remediation {what} by {user}"),
+                );
+            }
+            this.wake.notify_one();
+            Ok(())
+        });
+        done.await
+            .map_err(|e| RemediationError::Store(format!("the pause's task failed: {e}")))??;
         Ok(self.view())
     }
 
@@ -1194,6 +1296,31 @@ impl Remediation {
             actions: inner.counts.clone(),
         }
     }
+}
+
+/// Whether `n`'s last report shows its Ray worker held drained by its agent.
+fn ray_held(n: &NodeView) -> bool {
+    n.report
+        .as_ref()
+        .and_then(|r| r.ray.as_ref())
+        .is_some_and(|r| matches!(r.state, RayState::Draining | RayState::Drained))
+}
+
+/// Another cordoned node that may need `target` (several corral nodes mapped onto one
+/// scheduler node) kept drained: its drain there may be in place, or it is still to be
+/// made.
+fn also_drained(inner: &Inner, node: &str, target: &Target) -> Option<String> {
+    inner
+        .cordons
+        .values()
+        .filter(|c| c.node != node)
+        .find(|c| {
+            c.drains.iter().any(|d| {
+                &d.target == target
+                    && (d.may_be_in_place() || (!c.resuming && d.state == DrainState::Pending))
+            })
+        })
+        .map(|c| c.node.clone())
 }
 
 /// A reason as corral writes it into a scheduler: one line, at most [`MAX_REASON`].

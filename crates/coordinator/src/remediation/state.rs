@@ -238,6 +238,10 @@ pub(crate) struct Cordoned {
     pub drains: Vec<Drain>,
     /// Its first write is committed: only then is anything drained for it.
     pub committed: bool,
+    /// Bumped by every change that is not an action's outcome (a person's drain or
+    /// resume, the policy's resume, a reconnect): an outcome computed before it is
+    /// reconciled with what the cordon wants now.
+    pub epoch: u64,
 }
 
 impl Cordoned {
@@ -250,12 +254,14 @@ impl Cordoned {
             resuming: false,
             drains,
             committed: false,
+            epoch: 0,
         }
     }
 
     /// Makes a made Ray drain pending again (see the module docs of
     /// [`super`]: a new agent connection forgets it).
     pub fn redrain_ray(&mut self) {
+        self.epoch += 1;
         for d in &mut self.drains {
             if d.target == Target::Ray && d.state == DrainState::Drained {
                 d.state = DrainState::Pending;
@@ -284,6 +290,7 @@ impl Cordoned {
     /// are made again (the scheduler then shows the new reason); someone else's, and
     /// places that cannot drain, stay as they are.
     pub fn retake(&mut self, by: Actor, reason: &str, targets: Vec<Drain>) {
+        self.epoch += 1;
         self.by = by;
         self.reason = reason.to_string();
         self.resuming = false;
@@ -385,6 +392,7 @@ impl Cordoned {
             by: Actor::parse(&row.by),
             resuming: row.resuming,
             committed: true,
+            epoch: 0,
         }
     }
 }

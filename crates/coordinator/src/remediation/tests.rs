@@ -954,3 +954,80 @@ async fn pausing_does_not_end_a_block_and_one_limit_is_one_blocked_event() {
     );
     assert!(r.rem.metrics().blocked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_nodes_sharing_a_scheduler_node_that_resume_together_lift_it() {
+    let mut schedulers = slurm();
+    schedulers.get_mut("slurm").unwrap().node_names = [("gpu-01", "n1"), ("gpu-02", "n1")]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .into();
+    let r = rig_with(
+        RemediationSection {
+            max_unhealthy_percent: 100,
+            ..cfg()
+        },
+        schedulers,
+        &["gpu-01", "gpu-02"],
+    );
+    r.script.set("n1", None);
+    r.sick("gpu-01");
+    r.sick("gpu-02");
+    r.step(Duration::ZERO).await;
+    r.step(30 * S).await;
+    r.well("gpu-01");
+    r.well("gpu-02");
+    r.step(31 * S).await;
+    // Both resume in one step, their tasks side by side: one leaves it, the other lifts.
+    r.step(331 * S).await;
+    r.step(332 * S).await;
+    assert!(r.cordon("gpu-01").is_none() && r.cordon("gpu-02").is_none());
+    assert_eq!(
+        r.script.drain_reason("n1"),
+        None,
+        "not left drained with no cordon"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_still_drained_with_no_cordon_left_is_resumed_when_its_agent_reconnects() {
+    let mut r = rig_with(
+        cfg(),
+        BTreeMap::new(),
+        &["gpu-01", "gpu-02", "gpu-03", "gpu-04"],
+    );
+    r.step(Duration::ZERO).await;
+    // The agent comes back holding a drain (a resume counted it as ended while the agent
+    // was only cut off).
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    r._rx.push(rx);
+    let conn = r.registry.connect(
+        "gpu-01",
+        S,
+        "127.0.0.1:1".into(),
+        "test".into(),
+        tx,
+        Box::new(|| ()),
+    );
+    r.conns.insert("gpu-01".into(), conn);
+    let mut report = NodeReport {
+        node: "gpu-01".into(),
+        ..NodeReport::default()
+    };
+    report.ray = Some(RayStatus {
+        role: RayRole::Worker,
+        state: corral_proto::model::RayState::Drained,
+        since_ms: 0,
+        venv: "/opt/ray".into(),
+        python_version: None,
+        ray_version: None,
+        head_address: None,
+        restarts: 0,
+        message: None,
+        pid: None,
+        log_file: None,
+    });
+    assert!(r.registry.report("gpu-01", conn, report));
+    r.step(S).await;
+    assert_eq!(r.script.calls(), ["gpu-01 ray-resume"]);
+    assert!(r.events("resume")[0].contains("no cordon left"));
+}
