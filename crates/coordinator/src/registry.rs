@@ -67,7 +67,9 @@ use corral_proto::api::{
     Cordon, Event, EventKind, LatencySummary, NodePlugins, NodeView, RefusedInput, StatsView,
 };
 use corral_proto::job::{LoadFailure, LoadedPlugin};
-use corral_proto::model::{unix_ms, unix_ns, HealthStatus, Liveness, NodeReport, Reason};
+use corral_proto::model::{
+    unix_ms, unix_ns, HealthStatus, Liveness, NodeReport, RayRole, RayState, Reason,
+};
 use corral_proto::wire::{Beat, CoordMsg, RayHead};
 
 /// Liveness timing.
@@ -93,6 +95,21 @@ struct Announced {
 /// Ends a connection that a newer one of the same node replaced (the connection task
 /// knows how: for QUIC, a close with the `Replaced` code).
 pub(crate) type OnReplaced = Box<dyn FnOnce() + Send>;
+
+/// What the remediation reads of a node each policy tick: no report, so that four
+/// looks a second at 10,000 nodes copy their health and nothing else.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeHealth {
+    pub name: String,
+    pub liveness: Liveness,
+    /// The current connection's id: a new id is a new agent connection, even one that
+    /// replaced the old before it closed.
+    pub conn: Option<u64>,
+    /// The node's `unhealthy` reasons.
+    pub unhealthy: Vec<Reason>,
+    /// Its Ray process's role and state, from its last report.
+    pub ray: Option<(RayRole, RayState)>,
+}
 
 /// A node's live connection.
 struct Conn {
@@ -210,6 +227,25 @@ impl Node {
             last_report_ms: self.last_report_ms,
             report: self.report.clone(),
             cordon: self.cordon.clone(),
+        }
+    }
+
+    fn health(&self) -> NodeHealth {
+        NodeHealth {
+            name: self.name.clone(),
+            liveness: self.liveness,
+            conn: self.conn.as_ref().map(|c| c.id),
+            unhealthy: self
+                .reasons
+                .iter()
+                .filter(|r| r.status == HealthStatus::Unhealthy)
+                .cloned()
+                .collect(),
+            ray: self
+                .report
+                .as_ref()
+                .and_then(|r| r.ray.as_ref())
+                .map(|r| (r.role, r.state)),
         }
     }
 
@@ -818,14 +854,19 @@ impl Registry {
         );
     }
 
-    /// Every connected node's current connection id (one lock for all of them): a new
-    /// id is a new agent connection, even one that replaced the old before it closed.
-    pub(crate) fn connections(&self) -> HashMap<String, u64> {
-        self.lock()
-            .nodes
-            .iter()
-            .filter_map(|(name, n)| n.conn.as_ref().map(|c| (name.clone(), c.id)))
-            .collect()
+    /// What the remediation reads of every node, each policy tick (see [`NodeHealth`]).
+    pub(crate) fn health_snapshot(&self) -> Vec<NodeHealth> {
+        self.lock().nodes.values().map(Node::health).collect()
+    }
+
+    /// [`Registry::health_snapshot`] of one node.
+    pub(crate) fn health_of(&self, name: &str) -> Option<NodeHealth> {
+        self.lock().nodes.get(name).map(Node::health)
+    }
+
+    /// How many nodes are known.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().nodes.len()
     }
 
     /// Sets or clears `name`'s cordon as the API and metrics show it; false when no

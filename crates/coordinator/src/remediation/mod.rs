@@ -65,7 +65,8 @@
 //!   their configured order, the next one when a host cannot be reached or its
 //!   scheduler client fails (only "unsupported" and "invalid" end the try at once), not
 //!   through the node: a node that is broken, or gone, can still be drained.
-//! - The policy evaluates every [`TICK`] over a registry snapshot (O(nodes)); actions
+//! - The policy evaluates every [`TICK`] over a registry snapshot of the nodes' health
+//!   (O(nodes); no reports, so it copies little); actions
 //!   run beside it, one task per node at a time, so a slow scheduler delays only the
 //!   node it is about.
 
@@ -83,11 +84,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Delay, ReasonClass, RemediationSection, SchedulerSection};
-use crate::registry::Registry;
+use crate::registry::{NodeHealth, Registry};
 use crate::store::{PauseRow, Store};
-use corral_proto::api::{Cordon, NodeView, Paused, RemediationView, Waiting};
+use corral_proto::api::{Cordon, Paused, RemediationView, Waiting};
 use corral_proto::job::{PluginCall, PluginError, PluginReply};
-use corral_proto::model::{unix_ms, HealthStatus, Liveness, RayRole, RayState};
+use corral_proto::model::{unix_ms, Liveness, RayRole, RayState};
 use corral_proto::wire::Command;
 
 pub(crate) use state::{Actor, Cordoned, Drain, DrainState, Target};
@@ -333,7 +334,7 @@ impl Remediation {
 
     /// One evaluation and the actions it makes due (tests call it with their clock).
     pub(crate) async fn step(self: &Arc<Self>, now: Instant) {
-        let nodes = self.registry.snapshot();
+        let nodes = self.registry.health_snapshot();
         let decisions = self.evaluate(&nodes, now);
         for d in decisions {
             self.apply(d).await;
@@ -351,8 +352,7 @@ impl Remediation {
         (members * self.cfg.max_unhealthy_percent as usize / 100).max(1)
     }
 
-    fn evaluate(&self, nodes: &[NodeView], now: Instant) -> Vec<Decision> {
-        let connections = self.registry.connections();
+    fn evaluate(&self, nodes: &[NodeHealth], now: Instant) -> Vec<Decision> {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let mut out = vec![];
@@ -362,7 +362,7 @@ impl Remediation {
         let mut due: Vec<(Instant, String, String)> = vec![];
         let mut waiting = vec![];
         for n in nodes {
-            let conn = connections.get(&n.name).copied();
+            let conn = n.conn;
             let seen = inner.watch.get(&n.name).and_then(|w| w.conn);
             let reconnected = conn.is_some() && conn != seen;
             if reconnected {
@@ -389,11 +389,7 @@ impl Remediation {
             let down = n.liveness == Liveness::Down && self.cfg.drain_when_down;
             if n.liveness == Liveness::Ready {
                 let mut present: BTreeMap<ReasonClass, String> = BTreeMap::new();
-                for r in n
-                    .reasons
-                    .iter()
-                    .filter(|r| r.status == HealthStatus::Unhealthy)
-                {
+                for r in &n.unhealthy {
                     present
                         .entry(ReasonClass::of(&r.check))
                         .or_insert_with(|| health_reason(&r.message));
@@ -609,7 +605,7 @@ impl Remediation {
 
     /// Where `node` is to be drained: every draining instance it is a member of (by its
     /// name there), and Ray when it runs a Ray worker.
-    fn targets(&self, node: &str, view: Option<&NodeView>) -> Vec<Drain> {
+    fn targets(&self, node: &str, view: Option<&NodeHealth>) -> Vec<Drain> {
         let mut v: Vec<Drain> = self
             .instances
             .iter()
@@ -622,9 +618,8 @@ impl Remediation {
             })
             .collect();
         let worker = view
-            .and_then(|v| v.report.as_ref())
-            .and_then(|r| r.ray.as_ref())
-            .is_some_and(|r| r.role == RayRole::Worker);
+            .and_then(|v| v.ray)
+            .is_some_and(|(role, _)| role == RayRole::Worker);
         if worker {
             v.push(Drain::new(Target::Ray));
         }
@@ -1127,7 +1122,7 @@ impl Remediation {
         user: &str,
     ) -> Result<Cordon, RemediationError> {
         let reason = one_line(reason)?;
-        let Some(view) = self.registry.get(node) else {
+        let Some(view) = self.registry.health_of(node) else {
             return Err(RemediationError::UnknownNode(node.into()));
         };
         let full = format!("{reason} ({user})");
@@ -1187,7 +1182,7 @@ impl Remediation {
             let mut inner = self.lock();
             let Some(c) = inner.cordons.get_mut(node) else {
                 drop(inner);
-                return Err(if self.registry.get(node).is_some() {
+                return Err(if self.registry.health_of(node).is_some() {
                     RemediationError::NotCordoned(node.into())
                 } else {
                     RemediationError::UnknownNode(node.into())
@@ -1265,7 +1260,7 @@ impl Remediation {
 
     /// `GET /api/v1/remediation`.
     pub fn view(&self) -> RemediationView {
-        let nodes = self.registry.snapshot().len();
+        let nodes = self.registry.len();
         let inner = self.lock();
         RemediationView {
             enabled: self.cfg.enabled,
@@ -1299,11 +1294,9 @@ impl Remediation {
 }
 
 /// Whether `n`'s last report shows its Ray worker held drained by its agent.
-fn ray_held(n: &NodeView) -> bool {
-    n.report
-        .as_ref()
-        .and_then(|r| r.ray.as_ref())
-        .is_some_and(|r| matches!(r.state, RayState::Draining | RayState::Drained))
+fn ray_held(n: &NodeHealth) -> bool {
+    n.ray
+        .is_some_and(|(_, state)| matches!(state, RayState::Draining | RayState::Drained))
 }
 
 /// Another cordoned node that may need `target` (several corral nodes mapped onto one

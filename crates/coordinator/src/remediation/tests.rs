@@ -12,7 +12,7 @@ use crate::registry::Settings;
 use crate::store::Store;
 use corral_proto::api::EventKind;
 use corral_proto::job::NodeState;
-use corral_proto::model::{Health, NodeReport, RayStatus, Reason};
+use corral_proto::model::{Health, HealthStatus, NodeReport, RayStatus, Reason};
 
 /// A scheduler's nodes (native name → its drain reason, `None` when it takes work) and
 /// what was asked of it and of the agents.
