@@ -402,6 +402,7 @@ async fn dry_run_pause_and_the_admin_role_hold_the_policy_back(plugins: &Path) {
             "/api/v1/nodes/gpu-a/drain",
             "/api/v1/nodes/gpu-a/resume",
             "/api/v1/remediation/resume",
+            "/api/v1/remediation/pause",
         ] {
             let r = c
                 .http()

@@ -78,7 +78,8 @@ pub(crate) fn default_plugins_dir() -> Result<PathBuf> {
     Ok(target.join("plugins"))
 }
 
-async fn run_ok(program: &str, args: &[&str]) -> Result<String> {
+/// Runs a scheduler client program; its stdout, or an error naming the command.
+pub(crate) async fn run_ok(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())

@@ -51,6 +51,7 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
 use crate::bench::{bench_pki, free_port, free_udp_port};
+use crate::bench_jobs::run_ok;
 use corral_coordinator::remediation::{PREFIX, TICK};
 use corral_proto::api::{Event, EventKind, NodePlugins, NodeView};
 use corral_transport::pki::Role;
@@ -153,22 +154,6 @@ impl SlurmNode {
     }
 }
 
-async fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running {program} (is Slurm installed and on PATH?)"))?;
-    ensure!(
-        out.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Reads the node from Slurm every [`POLL`], keeping how long each `sinfo` took.
 struct Watch {
     node: String,
@@ -178,7 +163,7 @@ struct Watch {
 impl Watch {
     async fn read(&mut self) -> Result<SlurmNode> {
         let started = Instant::now();
-        let out = output(
+        let out = run_ok(
             "sinfo",
             &["--noheader", "--nodes", &self.node, "--format=%T|%E"],
         )
@@ -225,7 +210,7 @@ impl Watch {
                 self.node,
                 n.describe()
             );
-            output(
+            run_ok(
                 "scontrol",
                 &["update", &format!("NodeName={}", self.node), "State=RESUME"],
             )
@@ -901,7 +886,7 @@ pub async fn run(a: RemediationArgs) -> Result<()> {
         "{} not found; build the plugins with `cargo xtask plugins --out target/plugins` or pass --plugins-dir",
         plugins_dir.join("slurm.wasm").display()
     );
-    let version = output("sinfo", &["--version"]).await.context(
+    let version = run_ok("sinfo", &["--version"]).await.context(
         "`corral-bench remediation` needs a running Slurm on this machine (sinfo must answer)",
     )?;
     let text = std::fs::read_to_string(&a.slurm_conf)
@@ -985,68 +970,46 @@ pub async fn run(a: RemediationArgs) -> Result<()> {
     };
     let drain_after = a.drain_after.as_secs_f64();
     let resume_after = a.resume_after.as_secs_f64();
-    println!(
-        "{}",
-        row(
+    let beyond = |v: &[Round], f: fn(&Round) -> f64, d: f64| -> Vec<f64> {
+        v.iter().map(|r| f(r) - d).collect()
+    };
+    let rows: [(&str, Vec<f64>); 8] = [
+        (
             "corral: unhealthy → Slurm DRAIN",
-            &pick(&corral, |r| Some(r.drain))
-        )
-    );
-    println!(
-        "{}",
-        row(
+            pick(&corral, |r| Some(r.drain)),
+        ),
+        (
             "  beyond drain_after (reaction)",
-            &corral
-                .iter()
-                .map(|r| r.drain - drain_after)
-                .collect::<Vec<_>>()
-        )
-    );
-    println!(
-        "{}",
-        row(
+            beyond(&corral, |r| r.drain, drain_after),
+        ),
+        (
             "corral: healthy again → Slurm IDLE",
-            &pick(&corral, |r| Some(r.resume))
-        )
-    );
-    println!(
-        "{}",
-        row(
+            pick(&corral, |r| Some(r.resume)),
+        ),
+        (
             "  beyond resume_after (reaction)",
-            &corral
-                .iter()
-                .map(|r| r.resume - resume_after)
-                .collect::<Vec<_>>()
-        )
-    );
-    println!(
-        "{}",
-        row(
+            beyond(&corral, |r| r.resume, resume_after),
+        ),
+        (
             "reference: fault file created → Slurm DRAIN",
-            &pick(&reference, |r| Some(r.drain))
-        )
-    );
-    println!(
-        "{}",
-        row(
+            pick(&reference, |r| Some(r.drain)),
+        ),
+        (
             "  after the start of the check run that drained",
-            &pick(&reference, |r| r.drain_acted)
-        )
-    );
-    println!(
-        "{}",
-        row(
+            pick(&reference, |r| r.drain_acted),
+        ),
+        (
             "reference: fault file removed → Slurm IDLE",
-            &pick(&reference, |r| Some(r.resume))
-        )
-    );
-    println!(
-        "{}",
-        row(
+            pick(&reference, |r| Some(r.resume)),
+        ),
+        (
             "  after the start of the check run that resumed",
-            &pick(&reference, |r| r.resume_acted)
-        )
-    );
+            pick(&reference, |r| r.resume_acted),
+        ),
+    ];
+    for (what, values) in &rows {
+        println!("{}", row(what, values));
+    }
     println!("{}", row("reference: time between check runs", &gaps));
     if let (Some(c), Some(r)) = (corral.first(), reference.first()) {
         println!("Slurm's reasons: {:?} / {:?}", c.reason, r.reason);

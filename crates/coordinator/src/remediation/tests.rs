@@ -173,16 +173,8 @@ fn rig_in(
     let mut conns = BTreeMap::new();
     let mut rxs = vec![];
     for n in nodes {
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (conn, rx) = new_connection(&registry, n);
         rxs.push(rx);
-        let conn = registry.connect(
-            n,
-            Duration::from_secs(1),
-            "127.0.0.1:1".into(),
-            "test".into(),
-            tx,
-            Box::new(|| ()),
-        );
         conns.insert(n.to_string(), conn);
         script.set(n, None);
     }
@@ -215,24 +207,74 @@ fn gpu_xid(message: &str) -> Reason {
     }
 }
 
+/// A new connection of `node`, as its agent makes when it (re)connects.
+fn new_connection(
+    registry: &Registry,
+    node: &str,
+) -> (
+    u64,
+    tokio::sync::mpsc::Receiver<corral_proto::wire::CoordMsg>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let conn = registry.connect(
+        node,
+        S,
+        "127.0.0.1:1".into(),
+        "test".into(),
+        tx,
+        Box::new(|| ()),
+    );
+    (conn, rx)
+}
+
+/// A Ray worker in `state`, as a report shows it.
+fn worker(state: corral_proto::model::RayState) -> RayStatus {
+    RayStatus {
+        role: RayRole::Worker,
+        state,
+        since_ms: 0,
+        venv: "/opt/ray".into(),
+        python_version: None,
+        ray_version: None,
+        head_address: None,
+        restarts: 0,
+        message: None,
+        pid: None,
+        log_file: None,
+    }
+}
+
+/// Two corral nodes, both `n1` in the slurm instance, the limit out of the way.
+fn sharing_n1() -> Rig {
+    let mut schedulers = slurm();
+    schedulers.get_mut("slurm").unwrap().node_names = [("gpu-01", "n1"), ("gpu-02", "n1")]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .into();
+    let r = rig_with(
+        RemediationSection {
+            max_unhealthy_percent: 100,
+            ..cfg()
+        },
+        schedulers,
+        &["gpu-01", "gpu-02"],
+    );
+    r.script.set("n1", None);
+    r
+}
+
 impl Rig {
+    /// `node`'s agent connects anew (its old connection replaced, not closed).
+    fn connect(&mut self, node: &str) {
+        let (conn, rx) = new_connection(&self.registry, node);
+        self._rx.push(rx);
+        self.conns.insert(node.into(), conn);
+    }
+
     fn report(&self, node: &str, reasons: Vec<Reason>, ray_worker: bool) {
         let report = NodeReport {
             node: node.into(),
             health: Health::from_reasons(reasons),
-            ray: ray_worker.then(|| RayStatus {
-                role: RayRole::Worker,
-                state: corral_proto::model::RayState::Running,
-                since_ms: 0,
-                venv: "/opt/ray".into(),
-                python_version: None,
-                ray_version: None,
-                head_address: None,
-                restarts: 0,
-                message: None,
-                pid: None,
-                log_file: None,
-            }),
+            ray: ray_worker.then(|| worker(corral_proto::model::RayState::Running)),
             ..NodeReport::default()
         };
         assert!(self.registry.report(node, self.conns[node], report));
@@ -736,17 +778,7 @@ async fn a_cordoned_nodes_ray_worker_is_drained_again_when_its_agent_reconnects(
     // The agent restarts (its drain gone with the old process) and comes back.
     r.registry.disconnect("gpu-01", r.conns["gpu-01"], "test");
     r.step(32 * S).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    r._rx.push(rx);
-    let conn = r.registry.connect(
-        "gpu-01",
-        S,
-        "127.0.0.1:1".into(),
-        "test".into(),
-        tx,
-        Box::new(|| ()),
-    );
-    r.conns.insert("gpu-01".into(), conn);
+    r.connect("gpu-01");
     r.report("gpu-01", vec![gpu_xid("GPU 0 XID 79")], true);
     r.step(33 * S).await;
     let calls = r.script.calls();
@@ -801,17 +833,7 @@ async fn an_agent_that_reconnects_before_its_old_connection_closes_is_drained_ag
     assert_eq!(r.script.calls().len(), 1);
     // systemd restarts a crashed agent in seconds: the new connection replaces the old
     // one, which never closes on its own.
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    r._rx.push(rx);
-    let conn = r.registry.connect(
-        "gpu-01",
-        S,
-        "127.0.0.1:1".into(),
-        "test".into(),
-        tx,
-        Box::new(|| ()),
-    );
-    r.conns.insert("gpu-01".into(), conn);
+    r.connect("gpu-01");
     r.report("gpu-01", vec![gpu_xid("GPU 0 XID 79")], true);
     r.step(31 * S).await;
     assert_eq!(r.script.calls().len(), 2, "{:?}", r.script.calls());
@@ -868,19 +890,7 @@ async fn a_drain_found_without_a_reason_is_someone_elses_unless_corral_made_it()
 
 #[tokio::test]
 async fn corral_nodes_sharing_a_scheduler_node_lift_it_only_when_the_last_one_resumes() {
-    let mut schedulers = slurm();
-    schedulers.get_mut("slurm").unwrap().node_names = [("gpu-01", "n1"), ("gpu-02", "n1")]
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .into();
-    let r = rig_with(
-        RemediationSection {
-            max_unhealthy_percent: 100,
-            ..cfg()
-        },
-        schedulers,
-        &["gpu-01", "gpu-02"],
-    );
-    r.script.set("n1", None);
+    let r = sharing_n1();
     r.sick("gpu-01");
     r.sick("gpu-02");
     r.step(Duration::ZERO).await;
@@ -957,19 +967,7 @@ async fn pausing_does_not_end_a_block_and_one_limit_is_one_blocked_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corral_nodes_sharing_a_scheduler_node_that_resume_together_lift_it() {
-    let mut schedulers = slurm();
-    schedulers.get_mut("slurm").unwrap().node_names = [("gpu-01", "n1"), ("gpu-02", "n1")]
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .into();
-    let r = rig_with(
-        RemediationSection {
-            max_unhealthy_percent: 100,
-            ..cfg()
-        },
-        schedulers,
-        &["gpu-01", "gpu-02"],
-    );
-    r.script.set("n1", None);
+    let r = sharing_n1();
     r.sick("gpu-01");
     r.sick("gpu-02");
     r.step(Duration::ZERO).await;
@@ -998,35 +996,13 @@ async fn a_worker_still_drained_with_no_cordon_left_is_resumed_when_its_agent_re
     r.step(Duration::ZERO).await;
     // The agent comes back holding a drain (a resume counted it as ended while the agent
     // was only cut off).
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    r._rx.push(rx);
-    let conn = r.registry.connect(
-        "gpu-01",
-        S,
-        "127.0.0.1:1".into(),
-        "test".into(),
-        tx,
-        Box::new(|| ()),
-    );
-    r.conns.insert("gpu-01".into(), conn);
+    r.connect("gpu-01");
     let mut report = NodeReport {
         node: "gpu-01".into(),
         ..NodeReport::default()
     };
-    report.ray = Some(RayStatus {
-        role: RayRole::Worker,
-        state: corral_proto::model::RayState::Drained,
-        since_ms: 0,
-        venv: "/opt/ray".into(),
-        python_version: None,
-        ray_version: None,
-        head_address: None,
-        restarts: 0,
-        message: None,
-        pid: None,
-        log_file: None,
-    });
-    assert!(r.registry.report("gpu-01", conn, report));
+    report.ray = Some(worker(corral_proto::model::RayState::Drained));
+    assert!(r.registry.report("gpu-01", r.conns["gpu-01"], report));
     r.step(S).await;
     assert_eq!(r.script.calls(), ["gpu-01 ray-resume"]);
     assert!(r.events("resume")[0].contains("no cordon left"));
