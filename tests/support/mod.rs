@@ -3,6 +3,7 @@
 //! Processes are killed when the cluster value is dropped, so a failing test leaves
 //! nothing running.
 
+pub mod browser;
 pub mod fake_programs;
 pub mod scenarios;
 pub mod sge;
@@ -34,6 +35,28 @@ pub fn skip<T>(why: &str) -> Option<T> {
     }
     println!("SKIPPED: {why}");
     None
+}
+
+/// Installs Debian `packages` with apt-get (what the harness does under `CI=true` for a
+/// real part that is missing); panics, naming them, when apt-get fails.
+pub fn apt_install(packages: &[&str]) {
+    let list = packages.join(" ");
+    println!("installing {list} with apt-get (CI=true)");
+    let ok = |c: &mut Command| {
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(
+        ok(Command::new("apt-get").arg("update")),
+        "apt-get update failed"
+    );
+    assert!(
+        ok(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)),
+        "apt-get install {list} failed"
+    );
 }
 
 /// Stops a daemon the harness started: SIGTERM, then SIGKILL after `grace`; reaped.

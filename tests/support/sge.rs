@@ -104,29 +104,7 @@ fn installed() -> bool {
 }
 
 fn install() {
-    println!("installing gridengine-master, gridengine-exec and gridengine-client with apt-get (CI=true)");
-    let ok = Command::new("apt-get")
-        .arg("update")
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "apt-get update failed");
-    let ok = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "gridengine-master",
-            "gridengine-exec",
-            "gridengine-client",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .expect("running apt-get")
-        .success();
-    assert!(
-        ok,
-        "apt-get install gridengine-master gridengine-exec gridengine-client failed"
-    );
+    super::apt_install(&["gridengine-master", "gridengine-exec", "gridengine-client"]);
 }
 
 /// The pid in `file` when it names a live (not zombie) process called `name`.

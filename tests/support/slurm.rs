@@ -279,21 +279,7 @@ impl Slurm {
 }
 
 fn install() {
-    println!("installing slurm-wlm and munge with apt-get (CI=true)");
-    must("apt-get", &["update"]);
-    let ok = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "slurm-wlm",
-            "munge",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .expect("running apt-get")
-        .success();
-    assert!(ok, "apt-get install slurm-wlm munge failed");
+    super::apt_install(&["slurm-wlm", "munge"]);
 }
 
 fn munge_works() -> bool {

@@ -228,8 +228,25 @@ async fn report_plugins(socket: PathBuf, node: String, cfg: PluginsConfig) {
     }
 }
 
+/// Makes an admin token for `me` through the socket; its secret.
+async fn make_token(client: &super::ApiClient, me: &str, ttl: Option<Duration>) -> Result<String> {
+    let made: corral_proto::api::CreatedToken = client
+        .post_json(
+            "/api/v1/tokens",
+            Some(&corral_proto::api::CreateToken {
+                user: me.to_string(),
+                role: ApiRole::Admin,
+                ttl_secs: ttl.map(|t| t.as_secs()),
+            }),
+            Duration::from_secs(10),
+            "creating a dev admin token",
+        )
+        .await?;
+    Ok(made.secret)
+}
+
 /// Makes sure `file` holds a working admin token of this dev coordinator (for HTTP
-/// clients: browsers, curl), making a new one through the socket when it does not.
+/// clients: curl, scripts), making a new one through the socket when it does not.
 async fn admin_token(socket: &Path, file: &Path, me: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let client = super::ApiClient::for_socket(socket)?;
@@ -238,18 +255,7 @@ async fn admin_token(socket: &Path, file: &Path, me: &str) -> Result<()> {
             return Ok(());
         }
     }
-    let made: corral_proto::api::CreatedToken = client
-        .post_json(
-            "/api/v1/tokens",
-            Some(&corral_proto::api::CreateToken {
-                user: me.to_string(),
-                role: ApiRole::Admin,
-                ttl_secs: None,
-            }),
-            Duration::from_secs(10),
-            "creating the dev admin token",
-        )
-        .await?;
+    let secret = make_token(&client, me, None).await?;
     let _ = std::fs::remove_file(file);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -257,8 +263,19 @@ async fn admin_token(socket: &Path, file: &Path, me: &str) -> Result<()> {
         .mode(0o600)
         .open(file)
         .with_context(|| format!("writing {}", file.display()))?;
-    std::io::Write::write_all(&mut f, format!("{}\n", made.secret).as_bytes())?;
+    std::io::Write::write_all(&mut f, format!("{secret}\n").as_bytes())?;
     Ok(())
+}
+
+/// How long the token in the console link `corral dev` prints lasts.
+const CONSOLE_LINK_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// A link that logs the browser in to the console: a fresh admin token that expires, in
+/// the URL's fragment (which browsers send to no server and put in no Referer).
+async fn console_link(socket: &Path, api: &str, me: &str) -> Result<String> {
+    let client = super::ApiClient::for_socket(socket)?;
+    let secret = make_token(&client, me, Some(CONSOLE_LINK_TTL)).await?;
+    Ok(format!("{api}/login#token={secret}"))
 }
 
 /// `$XDG_STATE_HOME/corral/dev`, else `~/.local/state/corral/dev`. An empty or relative
@@ -404,6 +421,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ),
         Err(e) => format!("no admin token for HTTP clients: {e:#}"),
     };
+    let console = match console_link(&socket, &api, &me).await {
+        Ok(link) => format!(
+            "{api}/\n               log in: open {link}\n               (an admin token of {me} valid for 12 h; or paste the token in {})",
+            token_file.display()
+        ),
+        Err(e) => format!("{api}/ (no login link: {e:#})"),
+    };
     let plugin_hints = match plugins.enable.first() {
         Some(first) => format!(
             "  {env}corral plugins\n  {env}corral submit --scheduler {first} --dry-run -- echo hello\n"
@@ -414,6 +438,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "\ncorral dev is running (Ctrl-C stops it)\n\
          \n  node:        {node}\
          \n  API socket:  {}   (the CLI's way in: you are {me}, admin)\
+         \n  console:     {console}\
          \n  HTTP API:    {api}   (GET /api/v1/nodes, /api/v1/events, /metrics)\
          \n               {token_note}\
          \n  QUIC:        {}\

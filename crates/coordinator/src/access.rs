@@ -238,6 +238,24 @@ impl Access {
         })
     }
 
+    /// Whether the credential a caller was authenticated with still holds: a token not
+    /// revoked or expired since (console sessions outlive the request that proved it).
+    /// Other credentials are re-checked where they are presented.
+    pub fn still_valid(&self, via: &Via) -> Result<(), AuthError> {
+        let Via::Token { id } = via else {
+            return Ok(());
+        };
+        let tokens = self.lock();
+        let row = tokens.get(id).ok_or(AuthError::BadToken)?;
+        if row.revoked_ms.is_some() {
+            return Err(AuthError::Revoked(row.id.clone()));
+        }
+        if row.expires_ms.is_some_and(|e| e <= unix_ms()) {
+            return Err(AuthError::Expired(row.id.clone()));
+        }
+        Ok(())
+    }
+
     /// Makes a token for `req.user` with `req.role`; `by` is who asked (an admin).
     pub async fn create_token(
         &self,

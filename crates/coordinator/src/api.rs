@@ -12,20 +12,24 @@
 //! | `POST /api/v1/nodes/{name}/resume` | admin | lift what corral drained of the node, now; 409 if not cordoned |
 //! | `GET /api/v1/remediation` | viewer | the policy's state: paused, blocked and why, cordoned and the limit, nodes waiting ([`RemediationView`](corral_proto::api::RemediationView)) |
 //! | `POST /api/v1/remediation/pause`, `.../resume` | admin | stop or restart the policy's actions (kept across restarts) |
-//! | `GET /api/v1/events?since=ID&node=NAME&limit=N` | viewer | liveness, health, audit and remediation events, oldest first |
+//! | `GET /api/v1/events?since=ID&node=NAME&kind=KIND&limit=N` | viewer | liveness, health, gpu, audit and remediation events, oldest first |
 //! | `GET /api/v1/stats` | viewer | coordinator counters and the beat latency histogram ([`StatsView`](corral_proto::api::StatsView)) |
 //! | `POST /api/v1/jobs` | user | submit `{"scheduler", "spec", "via"?, "dry_run"?}` as the caller: 201 and the job, or 200 and the rendered script for a dry run |
 //! | `GET /api/v1/jobs?owner=NAME` | viewer | every job (or one owner's), oldest first, without histories; others' jobs without their detail |
 //! | `GET /api/v1/jobs/{id}` | owner or admin | one job (`c17`) with its state history |
 //! | `POST /api/v1/jobs/{id}/cancel` | owner or admin | cancel; a job that already ended is returned as is |
+//! | `GET /api/v1/jobs/{id}/logs?bytes=N` | owner or admin | the last N bytes (default 64 KiB, at most 1 MiB) of its output, read by the plugin as the job's owner ([`JobLogs`]) |
 //! | `GET /api/v1/plugins` | viewer | every node's scheduler plugins (loaded, with grants, and failed) |
 //! | `GET/POST /api/v1/tokens`, `POST /api/v1/tokens/{id}/revoke` | admin | API tokens ([`crate::access`]) |
 //! | `GET /metrics` | viewer (or none: `api.public_metrics`) | Prometheus / OpenMetrics text |
+//! | `/`, `/ui/...`, `/api/v1/console/...`, `/api/v1/nodes/{name}/history` | | the web console ([`crate::console`]) |
 //!
 //! Invariants:
-//! - Every route but `/healthz` (and `/metrics` when made public) needs a [`Caller`]:
-//!   the Unix socket's peer credentials, a bearer token, or an operator certificate on
-//!   the HTTPS listener ([`crate::access`]). Loopback is not trusted: any local user
+//! - Every route but `/healthz`, the console's static shell and login (and `/metrics`
+//!   when made public) needs a [`Caller`]: the Unix socket's peer credentials, a bearer
+//!   token, an operator certificate on the HTTPS listener ([`crate::access`]), or a
+//!   console session cookie, which a request that changes something must back with the
+//!   session's CSRF token ([`crate::console::session`]). Loopback is not trusted: any local user
 //!   reaches it, so they authenticate like anyone else (the socket does it for them).
 //! - Browsers cannot be made to act for someone: a request that changes something must
 //!   say `Content-Type: application/json` (an HTML form or a `text/plain` fetch cannot,
@@ -71,20 +75,28 @@ use crate::config::ApiSection;
 use crate::jobs::{JobError, Submitted};
 use crate::remediation::RemediationError;
 use crate::Shared;
-use corral_proto::api::{CreateToken, DrainRequest, JobId, JobView, Role, SubmitRequest, WhoAmI};
+use corral_proto::api::{
+    CreateToken, DrainRequest, EventKind, JobId, JobLogs, JobView, Role, SubmitRequest, WhoAmI,
+};
 use corral_proto::job::{JobSpec, PluginError};
 use corral_proto::wire::{Command, CommandOutput};
 
-struct ApiState {
-    shared: Arc<Shared>,
-    access: Arc<Access>,
+pub(crate) struct ApiState {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) access: Arc<Access>,
     /// Host names (lowercase, without port) the TCP listeners answer to.
     hosts: BTreeSet<String>,
     cors_origins: Vec<String>,
     public_metrics: bool,
+    /// The TCP listener is HTTPS (session cookies are then `Secure`).
+    pub(crate) https: bool,
 }
 
-type AppState = Arc<ApiState>;
+pub(crate) type AppState = Arc<ApiState>;
+
+/// The CSRF token of the console session a request came with ([`crate::console`]).
+#[derive(Debug, Clone)]
+struct SessionCsrf(String);
 
 /// Where a request came from, as its listener saw it.
 #[derive(Debug, Clone)]
@@ -239,6 +251,7 @@ pub(crate) async fn serve(
             .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
             .collect(),
         public_metrics: cfg.public_metrics,
+        https: cfg.tls_cert.is_some() && cfg.tls_key.is_some(),
     });
     let app = router(state);
     let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| {
@@ -327,13 +340,16 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/jobs", get(jobs).post(submit))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/logs", get(job_logs))
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/tokens", get(tokens).post(create_token))
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/metrics", get(metrics))
+        .merge(crate::console::protected_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(crate::console::public_routes())
         .merge(protected)
         .fallback(|| async {
             error(
@@ -345,7 +361,7 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: String) -> Response {
+pub(crate) fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
@@ -355,6 +371,16 @@ fn peer_of(req: &Request) -> Peer {
         .or_else(|| req.extensions().get::<ConnectInfo<Peer>>().map(|c| &c.0))
         .cloned()
         .unwrap_or(Peer::Network)
+}
+
+/// The verified client certificate chain of the HTTPS connection `req` came on.
+pub(crate) fn certified_chain(
+    req: &Request,
+) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    match peer_of(req) {
+        Peer::Certified { chain } => Some(chain),
+        _ => None,
+    }
 }
 
 /// The host name of a `Host` header, lowercase and without its port.
@@ -506,6 +532,21 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
+    if bearer.is_none() {
+        if let Some(cookie) = crate::console::session::cookie_of(req.headers()) {
+            return match session_caller(&state, &req, &cookie) {
+                Ok((caller, csrf)) => {
+                    req.extensions_mut().insert(caller);
+                    req.extensions_mut().insert(SessionCsrf(csrf));
+                    next.run(req).await
+                }
+                Err((status, message)) => {
+                    tracing::info!(path = %req.uri().path(), error = %message, "console request refused");
+                    error(status, message)
+                }
+            };
+        }
+    }
     let caller: Result<Caller, AuthError> = match (peer_of(&req), bearer) {
         (_, Some(token)) => state.access.bearer(&token),
         (Peer::Local { uid }, None) => state.access.local(uid),
@@ -527,7 +568,47 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     }
 }
 
-fn certificate_caller(
+/// The caller of a console session, its credential re-checked, and (for a request that
+/// changes something) its CSRF token checked.
+fn session_caller(
+    state: &ApiState,
+    req: &Request,
+    cookie: &str,
+) -> Result<(Caller, String), (StatusCode, String)> {
+    use crate::console::session::{Proof, Sessions, CSRF_HEADER};
+    let sessions = &state.shared.console.sessions;
+    let session = sessions
+        .get(cookie)
+        .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let still = match &session.proof {
+        Proof::Token => state
+            .access
+            .still_valid(&session.caller.via)
+            .map_err(|e| e.to_string()),
+        Proof::Certificate(leaf) => match state.shared.revocations.revoked(leaf) {
+            Some(r) => Err(format!(
+                "the certificate this console session was opened with (serial {}) has been revoked",
+                r.serial
+            )),
+            None => Ok(()),
+        },
+    };
+    if let Err(why) = still {
+        sessions.end(cookie);
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            format!("{why}; the console session has ended"),
+        ));
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let header = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        Sessions::check_csrf(&session, header)
+            .map_err(|e| (StatusCode::FORBIDDEN, e.to_string()))?;
+    }
+    Ok((session.caller, session.csrf))
+}
+
+pub(crate) fn certificate_caller(
     state: &ApiState,
     chain: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<Caller, String> {
@@ -556,7 +637,7 @@ fn certificate_caller(
 }
 
 /// Refuses `caller` unless they have `role`.
-fn require(caller: &Caller, role: Role, what: &str) -> Result<(), Box<Response>> {
+pub(crate) fn require(caller: &Caller, role: Role, what: &str) -> Result<(), Box<Response>> {
     if caller.has(role) {
         return Ok(());
     }
@@ -577,11 +658,15 @@ fn audit(s: &ApiState, caller: &Caller, node: &str, action: &str, what: String) 
         .audit(node, action, format!("{} {what}", caller.describe()));
 }
 
-async fn whoami(Extension(caller): Extension<Caller>) -> Response {
+async fn whoami(
+    Extension(caller): Extension<Caller>,
+    csrf: Option<Extension<SessionCsrf>>,
+) -> Response {
     Json(WhoAmI {
         user: caller.user,
         role: caller.role,
         via: caller.via,
+        csrf: csrf.map(|Extension(SessionCsrf(c))| c),
     })
     .into_response()
 }
@@ -590,7 +675,7 @@ async fn nodes(State(s): State<AppState>) -> Response {
     Json(s.shared.registry.snapshot()).into_response()
 }
 
-fn unknown(name: &str) -> Response {
+pub(crate) fn unknown(name: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!("no node named {name:?}; `corral nodes` lists the known ones"),
@@ -679,12 +764,26 @@ struct EventQuery {
     #[serde(default)]
     since: u64,
     node: Option<String>,
+    kind: Option<String>,
     limit: Option<usize>,
 }
 
 async fn events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000).min(100_000);
-    Json(s.shared.registry.events(q.since, q.node.as_deref(), limit)).into_response()
+    let kind = match q.kind.as_deref().filter(|k| !k.is_empty()) {
+        None => None,
+        Some(k) => match EventKind::parse(k) {
+            Some(k) => Some(k),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("no event kind {k:?}; the kinds are liveness, health, gpu, audit and remediation"),
+                )
+            }
+        },
+    };
+    let node = q.node.as_deref().filter(|n| !n.is_empty());
+    Json(s.shared.registry.events(q.since, node, kind, limit)).into_response()
 }
 
 async fn stats(State(s): State<AppState>) -> Response {
@@ -896,6 +995,31 @@ async fn cancel(
     }
 }
 
+#[derive(Deserialize)]
+struct LogsQuery {
+    bytes: Option<u32>,
+}
+
+/// The most of a job's output one request reads.
+const MAX_LOG_BYTES: u32 = 1024 * 1024;
+
+async fn job_logs(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Response {
+    let id = match managed_job(&s, &caller, &id, "read the output of") {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let bytes = q.bytes.unwrap_or(64 * 1024).clamp(1, MAX_LOG_BYTES);
+    match s.shared.jobs.logs(id, bytes).await {
+        Ok(text) => Json(JobLogs { id, text }).into_response(),
+        Err(e) => job_error(e),
+    }
+}
+
 fn token_error(e: TokenError) -> Response {
     let status = match &e {
         TokenError::BadUser(_) => StatusCode::BAD_REQUEST,
@@ -1087,6 +1211,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         &s.shared.registry.stats_view(),
         &s.shared.jobs.metrics(),
         &s.shared.remediation.metrics(),
+        &s.shared.console.metrics(),
     );
     (
         [(

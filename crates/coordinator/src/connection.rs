@@ -324,7 +324,10 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
                         if note_cuts("report", bounds::report(&mut r)) {
                             registry.record_truncated_report(&node);
                         }
-                        registry.report(&node, conn_id, *r);
+                        let point = crate::console::history::Point::of(&r);
+                        if registry.report(&node, conn_id, *r) {
+                            shared.console.history.record(&node, point);
+                        }
                     }
                     AgentMsg::CommandResult { id, mut result } => {
                         note_cuts("command result", bounds::command_result(&mut result));

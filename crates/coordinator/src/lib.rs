@@ -20,7 +20,8 @@
 //! Background tasks: a sweeper (every 100 ms) applies time-based liveness transitions,
 //! a flusher (every second) hands changed nodes and new events to the store, and the
 //! job poller ([`jobs::Jobs::poll`], run by its loop) asks the plugins about unfinished
-//! jobs, and the [`remediation`] drains and resumes nodes.
+//! jobs, the [`remediation`] drains and resumes nodes, and the [`console`]'s feed sends
+//! what changed to open web consoles once a second.
 
 pub mod access;
 mod api;
@@ -28,6 +29,7 @@ mod bounds;
 mod commands;
 pub mod config;
 mod connection;
+pub mod console;
 pub mod jobs;
 mod latency;
 pub mod metrics;
@@ -81,6 +83,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub jobs: Arc<Jobs>,
     pub remediation: Arc<remediation::Remediation>,
+    /// The web console's sessions, feed and chart history.
+    pub(crate) console: Arc<console::Console>,
     commands: Arc<Commands>,
     /// The certificate revocation lists in force ([`revocation`]): the QUIC and HTTPS
     /// client verifiers read them at every handshake.
@@ -172,6 +176,7 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         registry: registry.clone(),
         jobs: jobs.clone(),
         remediation: remediation.clone(),
+        console: Arc::new(console::Console::new()),
         commands,
         revocations: revocations.clone(),
     });
@@ -228,6 +233,11 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
     }));
     tasks.push(tokio::spawn(jobs.run(shutdown.clone())));
     tasks.push(tokio::spawn(remediation.run(shutdown.clone())));
+    tasks.push(tokio::spawn(console::run(
+        shared.console.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(revocation::watch_crl(
         revocations,
         shutdown.clone(),

@@ -46,6 +46,7 @@ use prometheus_client::metrics::family::Family as PromFamily;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
+use crate::console::ConsoleMetrics;
 use crate::jobs::JobMetrics;
 use crate::remediation::RemediationMetrics;
 use corral_proto::api::{NodeView, StatsView};
@@ -63,6 +64,7 @@ struct Scrape<'a> {
     stats: &'a StatsView,
     jobs: &'a JobMetrics,
     remediation: &'a RemediationMetrics,
+    console: &'a ConsoleMetrics,
     now_ms: u64,
 }
 
@@ -733,6 +735,36 @@ const FAMILIES: &[Family] = &[
         &[],
         |s| vec![(vec![], one_if(s.remediation.blocked))],
     ),
+    gauge(
+        "corral_console_streams",
+        "Web consoles streaming the live feed now",
+        &[],
+        |s| vec![(vec![], s.console.streams as f64)],
+    ),
+    gauge(
+        "corral_console_sessions",
+        "Web console sessions open now (in memory; a restart ends them)",
+        &[],
+        |s| vec![(vec![], s.console.sessions as f64)],
+    ),
+    counter(
+        "corral_console_sent_bytes_total",
+        "Bytes of snapshots and deltas queued to web consoles (JSON, before HTTP framing and compression)",
+        &[],
+        |s| vec![(vec![], s.console.bytes_sent)],
+    ),
+    counter(
+        "corral_console_deltas_total",
+        "Deltas the live feed sent (each to every open console)",
+        &[],
+        |s| vec![(vec![], s.console.deltas)],
+    ),
+    gauge(
+        "corral_console_history_nodes",
+        "Nodes with chart history in memory (the last hour, one point a minute)",
+        &[],
+        |s| vec![(vec![], s.console.history_nodes as f64)],
+    ),
     counter(
         "corral_suppressed_events_total",
         "Events not recorded because the node was over its event rate",
@@ -909,12 +941,14 @@ pub(crate) fn render(
     stats: &StatsView,
     jobs: &JobMetrics,
     remediation: &RemediationMetrics,
+    console: &ConsoleMetrics,
 ) -> String {
     let scrape = Scrape {
         nodes,
         stats,
         jobs,
         remediation,
+        console,
         now_ms: corral_proto::model::unix_ms(),
     };
     let mut reg = PromRegistry::default();
@@ -1026,7 +1060,13 @@ mod tests {
     #[test]
     fn every_documented_name_appears_and_no_other() {
         let (nodes, stats, jobs) = fixture();
-        let text = render(&nodes, &stats, &jobs, &remediated());
+        let text = render(
+            &nodes,
+            &stats,
+            &jobs,
+            &remediated(),
+            &ConsoleMetrics::default(),
+        );
         for line in [
             "corral_remediation_actions_total{action=\"drain\",outcome=\"ok\"} 2\n",
             "corral_remediation_paused 1.0\n",
@@ -1062,6 +1102,7 @@ mod tests {
             stats: &stats,
             jobs: &jobs,
             remediation: &remediated(),
+            console: &ConsoleMetrics::default(),
             now_ms: 0,
         };
         for f in FAMILIES {
@@ -1105,12 +1146,19 @@ mod tests {
             &stats,
             &jobs,
             &RemediationMetrics::default(),
+            &ConsoleMetrics::default(),
         ))
         .len();
         let hostile = "/x\"} 1\ncorral_node_up{node=\"victim\"} 1\n# \\";
         let report = nodes[0].report.as_mut().unwrap();
         report.host.filesystems[0].mount = hostile.into();
-        let text = render(&nodes, &stats, &jobs, &RemediationMetrics::default());
+        let text = render(
+            &nodes,
+            &stats,
+            &jobs,
+            &RemediationMetrics::default(),
+            &ConsoleMetrics::default(),
+        );
         assert_eq!(
             series(&text).len(),
             before,

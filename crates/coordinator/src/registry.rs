@@ -64,7 +64,8 @@ use crate::config::Authority;
 use crate::latency::LatencyHistogram;
 use crate::store::{EventRow, NodeRow};
 use corral_proto::api::{
-    Cordon, Event, EventKind, LatencySummary, NodePlugins, NodeView, RefusedInput, StatsView,
+    Cordon, Event, EventKind, GpuCell, LatencySummary, NodePlugins, NodeSummary, NodeView,
+    RefusedInput, StatsView,
 };
 use corral_proto::job::{LoadFailure, LoadedPlugin};
 use corral_proto::model::{
@@ -230,6 +231,52 @@ impl Node {
         }
     }
 
+    /// What the web console shows of it ([`crate::console`]), in whole units.
+    fn summary(&self) -> NodeSummary {
+        let report = self.report.as_ref();
+        let pct = |part: u64, total: u64| {
+            (total > 0).then(|| (part.min(total) as f64 * 100.0 / total as f64).round() as u8)
+        };
+        NodeSummary {
+            name: self.name.clone(),
+            liveness: self.liveness,
+            health: self.health,
+            reasons: self.reasons.clone(),
+            cordoned: self.cordon.is_some(),
+            cpu: report.map(|r| r.host.cpu_percent.clamp(0.0, 100.0).round() as u8),
+            mem: report.and_then(|r| pct(r.host.memory.used_bytes, r.host.memory.total_bytes)),
+            ray: report.and_then(|r| r.ray.as_ref()).map(|r| r.role),
+            ray_state: report.and_then(|r| r.ray.as_ref()).map(|r| r.state),
+            schedulers: self
+                .plugins
+                .as_ref()
+                .map(|a| a.loaded.iter().map(|p| p.info.name.clone()).collect())
+                .unwrap_or_default(),
+            gpus: report
+                .map(|r| {
+                    r.gpus
+                        .iter()
+                        .map(|g| GpuCell {
+                            index: g.index,
+                            model: g.name.clone(),
+                            util: g.utilization_percent.map(|u| u.min(100) as u8),
+                            mem: match (g.memory_used_bytes, g.memory_total_bytes) {
+                                (Some(u), Some(t)) => pct(u, t),
+                                _ => None,
+                            },
+                            temp: g.temperature_celsius.map(|t| t.min(u16::MAX as u32) as u16),
+                            power: g
+                                .power_watts
+                                .map(|w| w.clamp(0.0, u16::MAX as f64).round() as u16),
+                            status: g.health.status,
+                            xid: g.health.xid_last,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     fn health(&self) -> NodeHealth {
         NodeHealth {
             name: self.name.clone(),
@@ -282,6 +329,9 @@ fn event_from_row(row: EventRow) -> Event {
 struct Inner {
     nodes: HashMap<String, Node>,
     dirty: HashSet<String>,
+    /// Nodes whose [`NodeSummary`] may have changed since the console feed last looked
+    /// (a superset: the feed sends only real changes).
+    changed: HashSet<String>,
     events: VecDeque<Event>,
     unpersisted_events: Vec<Event>,
     next_event_id: u64,
@@ -321,6 +371,7 @@ impl Registry {
         let mut inner = Inner {
             nodes: HashMap::new(),
             dirty: HashSet::new(),
+            changed: HashSet::new(),
             events: events.into_iter().map(event_from_row).collect(),
             unpersisted_events: vec![],
             next_event_id,
@@ -345,6 +396,7 @@ impl Registry {
                 );
                 inner.dirty.insert(name.clone());
             }
+            inner.changed.insert(name.clone());
             inner.nodes.insert(name, node);
         }
         Registry {
@@ -421,6 +473,7 @@ impl Registry {
         });
         node.last_alive = Instant::now();
         inner.dirty.insert(name.to_string());
+        inner.changed.insert(name.to_string());
         let why = format!("connected from {address}");
         if is_new {
             tracing::info!(node = name, %address, "new node registered");
@@ -488,6 +541,7 @@ impl Registry {
         if first_report || stale || old_health != new_health || !gpu_changes.is_empty() {
             inner.dirty.insert(name.to_string());
         }
+        inner.changed.insert(name.to_string());
         for (from, to, message) in gpu_changes {
             tracing::info!(node = name, from = from.as_deref().unwrap_or("-"), to = %to, %message, "GPU health changed");
             push_event(
@@ -620,6 +674,7 @@ impl Registry {
             failed,
             refused,
         });
+        inner.changed.insert(name.to_string());
         drop(inner);
         self.count_refused_announcement("scheduler", refused_count);
         true
@@ -709,6 +764,7 @@ impl Registry {
         }
         node.conn = None;
         inner.dirty.insert(name.to_string());
+        inner.changed.insert(name.to_string());
         if inner.nodes[name].liveness == Liveness::Ready {
             self.set_liveness(
                 &mut inner,
@@ -795,6 +851,7 @@ impl Registry {
         node.liveness = to;
         node.liveness_since_ms = unix_ms();
         inner.dirty.insert(name.to_string());
+        inner.changed.insert(name.to_string());
         tracing::info!(node = name, from = %from, to = %to, reason = %why, "node liveness changed");
         push_event(
             inner,
@@ -819,14 +876,22 @@ impl Registry {
         self.lock().nodes.get(name).map(Node::view)
     }
 
-    /// Events after `since` (by id), optionally for one node, oldest first, at most `limit`
+    /// Events after `since` (by id), optionally for one node and of one kind, oldest first, at most `limit`
     /// (the newest ones when more match).
-    pub(crate) fn events(&self, since: u64, node: Option<&str>, limit: usize) -> Vec<Event> {
+    pub(crate) fn events(
+        &self,
+        since: u64,
+        node: Option<&str>,
+        kind: Option<EventKind>,
+        limit: usize,
+    ) -> Vec<Event> {
         let inner = self.lock();
         let matching: Vec<&Event> = inner
             .events
             .iter()
-            .filter(|e| e.id > since && node.is_none_or(|n| e.node == n))
+            .filter(|e| {
+                e.id > since && node.is_none_or(|n| e.node == n) && kind.is_none_or(|k| e.kind == k)
+            })
             .collect();
         let skip = matching.len().saturating_sub(limit);
         matching.into_iter().skip(skip).cloned().collect()
@@ -872,13 +937,26 @@ impl Registry {
     /// Sets or clears `name`'s cordon as the API and metrics show it; false when no
     /// such node is known.
     pub(crate) fn set_cordon(&self, name: &str, cordon: Option<Cordon>) -> bool {
-        match self.lock().nodes.get_mut(name) {
+        let mut inner = self.lock();
+        match inner.nodes.get_mut(name) {
             Some(n) => {
                 n.cordon = cordon;
+                inner.changed.insert(name.to_string());
                 true
             }
             None => false,
         }
+    }
+
+    /// The summaries of the nodes that may have changed since the last call (the
+    /// console feed's input; O(changed nodes) under the lock).
+    pub(crate) fn take_changed(&self) -> Vec<NodeSummary> {
+        let mut inner = self.lock();
+        let names: Vec<String> = inner.changed.drain().collect();
+        names
+            .iter()
+            .filter_map(|n| inner.nodes.get(n).map(Node::summary))
+            .collect()
     }
 
     /// A connected node's current connection id and its command queue: a command is
@@ -1126,13 +1204,13 @@ mod tests {
         r.beat("n1", c, &beat());
         assert_eq!(r.get("n1").unwrap().liveness, Liveness::Ready);
         let kinds: Vec<_> = r
-            .events(0, Some("n1"), 10)
+            .events(0, Some("n1"), None, 10)
             .into_iter()
             .map(|e| e.to)
             .collect();
         assert_eq!(kinds, ["ready", "disconnected", "down", "ready"]);
         assert_eq!(
-            r.events(0, Some("n1"), 10)[0].from,
+            r.events(0, Some("n1"), None, 10)[0].from,
             None,
             "first event registers the node"
         );
@@ -1359,7 +1437,7 @@ mod tests {
             };
             r.report("loud", loud, report(s));
         }
-        let loud_events = r.events(0, Some("loud"), 10_000).len();
+        let loud_events = r.events(0, Some("loud"), None, 10_000).len();
         assert_eq!(
             loud_events, EVENTS_PER_MINUTE as usize,
             "the registration and the burst"
@@ -1369,12 +1447,12 @@ mod tests {
         // What people do about the node is still recorded, as are other nodes' events.
         r.audit("loud", "ping", "alice pinged loud".into());
         assert!(r
-            .events(0, Some("loud"), 10_000)
+            .events(0, Some("loud"), None, 10_000)
             .iter()
             .any(|e| e.kind == EventKind::Audit));
         r.disconnect("quiet", quiet, "gone");
         assert!(r
-            .events(0, Some("quiet"), 10)
+            .events(0, Some("quiet"), None, 10)
             .iter()
             .any(|e| e.to == "disconnected"));
         assert!(!r
@@ -1427,7 +1505,7 @@ mod tests {
         assert_eq!(v.liveness, Liveness::Disconnected);
         assert!(!v.connected);
         assert!(r
-            .events(0, None, 10)
+            .events(0, None, None, 10)
             .last()
             .unwrap()
             .message
@@ -1450,7 +1528,7 @@ mod tests {
         r.report("n1", c, bad.clone());
         r.report("n1", c, bad);
         let health: Vec<_> = r
-            .events(0, None, 10)
+            .events(0, None, None, 10)
             .into_iter()
             .filter(|e| e.kind == EventKind::Health)
             .collect();
@@ -1473,7 +1551,7 @@ mod tests {
         r2.sweep();
         assert_eq!(r2.get("n1").unwrap().liveness, Liveness::Down);
         assert!(r2
-            .events(0, None, 100)
+            .events(0, None, None, 100)
             .iter()
             .any(|e| e.message.contains("coordinator restarted")));
     }

@@ -236,6 +236,10 @@ pub(crate) struct DrainRow {
     /// Corral made it and has not lifted it since.
     #[serde(default)]
     pub made: bool,
+    /// A failed try may have reached the scheduler. Rows written before this field
+    /// have `None`: then any failed try counts (what those versions assumed).
+    #[serde(default)]
+    pub reached: Option<bool>,
 }
 
 /// Who paused the remediation: the `remediation_paused` row of `settings`.

@@ -166,7 +166,9 @@ impl RunAsPolicy {
     ) -> Result<User, RunAsError> {
         let privileged = agent.uid == 0;
         match call {
-            PluginCall::Submit(_) | PluginCall::Cancel(_) => {
+            // A job's output is read as its owner too: the path comes from the job, and
+            // the owner may read only what they could read themselves.
+            PluginCall::Submit(_) | PluginCall::Cancel(_) | PluginCall::Logs { .. } => {
                 let owner = owner.ok_or(RunAsError::NoOwner {
                     export: call.export(),
                 })?;
@@ -200,7 +202,6 @@ impl RunAsPolicy {
             | PluginCall::Render(_)
             | PluginCall::Status(_)
             | PluginCall::List
-            | PluginCall::Logs { .. }
             | PluginCall::NodeState { .. } => {
                 if !privileged || self.service_user == agent.name {
                     // An unprivileged agent is already as unprivileged as it can make

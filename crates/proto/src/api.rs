@@ -14,7 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{JobSpec, JobState, LoadFailure, LoadedPlugin};
-use crate::model::{HealthStatus, Liveness, NodeReport, Reason};
+use crate::model::{DeviceStatus, HealthStatus, Liveness, NodeReport, RayRole, RayState, Reason};
 
 /// The HTTP API's default TCP port.
 pub const DEFAULT_API_PORT: u16 = 7441;
@@ -555,6 +555,10 @@ pub struct WhoAmI {
     pub user: String,
     pub role: Role,
     pub via: Via,
+    /// For a web console session only: the token every request that changes something
+    /// must carry in `X-CSRF-Token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csrf: Option<String>,
 }
 
 /// `POST /api/v1/tokens`: a token to make.
@@ -586,4 +590,113 @@ pub struct CreatedToken {
     /// What a client sends as `Authorization: Bearer ...`.
     pub secret: String,
     pub token: TokenView,
+}
+
+// --- The web console's feed (`GET /api/v1/console/stream`, crate coordinator::console) ---
+
+/// One node as the console's tables, counters and GPU grid show it: what changes the
+/// picture, in whole units, so that a delta is sent only when something visible changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    pub name: String,
+    pub liveness: Liveness,
+    pub health: HealthStatus,
+    /// Worst first, as the node reported them (the coordinator's own, such as a stale
+    /// report, included).
+    pub reasons: Vec<Reason>,
+    pub cordoned: bool,
+    /// Whole-machine CPU use, percent; `None` before the first report.
+    pub cpu: Option<u8>,
+    /// Memory in use, percent.
+    pub mem: Option<u8>,
+    pub ray: Option<RayRole>,
+    pub ray_state: Option<RayState>,
+    /// The scheduler plugins its current (or last) agent announced.
+    pub schedulers: Vec<String>,
+    pub gpus: Vec<GpuCell>,
+}
+
+/// One GPU of a [`NodeSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuCell {
+    pub index: u32,
+    pub model: String,
+    /// Percent.
+    pub util: Option<u8>,
+    /// Memory in use, percent.
+    pub mem: Option<u8>,
+    /// Degrees Celsius.
+    pub temp: Option<u16>,
+    /// Watts.
+    pub power: Option<u16>,
+    pub status: DeviceStatus,
+    /// The most recent XID this boot.
+    pub xid: Option<u64>,
+}
+
+/// The stream's first message (`event: snapshot`): every node and the latest events.
+/// Deltas that follow have a higher `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleSnapshot {
+    pub seq: u64,
+    pub nodes: Vec<NodeSummary>,
+    /// Oldest first.
+    pub events: Vec<Event>,
+}
+
+/// `event: delta`: what changed since the message with `seq - 1`: nodes whose summary
+/// changed (or that are new), whole, and events recorded since. At most one a second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleDelta {
+    pub seq: u64,
+    pub nodes: Vec<NodeSummary>,
+    pub events: Vec<Event>,
+}
+
+/// `GET /api/v1/nodes/{name}/history`: the last hour of a node's readings at one point
+/// per `step_s`, oldest first; the last point ends at `end_ms`. `None` where no report
+/// came in that step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHistory {
+    pub node: String,
+    pub step_s: u32,
+    pub end_ms: u64,
+    /// CPU use, percent.
+    pub cpu: Vec<Option<u8>>,
+    /// Memory in use, percent.
+    pub mem: Vec<Option<u8>>,
+    pub gpus: Vec<GpuHistory>,
+}
+
+/// One GPU's series in a [`NodeHistory`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuHistory {
+    pub index: u32,
+    pub uuid: String,
+    /// Percent.
+    pub util: Vec<Option<u8>>,
+    /// Memory in use, percent.
+    pub mem: Vec<Option<u8>>,
+    /// Degrees Celsius.
+    pub temp: Vec<Option<u8>>,
+    /// Watts.
+    pub power: Vec<Option<u16>>,
+}
+
+/// `GET /api/v1/jobs/{id}/logs`: the end of a job's output, read by its scheduler
+/// plugin as the job's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLogs {
+    pub id: JobId,
+    /// At most the requested number of bytes, from the end (lossy UTF-8).
+    pub text: String,
+}
+
+/// `POST /ui/login`: a token, or (on the HTTPS listener) the operator certificate the
+/// connection was made with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginRequest {
+    pub token: Option<String>,
+    pub certificate: bool,
 }

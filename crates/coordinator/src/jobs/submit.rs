@@ -249,36 +249,76 @@ impl Jobs {
     /// order ([`Jobs::instance_hosts`]: the submit host first); returns the host that
     /// took the request.
     async fn cancel_through(&self, job: &Job, native: &str) -> Result<String, JobError> {
+        let (via, reply) = self
+            .call_through(job, PluginCall::Cancel(native.to_string()), "cancelled")
+            .await?;
+        match reply {
+            PluginReply::Done => Ok(via),
+            other => Err(unexpected(&job.scheduler, &via, &other, None)),
+        }
+    }
+
+    /// The last `max_bytes` of a job's output, read by its plugin as the job's owner
+    /// (through the same hosts a cancel would go to).
+    pub(crate) async fn logs(&self, id: JobId, max_bytes: u32) -> Result<String, JobError> {
+        let job = self
+            .lock()
+            .table
+            .get(id)
+            .cloned()
+            .ok_or(JobError::NoJob(id))?;
+        let Some(native) = job.native_id.clone() else {
+            return Err(JobError::Conflict(format!(
+                "{id} has no native id ({:?}), so its scheduler cannot say where its output is",
+                job.phase
+            )));
+        };
+        let (via, reply) = self
+            .call_through(
+                &job,
+                PluginCall::Logs {
+                    id: native,
+                    max_bytes,
+                },
+                "read",
+            )
+            .await?;
+        match reply {
+            PluginReply::Text(t) => Ok(t),
+            other => Err(unexpected(&job.scheduler, &via, &other, None)),
+        }
+    }
+
+    /// Makes `call` about `job` through the instance's hosts, its submit host first,
+    /// failing over to the next host when one cannot be asked; the host that answered
+    /// and its answer.
+    async fn call_through(
+        &self,
+        job: &Job,
+        call: PluginCall,
+        what: &str,
+    ) -> Result<(String, PluginReply), JobError> {
         let hosts = self.instance_hosts(&job.scheduler, &HashSet::from([job.node.clone()]));
         if hosts.is_empty() {
             return Err(JobError::Unavailable(format!(
-                "{} cannot be cancelled now: no host of scheduler {} is connected (submitted through {}); try again when one is (`corral plugins` shows the hosts)",
+                "{} cannot be {what} now: no host of scheduler {} is connected (submitted through {}); try again when one is (`corral plugins` shows the hosts)",
                 job.id, job.scheduler, job.node
             )));
         }
         let owner = Some(job.owner.as_str()).filter(|o| !o.is_empty());
         let last = hosts.len() - 1;
         for (i, node) in hosts.iter().enumerate() {
-            match self
-                .call(
-                    node,
-                    &job.scheduler,
-                    PluginCall::Cancel(native.to_string()),
-                    owner,
-                )
-                .await
-            {
-                Ok(PluginReply::Done) => return Ok(node.clone()),
-                Ok(other) => return Err(unexpected(&job.scheduler, node, &other, None)),
+            match self.call(node, &job.scheduler, call.clone(), owner).await {
+                Ok(reply) => return Ok((node.clone(), reply)),
                 Err(CallError::Command(e)) if i < last => {
-                    warn!(job = %job.id, scheduler = %job.scheduler, %node, error = %e, next = %hosts[i + 1], "a host of the scheduler could not be asked to cancel; trying the next");
+                    warn!(job = %job.id, scheduler = %job.scheduler, %node, export = call.export(), error = %e, next = %hosts[i + 1], "a host of the scheduler could not be asked; trying the next");
                 }
                 Err(e) => return Err(call_error(e, &job.scheduler, node, None)),
             }
         }
         // Every host but the last returns or continues above; the last always returns.
         Err(JobError::Unavailable(format!(
-            "{} cannot be cancelled now: no host of scheduler {} answered",
+            "{} cannot be {what} now: no host of scheduler {} answered",
             job.id, job.scheduler
         )))
     }

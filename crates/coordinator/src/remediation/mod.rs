@@ -91,7 +91,7 @@ use corral_proto::job::{PluginCall, PluginError, PluginReply};
 use corral_proto::model::{unix_ms, Liveness, RayRole, RayState};
 use corral_proto::wire::Command;
 
-pub(crate) use state::{Actor, Cordoned, Drain, DrainState, Target};
+pub(crate) use state::{Actor, Cordoned, Drain, DrainState, Outcome, Target};
 
 /// What corral puts before every drain reason it sets, and looks for before lifting one.
 pub const PREFIX: &str = "corral: ";
@@ -124,18 +124,22 @@ pub(crate) enum Failure {
     /// The plugin cannot do it (no drain support) or calls the request invalid (a node
     /// name it refuses): not retried; the drain is `skipped`, with the message.
     Final(String),
-    /// Anything else (no host connected, the scheduler failed, a timeout): retried.
+    /// The request may have reached the scheduler (it failed there, or timed out):
+    /// retried, and until it succeeds the drain may be in place.
     Retry(String),
+    /// Nothing could be asked (no host of the instance is connected): retried, but a
+    /// drain tried only this way is known not to be in place.
+    Unreached(String),
 }
 
-/// A drain's or lift's outcome: where it ended up, or (`Err`) why to try again.
-fn settled(
-    r: Result<(DrainState, Option<String>), Failure>,
-) -> Result<(DrainState, Option<String>), String> {
+/// A drain's or lift's outcome: where it ended up, or (`Err`) why to try again and
+/// whether the try may have reached the scheduler.
+fn settled(r: Result<(DrainState, Option<String>), Failure>) -> Outcome {
     match r {
         Ok(v) => Ok(v),
         Err(Failure::Final(m)) => Ok((DrainState::Skipped, Some(m))),
-        Err(Failure::Retry(m)) => Err(m),
+        Err(Failure::Retry(m)) => Err((m, true)),
+        Err(Failure::Unreached(m)) => Err((m, false)),
     }
 }
 
@@ -954,12 +958,7 @@ impl Remediation {
     }
 
     /// Drains `node` at one target. `Ok(state)` is where the drain ended up.
-    async fn drain(
-        &self,
-        node: &str,
-        d: &Drain,
-        reason: &str,
-    ) -> Result<(DrainState, Option<String>), String> {
+    async fn drain(&self, node: &str, d: &Drain, reason: &str) -> Outcome {
         settled(self.drain_at(node, d, reason).await)
     }
 
@@ -995,7 +994,7 @@ impl Remediation {
                             .map(|_| (DrainState::Drained, None)),
                         // The scheduler keeps no reasons (Grid Engine): corral's only if
                         // corral already tried; otherwise someone else's, left alone.
-                        None if d.attempts > 0 || d.made => Ok((DrainState::Drained, None)),
+                        None if d.reached || d.made => Ok((DrainState::Drained, None)),
                         None => Ok((
                             DrainState::Foreign,
                             Some(format!("already drained, and scheduler {instance} keeps no reason: taken as someone else's, left alone and not resumed by corral")),
@@ -1025,7 +1024,7 @@ impl Remediation {
     }
 
     /// Lifts corral's drain of `node` at one target, unless someone else's replaced it.
-    async fn lift(&self, node: &str, d: &Drain) -> Result<(DrainState, Option<String>), String> {
+    async fn lift(&self, node: &str, d: &Drain) -> Outcome {
         settled(self.lift_at(node, d).await)
     }
 
@@ -1388,7 +1387,7 @@ impl Actuator for Live {
         let instance = instance.to_string();
         Box::pin(async move {
             if hosts.is_empty() {
-                return Err(Failure::Retry(format!(
+                return Err(Failure::Unreached(format!(
                     "no authorized host of scheduler {instance} is connected (see [schedulers.{instance}] nodes and `corral plugins`)"
                 )));
             }

@@ -128,7 +128,15 @@ pub(crate) struct Drain {
     /// Corral made this drain and has not lifted it since (it may be `pending` again,
     /// to be made anew with another reason or after a reconnect).
     pub made: bool,
+    /// A failed try since the last settled outcome may have reached the scheduler (it
+    /// failed there or timed out), so the drain may be in place. Tries that found no
+    /// host to ask leave it false.
+    pub reached: bool,
 }
+
+/// One try's outcome: where the drain ended up, or why to try again and whether the
+/// try may have reached the scheduler.
+pub(crate) type Outcome = Result<(DrainState, Option<String>), (String, bool)>;
 
 impl Drain {
     pub fn new(target: Target) -> Drain {
@@ -139,6 +147,7 @@ impl Drain {
             message: None,
             next_try: None,
             made: false,
+            reached: false,
         }
     }
 
@@ -146,7 +155,7 @@ impl Drain {
     /// have taken effect, e.g. an answer lost to a timeout; the lift asks first).
     pub fn may_be_in_place(&self) -> bool {
         self.state == DrainState::Drained
-            || (self.state == DrainState::Pending && (self.attempts > 0 || self.made))
+            || (self.state == DrainState::Pending && (self.reached || self.made))
     }
 
     /// Whether this drain has work now: made (cordoned) or lifted (resuming).
@@ -162,7 +171,7 @@ impl Drain {
     /// Applies one try's outcome; returns the action and outcome words for counting.
     pub fn settle(
         &mut self,
-        outcome: Result<(DrainState, Option<String>), String>,
+        outcome: Outcome,
         cfg: &RemediationSection,
         resuming: bool,
     ) -> (&'static str, &'static str) {
@@ -171,6 +180,7 @@ impl Drain {
             Ok((state, message)) => {
                 self.state = state;
                 self.made = state == DrainState::Drained;
+                self.reached = false;
                 self.message = message;
                 self.attempts = 0;
                 self.next_try = None;
@@ -182,10 +192,11 @@ impl Drain {
                 };
                 (action, word)
             }
-            Err(e) => {
+            Err((e, reached)) => {
                 self.next_try =
                     Some(Instant::now() + backoff(cfg.retry_after, cfg.max_backoff, self.attempts));
                 self.attempts += 1;
+                self.reached |= reached;
                 self.message = Some(e);
                 (action, "failed")
             }
@@ -358,6 +369,7 @@ impl Cordoned {
                         attempts: d.attempts,
                         message: d.message.clone(),
                         made: d.made,
+                        reached: Some(d.reached),
                     }
                 })
                 .collect(),
@@ -384,6 +396,7 @@ impl Cordoned {
                     message: d.message,
                     next_try: None,
                     made: d.made || d.state == "drained",
+                    reached: d.reached.unwrap_or(d.attempts > 0),
                 })
                 .collect(),
             node: row.node,

@@ -22,6 +22,8 @@ struct Script {
     calls: Mutex<Vec<String>>,
     /// Scheduler calls fail while this many remain.
     fail: Mutex<u32>,
+    /// No host of any instance is connected: calls reach nothing.
+    no_host: std::sync::atomic::AtomicBool,
 }
 
 impl Script {
@@ -54,6 +56,11 @@ impl Actuator for Act {
                 .lock()
                 .unwrap()
                 .push(format!("{instance} {}", call.export()));
+            if s.no_host.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Failure::Unreached(format!(
+                    "no authorized host of scheduler {instance} is connected"
+                )));
+            }
             {
                 let mut fail = s.fail.lock().unwrap();
                 if *fail > 0 {
@@ -310,7 +317,7 @@ impl Rig {
 
     fn events(&self, action: &str) -> Vec<String> {
         self.registry
-            .events(0, None, 1000)
+            .events(0, None, None, 1000)
             .into_iter()
             .filter(|e| e.kind == EventKind::Remediation && e.to == action)
             .map(|e| e.message)
@@ -593,6 +600,37 @@ async fn a_failed_drain_is_retried_with_backoff_and_visible() {
     }
     assert_eq!(r.cordon("gpu-01").unwrap().drains[0].state, "drained");
     assert_eq!(r.rem.metrics().actions[&("drain", "failed")], 2);
+}
+
+#[tokio::test]
+async fn a_cordon_whose_drains_reached_no_host_resumes_at_once_and_one_that_failed_there_is_checked(
+) {
+    let r = rig_with(cfg(), slurm(), &["gpu-01", "gpu-02"]);
+    r.script
+        .no_host
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    r.rem.drain_by("gpu-01", "fan", "alice").await.unwrap();
+    r.step(Duration::ZERO).await;
+    let d = &r.cordon("gpu-01").unwrap().drains[0];
+    assert_eq!((d.state.as_str(), d.attempts), ("pending", 1));
+    // Nothing reached Slurm, so nothing there can need lifting: the resume is done
+    // without a host.
+    r.rem.resume_by("gpu-01", "alice").await.unwrap();
+    r.step(S).await;
+    assert!(r.cordon("gpu-01").is_none(), "{:?}", r.cordon("gpu-01"));
+    // A try that failed at the scheduler may have drained it: the lift waits for a host.
+    r.script
+        .no_host
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    *r.script.fail.lock().unwrap() = 1;
+    r.rem.drain_by("gpu-02", "fan", "alice").await.unwrap();
+    r.step(2 * S).await;
+    r.script
+        .no_host
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    r.rem.resume_by("gpu-02", "alice").await.unwrap();
+    r.step(3 * S).await;
+    assert!(r.cordon("gpu-02").is_some(), "lifted without asking Slurm");
 }
 
 #[tokio::test]
