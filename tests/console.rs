@@ -280,22 +280,7 @@ async fn a_job_submitted_to_slurm_shows_its_output_and_history_and_is_cancelled_
         runs_as_runner_keys()
     ))
     .await;
-    let deadline = std::time::Instant::now() + SECS(120);
-    loop {
-        let v: Value = cc.c.get("/api/v1/plugins").await.json().await.unwrap();
-        let announced =
-            v.as_array().unwrap().iter().any(|n| {
-                n["node"] == "gpu-a" && n["loaded"].as_array().is_some_and(|l| !l.is_empty())
-            });
-        if announced {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gpu-a never announced slurm: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cc.c.wait_plugins_announced("gpu-a", SECS(120)).await;
     // Slurm writes slurm-ID.out in the job's directory.
     let out = run_async(vec![
         "submit".into(),

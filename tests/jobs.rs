@@ -37,22 +37,9 @@ async fn cluster(dir: Option<&Path>, plugins: &[&str]) -> Cluster {
         None => String::new(),
     };
     c.start_agent("node-a", &extra);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v: Value = c.get("/api/v1/plugins").await.json().await.unwrap();
-        let announced = v.as_array().unwrap().iter().any(|n| {
-            n["node"] == "node-a" && n["connected"] == true && !n["announced_ms"].is_null()
-        });
-        if announced {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node-a never announced its plugins: {v}\n--- agent log ---\n{}",
-            c.agent_log("node-a")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_plugins_announced("node-a", Duration::from_secs(120))
+        .await;
+    c
 }
 
 /// `corral COMMAND --socket PATH ARGS...`, off the async runtime (`--socket` right

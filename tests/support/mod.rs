@@ -474,6 +474,30 @@ impl Cluster {
         }
     }
 
+    /// Waits until `node`'s current connection has announced its scheduler plugins
+    /// (`GET /api/v1/plugins`); panics with what was seen and the agent's log after
+    /// `within`.
+    pub async fn wait_plugins_announced(&self, node: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let v: serde_json::Value = self.get("/api/v1/plugins").await.json().await.unwrap();
+            let announced = v.as_array().is_some_and(|a| {
+                a.iter().any(|n| {
+                    n["node"] == node && n["connected"] == true && !n["announced_ms"].is_null()
+                })
+            });
+            if announced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} never announced its plugins: {v}\n--- agent log ---\n{}",
+                self.agent_log(node)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn wait_liveness(&self, name: &str, want: Liveness, within: Duration) -> Duration {
         self.wait_node(name, want.as_str(), within, |n| n.liveness == want)
             .await

@@ -50,6 +50,8 @@ pub enum BenchCmd {
     Plugin(crate::bench_plugin::PluginArgs),
     /// Unhealthy → drained and healthy → resumed in Slurm: corral vs Slurm's health-check hook.
     Remediation(crate::bench_remediation::RemediationArgs),
+    /// Web console: page weight, render time at N nodes, feed traffic, coordinator cost vs polling.
+    Console(crate::bench_console::ConsoleArgs),
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +89,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Submit(a) => crate::bench_jobs::run(a).await,
         BenchCmd::Plugin(a) => crate::bench_plugin::run(a).await,
         BenchCmd::Remediation(a) => crate::bench_remediation::run(a).await,
+        BenchCmd::Console(a) => crate::bench_console::run(a).await,
         BenchCmd::GpuSample(a) => crate::bench_gpu::run(a),
     }
 }
@@ -108,8 +111,8 @@ pub(crate) fn corral_exe() -> Result<PathBuf> {
     Ok(exe)
 }
 
-/// CPU seconds (user + system) and peak RSS of a process, from /proc.
-fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
+/// CPU seconds (user + system), peak RSS and RSS of a process, from /proc.
+pub(crate) fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are 14th and 15th.
     let after = stat.rsplit_once(')').context("odd /proc stat")?.1;
@@ -158,12 +161,15 @@ pub(crate) fn free_udp_port() -> Result<u16> {
         .port())
 }
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    child: Child,
-    quic: SocketAddr,
-    api: ApiClient,
-    ca: pki::Ca,
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) child: Child,
+    pub(crate) quic: SocketAddr,
+    /// The plain-HTTP API listener (`[api] listen`), where the web console is served.
+    pub(crate) http: SocketAddr,
+    /// The API through the Unix socket.
+    pub(crate) api: ApiClient,
+    pub(crate) ca: pki::Ca,
 }
 
 /// A short-lived CA in `tls` with a coordinator certificate for loopback.
@@ -181,7 +187,7 @@ pub(crate) fn bench_pki(tls: &Path) -> Result<pki::Ca> {
 }
 
 /// Starts a real coordinator process with a fresh CA in a temp dir.
-async fn start_coordinator() -> Result<Cluster> {
+pub(crate) async fn start_coordinator() -> Result<Cluster> {
     let dir = tempfile::tempdir()?;
     let ca = bench_pki(&dir.path().join("tls"))?;
     let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
@@ -206,29 +212,37 @@ async fn start_coordinator() -> Result<Cluster> {
         dir,
         child,
         quic,
+        http: SocketAddr::from(([127, 0, 0, 1], api_port)),
         api,
         ca,
     })
 }
 
 #[derive(Default)]
-struct Counters {
-    beats: AtomicU64,
-    reports: AtomicU64,
-    beat_bytes: AtomicU64,
-    report_bytes: AtomicU64,
-    failed: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) beats: AtomicU64,
+    pub(crate) reports: AtomicU64,
+    pub(crate) beat_bytes: AtomicU64,
+    pub(crate) report_bytes: AtomicU64,
+    pub(crate) failed: AtomicU64,
 }
+
+/// Changes a simulated agent's report before each send: called with the report (the
+/// shared one with the agent's node name, the first time; what the previous call left
+/// after) and how many reports this agent has sent.
+pub(crate) type Vary = Arc<dyn Fn(&mut NodeReport, u64) + Send + Sync>;
 
 /// What every simulated agent of a run shares: what it sends, how often, where it
 /// counts, and when it stops.
 #[derive(Clone)]
-struct Beating {
-    report: Arc<NodeReport>,
-    period: Duration,
-    report_every: u64,
-    counters: Arc<Counters>,
-    stop: tokio_util::sync::CancellationToken,
+pub(crate) struct Beating {
+    pub(crate) report: Arc<NodeReport>,
+    /// `None`: every report is `report` as it is.
+    pub(crate) vary: Option<Vary>,
+    pub(crate) period: Duration,
+    pub(crate) report_every: u64,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) stop: tokio_util::sync::CancellationToken,
 }
 
 async fn sim_agent(
@@ -241,6 +255,7 @@ async fn sim_agent(
 ) -> Result<()> {
     let Beating {
         report,
+        vary,
         period,
         report_every,
         counters,
@@ -265,7 +280,7 @@ async fn sim_agent(
     let _: Welcome = r.recv("welcome").await?;
     let mut report = (*report).clone();
     report.node = name;
-    let report = AgentMsg::Report(Box::new(report));
+    let mut report = AgentMsg::Report(Box::new(report));
     let _ = connected.send(conn.clone()).await;
     // Spread agents evenly over the period.
     tokio::time::sleep(period.mul_f64(rand::random::<f64>())).await;
@@ -291,6 +306,9 @@ async fn sim_agent(
             .fetch_add(n as u64 + 4, Ordering::Relaxed);
         sent += 1;
         if sent % report_every == 0 {
+            if let (Some(vary), AgentMsg::Report(r)) = (&vary, &mut report) {
+                vary(r, sent / report_every - 1);
+            }
             let n = w.send("report", &report).await?;
             counters.reports.fetch_add(1, Ordering::Relaxed);
             counters
@@ -310,23 +328,32 @@ async fn sim_agent(
     Ok(())
 }
 
-async fn coordinator(a: CoordArgs) -> Result<()> {
-    anyhow::ensure!(
-        a.agents > 0 && a.rate > 0.0 && a.report_every > 0,
-        "--agents, --rate and --report-every must be positive"
-    );
-    raise_fd_limit();
-    let cluster = start_coordinator().await?;
-    let pid = cluster.child.id().context("coordinator pid")?;
-    eprintln!("issuing {} agent certificates", a.agents);
+/// Simulated agents started by [`start_agents`], running until their `stop` is cancelled.
+pub(crate) struct Agents {
+    /// One per agent; each ends after `stop`, once its stream is drained.
+    pub(crate) tasks: tokio::task::JoinSet<()>,
+    pub(crate) conns: Vec<quinn::Connection>,
+    pub(crate) connect_secs: f64,
+}
+
+/// Issues `n` agent certificates (`bench-00000`, ...) from `cluster`'s CA and starts one
+/// simulated agent for each, `concurrency` handshakes at a time. Returns once every
+/// agent is connected or has failed (or no agent connected for 60 s).
+pub(crate) async fn start_agents(
+    cluster: &Cluster,
+    n: usize,
+    beating: &Beating,
+    concurrency: usize,
+) -> Result<Agents> {
+    eprintln!("issuing {n} agent certificates");
     let t = Instant::now();
     let transport = || {
         let mut t = corral_transport::frame::transport_config();
         t.keep_alive_interval(None);
         t
     };
-    let mut configs = Vec::with_capacity(a.agents);
-    for i in 0..a.agents {
+    let mut configs = Vec::with_capacity(n);
+    for i in 0..n {
         let name = format!("bench-{i:05}");
         let issued = cluster.ca.issue(&name, Role::Agent, &[], 2)?;
         let files = write_issued(cluster.dir.path(), &name, &issued)?;
@@ -334,32 +361,18 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         configs.push((name, pki::quic_client_config(&tls, transport())?));
     }
     eprintln!("issued in {:.1}s; connecting", t.elapsed().as_secs_f64());
-    let report = Arc::new(
-        tokio::task::spawn_blocking(|| {
-            corral_node::session::sample_once("bench", &Default::default(), &Default::default())
-        })
-        .await??,
-    );
-    let endpoints: Vec<quinn::Endpoint> = (0..a.agents.div_ceil(500))
+    let endpoints: Vec<quinn::Endpoint> = (0..n.div_ceil(500))
         .map(|_| quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))))
         .collect::<Result<_, _>>()?;
-    let counters = Arc::new(Counters::default());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(a.agents);
-    let period = Duration::from_secs_f64(1.0 / a.rate);
-    let sem = Arc::new(tokio::sync::Semaphore::new(a.connect_concurrency));
+    let counters = beating.counters.clone();
+    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(n.max(1));
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (name, cfg)) in configs.into_iter().enumerate() {
         let permit = sem.clone().acquire_owned().await?;
         let (ep, conn_tx) = (endpoints[i % endpoints.len()].clone(), conn_tx.clone());
-        let beating = Beating {
-            report: report.clone(),
-            period,
-            report_every: a.report_every,
-            counters: counters.clone(),
-            stop: stop.clone(),
-        };
+        let beating = beating.clone();
         let counters = counters.clone();
         let addr = cluster.quic;
         tasks.spawn(async move {
@@ -382,8 +395,8 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         });
     }
     drop(conn_tx);
-    let mut conns = Vec::with_capacity(a.agents);
-    while conns.len() + (counters.failed.load(Ordering::Relaxed) as usize) < a.agents {
+    let mut conns = Vec::with_capacity(n);
+    while conns.len() + (counters.failed.load(Ordering::Relaxed) as usize) < n {
         match tokio::time::timeout(Duration::from_secs(60), conn_rx.recv()).await {
             Ok(Some(c)) => conns.push(c),
             _ => break,
@@ -395,6 +408,43 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         conns.len(),
         counters.failed.load(Ordering::Relaxed)
     );
+    Ok(Agents {
+        tasks,
+        conns,
+        connect_secs,
+    })
+}
+
+async fn coordinator(a: CoordArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.agents > 0 && a.rate > 0.0 && a.report_every > 0,
+        "--agents, --rate and --report-every must be positive"
+    );
+    raise_fd_limit();
+    let cluster = start_coordinator().await?;
+    let pid = cluster.child.id().context("coordinator pid")?;
+    let report = Arc::new(
+        tokio::task::spawn_blocking(|| {
+            corral_node::session::sample_once("bench", &Default::default(), &Default::default())
+        })
+        .await??,
+    );
+    let counters = Arc::new(Counters::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let period = Duration::from_secs_f64(1.0 / a.rate);
+    let beating = Beating {
+        report,
+        vary: None,
+        period,
+        report_every: a.report_every,
+        counters: counters.clone(),
+        stop: stop.clone(),
+    };
+    let Agents {
+        mut tasks,
+        conns,
+        connect_secs,
+    } = start_agents(&cluster, a.agents, &beating, a.connect_concurrency).await?;
     tokio::time::sleep(Duration::from_secs(3).max(period * 2)).await;
 
     // The latency histogram is cumulative: the window is s1 less s0.
@@ -500,7 +550,7 @@ fn write_issued(dir: &Path, name: &str, issued: &pki::Issued) -> Result<pki::Tls
     Ok(files)
 }
 
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     // Each QUIC endpoint is one socket; raising the soft limit is harmless and helps
     // other harness files.
     unsafe {

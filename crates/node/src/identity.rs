@@ -278,6 +278,24 @@ mod tests {
     }
 
     #[test]
+    fn a_jobs_output_is_read_as_its_owner_and_never_without_one() {
+        let dev = user("dev", 1000);
+        let logs = PluginCall::Logs {
+            id: "7".into(),
+            max_bytes: 100,
+        };
+        assert_eq!(policy().resolve(&logs, Some("dev"), &dev).unwrap(), dev);
+        assert_eq!(
+            policy().resolve(&logs, None, &user("root", 0)),
+            Err(RunAsError::NoOwner { export: "logs" })
+        );
+        assert_eq!(
+            policy().resolve(&logs, Some("root"), &user("root", 0)),
+            Err(RunAsError::Root)
+        );
+    }
+
+    #[test]
     fn a_job_owned_by_a_system_account_is_refused() {
         // The agent's own user is taken as it is, without a lookup.
         let daemon = user("daemon", 1);

@@ -190,14 +190,18 @@ impl Jobs {
         Ok(Submitted::Job(Box::new(job.view(true))))
     }
 
-    /// Cancels a job. A job that already finished is not an error: it is returned as is.
-    pub(crate) async fn cancel(&self, id: JobId) -> Result<JobView, JobError> {
-        let job = self
-            .lock()
+    /// A copy of job `id`.
+    fn job(&self, id: JobId) -> Result<Job, JobError> {
+        self.lock()
             .table
             .get(id)
             .cloned()
-            .ok_or(JobError::NoJob(id))?;
+            .ok_or(JobError::NoJob(id))
+    }
+
+    /// Cancels a job. A job that already finished is not an error: it is returned as is.
+    pub(crate) async fn cancel(&self, id: JobId) -> Result<JobView, JobError> {
+        let job = self.job(id)?;
         if job.is_finished() && job.phase != Phase::Orphaned {
             return Ok(job.view(true));
         }
@@ -261,12 +265,7 @@ impl Jobs {
     /// The last `max_bytes` of a job's output, read by its plugin as the job's owner
     /// (through the same hosts a cancel would go to).
     pub(crate) async fn logs(&self, id: JobId, max_bytes: u32) -> Result<String, JobError> {
-        let job = self
-            .lock()
-            .table
-            .get(id)
-            .cloned()
-            .ok_or(JobError::NoJob(id))?;
+        let job = self.job(id)?;
         let Some(native) = job.native_id.clone() else {
             return Err(JobError::Conflict(format!(
                 "{id} has no native id ({:?}), so its scheduler cannot say where its output is",
