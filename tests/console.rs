@@ -51,7 +51,9 @@ impl ConsoleCluster {
         let mut c = Cluster::new();
         // Drains would change what the pages show under the test; the console's own
         // buttons are tested with remediation's manual drain, which ignores this.
-        c.coordinator_extra = "[remediation]\nenabled = false".into();
+        // Jobs polled often, as in tests/jobs.rs: Slurm forgets an ended job quickly.
+        c.coordinator_extra =
+            "[remediation]\nenabled = false\n[jobs]\npoll_interval = \"300ms\"".into();
         c.start_coordinator();
         for (name, n) in [("gpu-a", 2), ("gpu-b", 4)] {
             let log = c.path(&format!("kmsg-{name}"));
@@ -570,9 +572,16 @@ async fn the_feed_starts_with_a_snapshot_and_sends_a_delta_when_a_node_changes()
     c.wait_node("n1", "reporting", SECS(20), |n| n.report.is_some())
         .await;
     let token = c.token("ada", "viewer").await;
-    let mut resp = reqwest::Client::new()
-        .get(format!("{}/api/v1/console/stream", c.api()))
-        .bearer_auth(&token)
+    let stream = || {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/console/stream", c.api()))
+            .bearer_auth(&token)
+    };
+    // What an <img> another page points here sends is not what EventSource sends.
+    let not_events = stream().header("accept", "image/*").send().await.unwrap();
+    assert_eq!(not_events.status(), 406);
+    let mut resp = stream()
+        .header("accept", "text/event-stream")
         .send()
         .await
         .unwrap();
@@ -634,4 +643,20 @@ async fn the_feed_starts_with_a_snapshot_and_sends_a_delta_when_a_node_changes()
         saw_snapshot && saw_liveness_delta,
         "no snapshot then disconnect delta: {text}"
     );
+    // Revoking the token ends the stream it opened (re-checked at least every 15 s).
+    let id = token.split('_').nth(1).unwrap().to_string();
+    let out = run_async(vec![
+        "tokens".into(),
+        "revoke".into(),
+        id,
+        "--socket".into(),
+        c.socket(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ended = tokio::time::timeout(SECS(25), async {
+        while let Ok(Some(_)) = resp.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its revoked token");
 }

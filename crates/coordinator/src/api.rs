@@ -15,7 +15,7 @@
 //! | `GET /api/v1/events?since=ID&node=NAME&kind=KIND&limit=N` | viewer | liveness, health, gpu, audit and remediation events, oldest first |
 //! | `GET /api/v1/stats` | viewer | coordinator counters and the beat latency histogram ([`StatsView`](corral_proto::api::StatsView)) |
 //! | `POST /api/v1/jobs` | user | submit `{"scheduler", "spec", "via"?, "dry_run"?}` as the caller: 201 and the job, or 200 and the rendered script for a dry run |
-//! | `GET /api/v1/jobs?owner=NAME` | viewer | every job (or one owner's), oldest first, without histories; others' jobs without their detail |
+//! | `GET /api/v1/jobs?owner=NAME&node=NAME` | viewer | every job (or one owner's), oldest first, without histories; others' jobs without their detail |
 //! | `GET /api/v1/jobs/{id}` | owner or admin | one job (`c17`) with its state history |
 //! | `POST /api/v1/jobs/{id}/cancel` | owner or admin | cancel; a job that already ended is returned as is |
 //! | `GET /api/v1/jobs/{id}/logs?bytes=N` | owner or admin | the last N bytes (default 64 KiB, at most 1 MiB) of its output, read by the plugin as the job's owner ([`JobLogs`]) |
@@ -90,6 +90,8 @@ pub(crate) struct ApiState {
     public_metrics: bool,
     /// The TCP listener is HTTPS (session cookies are then `Secure`).
     pub(crate) https: bool,
+    /// Cancelled when the coordinator stops: long-lived responses end with it.
+    pub(crate) shutdown: CancellationToken,
 }
 
 pub(crate) type AppState = Arc<ApiState>;
@@ -252,6 +254,7 @@ pub(crate) async fn serve(
             .collect(),
         public_metrics: cfg.public_metrics,
         https: cfg.tls_cert.is_some() && cfg.tls_key.is_some(),
+        shutdown: shutdown.clone(),
     });
     let app = router(state);
     let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| {
@@ -542,7 +545,15 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
                 }
                 Err((status, message)) => {
                     tracing::info!(path = %req.uri().path(), error = %message, "console request refused");
-                    error(status, message)
+                    let mut resp = error(status, message);
+                    if status == StatusCode::UNAUTHORIZED {
+                        // The session is gone: the browser drops the cookie too.
+                        let gone = crate::console::session::set_cookie(None, state.https);
+                        if let Ok(v) = header::HeaderValue::from_str(&gone) {
+                            resp.headers_mut().insert(header::SET_COOKIE, v);
+                        }
+                    }
+                    resp
                 }
             };
         }
@@ -575,25 +586,12 @@ fn session_caller(
     req: &Request,
     cookie: &str,
 ) -> Result<(Caller, String), (StatusCode, String)> {
-    use crate::console::session::{Proof, Sessions, CSRF_HEADER};
+    use crate::console::session::{Sessions, CSRF_HEADER};
     let sessions = &state.shared.console.sessions;
     let session = sessions
         .get(cookie)
         .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
-    let still = match &session.proof {
-        Proof::Token => state
-            .access
-            .still_valid(&session.caller.via)
-            .map_err(|e| e.to_string()),
-        Proof::Certificate(leaf) => match state.shared.revocations.revoked(leaf) {
-            Some(r) => Err(format!(
-                "the certificate this console session was opened with (serial {}) has been revoked",
-                r.serial
-            )),
-            None => Ok(()),
-        },
-    };
-    if let Err(why) = still {
+    if let Err(why) = proof_holds(state, &session.proof, &session.caller.via) {
         sessions.end(cookie);
         return Err((
             StatusCode::UNAUTHORIZED,
@@ -606,6 +604,72 @@ fn session_caller(
             .map_err(|e| (StatusCode::FORBIDDEN, e.to_string()))?;
     }
     Ok((session.caller, session.csrf))
+}
+
+/// Whether the credential a session or stream was opened with still holds: a token not
+/// revoked or expired, a certificate not revoked.
+fn proof_holds(
+    state: &ApiState,
+    proof: &crate::console::session::Proof,
+    via: &corral_proto::api::Via,
+) -> Result<(), String> {
+    use crate::console::session::Proof;
+    match proof {
+        Proof::Token => state.access.still_valid(via).map_err(|e| e.to_string()),
+        Proof::Certificate(leaf) => match state.shared.revocations.revoked(leaf) {
+            Some(r) => Err(format!(
+                "the certificate (serial {}) has been revoked",
+                r.serial
+            )),
+            None => Ok(()),
+        },
+    }
+}
+
+/// What a long-lived request (the console's stream) was authenticated with, to check
+/// again while it lasts.
+pub(crate) enum Credential {
+    Session(String),
+    Proof(crate::console::session::Proof, corral_proto::api::Via),
+    /// The Unix socket: the kernel's word does not expire.
+    Local,
+}
+
+impl Credential {
+    /// The credential `req` (already authenticated as `caller`) came with.
+    pub(crate) fn of(req: &Request, caller: &Caller) -> Credential {
+        use crate::console::session::Proof;
+        use corral_proto::api::Via;
+        if let Some(c) = crate::console::session::cookie_of(req.headers()) {
+            if req.headers().get(header::AUTHORIZATION).is_none() {
+                return Credential::Session(c);
+            }
+        }
+        match (&caller.via, certified_chain(req)) {
+            (Via::Token { .. }, _) => Credential::Proof(Proof::Token, caller.via.clone()),
+            (Via::Certificate { .. }, Some(chain)) if !chain.is_empty() => {
+                Credential::Proof(Proof::Certificate(chain[0].clone()), caller.via.clone())
+            }
+            _ => Credential::Local,
+        }
+    }
+
+    /// Whether it still holds.
+    pub(crate) fn holds(&self, state: &ApiState) -> Result<(), String> {
+        match self {
+            Credential::Session(cookie) => {
+                let session = state
+                    .shared
+                    .console
+                    .sessions
+                    .get(cookie)
+                    .map_err(|e| e.to_string())?;
+                proof_holds(state, &session.proof, &session.caller.via)
+            }
+            Credential::Proof(proof, via) => proof_holds(state, proof, via),
+            Credential::Local => Ok(()),
+        }
+    }
 }
 
 pub(crate) fn certificate_caller(
@@ -662,13 +726,19 @@ async fn whoami(
     Extension(caller): Extension<Caller>,
     csrf: Option<Extension<SessionCsrf>>,
 ) -> Response {
-    Json(WhoAmI {
+    let mut resp = Json(WhoAmI {
         user: caller.user,
         role: caller.role,
         via: caller.via,
         csrf: csrf.map(|Extension(SessionCsrf(c))| c),
     })
-    .into_response()
+    .into_response();
+    // It may carry the CSRF token: never cached.
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 async fn nodes(State(s): State<AppState>) -> Response {
@@ -896,6 +966,8 @@ async fn submit(
 #[derive(Deserialize)]
 struct JobsQuery {
     owner: Option<String>,
+    /// Submitted through this node.
+    node: Option<String>,
 }
 
 /// `job` as `caller` may see it: in full for its owner and admins; for anyone else
@@ -921,6 +993,7 @@ async fn jobs(
     let shown: Vec<JobView> = all
         .into_iter()
         .filter(|j| q.owner.as_ref().is_none_or(|o| *o == j.owner))
+        .filter(|j| q.node.as_ref().is_none_or(|n| *n == j.node))
         .map(|j| visible(&caller, j))
         .collect();
     Json(shown).into_response()

@@ -324,7 +324,7 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
                         if note_cuts("report", bounds::report(&mut r)) {
                             registry.record_truncated_report(&node);
                         }
-                        let point = crate::console::history::Point::of(&r);
+                        let point = crate::console::history::Point::of(&r, corral_proto::model::unix_ms());
                         if registry.report(&node, conn_id, *r) {
                             shared.console.history.record(&node, point);
                         }

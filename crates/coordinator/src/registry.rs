@@ -250,7 +250,13 @@ impl Node {
             schedulers: self
                 .plugins
                 .as_ref()
-                .map(|a| a.loaded.iter().map(|p| p.info.name.clone()).collect())
+                .map(|a| {
+                    a.loaded
+                        .iter()
+                        .map(|p| p.info.name.clone())
+                        .filter(|p| !a.refused.contains(p))
+                        .collect()
+                })
                 .unwrap_or_default(),
             gpus: report
                 .map(|r| {

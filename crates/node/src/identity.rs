@@ -8,9 +8,9 @@
 //!
 //! Invariants:
 //! - The user is chosen by the host from what the call is, never by the plugin:
-//!   `submit` and `cancel` run as the job's owner (the user the coordinator
-//!   authenticated), `info`, `render`, `status`, `list`, `logs` and `node-state` as the
-//!   configured service user (they only read), `drain-node` and `resume-node` as the
+//!   `submit`, `cancel` and `logs` (a job's output is the owner's to read) run as the
+//!   job's owner (the user the coordinator authenticated), `info`, `render`, `status`,
+//!   `list` and `node-state` as the configured service user (they only read), `drain-node` and `resume-node` as the
 //!   agent itself (they change the scheduler's view of a node, which the coordinator
 //!   asks for only on its remediation policy's or an admin's behalf).
 //! - A job owner that is root, or whose uid is under `[plugins] min_job_uid`, is refused
@@ -127,7 +127,8 @@ impl User {
 /// The operator's rules for whom plugin programs run as (`[plugins]` keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAsPolicy {
-    /// Who `info`, `render`, `status`, `list` and `logs` run as.
+    /// Who `info`, `render`, `status`, `list` and `node-state` run as (`submit`, `cancel`
+    /// and `logs` run as the job's owner).
     pub service_user: String,
     /// Job owners with a lower uid are refused (root has its own switch).
     pub min_job_uid: u32,

@@ -611,7 +611,7 @@ pub struct NodeSummary {
     pub mem: Option<u8>,
     pub ray: Option<RayRole>,
     pub ray_state: Option<RayState>,
-    /// The scheduler plugins its current (or last) agent announced.
+    /// The scheduler plugins its current (or last) agent announced and may serve.
     pub schedulers: Vec<String>,
     pub gpus: Vec<GpuCell>,
 }

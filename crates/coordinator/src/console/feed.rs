@@ -12,7 +12,10 @@
 //!   socket: a delta is built and serialized once. A console that falls more than
 //!   [`LAG`] deltas behind is sent `resync` and closed; its browser reconnects and
 //!   starts from a snapshot. No console can make the coordinator buffer without bound.
-//! - At most [`MAX_STREAMS`] consoles at once; the next is refused with 503.
+//! - At most [`MAX_STREAMS`] consoles at once, [`MAX_STREAMS_PER_USER`] per user; the
+//!   next is refused with 503. A stream re-checks its caller's credential every
+//!   [`RECHECK`] and ends when it no longer holds (logout, revocation, expiry) or the
+//!   coordinator stops.
 //!
 //! Trade-off: one second of latency for changes, in exchange for batching: at 10,000
 //! nodes the registry sees thousands of reports a second, and a browser redrawing on
@@ -35,6 +38,10 @@ pub(crate) const TICK: Duration = Duration::from_secs(1);
 pub(crate) const LAG: usize = 32;
 /// Consoles streaming at once.
 pub(crate) const MAX_STREAMS: usize = 256;
+/// Consoles one user streams at once (tabs, windows).
+pub(crate) const MAX_STREAMS_PER_USER: usize = 8;
+/// How often an open stream re-checks its caller's credential.
+pub(crate) const RECHECK: Duration = Duration::from_secs(15);
 /// Events a snapshot carries.
 const RECENT_EVENTS: usize = 100;
 /// Events one delta carries at most (the rest are in `/api/v1/events`).
@@ -49,6 +56,9 @@ pub(crate) struct Message {
 
 struct State {
     seq: u64,
+    /// The snapshot last serialized, and the `seq` it is of: consoles that open between
+    /// two changes share it (a reconnect storm serializes it once, not once each).
+    snapshot: Option<(u64, Arc<Message>)>,
     /// What every console was last sent of each node.
     sent: HashMap<String, NodeSummary>,
     recent: VecDeque<Event>,
@@ -60,6 +70,8 @@ pub(crate) struct Feed {
     state: Mutex<State>,
     tx: broadcast::Sender<Arc<Message>>,
     streams: AtomicUsize,
+    /// Streams open per user.
+    per_user: Mutex<HashMap<String, usize>>,
     /// Bytes of deltas, snapshots and resyncs queued to consoles, for `/metrics`.
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) deltas: AtomicU64,
@@ -70,12 +82,29 @@ pub(crate) struct Subscription {
     pub snapshot: Arc<Message>,
     pub rx: broadcast::Receiver<Arc<Message>>,
     feed: Arc<Feed>,
+    pub user: String,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.feed.streams.fetch_sub(1, Relaxed);
+        let mut per_user = self.feed.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(&self.user);
+            }
+        }
     }
+}
+
+/// Why a console could not open the feed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum Full {
+    #[error("{MAX_STREAMS} consoles are already open, the most this coordinator serves; close one and reload")]
+    All,
+    #[error("{0} has {MAX_STREAMS_PER_USER} consoles open already, the most one user may; close one and reload")]
+    User(String),
 }
 
 impl Feed {
@@ -84,12 +113,14 @@ impl Feed {
         Feed {
             state: Mutex::new(State {
                 seq: 0,
+                snapshot: None,
                 sent: HashMap::new(),
                 recent: VecDeque::new(),
                 last_event: 0,
             }),
             tx,
             streams: AtomicUsize::new(0),
+            per_user: Mutex::new(HashMap::new()),
             bytes_sent: AtomicU64::new(0),
             deltas: AtomicU64::new(0),
         }
@@ -107,8 +138,10 @@ impl Feed {
     /// Gathers what changed in `registry` and sends it as one delta (nothing when
     /// nothing visible changed).
     pub(crate) fn tick(&self, registry: &Registry) {
-        let changed = registry.take_changed();
+        // Taken under the feed's lock (the order is always feed, then registry), so two
+        // ticks cannot send one node's summaries out of order.
         let mut st = self.lock();
+        let changed = registry.take_changed();
         let events = registry.events(st.last_event, None, None, EVENTS_PER_DELTA);
         let mut nodes = Vec::new();
         for s in changed {
@@ -152,34 +185,58 @@ impl Feed {
         }));
     }
 
-    /// A new console: the snapshot to send first and the deltas after it; `None` when
-    /// [`MAX_STREAMS`] are open. What changed since the last tick goes out first, so the
-    /// snapshot is current.
-    pub(crate) fn subscribe(self: &Arc<Self>, registry: &Registry) -> Option<Subscription> {
-        if self.streams.fetch_add(1, Relaxed) >= MAX_STREAMS {
-            self.streams.fetch_sub(1, Relaxed);
-            return None;
+    /// A new console of `user`: the snapshot to send first and the deltas after it;
+    /// refused when [`MAX_STREAMS`], or the user's [`MAX_STREAMS_PER_USER`], are open.
+    /// What changed since the last tick goes out first, so the snapshot is current.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        registry: &Registry,
+        user: &str,
+    ) -> Result<Subscription, Full> {
+        {
+            let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = per_user.entry(user.to_string()).or_default();
+            if *mine >= MAX_STREAMS_PER_USER {
+                return Err(Full::User(user.to_string()));
+            }
+            if self.streams.fetch_add(1, Relaxed) >= MAX_STREAMS {
+                self.streams.fetch_sub(1, Relaxed);
+                if *mine == 0 {
+                    per_user.remove(user);
+                }
+                return Err(Full::All);
+            }
+            *mine += 1;
         }
         self.tick(registry);
-        let st = self.lock();
-        let mut nodes: Vec<NodeSummary> = st.sent.values().cloned().collect();
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let snapshot = ConsoleSnapshot {
-            seq: st.seq,
-            nodes,
-            events: st.recent.iter().cloned().collect(),
+        let mut st = self.lock();
+        let snapshot = match &st.snapshot {
+            Some((seq, m)) if *seq == st.seq => m.clone(),
+            _ => {
+                let mut nodes: Vec<NodeSummary> = st.sent.values().cloned().collect();
+                nodes.sort_by(|a, b| a.name.cmp(&b.name));
+                let snapshot = ConsoleSnapshot {
+                    seq: st.seq,
+                    nodes,
+                    events: st.recent.iter().cloned().collect(),
+                };
+                let m = Arc::new(Message {
+                    event: "snapshot",
+                    data: serde_json::to_string(&snapshot).unwrap_or_default(),
+                });
+                st.snapshot = Some((st.seq, m.clone()));
+                m
+            }
         };
         let rx = self.tx.subscribe();
         drop(st);
-        let data = serde_json::to_string(&snapshot).unwrap_or_default();
-        self.bytes_sent.fetch_add(data.len() as u64, Relaxed);
-        Some(Subscription {
-            snapshot: Arc::new(Message {
-                event: "snapshot",
-                data,
-            }),
+        self.bytes_sent
+            .fetch_add(snapshot.data.len() as u64, Relaxed);
+        Ok(Subscription {
+            snapshot,
             rx,
             feed: self.clone(),
+            user: user.to_string(),
         })
     }
 

@@ -3,9 +3,13 @@
 //!
 //! Invariants:
 //! - Bounded: [`POINTS`] one-minute slots per series, one byte per slot (two for
-//!   power), at most [`MAX_GPUS`] GPUs per node; a node or GPU not heard from for the
-//!   whole window is forgotten ([`History::prune`]). At 10,000 nodes with 8 GPUs each
-//!   this is about 30 MB (BENCHMARKS.md, "Web console").
+//!   power; an empty slot is a sentinel value, not an `Option`), at most [`MAX_GPUS`]
+//!   GPUs per node; a node or GPU not heard from for the whole window is forgotten
+//!   ([`History::prune`]). A GPU's four series take 300 bytes and a node's two 120, so
+//!   10,000 nodes with 8 GPUs each hold about 30 MB with the maps' overhead
+//!   (the test `a_node_with_8_gpus_holds_under_3_5_kb` keeps it so).
+//! - Time is the coordinator's (when the report arrived), not the agent's: a node with
+//!   a wrong clock still charts now.
 //! - A slot is the mean of the reports received in its minute; a minute without a
 //!   report is `None`, never a repeated or interpolated value.
 //! - GPUs are kept by UUID, so a GPU that falls off the bus and returns under another
@@ -28,18 +32,36 @@ pub(crate) const STEP_S: u64 = 60;
 /// GPUs kept per node (a report is already capped lower, see `bounds`).
 const MAX_GPUS: usize = 64;
 
+/// A slot's value type, with the value that means "no report that minute" (never a
+/// reading: percentages and temperatures are clamped below it).
+trait Slot: Copy + PartialEq + Into<u32> + TryFrom<u32> {
+    const NONE: Self;
+}
+
+impl Slot for u8 {
+    const NONE: u8 = u8::MAX;
+}
+
+impl Slot for u16 {
+    const NONE: u16 = u16::MAX;
+}
+
 /// One series: a ring of slots plus the running mean of the current minute.
 #[derive(Clone)]
 struct Series<T> {
-    slots: [Option<T>; POINTS],
+    slots: [T; POINTS],
     sum: u32,
     n: u16,
 }
 
-impl<T: Copy + Into<u32> + TryFrom<u32>> Series<T> {
+fn slot(minute: u64) -> usize {
+    (minute % POINTS as u64) as usize
+}
+
+impl<T: Slot> Series<T> {
     fn new() -> Self {
         Series {
-            slots: [None; POINTS],
+            slots: [T::NONE; POINTS],
             sum: 0,
             n: 0,
         }
@@ -49,7 +71,7 @@ impl<T: Copy + Into<u32> + TryFrom<u32>> Series<T> {
     /// last minute written): they had no report.
     fn skip(&mut self, from: u64, to: u64) {
         for m in (from + 1..to).take(POINTS) {
-            self.slots[(m % POINTS as u64) as usize] = None;
+            self.slots[slot(m)] = T::NONE;
         }
     }
 
@@ -57,13 +79,15 @@ impl<T: Copy + Into<u32> + TryFrom<u32>> Series<T> {
         if new_minute {
             self.sum = 0;
             self.n = 0;
-            self.slots[(minute % POINTS as u64) as usize] = None;
+            self.slots[slot(minute)] = T::NONE;
         }
-        let Some(v) = value else { return };
+        let Some(v) = value.filter(|v| *v != T::NONE) else {
+            return;
+        };
         self.sum = self.sum.saturating_add(v.into());
         self.n = self.n.saturating_add(1);
         let mean = (self.sum + u32::from(self.n) / 2) / u32::from(self.n);
-        self.slots[(minute % POINTS as u64) as usize] = T::try_from(mean).ok();
+        self.slots[slot(minute)] = T::try_from(mean).unwrap_or(T::NONE);
     }
 
     /// Oldest first, ending with `minute`.
@@ -74,7 +98,7 @@ impl<T: Copy + Into<u32> + TryFrom<u32>> Series<T> {
                 if m > last_written || last_written - m >= POINTS as u64 {
                     None
                 } else {
-                    self.slots[(m % POINTS as u64) as usize]
+                    Some(self.slots[slot(m)]).filter(|v| *v != T::NONE)
                 }
             })
             .collect()
@@ -122,10 +146,11 @@ fn percent(part: u64, total: u64) -> Option<u8> {
 }
 
 impl Point {
-    pub(crate) fn of(report: &NodeReport) -> Point {
+    /// The readings of `report`, which arrived at `at_ms` (the coordinator's clock).
+    pub(crate) fn of(report: &NodeReport, at_ms: u64) -> Point {
         let host = &report.host;
         Point {
-            at_ms: host.taken_at_ms,
+            at_ms,
             cpu: Some(host.cpu_percent.clamp(0.0, 100.0).round() as u8),
             mem: percent(host.memory.used_bytes, host.memory.total_bytes),
             gpus: report
@@ -141,8 +166,8 @@ impl Point {
                         (Some(u), Some(t)) => percent(u, t),
                         _ => None,
                     },
-                    temp: g.temperature_celsius.map(|t| t.min(255) as u8),
-                    power: g.power_watts.map(|w| w.clamp(0.0, 65_535.0).round() as u16),
+                    temp: g.temperature_celsius.map(|t| t.min(254) as u8),
+                    power: g.power_watts.map(|w| w.clamp(0.0, 65_534.0).round() as u16),
                 })
                 .collect(),
         }
@@ -282,11 +307,10 @@ mod tests {
 
     const MIN: u64 = 60_000;
 
-    fn report(at_ms: u64, cpu: f32, gpu_util: Option<u32>) -> NodeReport {
+    fn report(cpu: f32, gpu_util: Option<u32>) -> NodeReport {
         NodeReport {
             node: "n1".into(),
             host: HostSample {
-                taken_at_ms: at_ms,
                 cpu_percent: cpu,
                 memory: Memory {
                     total_bytes: 100,
@@ -315,10 +339,10 @@ mod tests {
     fn a_minute_holds_the_mean_of_its_reports_and_a_silent_minute_is_empty() {
         let h = History::new();
         let t0 = 1_000 * MIN;
-        h.record("n1", Point::of(&report(t0, 10.0, Some(40))));
-        h.record("n1", Point::of(&report(t0 + 20_000, 30.0, Some(60))));
+        h.record("n1", Point::of(&report(10.0, Some(40)), t0));
+        h.record("n1", Point::of(&report(30.0, Some(60)), t0 + 20_000));
         // Nothing in minute 1001; minute 1002 has one report.
-        h.record("n1", Point::of(&report(t0 + 2 * MIN, 90.0, Some(100))));
+        h.record("n1", Point::of(&report(90.0, Some(100)), t0 + 2 * MIN));
         let v = h.of("n1", t0 + 2 * MIN + 5_000).unwrap();
         assert_eq!(v.cpu.len(), POINTS);
         assert_eq!(&v.cpu[POINTS - 3..], &[Some(20), None, Some(90)]);
@@ -335,7 +359,7 @@ mod tests {
         let h = History::new();
         let t0 = 5_000 * MIN;
         for m in 0..90 {
-            h.record("n1", Point::of(&report(t0 + m * MIN, m as f32, None)));
+            h.record("n1", Point::of(&report(m as f32, None), t0 + m * MIN));
         }
         let v = h.of("n1", t0 + 89 * MIN).unwrap();
         // Minutes 30..=89, oldest first.
@@ -353,11 +377,19 @@ mod tests {
     }
 
     #[test]
+    fn a_node_with_8_gpus_holds_under_3_5_kb() {
+        let gpu =
+            std::mem::size_of::<GpuSeries>() + "GPU-00000000-0000-0000-0000-000000000000".len();
+        let node = std::mem::size_of::<NodeSeries>() + 8 * gpu;
+        assert!(node < 3_500, "{node} bytes");
+    }
+
+    #[test]
     fn a_report_from_before_the_newest_minute_changes_nothing() {
         let h = History::new();
         let t0 = 7_000 * MIN;
-        h.record("n1", Point::of(&report(t0, 50.0, None)));
-        h.record("n1", Point::of(&report(t0 - 3 * MIN, 99.0, None)));
+        h.record("n1", Point::of(&report(50.0, None), t0));
+        h.record("n1", Point::of(&report(99.0, None), t0 - 3 * MIN));
         let v = h.of("n1", t0).unwrap();
         assert_eq!(v.cpu[POINTS - 1], Some(50));
         assert_eq!(v.cpu[POINTS - 4], None);

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -277,13 +277,13 @@ async fn login(State(s): State<AppState>, req: axum::extract::Request) -> Respon
             )
         }
     };
-    let (cookie, session) = s.shared.console.sessions.create(caller.clone(), proof);
+    let (cookie, session) = match s.shared.console.sessions.create(caller.clone(), proof) {
+        Ok(made) => made,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    // Logged, not an audit event: a login changes nothing, and events are a bounded
+    // history that logins must not be able to flush.
     tracing::info!(user = %caller.user, role = %caller.role, via = %caller.describe(), "console login");
-    s.shared.registry.audit(
-        "",
-        "login",
-        format!("{} logged in to the console", caller.describe()),
-    );
     let mut resp = Json(whoami(&caller, Some(session.csrf))).into_response();
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(Some(&cookie), s.https)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -305,49 +305,75 @@ async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
     resp
 }
 
-/// `GET /api/v1/console/stream`: the feed as server-sent events.
-async fn stream_feed(State(s): State<AppState>) -> Response {
-    let Some(sub) = s.shared.console.feed.subscribe(&s.shared.registry) else {
+/// `GET /api/v1/console/stream`: the feed as server-sent events. The stream ends when
+/// its caller's credential no longer holds (checked every [`feed::RECHECK`]), when the
+/// console falls behind (after `resync`), or when the coordinator stops.
+async fn stream_feed(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    req: axum::extract::Request,
+) -> Response {
+    // What EventSource sends; an <img> or <script> pointed here by another page does not.
+    let wants_events = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !wants_events {
         return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{} consoles are already open, the most this coordinator serves; close one and reload",
-                feed::MAX_STREAMS
-            ),
+            StatusCode::NOT_ACCEPTABLE,
+            "the console feed is server-sent events: ask with Accept: text/event-stream".into(),
         );
+    }
+    let credential = crate::api::Credential::of(&req, &caller);
+    let sub = match s
+        .shared
+        .console
+        .feed
+        .subscribe(&s.shared.registry, &caller.user)
+    {
+        Ok(sub) => sub,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let feed = s.shared.console.feed.clone();
     let first = sub.snapshot.clone();
-    // The snapshot, then each delta; `resync` and the end when this console lagged.
-    let events = stream::unfold((Some(first), Some(sub)), move |(first, sub)| {
-        let feed = feed.clone();
+    let state = s.clone();
+    let mut recheck = tokio::time::interval(feed::RECHECK);
+    recheck.reset();
+    // The snapshot, then each delta.
+    let events = stream::unfold((Some(first), Some((sub, recheck))), move |(first, live)| {
+        // Checked before every message after the snapshot, and at least every
+        // RECHECK (the tick below sends a comment, which comes back through here).
+        let holds = credential.holds(&state);
+        let state = state.clone();
         async move {
             if let Some(m) = first {
-                return Some((Ok::<_, Infallible>(sse(&m)), (None, sub)));
+                return Some((Ok::<_, Infallible>(sse(&m)), (None, live)));
             }
-            let mut sub = sub?;
-            match sub.rx.recv().await {
-                Ok(m) => Some((Ok(sse(&m)), (None, Some(sub)))),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::info!(
-                        behind = n,
-                        "console fell behind the feed; asking it to resync"
-                    );
-                    let data = "{}".to_string();
-                    feed.bytes_sent
-                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    Some((
-                        Ok(SseEvent::default().event("resync").data(data)),
-                        (None, None),
-                    ))
+            let (mut sub, mut recheck) = live?;
+            if let Err(why) = holds {
+                tracing::info!(user = %sub.user, error = %why, "console stream ended: its credential no longer holds");
+                return None;
+            }
+            loop {
+                tokio::select! {
+                    m = sub.rx.recv() => return match m {
+                        Ok(m) => Some((Ok(sse(&m)), (None, Some((sub, recheck))))),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::info!(behind = n, user = %sub.user, "console fell behind the feed; asking it to resync");
+                            Some((Ok(SseEvent::default().event("resync").data("{}")), (None, None)))
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+                    },
+                    // Also the keep-alive that lets a dead connection be noticed.
+                    _ = recheck.tick() => {
+                        return Some((Ok(SseEvent::default().comment("")), (None, Some((sub, recheck)))));
+                    }
+                    _ = state.shutdown.cancelled() => return None,
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
             }
         }
     });
-    let mut resp = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response();
+    let mut resp = Sse::new(events).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Reverse proxies (nginx) must not buffer the stream.

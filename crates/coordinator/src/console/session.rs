@@ -4,7 +4,10 @@
 //! Invariants:
 //! - The cookie (`corral_session`) is 256 random bits, `HttpOnly` (no script reads it),
 //!   `SameSite=Strict` (no other site's page makes the browser send it), `Path=/`, and
-//!   `Secure` on the HTTPS listener. The coordinator keeps only its SHA-256.
+//!   on the HTTPS listener `Secure` and named `__Host-corral_session` (so no sibling
+//!   domain or plain-HTTP page can plant one). The coordinator keeps only its SHA-256.
+//!   Cookies are not scoped by port: give the console a host name of its own rather
+//!   than sharing one with other web services.
 //! - Every session has its own CSRF token, handed to the page at login and by
 //!   `whoami`; a request that changes something must carry it in `X-CSRF-Token`
 //!   ([`Sessions::check_csrf`], compared in constant time), on top of the API's JSON
@@ -14,7 +17,9 @@
 //!   (checked on every request by the API), and when the coordinator restarts
 //!   (sessions live in memory only: logging in again is cheap, a stolen database
 //!   holds no live session).
-//! - At most [`MAX_SESSIONS`]; a new login beyond that ends the oldest.
+//! - At most [`PER_CREDENTIAL`] sessions per token or certificate: another login with it
+//!   ends its own oldest session, never someone else's. At most [`MAX_SESSIONS`] in all:
+//!   beyond that a login is refused (503), so no caller can log others out by logging in.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,14 +29,19 @@ use sha2::{Digest, Sha256};
 
 use crate::access::Caller;
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP (loopback, `corral dev`).
 pub(crate) const COOKIE: &str = "corral_session";
+/// Its name over HTTPS: the `__Host-` prefix makes the browser refuse one that is not
+/// `Secure`, host-only and for `/`.
+pub(crate) const SECURE_COOKIE: &str = "__Host-corral_session";
 /// The header a changing request carries its CSRF token in.
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a session lasts, however active.
 pub(crate) const TTL: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at once.
 pub(crate) const MAX_SESSIONS: usize = 10_000;
+/// Sessions one token or certificate holds at once.
+pub(crate) const PER_CREDENTIAL: usize = 16;
 
 /// What a credential needs re-checked while its session lasts.
 #[derive(Debug, Clone)]
@@ -74,6 +84,8 @@ pub(crate) enum SessionError {
     Unknown,
     #[error("this request changes something and needs the console's CSRF token in X-CSRF-Token; reload the console page and try again")]
     Csrf,
+    #[error("{MAX_SESSIONS} console sessions are open, the most this coordinator keeps; try again later or restart the coordinator to end them all")]
+    Full,
 }
 
 impl Sessions {
@@ -88,7 +100,11 @@ impl Sessions {
     }
 
     /// Starts a session for `caller`; returns the cookie value and the session.
-    pub(crate) fn create(&self, caller: Caller, proof: Proof) -> (String, Session) {
+    pub(crate) fn create(
+        &self,
+        caller: Caller,
+        proof: Proof,
+    ) -> Result<(String, Session), SessionError> {
         let cookie = hex(&rand::random::<[u8; 32]>());
         let session = Session {
             caller,
@@ -98,13 +114,22 @@ impl Sessions {
         };
         let mut all = self.lock();
         all.retain(|_, s| s.created.elapsed() < TTL);
-        if all.len() >= MAX_SESSIONS {
-            if let Some(oldest) = all.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k) {
-                all.remove(&oldest);
+        let same = |s: &Session| s.caller.via == session.caller.via;
+        if all.values().filter(|s| same(s)).count() >= PER_CREDENTIAL {
+            let oldest = all
+                .iter()
+                .filter(|(_, s)| same(s))
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                all.remove(&k);
             }
         }
+        if all.len() >= MAX_SESSIONS {
+            return Err(SessionError::Full);
+        }
         all.insert(digest(&cookie), session.clone());
-        (cookie, session)
+        Ok((cookie, session))
     }
 
     /// The live session of `cookie`.
@@ -148,20 +173,24 @@ pub(crate) fn cookie_of(headers: &axum::http::HeaderMap) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == COOKIE || *k == SECURE_COOKIE)
         .map(|(_, v)| v.trim().to_string())
         .filter(|v| !v.is_empty())
 }
 
 /// The `Set-Cookie` value that starts (`Some(cookie)`) or ends (`None`) a session.
 pub(crate) fn set_cookie(cookie: Option<&str>, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
+    let (name, flag) = if secure {
+        (SECURE_COOKIE, "; Secure")
+    } else {
+        (COOKIE, "")
+    };
     match cookie {
         Some(c) => format!(
-            "{COOKIE}={c}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            "{name}={c}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{flag}",
             TTL.as_secs()
         ),
-        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+        None => format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{flag}"),
     }
 }
 
@@ -181,7 +210,7 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_cookie_only_until_it_ends() {
         let s = Sessions::new();
-        let (cookie, made) = s.create(alice(), Proof::Token);
+        let (cookie, made) = s.create(alice(), Proof::Token).unwrap();
         assert_eq!(cookie.len(), 64);
         assert_eq!(s.get(&cookie).unwrap().caller, alice());
         assert_eq!(
@@ -200,9 +229,27 @@ mod tests {
     }
 
     #[test]
+    fn logging_in_again_and_again_ends_only_the_same_credentials_oldest_sessions() {
+        let s = Sessions::new();
+        let bob = Caller {
+            user: "bob".into(),
+            role: Role::Admin,
+            via: Via::Token { id: "t2".into() },
+        };
+        let (bobs, _) = s.create(bob, Proof::Token).unwrap();
+        let (first, _) = s.create(alice(), Proof::Token).unwrap();
+        for _ in 0..3 * PER_CREDENTIAL {
+            s.create(alice(), Proof::Token).unwrap();
+        }
+        assert_eq!(s.len(), PER_CREDENTIAL + 1);
+        assert!(s.get(&first).is_err(), "alice's oldest session ended");
+        assert!(s.get(&bobs).is_ok(), "bob's session is untouched");
+    }
+
+    #[test]
     fn the_cookie_is_httponly_samesite_strict_and_secure_over_https() {
         let c = set_cookie(Some("abc"), true);
-        assert!(c.starts_with("corral_session=abc; Path=/; HttpOnly; SameSite=Strict"));
+        assert!(c.starts_with("__Host-corral_session=abc; Path=/; HttpOnly; SameSite=Strict"));
         assert!(c.ends_with("; Secure"));
         assert!(!set_cookie(Some("abc"), false).contains("Secure"));
         assert!(set_cookie(None, false).contains("Max-Age=0"));

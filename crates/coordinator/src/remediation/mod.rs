@@ -127,8 +127,9 @@ pub(crate) enum Failure {
     /// The request may have reached the scheduler (it failed there, or timed out):
     /// retried, and until it succeeds the drain may be in place.
     Retry(String),
-    /// Nothing could be asked (no host of the instance is connected): retried, but a
-    /// drain tried only this way is known not to be in place.
+    /// Nothing that drains was sent (no host of the instance is connected, or the
+    /// read before the drain failed): retried, but a drain tried only this way is known
+    /// not to be in place.
     Unreached(String),
 }
 
@@ -974,7 +975,15 @@ impl Remediation {
                 instance,
                 node: native,
             } => {
-                match self.node_state(instance, native).await? {
+                // A failed read drained nothing, whatever went wrong.
+                let state = self
+                    .node_state(instance, native)
+                    .await
+                    .map_err(|f| match f {
+                        Failure::Retry(m) => Failure::Unreached(m),
+                        other => other,
+                    })?;
+                match state {
                     None => Ok((DrainState::NotMember, Some(format!("scheduler {instance} has no node {native}")))),
                     Some(s) if s.drained => match s.reason {
                         Some(r) if !r.starts_with(PREFIX.trim_end()) => Ok((

@@ -69,8 +69,9 @@ pub struct PluginsConfig {
     pub enable: Vec<String>,
     /// Where compiled components are cached. None: no disk cache.
     pub cache_dir: Option<PathBuf>,
-    /// Who `info`, `render`, `status`, `list` and `logs` run as when the agent is root
-    /// (`submit` and `cancel` run as the job's owner; see [`crate::identity`]). The
+    /// Who `info`, `render`, `status`, `list` and `node-state` run as when the agent is
+    /// root (`submit`, `cancel` and `logs` run as the job's owner; see
+    /// [`crate::identity`]). The
     /// packages create the `corral` system user.
     pub service_user: String,
     /// Job owners with a uid under this are refused (system accounts).

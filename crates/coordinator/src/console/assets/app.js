@@ -79,7 +79,8 @@ function fmtTime(ms) {
 
 /** A <time> with the short form as text and the full ISO time as its title. */
 function timeEl(ms) {
-  if (ms == null) return DASH;
+  // An agent's clock can say anything: a time no Date holds is shown as missing.
+  if (ms == null || !Number.isFinite(new Date(ms).getTime())) return DASH;
   const iso = new Date(ms).toISOString();
   return h('time', { datetime: iso, title: iso }, fmtTime(ms));
 }
@@ -990,7 +991,7 @@ function nodePage(ctx, [name], main) {
   });
   const loadPlugins = () => ctx.load('/api/v1/plugins', (all) => renderPlugins(part.plugins, all.find((p) => p.node === name)),
     (e) => fill(part.plugins, 'Scheduler plugins', h('p', { class: 'error' }, e.message)));
-  const loadJobs = () => ctx.load('/api/v1/jobs', (jobs) => renderNodeJobs(part.jobs, jobs.filter((j) => j.node === name)),
+  const loadJobs = () => ctx.load('/api/v1/jobs?node=' + encodeURIComponent(name), (jobs) => renderNodeJobs(part.jobs, jobs),
     (e) => fill(part.jobs, 'Jobs', h('p', { class: 'error' }, e.message)));
   const refetchView = throttle(ctx, 2000, loadView);
 
@@ -1914,12 +1915,21 @@ function loginPage(ctx, _params, main) {
   });
   cert.addEventListener('click', () => attempt({ certificate: true }));
   const fromHash = takeHashToken();
-  if (fromHash) {
-    attempt({ token: fromHash });
-  } else {
+  if (!fromHash) {
     ready(ctx);
     token.focus();
+    return;
   }
+  // A link's token logs in by itself only where there is no session yet: a link from
+  // someone else must not silently swap the user's identity for theirs.
+  api('GET', '/api/v1/whoami', null, { quiet401: true }).then(
+    (who) => {
+      if (!ctx.alive) return;
+      token.value = fromHash;
+      error.textContent = `You are logged in as ${who.user} (${who.role}). Press Log in to use the link's token instead.`;
+      ready(ctx);
+    },
+    () => ctx.alive && attempt({ token: fromHash }));
 }
 
 /** `/login#token=corral_...`: the token, with the fragment dropped from the URL. */
