@@ -217,6 +217,11 @@ async fn dev_runs_a_ready_node_keeps_state_across_runs_and_stops_on_ctrl_c() {
             banner.contains("corral nodes") && banner.contains(&api),
             "{banner}"
         );
+        // The console's address and a login link with a token in its fragment.
+        assert!(
+            banner.contains(&format!("{api}/login#token=corral_")),
+            "{banner}"
+        );
     }
     assert!(state.path().join("coordinator.db").exists());
     assert!(state.path().join("tls/ca.pem").exists());

@@ -660,3 +660,57 @@ async fn the_feed_starts_with_a_snapshot_and_sends_a_delta_when_a_node_changes()
     .await;
     assert!(ended.is_ok(), "the stream outlived its revoked token");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_certificate_logs_in_to_a_secure_host_only_session_over_https() {
+    let mut c = Cluster::new();
+    c.api_extra = "tls_cert = \"tls/coordinator.pem\"\ntls_key = \"tls/coordinator.key\"".into();
+    c.issue("ops", "operator");
+    c.start_coordinator();
+    let tls = c.tls_dir();
+    let pem = |name: &str| std::fs::read(tls.join(name)).unwrap();
+    let ca = reqwest::Certificate::from_pem(&pem("ca.pem")).unwrap();
+    let mut identity = pem("ops.pem");
+    identity.extend(pem("ops.key"));
+    let with_cert = reqwest::Client::builder()
+        .add_root_certificate(ca.clone())
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap();
+    let login = format!("https://127.0.0.1:{}/ui/login", c.api_port);
+    let r = with_cert
+        .post(&login)
+        .json(&json!({ "certificate": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("__Host-corral_session=") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
+    let me: Value = r.json().await.unwrap();
+    assert_eq!(
+        (me["user"].as_str(), me["role"].as_str()),
+        (Some("ops"), Some("admin"))
+    );
+    assert_eq!(me["via"]["kind"], "certificate");
+    // Without a certificate the login says what to do.
+    let without = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = without
+        .post(&login)
+        .json(&json!({ "certificate": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("no operator certificate came with this connection"));
+}
