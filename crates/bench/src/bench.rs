@@ -241,6 +241,10 @@ pub(crate) struct Beating {
     pub(crate) vary: Option<Vary>,
     pub(crate) period: Duration,
     pub(crate) report_every: u64,
+    /// Start each agent's report cycle at a random beat, so that reports are spread
+    /// evenly over the report period as a fleet's are (otherwise every agent reports at
+    /// its `report_every`-th beat, and the reports bunch up in the connect time).
+    pub(crate) spread_reports: bool,
     pub(crate) counters: Arc<Counters>,
     pub(crate) stop: tokio_util::sync::CancellationToken,
 }
@@ -258,6 +262,7 @@ async fn sim_agent(
         vary,
         period,
         report_every,
+        spread_reports,
         counters,
         stop,
     } = beating;
@@ -286,7 +291,12 @@ async fn sim_agent(
     tokio::time::sleep(period.mul_f64(rand::random::<f64>())).await;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sent = 0u64;
+    let mut sent = if spread_reports {
+        rand::random_range(0..report_every)
+    } else {
+        0
+    };
+    let mut reports = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -307,8 +317,9 @@ async fn sim_agent(
         sent += 1;
         if sent % report_every == 0 {
             if let (Some(vary), AgentMsg::Report(r)) = (&vary, &mut report) {
-                vary(r, sent / report_every - 1);
+                vary(r, reports);
             }
+            reports += 1;
             let n = w.send("report", &report).await?;
             counters.reports.fetch_add(1, Ordering::Relaxed);
             counters
@@ -437,6 +448,7 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         vary: None,
         period,
         report_every: a.report_every,
+        spread_reports: false,
         counters: counters.clone(),
         stop: stop.clone(),
     };

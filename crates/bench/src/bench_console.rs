@@ -12,9 +12,10 @@
 //!    uncompressed: the shell HTML, `/ui/app.js`, `/ui/style.css`. (No gzip size: no
 //!    deflate crate is in Cargo.lock, and the harness adds no dependency for it.) The
 //!    feed's first snapshot at N nodes is data, and is reported apart.
-//! 2. Time to first render of the Nodes and GPUs pages in headless Chromium
-//!    (`tests/support/browser.rs`): logged in once with `/login#token=...` (an admin
-//!    token made through the Unix API socket), then a fresh load of `/nodes` and
+//! 2. Time to first render of the Nodes and GPUs pages in headless Chromium (started
+//!    as `tests/support/browser.rs` starts it, driven over WebDriver): logged in once
+//!    with `/login#token=...` (an admin token made through the Unix API socket), then a
+//!    fresh load of `/nodes` and
 //!    `/gpus`, `--runs` times each, reading the page's own performance mark
 //!    `corral-rendered` (ms from navigation start; the page sets it once its data has
 //!    rendered, with `main#page[data-ready="1"]`). Median and max. Without
@@ -35,6 +36,10 @@
 //!   coordinator does for a console does not depend on how the browser renders it, and
 //!   ten browsers would not fit beside 10,000 agents on a small machine. Part 2 is the
 //!   real browser.
+//! - Each console client is its own viewer user (the coordinator limits the consoles
+//!   of one user); the pollers share the admin token.
+//! - Each node starts its report cycle at a random beat, so reports are spread evenly
+//!   over the 5 s as a fleet's are, and the feed's 1 s deltas are even.
 //! - Byte counts are HTTP body bytes (after chunked decoding, before TCP/IP).
 //! - Every window starts once each client has its first snapshot (or its first poll)
 //!   plus 2 s, so a window is the steady cost, not the cost of connecting.
@@ -46,7 +51,6 @@
 //!   process (its CPU is printed), Chromium beside it. The load average at the start and
 //!   end is printed with the figures.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -58,13 +62,14 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use crate::bench::{proc_usage, raise_fd_limit, start_agents, start_coordinator, Beating, Counters};
+use crate::bench::{
+    proc_usage, raise_fd_limit, start_agents, start_coordinator, Beating, Counters,
+};
 use corral_proto::api::{ConsoleSnapshot, CreateToken, CreatedToken, Role as ApiRole};
 use corral_proto::model::{
-    unix_ms, ActionSource, DeviceHealth, DeviceReason, DeviceStatus, GpuAction, GpuSample,
-    Health, HealthStatus, NodeReport, Reason, XidCount,
+    unix_ms, ActionSource, DeviceHealth, DeviceReason, DeviceStatus, GpuAction, GpuSample, Health,
+    HealthStatus, NodeReport, Reason, XidCount,
 };
-use corral_test_support::browser::{Browser, CHROMEDRIVER, CHROMIUM};
 
 #[derive(Args, Debug)]
 pub struct ConsoleArgs {
@@ -93,6 +98,8 @@ const UNHEALTHY_GPU: usize = 3;
 /// The agent's defaults: beat every second, report every fifth beat.
 const BEAT: Duration = Duration::from_secs(1);
 const REPORT_EVERY: u64 = 5;
+/// Consoles (and, for the reference, pollers) of the windows after the one with none.
+const CONSOLES: [usize; 2] = [1, 10];
 /// After the clients of a window are connected, before it starts.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -162,7 +169,10 @@ fn personalize(r: &mut NodeReport, rng: &mut impl Rng) {
         r.health = Health::from_reasons(vec![Reason {
             check: format!("gpu_xid:{}", g.index),
             status: HealthStatus::Unhealthy,
-            message: format!("GPU {} ({}) {}", g.index, g.uuid, g.health.reasons[0].message),
+            message: format!(
+                "GPU {} ({}) {}",
+                g.index, g.uuid, g.health.reasons[0].message
+            ),
         }]);
     }
 }
@@ -247,7 +257,8 @@ impl SseParser {
                 if !self.data.is_empty() {
                     self.data.push(b'\n');
                 }
-                self.data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+                self.data
+                    .extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
             }
         }
         // Comments (`:` keep-alives), `id:` and `retry:` do not matter here.
@@ -291,6 +302,7 @@ impl Web {
     async fn open_stream(&self) -> Result<reqwest::Response> {
         let resp = self
             .get("/api/v1/console/stream")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
             .context("opening the console stream")?;
@@ -393,6 +405,23 @@ async fn first_snapshot(web: &Web) -> Result<(String, f64)> {
     }
 }
 
+/// A new token of `user` with `role` for an hour, made through the Unix socket.
+async fn make_token(api: &corral::cli::ApiClient, user: &str, role: ApiRole) -> Result<String> {
+    let made: CreatedToken = api
+        .post_json(
+            "/api/v1/tokens",
+            Some(&CreateToken {
+                user: user.into(),
+                role,
+                ttl_secs: Some(3600),
+            }),
+            Duration::from_secs(10),
+            &format!("creating a token for {user}"),
+        )
+        .await?;
+    Ok(made.secret)
+}
+
 /// Waits until `done()`, checking every 50 ms; fails naming `what` after `within`.
 async fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) -> Result<()> {
     let deadline = Instant::now() + within;
@@ -405,9 +434,21 @@ async fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) -> Resu
     Ok(())
 }
 
+/// What a window watches: the coordinator process, its API (through the socket) and
+/// the simulated nodes' failure count.
+struct Probe<'a> {
+    pid: u32,
+    api: &'a corral::cli::ApiClient,
+    counters: &'a Counters,
+}
+
 /// One measurement window.
 struct Window {
     what: String,
+    /// Consoles or pollers.
+    clients: usize,
+    /// Pollers of `/api/v1/nodes`, not consoles.
+    polling: bool,
     secs: f64,
     /// Coordinator CPU, % of one core.
     cpu: f64,
@@ -421,10 +462,22 @@ struct Window {
     polls: u64,
     errors: u64,
     resyncs: u64,
+    /// Simulated nodes whose connection failed during the window.
+    lost: u64,
+    /// Nodes the coordinator counted connected at the end.
+    connected: usize,
 }
 
 /// Measures `secs` seconds of the coordinator `pid` while `tally`'s clients run.
-async fn measure(what: &str, pid: u32, secs: u64, tally: &Tally) -> Result<Window> {
+async fn measure(
+    what: &str,
+    clients: usize,
+    probe: &Probe<'_>,
+    secs: u64,
+    tally: &Tally,
+) -> Result<Window> {
+    let pid = probe.pid;
+    let lost0 = probe.counters.failed.load(Relaxed);
     let me = std::process::id();
     let counts = |t: &Tally| {
         [
@@ -453,9 +506,13 @@ async fn measure(what: &str, pid: u32, secs: u64, tally: &Tally) -> Result<Windo
     let (cpu1, _, rss) = proc_usage(pid).context("reading the coordinator's /proc")?;
     let (own1, _, _) = proc_usage(me)?;
     let c1 = counts(tally);
+    let lost = probe.counters.failed.load(Relaxed) - lost0;
+    let connected = probe.api.stats().await?.connected;
     let d = |i: usize| c1[i] - c0[i];
     Ok(Window {
         what: what.into(),
+        clients,
+        polling: tally.polls.load(Relaxed) > 0,
         secs: elapsed,
         cpu: (cpu1 - cpu0) / elapsed * 100.0,
         rss_max: rss_max.max(rss),
@@ -466,15 +523,30 @@ async fn measure(what: &str, pid: u32, secs: u64, tally: &Tally) -> Result<Windo
         polls: d(3),
         errors: d(4),
         resyncs: d(5),
+        lost,
+        connected,
     })
 }
 
-/// `n` consoles for one window: each gets its snapshot, then the window is measured.
-async fn with_consoles(web: &Web, pid: u32, n: usize, secs: u64) -> Result<Window> {
+/// `n` consoles for one window, each with its own token of `tokens` (the coordinator
+/// limits the consoles of one user): each gets its snapshot, then the window is
+/// measured.
+async fn with_consoles(
+    web: &Web,
+    tokens: &[String],
+    probe: &Probe<'_>,
+    n: usize,
+    secs: u64,
+) -> Result<Window> {
+    ensure!(tokens.len() >= n, "{n} consoles need {n} tokens");
     let tally = Arc::new(Tally::default());
     let mut clients = JoinSet::new();
-    for i in 0..n {
-        let (web, tally) = (web.clone(), tally.clone());
+    for (i, token) in tokens.iter().take(n).enumerate() {
+        let web = Web {
+            token: token.clone(),
+            ..web.clone()
+        };
+        let tally = tally.clone();
         // The first console keeps its data, to count the nodes in each delta.
         clients.spawn(async move {
             if let Err(e) = sse_client(web, tally.clone(), i == 0).await {
@@ -486,10 +558,7 @@ async fn with_consoles(web: &Web, pid: u32, n: usize, secs: u64) -> Result<Windo
     wait_for(
         &format!("{n} consoles getting their snapshot"),
         Duration::from_secs(180),
-        || {
-            tally.snapshots.load(Relaxed) >= n as u64
-                || tally.errors.load(Relaxed) > 0
-        },
+        || tally.snapshots.load(Relaxed) >= n as u64 || tally.errors.load(Relaxed) > 0,
     )
     .await?;
     ensure!(
@@ -498,13 +567,13 @@ async fn with_consoles(web: &Web, pid: u32, n: usize, secs: u64) -> Result<Windo
     );
     tokio::time::sleep(SETTLE).await;
     let what = format!("{n} console{}", if n == 1 { "" } else { "s" });
-    let w = measure(&what, pid, secs, &tally).await;
+    let w = measure(&what, n, probe, secs, &tally).await;
     clients.shutdown().await;
     w
 }
 
 /// `n` pollers for one window: each has polled once, then the window is measured.
-async fn with_pollers(web: &Web, pid: u32, n: usize, secs: u64) -> Result<Window> {
+async fn with_pollers(web: &Web, probe: &Probe<'_>, n: usize, secs: u64) -> Result<Window> {
     let tally = Arc::new(Tally::default());
     let mut clients = JoinSet::new();
     for i in 0..n {
@@ -522,8 +591,11 @@ async fn with_pollers(web: &Web, pid: u32, n: usize, secs: u64) -> Result<Window
         "a poll of /api/v1/nodes failed before the window (run with CORRAL_LOG=debug for why)"
     );
     tokio::time::sleep(SETTLE).await;
-    let what = format!("reference: {n} poller{} of /api/v1/nodes at 1 Hz", if n == 1 { "" } else { "s" });
-    let w = measure(&what, pid, secs, &tally).await;
+    let what = format!(
+        "reference: {n} poller{} of /api/v1/nodes at 1 Hz",
+        if n == 1 { "" } else { "s" }
+    );
+    let w = measure(&what, n, probe, secs, &tally).await;
     clients.shutdown().await;
     w
 }
@@ -558,7 +630,11 @@ async fn page_weight(web: &Web) -> Result<PageWeight> {
         if let Some(e) = resp.headers().get(reqwest::header::CONTENT_ENCODING) {
             encoding = Some(String::from_utf8_lossy(e.as_bytes()).into_owned());
         }
-        sizes[i] = resp.bytes().await.with_context(|| format!("GET {path}"))?.len();
+        sizes[i] = resp
+            .bytes()
+            .await
+            .with_context(|| format!("GET {path}"))?
+            .len();
     }
     ensure!(
         sizes[0] == sizes[1],
@@ -581,34 +657,162 @@ struct Rendered {
     says: String,
 }
 
-/// Waits until the console's `page` has rendered real data.
-async fn wait_page(b: &Browser, page: &str, within: Duration) -> Result<()> {
-    let script = format!(
-        "return document.querySelector('main#page[data-page=\"{page}\"][data-ready=\"1\"]') !== null"
-    );
-    let deadline = Instant::now() + within;
-    loop {
-        let v = b
-            .client
-            .execute(&script, vec![])
-            .await
-            .context("asking Chromium about the page")?;
-        if v == Value::Bool(true) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let text = b
-                .client
-                .execute("return document.body ? document.body.innerText : ''", vec![])
-                .await
-                .unwrap_or_default();
-            bail!(
-                "the {page} page did not render within {within:?}; it says: {}",
-                text.as_str().unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Headless Chromium driven over W3C WebDriver by its chromedriver, started with the
+/// flags the console tests' `support::browser` uses; errors are returned, not panics.
+/// (Not that helper itself: as a dependency of this binary its WebDriver client changes
+/// the features of shared dependencies, which rebuilds the whole release tree.)
+struct Chromium {
+    http: reqwest::Client,
+    /// `http://127.0.0.1:PORT/session/ID`.
+    session: String,
+    driver: std::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+impl Chromium {
+    async fn start() -> Result<Chromium> {
+        use std::os::unix::process::CommandExt;
+        let port = crate::bench::free_port()?;
+        let profile = tempfile::tempdir().context("a browser profile directory")?;
+        // Its own process group, which the Chromium it starts joins: dropping this kills
+        // the group, so no Chromium outlives the harness.
+        let driver = std::process::Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {CHROMEDRIVER}"))?;
+        let mut browser = Chromium {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(180))
+                .build()
+                .context("building the WebDriver client")?,
+            session: String::new(),
+            driver,
+            _profile: profile,
+        };
+        let caps = serde_json::json!({ "capabilities": { "alwaysMatch": {
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    "--window-size=1280,800",
+                    format!("--user-data-dir={}", browser._profile.path().display()),
+                ]
+            }
+        }}});
+        let url = format!("http://127.0.0.1:{port}/session");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let id = loop {
+            match browser.http.post(&url).json(&caps).send().await {
+                Ok(resp) => {
+                    let v = answer(resp, "starting a Chromium session").await?;
+                    break v
+                        .get("sessionId")
+                        .and_then(Value::as_str)
+                        .context("chromedriver started a session without an id")?
+                        .to_string();
+                }
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => bail!("chromedriver on port {port} did not answer within 20 s: {e}"),
+            }
+        };
+        browser.session = format!("{url}/{id}");
+        Ok(browser)
     }
+
+    async fn command(&self, path: &str, body: Value, what: &str) -> Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}/{path}", self.session))
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("{what}: chromedriver"))?;
+        answer(resp, what).await
+    }
+
+    /// Opens `url` (chromedriver answers once the page has loaded).
+    async fn goto(&self, url: &str) -> Result<()> {
+        self.command(
+            "url",
+            serde_json::json!({ "url": url }),
+            &format!("opening {url}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Runs `script` (a function body) in the page; its return value.
+    async fn js(&self, script: &str) -> Result<Value> {
+        self.command(
+            "execute/sync",
+            serde_json::json!({ "script": script, "args": [] }),
+            "running a script in Chromium",
+        )
+        .await
+    }
+
+    /// Waits until the console's `page` has rendered real data.
+    async fn wait_page(&self, page: &str, within: Duration) -> Result<()> {
+        let script = format!(
+            "return document.querySelector('main#page[data-page=\"{page}\"][data-ready=\"1\"]') !== null"
+        );
+        let deadline = Instant::now() + within;
+        loop {
+            if self.js(&script).await? == Value::Bool(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let text = self
+                    .js("return document.body ? document.body.innerText : ''")
+                    .await
+                    .unwrap_or_default();
+                bail!(
+                    "the {page} page did not render within {within:?}; it says: {}",
+                    text.as_str().unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this value started.
+        unsafe { libc::kill(-(self.driver.id() as i32), libc::SIGKILL) };
+        let _ = self.driver.wait();
+    }
+}
+
+/// A WebDriver answer's `value`, or its error as ours.
+async fn answer(resp: reqwest::Response, what: &str) -> Result<Value> {
+    let status = resp.status();
+    let body: Value = resp
+        .json()
+        .await
+        .with_context(|| format!("{what}: an unreadable WebDriver answer ({status})"))?;
+    let value = body.get("value").cloned().unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = value
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        bail!("{what}: WebDriver {status}: {message}");
+    }
+    Ok(value)
 }
 
 /// Part 2: `None` (after saying why) where Chromium is not installed.
@@ -617,24 +821,10 @@ async fn render_times(web: &Web, runs: usize) -> Result<Option<Vec<Rendered>>> {
         eprintln!("render times SKIPPED: {CHROMIUM} or {CHROMEDRIVER} is not installed (apt-get install chromium chromium-driver)");
         return Ok(None);
     }
-    // The test helper panics where the driver does not start; that is an error here.
-    let Some(b) = tokio::spawn(Browser::start())
-        .await
-        .context("starting headless Chromium (chromedriver)")?
-    else {
-        return Ok(None);
-    };
-    let goto = |url: String| {
-        let b = &b;
-        async move {
-            b.client
-                .goto(&url)
-                .await
-                .with_context(|| format!("opening {url} in Chromium"))
-        }
-    };
-    goto(format!("{}/login#token={}", web.base, web.token)).await?;
-    wait_page(&b, "overview", Duration::from_secs(120))
+    let b = Chromium::start().await?;
+    b.goto(&format!("{}/login#token={}", web.base, web.token))
+        .await?;
+    b.wait_page("overview", Duration::from_secs(120))
         .await
         .context("logging in with the token")?;
     let mut out = vec![
@@ -651,30 +841,30 @@ async fn render_times(web: &Web, runs: usize) -> Result<Option<Vec<Rendered>>> {
     ];
     for run in 0..runs {
         for r in &mut out {
-            goto(format!("{}/{}", web.base, r.page)).await?;
-            wait_page(&b, r.page, Duration::from_secs(120)).await?;
-            let v = b
-                .client
-                .execute(
-                    "const e = performance.getEntriesByName('corral-rendered')[0]; return e ? e.startTime : null",
-                    vec![],
-                )
-                .await
-                .context("reading the corral-rendered mark")?;
-            let ms = v
+            b.goto(&format!("{}/{}", web.base, r.page)).await?;
+            b.wait_page(r.page, Duration::from_secs(120)).await?;
+            let ms = b
+                .js("const e = performance.getEntriesByName('corral-rendered')[0]; return e ? e.startTime : null")
+                .await?
                 .as_f64()
                 .with_context(|| format!("the {} page set no corral-rendered mark", r.page))?;
-            let count = if r.page == "nodes" { "count" } else { "gpu-count" };
+            let count = if r.page == "nodes" {
+                "count"
+            } else {
+                "gpu-count"
+            };
             let says = b
-                .client
-                .execute(
-                    &format!("const e = document.getElementById('{count}'); return e ? e.textContent : ''"),
-                    vec![],
-                )
-                .await
-                .context("reading the page's count")?;
+                .js(&format!(
+                    "const e = document.getElementById('{count}'); return e ? e.textContent : ''"
+                ))
+                .await?;
             r.says = says.as_str().unwrap_or_default().to_string();
-            eprintln!("render run {}: /{} {ms:.0} ms ({})", run + 1, r.page, r.says);
+            eprintln!(
+                "render run {}: /{} {ms:.0} ms ({})",
+                run + 1,
+                r.page,
+                r.says
+            );
             r.ms.push(ms);
         }
     }
@@ -744,6 +934,7 @@ pub async fn run(a: ConsoleArgs) -> Result<()> {
         vary: Some(Arc::new(vary)),
         period: BEAT,
         report_every: REPORT_EVERY,
+        spread_reports: true,
         counters: Arc::new(Counters::default()),
         stop: stop.clone(),
     };
@@ -753,19 +944,13 @@ pub async fn run(a: ConsoleArgs) -> Result<()> {
         "no simulated node connected (run with CORRAL_LOG=debug for why)"
     );
 
-    let made: CreatedToken = cluster
-        .api
-        .post_json(
-            "/api/v1/tokens",
-            Some(&CreateToken {
-                user: "bench".into(),
-                role: ApiRole::Admin,
-                ttl_secs: Some(3600),
-            }),
-            Duration::from_secs(10),
-            "creating the harness's admin token",
-        )
-        .await?;
+    let token = make_token(&cluster.api, "bench", ApiRole::Admin).await?;
+    // One user per console client: the coordinator limits the consoles of one user.
+    let mut console_tokens = vec![];
+    for i in 0..CONSOLES.iter().copied().max().unwrap_or(0) {
+        console_tokens
+            .push(make_token(&cluster.api, &format!("console-{i}"), ApiRole::Viewer).await?);
+    }
     // reqwest wants a process-wide rustls provider even for plain HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let web = Web {
@@ -774,7 +959,7 @@ pub async fn run(a: ConsoleArgs) -> Result<()> {
             .build()
             .context("building the HTTP client")?,
         base: format!("http://{}", cluster.http),
-        token: made.secret,
+        token,
     };
 
     // Every node's first report comes at its fifth beat, at most a second after it
@@ -813,17 +998,23 @@ pub async fn run(a: ConsoleArgs) -> Result<()> {
     let rendered = render_times(&web, a.runs).await?;
     tokio::time::sleep(SETTLE).await;
 
+    let probe = Probe {
+        pid,
+        api: &cluster.api,
+        counters: &beating.counters,
+    };
+    let lost_before = beating.counters.failed.load(Relaxed);
     let mut windows = vec![];
     eprintln!("window: no console");
-    windows.push(measure("no console", pid, a.window, &Tally::default()).await?);
-    for n in [1, 10] {
+    windows.push(measure("no console", 0, &probe, a.window, &Tally::default()).await?);
+    for n in CONSOLES {
         eprintln!("window: {n} console(s)");
-        windows.push(with_consoles(&web, pid, n, a.window).await?);
+        windows.push(with_consoles(&web, &console_tokens, &probe, n, a.window).await?);
         tokio::time::sleep(SETTLE).await;
     }
-    for n in [1, 10] {
+    for n in CONSOLES {
         eprintln!("window: {n} poller(s) of /api/v1/nodes");
-        windows.push(with_pollers(&web, pid, n, a.window).await?);
+        windows.push(with_pollers(&web, &probe, n, a.window).await?);
         tokio::time::sleep(SETTLE).await;
     }
     let reports = beating.counters.reports.load(Relaxed);
@@ -843,16 +1034,30 @@ pub async fn run(a: ConsoleArgs) -> Result<()> {
         nproc()
     );
     println!(
-        "nodes: {connected} of {} connected in {:.1} s ({failed} failed), {reports} reports sent in all; snapshot: {} nodes, {gpus} GPUs, {unhealthy} unhealthy",
+        "nodes: {connected} of {} connected in {:.1} s, {} lost their connection later ({} in the windows), {reports} reports sent in all; snapshot: {} nodes, {gpus} GPUs, {unhealthy} unhealthy",
         a.nodes,
         agents.connect_secs,
+        failed.saturating_sub((a.nodes - connected) as u64),
+        failed - lost_before,
         snap.nodes.len()
     );
     println!();
     println!("first load of a page, uncompressed, as served over HTTP:");
-    println!("  {:<40} {:>12}", "shell HTML (/nodes, /gpus: the same)", format!("{} B", weight.shell));
-    println!("  {:<40} {:>12}", "/ui/app.js", format!("{} B", weight.script));
-    println!("  {:<40} {:>12}", "/ui/style.css", format!("{} B", weight.style));
+    println!(
+        "  {:<40} {:>12}",
+        "shell HTML (/nodes, /gpus: the same)",
+        format!("{} B", weight.shell)
+    );
+    println!(
+        "  {:<40} {:>12}",
+        "/ui/app.js",
+        format!("{} B", weight.script)
+    );
+    println!(
+        "  {:<40} {:>12}",
+        "/ui/style.css",
+        format!("{} B", weight.style)
+    );
     println!(
         "  {:<40} {:>12}",
         "total",
@@ -902,31 +1107,50 @@ pub async fn run(a: ConsoleArgs) -> Result<()> {
         println!();
     }
     println!(
-        "{:<44} {:>16} {:>14} {:>16} {:>14} {:>12}",
-        "clients", "coordinator CPU", "coord. RSS max", "to clients", "messages/s", "harness CPU"
+        "{:<47} {:>11} {:>10} {:>13} {:>13} {:>15} {:>8}",
+        "clients", "coord. CPU", "coord. RSS", "to clients", "per client", "per client", "harness"
+    );
+    println!(
+        "{:<47} {:>11} {:>10} {:>13} {:>13} {:>15} {:>8}",
+        "", "(1 core)", "(max)", "(all)", "", "", "CPU"
     );
     for w in &windows {
-        let messages = if w.polls > 0 || w.what.starts_with("reference") {
-            format!("{:.2} polls", w.polls as f64 / w.secs)
-        } else if w.what == "no console" {
-            "-".to_string()
-        } else {
-            format!("{:.2} deltas", w.deltas as f64 / w.secs)
+        let per = w.clients.max(1) as f64 * w.secs;
+        let (each, messages) = match (w.clients, w.polling) {
+            (0, _) => ("-".to_string(), "-".to_string()),
+            (_, true) => (
+                format!("{}/s", bytes(w.bytes as f64 / per)),
+                format!("{:.2} polls/s", w.polls as f64 / per),
+            ),
+            (_, false) => (
+                format!("{}/s", bytes(w.bytes as f64 / per)),
+                format!("{:.2} deltas/s", w.deltas as f64 / per),
+            ),
         };
         println!(
-            "{:<44} {:>16} {:>14} {:>16} {:>14} {:>12}",
+            "{:<47} {:>11} {:>10} {:>13} {:>13} {:>15} {:>8}",
             w.what,
             format!("{:.1} %", w.cpu),
             mib(w.rss_max),
             format!("{}/s", bytes(w.bytes as f64 / w.secs)),
+            each,
             messages,
             format!("{:.1} %", w.harness_cpu)
         );
         if w.errors > 0 || w.resyncs > 0 {
-            println!("  ({} errors, {} resyncs in this window)", w.errors, w.resyncs);
+            println!(
+                "  ({} errors, {} resyncs in this window)",
+                w.errors, w.resyncs
+            );
+        }
+        if w.lost > 0 || w.connected < connected {
+            println!(
+                "  ({} simulated nodes lost their connection in this window; the coordinator counted {} connected at its end)",
+                w.lost, w.connected
+            );
         }
     }
-    println!("CPU is % of one core over the window; RSS is the largest of 1 s samples; bytes are HTTP body bytes; 'messages/s' is deltas per console, or completed polls of all pollers.");
+    println!("coord. CPU: % of one core over the window; coord. RSS: the largest of 1 s samples; bytes: HTTP body bytes; harness CPU: this process (agents and clients).");
     Ok(())
 }
 
@@ -986,7 +1210,3 @@ mod tests {
         assert_eq!(sick.gpus[UNHEALTHY_GPU].health.xid_last, Some(79));
     }
 }
-
-/// The coordinator's HTTP address type, named for the doc above.
-#[allow(dead_code)]
-type HttpAddr = SocketAddr;

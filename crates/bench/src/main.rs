@@ -3,6 +3,7 @@
 //! `corral` processes or in-process daemons on loopback, and stops by itself.
 
 mod bench;
+mod bench_console;
 mod bench_gpu;
 mod bench_jobs;
 mod bench_plugin;

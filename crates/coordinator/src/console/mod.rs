@@ -354,22 +354,20 @@ async fn stream_feed(
                 tracing::info!(user = %sub.user, error = %why, "console stream ended: its credential no longer holds");
                 return None;
             }
-            loop {
-                tokio::select! {
-                    m = sub.rx.recv() => return match m {
-                        Ok(m) => Some((Ok(sse(&m)), (None, Some((sub, recheck))))),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::info!(behind = n, user = %sub.user, "console fell behind the feed; asking it to resync");
-                            Some((Ok(SseEvent::default().event("resync").data("{}")), (None, None)))
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
-                    },
-                    // Also the keep-alive that lets a dead connection be noticed.
-                    _ = recheck.tick() => {
-                        return Some((Ok(SseEvent::default().comment("")), (None, Some((sub, recheck)))));
+            tokio::select! {
+                m = sub.rx.recv() => match m {
+                    Ok(m) => Some((Ok(sse(&m)), (None, Some((sub, recheck))))),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::info!(behind = n, user = %sub.user, "console fell behind the feed; asking it to resync");
+                        Some((Ok(SseEvent::default().event("resync").data("{}")), (None, None)))
                     }
-                    _ = state.shutdown.cancelled() => return None,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+                },
+                // Also the keep-alive that lets a dead connection be noticed.
+                _ = recheck.tick() => {
+                    Some((Ok(SseEvent::default().comment("")), (None, Some((sub, recheck)))))
                 }
+                _ = state.shutdown.cancelled() => None,
             }
         }
     });
