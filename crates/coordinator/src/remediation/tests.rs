@@ -24,6 +24,8 @@ struct Script {
     fail: Mutex<u32>,
     /// No host of any instance is connected: calls reach nothing.
     no_host: std::sync::atomic::AtomicBool,
+    /// `drain-node` calls (only) fail at the scheduler while this many remain.
+    fail_drain: Mutex<u32>,
 }
 
 impl Script {
@@ -81,6 +83,11 @@ impl Actuator for Act {
                     }))
                 }
                 PluginCall::DrainNode { node, reason } => {
+                    let mut fail = s.fail_drain.lock().unwrap();
+                    if *fail > 0 {
+                        *fail -= 1;
+                        return Err(Failure::Retry("scontrol: timed out".into()));
+                    }
                     nodes.insert(node, Some(reason));
                     PluginReply::Done
                 }
@@ -618,11 +625,12 @@ async fn a_cordon_whose_drains_reached_no_host_resumes_at_once_and_one_that_fail
     r.rem.resume_by("gpu-01", "alice").await.unwrap();
     r.step(S).await;
     assert!(r.cordon("gpu-01").is_none(), "{:?}", r.cordon("gpu-01"));
-    // A try that failed at the scheduler may have drained it: the lift waits for a host.
+    // A drain that failed at the scheduler (a timeout) may be in place: the lift waits
+    // for a host. A failed read before it drained nothing: like no host at all.
     r.script
         .no_host
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    *r.script.fail.lock().unwrap() = 1;
+    *r.script.fail_drain.lock().unwrap() = 1;
     r.rem.drain_by("gpu-02", "fan", "alice").await.unwrap();
     r.step(2 * S).await;
     r.script
@@ -631,6 +639,18 @@ async fn a_cordon_whose_drains_reached_no_host_resumes_at_once_and_one_that_fail
     r.rem.resume_by("gpu-02", "alice").await.unwrap();
     r.step(3 * S).await;
     assert!(r.cordon("gpu-02").is_some(), "lifted without asking Slurm");
+    // A read that failed before the drain was sent leaves nothing to lift.
+    let r = rig_with(cfg(), slurm(), &["gpu-03", "gpu-04"]);
+    *r.script.fail.lock().unwrap() = 1;
+    r.rem.drain_by("gpu-03", "fan", "alice").await.unwrap();
+    r.step(Duration::ZERO).await;
+    assert_eq!(r.cordon("gpu-03").unwrap().drains[0].attempts, 1);
+    r.script
+        .no_host
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    r.rem.resume_by("gpu-03", "alice").await.unwrap();
+    r.step(S).await;
+    assert!(r.cordon("gpu-03").is_none(), "{:?}", r.cordon("gpu-03"));
 }
 
 #[tokio::test]
