@@ -453,6 +453,20 @@ async fn an_admin_drains_and_resumes_from_the_node_page_and_a_cross_site_post_do
     );
 }
 
+/// Revokes `token` (`corral_<id>_<secret>`) with `corral tokens revoke`.
+async fn revoke(c: &Cluster, token: &str) {
+    let id = token.split('_').nth(1).unwrap().to_string();
+    let out = run_async(vec![
+        "tokens".into(),
+        "revoke".into(),
+        id,
+        "--socket".into(),
+        c.socket(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// Logs in over HTTP (no browser): the session cookie and CSRF token.
 async fn login(c: &Cluster, token: &str) -> (reqwest::Response, Option<String>) {
     let resp = reqwest::Client::new()
@@ -523,16 +537,7 @@ async fn a_session_cookie_is_httponly_and_strict_needs_its_csrf_token_to_act_and
     let (bad, no_cookie) = login(&c, "corral_tx_y").await;
     assert_eq!(bad.status(), 401);
     assert!(no_cookie.is_none());
-    let id = token.split('_').nth(1).unwrap().to_string();
-    let out = run_async(vec![
-        "tokens".into(),
-        "revoke".into(),
-        id,
-        "--socket".into(),
-        c.socket(),
-    ])
-    .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    revoke(&c, &token).await;
     let r = http
         .get(format!("{}/api/v1/nodes", c.api()))
         .header("cookie", &session)
@@ -644,16 +649,7 @@ async fn the_feed_starts_with_a_snapshot_and_sends_a_delta_when_a_node_changes()
         "no snapshot then disconnect delta: {text}"
     );
     // Revoking the token ends the stream it opened (re-checked at least every 15 s).
-    let id = token.split('_').nth(1).unwrap().to_string();
-    let out = run_async(vec![
-        "tokens".into(),
-        "revoke".into(),
-        id,
-        "--socket".into(),
-        c.socket(),
-    ])
-    .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    revoke(&c, &token).await;
     let ended = tokio::time::timeout(SECS(25), async {
         while let Ok(Some(_)) = resp.chunk().await {}
     })
