@@ -375,6 +375,24 @@ async fn without_a_session_the_login_page_shows_and_a_viewer_gets_no_actions_and
     assert_eq!(b.text("h1").await.trim(), "gpu-b");
     assert!(b.text("#whoami").await.contains("vera"));
     assert!(!b.has("#drain").await, "a viewer sees no drain button");
+    // Someone else's login link does not swap the live session for theirs: it asks.
+    let admin = cc.c.token("mallory", "admin").await;
+    b.goto(&format!("{}/login#token={admin}", cc.c.api())).await;
+    b.until(
+        "the question",
+        SECS(10),
+        "return document.getElementById('login-error')?.textContent.includes('logged in as vera')",
+    )
+    .await;
+    let me = b
+        .js_async(
+            "const done = arguments[arguments.length - 1]; fetch('/api/v1/whoami').then(r => r.json()).then(done)",
+            vec![],
+        )
+        .await;
+    assert_eq!(me["user"], "vera", "{me}");
+    b.goto(&format!("{}/nodes/gpu-b", cc.c.api())).await;
+    b.wait_page("node").await;
     assert!(!b.has("#resume").await, "nor a resume button");
     b.screenshot("node-as-viewer").await;
     // A forged drain, with the session's own CSRF token: the role refuses it.

@@ -872,15 +872,7 @@ async fn render_times(web: &Web, runs: usize) -> Result<Option<Vec<Rendered>>> {
 }
 
 fn median_max(v: &[f64]) -> Option<(f64, f64)> {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = match n {
-        0 => return None,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    };
-    Some((median, v[n - 1]))
+    crate::bench_remediation::spread(v).map(|(_, median, max)| (median, max))
 }
 
 fn loadavg() -> String {

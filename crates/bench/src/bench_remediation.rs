@@ -840,7 +840,7 @@ async fn reference(
 // --- The run ---------------------------------------------------------------------------
 
 /// Min, median and max.
-fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+pub(crate) fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();

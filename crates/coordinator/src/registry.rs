@@ -234,9 +234,7 @@ impl Node {
     /// What the web console shows of it ([`crate::console`]), in whole units.
     fn summary(&self) -> NodeSummary {
         let report = self.report.as_ref();
-        let pct = |part: u64, total: u64| {
-            (total > 0).then(|| (part.min(total) as f64 * 100.0 / total as f64).round() as u8)
-        };
+        let pct = corral_proto::model::whole_percent;
         NodeSummary {
             name: self.name.clone(),
             liveness: self.liveness,

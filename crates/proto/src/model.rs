@@ -44,6 +44,12 @@ pub struct Memory {
     pub swap_used_bytes: u64,
 }
 
+/// `part` of `total` in whole percent (`None` for a total of 0), as the console shows
+/// memory use.
+pub fn whole_percent(part: u64, total: u64) -> Option<u8> {
+    (total > 0).then(|| (part.min(total) as f64 * 100.0 / total as f64).round() as u8)
+}
+
 /// One mounted filesystem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Filesystem {

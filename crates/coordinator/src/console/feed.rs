@@ -252,3 +252,38 @@ impl Feed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Settings;
+
+    #[test]
+    fn one_user_gets_at_most_max_streams_per_user_and_a_closed_one_frees_its_slot() {
+        let registry = Registry::new(
+            Settings {
+                disconnect_after_beats: 3,
+                down_after: Duration::from_secs(60),
+                persist_every: Duration::from_secs(60),
+                event_retention: 10,
+            },
+            vec![],
+            vec![],
+        );
+        let feed = Arc::new(Feed::new());
+        let mut mine: Vec<Subscription> = (0..MAX_STREAMS_PER_USER)
+            .map(|_| feed.subscribe(&registry, "alice").unwrap())
+            .collect();
+        assert_eq!(
+            feed.subscribe(&registry, "alice").err(),
+            Some(Full::User("alice".into()))
+        );
+        assert!(
+            feed.subscribe(&registry, "bob").is_ok(),
+            "another user is not held back"
+        );
+        mine.pop();
+        let _again = feed.subscribe(&registry, "alice").unwrap();
+        assert_eq!(feed.streams(), MAX_STREAMS_PER_USER);
+    }
+}

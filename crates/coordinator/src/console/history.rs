@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use corral_proto::api::{GpuHistory, NodeHistory};
-use corral_proto::model::NodeReport;
+use corral_proto::model::{whole_percent as percent, NodeReport};
 
 /// Slots per series: one hour.
 pub(crate) const POINTS: usize = 60;
@@ -139,10 +139,6 @@ struct GpuPoint {
     mem: Option<u8>,
     temp: Option<u8>,
     power: Option<u16>,
-}
-
-fn percent(part: u64, total: u64) -> Option<u8> {
-    (total > 0).then(|| (part.min(total) as f64 * 100.0 / total as f64).round() as u8)
 }
 
 impl Point {
