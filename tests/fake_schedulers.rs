@@ -15,7 +15,7 @@ use corral_test_support as support;
 
 use std::path::Path;
 
-use corral_node::plugins::PluginHost;
+use corral_sandbox::plugins::PluginHost;
 use corral_proto::job::{JobSpec, JobState, JobStatus, PluginCall, PluginError, PluginReply};
 use support::fake_programs::{Fakes, Reply};
 use support::slurm::built_plugins_dir;

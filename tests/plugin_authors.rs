@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_node::plugins::Manifest;
+use corral_sandbox::plugins::Manifest;
 use corral_proto::job::{JobSpec, JobState, PluginCall, PluginReply};
 use support::fake_programs::Fakes;
 use support::slurm::{built_plugins_dir, ci, skip};

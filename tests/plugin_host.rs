@@ -13,7 +13,7 @@ use corral_test_support as support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use corral_node::plugins::{ComponentSource, PluginHost, PluginsConfig};
+use corral_sandbox::plugins::{ComponentSource, PluginHost, PluginsConfig};
 use corral_proto::job::{JobSpec, PluginCall, PluginError, PluginReply};
 
 /// The hostile component, or `None` (after printing why) when it is not built.
@@ -530,7 +530,7 @@ fn check_file_validates_a_component_against_its_manifest() {
     let plugins = Plugins::new(wasm);
     plugins.add(&ManifestText::new("hostile"));
     let path = plugins.dir.path().join("hostile.wasm");
-    let loaded = corral_node::plugins::check_file(&path, None).unwrap();
+    let loaded = corral_sandbox::plugins::check_file(&path, None).unwrap();
     assert_eq!(loaded.info.name, "hostile");
     assert_eq!(loaded.grants.hosts, ["127.0.0.1:9"]);
     assert_eq!(loaded.digest.len(), 64);
@@ -538,7 +538,7 @@ fn check_file_validates_a_component_against_its_manifest() {
     m.programs = "[]".into();
     let other = plugins.dir.path().join("other.toml");
     std::fs::write(&other, m.text()).unwrap();
-    let err = corral_node::plugins::check_file(&path, Some(&other)).unwrap_err();
+    let err = corral_sandbox::plugins::check_file(&path, Some(&other)).unwrap_err();
     assert!(
         format!("{err:#}").contains("corral:scheduler/process"),
         "{err:#}"

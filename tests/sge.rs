@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_node::plugins::{PluginHost, PluginsConfig};
+use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 use corral_proto::job::{
     Dependency, DependencyKind, JobArray, JobState, JobStatus, NodeState, PluginCall, PluginError,
     PluginReply,

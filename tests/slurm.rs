@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_node::plugins::{PluginHost, PluginsConfig};
+use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 use corral_proto::job::{
     Dependency, DependencyKind, JobArray, JobState, NodeState, PluginCall, PluginError, PluginReply,
 };

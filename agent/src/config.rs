@@ -4,7 +4,7 @@
 //! `[coordinator]` section, or both (as `corral dev` writes), plus the shared `[tls]`,
 //! and the agent's `[health]` thresholds, `[gpu]` source, `[ray]` process
 //! ([`corral_node::ray::RayConfig`]) and `[plugins]`
-//! ([`corral_node::plugins::PluginsConfig`]), and the coordinator's `[api]`, `[jobs]`
+//! ([`corral_sandbox::plugins::PluginsConfig`]), and the coordinator's `[api]`, `[jobs]`
 //! and `[schedulers.NAME]` ([`corral_coordinator::config`]).
 //!
 //! This module only composes the file: each section's type and its checks live in the
@@ -36,7 +36,7 @@ use corral_coordinator::CoordinatorOptions;
 use corral_node::config::AgentSection;
 use corral_node::health::gpu::GpuConfig;
 use corral_node::health::verdict::Thresholds;
-use corral_node::plugins::PluginsConfig;
+use corral_sandbox::plugins::PluginsConfig;
 use corral_node::ray::RayConfig;
 use corral_node::AgentOptions;
 use corral_transport::pki::TlsFiles;

@@ -31,7 +31,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use corral_node::plugins::{PluginHost, PluginsConfig};
+use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 
 /// One scripted answer of a fake program.
 #[derive(Debug, Clone)]

@@ -563,7 +563,7 @@ pub fn exists(p: &Path) -> bool {
 pub fn runner() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
-        corral_node::identity::User::current()
+        corral_sandbox::identity::User::current()
             .map(|u| u.name)
             .expect("the user running the tests has a passwd entry")
     })
@@ -573,9 +573,9 @@ pub fn runner() -> &'static str {
 /// that user, and that user (root under CI) may own jobs. Tests about who runs what
 /// (tests/identity.rs) do not use this.
 pub fn runs_as_runner(
-    cfg: corral_node::plugins::PluginsConfig,
-) -> corral_node::plugins::PluginsConfig {
-    corral_node::plugins::PluginsConfig {
+    cfg: corral_sandbox::plugins::PluginsConfig,
+) -> corral_sandbox::plugins::PluginsConfig {
+    corral_sandbox::plugins::PluginsConfig {
         service_user: runner().to_string(),
         min_job_uid: 0,
         allow_root_jobs: true,

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_node::plugins::PluginHost;
+use corral_sandbox::plugins::PluginHost;
 use corral_proto::job::{JobSpec, JobState, JobStatus, PluginCall, PluginError, PluginReply};
 
 /// One plugin's jobs: where they run, who submits and cancels them.

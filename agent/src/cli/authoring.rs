@@ -454,7 +454,7 @@ pub(super) async fn check(
 ) -> Result<()> {
     let f = file.clone();
     let details = tokio::task::spawn_blocking(move || {
-        corral_node::plugins::check_file_details(&f, manifest.as_deref())
+        corral_sandbox::plugins::check_file_details(&f, manifest.as_deref())
     })
     .await
     .context("the plugin check stopped")?

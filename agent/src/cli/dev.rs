@@ -34,7 +34,7 @@ use corral_coordinator::registry::Settings;
 use corral_coordinator::CoordinatorOptions;
 use corral_node::health::gpu::GpuConfig;
 use corral_node::health::verdict::Thresholds;
-use corral_node::plugins::PluginsConfig;
+use corral_sandbox::plugins::PluginsConfig;
 use corral_node::session::AgentOptions;
 use corral_proto::api::{Role as ApiRole, DEFAULT_API_PORT};
 use corral_proto::wire::DEFAULT_QUIC_PORT;
@@ -85,7 +85,7 @@ fn plugin_names(dir: &Path) -> Vec<String> {
             let path = e.ok()?.path();
             let name = path.file_stem()?.to_str()?.to_string();
             let ok = path.extension()? == "wasm"
-                && corral_node::plugins::manifest::valid_name(&name)
+                && corral_sandbox::plugins::manifest::valid_name(&name)
                 && dir.join(format!("{name}.toml")).is_file();
             ok.then_some(name)
         })
@@ -145,10 +145,10 @@ fn plugins_config(args: &DevArgs, state: &Path) -> Result<(PluginsConfig, String
     // Status calls run as the packages' `corral` user when this machine has it, else
     // as whoever runs `corral dev` (one user's machine); jobs run as their owners.
     let defaults = PluginsConfig::default();
-    let service_user = if corral_node::identity::User::lookup(&defaults.service_user).is_ok() {
+    let service_user = if corral_sandbox::identity::User::lookup(&defaults.service_user).is_ok() {
         defaults.service_user.clone()
     } else {
-        corral_node::identity::User::current()
+        corral_sandbox::identity::User::current()
             .map(|u| u.name)
             .unwrap_or(defaults.service_user.clone())
     };
@@ -197,9 +197,9 @@ async fn report_plugins(socket: PathBuf, node: String, cfg: PluginsConfig) {
     let mut any_missing = false;
     for p in &ours.loaded {
         let manifest = dir.join(format!("{}.toml", p.info.name));
-        let missing: Vec<String> = corral_node::plugins::Manifest::load(&manifest)
+        let missing: Vec<String> = corral_sandbox::plugins::Manifest::load(&manifest)
             .map(|m| {
-                corral_node::plugins::manifest::resolve_programs(&m, path.as_deref())
+                corral_sandbox::plugins::manifest::resolve_programs(&m, path.as_deref())
                     .missing
                     .into_iter()
                     .map(|(name, _)| name)
@@ -334,7 +334,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let (coord_tls, agent_tls) = ensure_certs(&state.join("tls"), &node)?;
     let (plugins, plugins_shown) = plugins_config(&args, &state)?;
     let socket = state.join("api.sock");
-    let me = corral_node::identity::User::current()
+    let me = corral_sandbox::identity::User::current()
         .map(|u| u.name)
         .context("the user running `corral dev` has no name in the user database")?;
 

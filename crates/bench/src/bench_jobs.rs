@@ -189,7 +189,7 @@ pub async fn run(a: SubmitArgs) -> Result<()> {
             // included: the comparison is of the paths, not of who may submit.
             format_args!(
                 "service_user = {:?}\nmin_job_uid = 0\nallow_root_jobs = true\n",
-                corral_node::identity::User::current()?.name
+                corral_sandbox::identity::User::current()?.name
             )
         ),
     )?;
@@ -386,7 +386,7 @@ async fn measure(
         name: Some("corral-bench-poll".into()),
         ..spec.clone()
     };
-    let me = corral_node::identity::User::current()?.name;
+    let me = corral_sandbox::identity::User::current()?.name;
     let t = Instant::now();
     for i in 0..more {
         let submitted = shared

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use corral_node::plugins::bench::Bench;
-use corral_node::plugins::{PluginHost, PluginsConfig};
+use corral_sandbox::plugins::bench::Bench;
+use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 use corral_proto::job::PluginCall;
 
 #[derive(Args, Debug)]
@@ -84,8 +84,8 @@ pub async fn run(a: PluginArgs) -> Result<()> {
         })
         .await??;
         anyhow::ensure!(
-            cold_t.source == corral_node::plugins::ComponentSource::Compiled
-                && cached_t.source == corral_node::plugins::ComponentSource::Cached,
+            cold_t.source == corral_sandbox::plugins::ComponentSource::Compiled
+                && cached_t.source == corral_sandbox::plugins::ComponentSource::Cached,
             "unexpected component sources: cold {:?}, cached {:?}",
             cold_t.source,
             cached_t.source

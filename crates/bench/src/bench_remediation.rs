@@ -365,7 +365,7 @@ impl Corral {
             "[plugins]\ndir = {:?}\nenable = [\"slurm\"]\ncache_dir = {:?}\nservice_user = {:?}\nmin_job_uid = 0\nallow_root_jobs = true\n",
             plugins_dir.display().to_string(),
             dir.path().join("cache").display().to_string(),
-            corral_node::identity::User::current()?.name
+            corral_sandbox::identity::User::current()?.name
         );
         let login = spawn_agent(dir.path(), &exe, quic, LOGIN, &plugins)?;
         let c = Corral {

@@ -2,8 +2,6 @@
 //!
 //! - [`health`]: sampling (host through sysinfo, GPUs through NVML behind a trait, host
 //!   checks) and the health verdict with its reasons.
-//! - [`exec`]: the one bounded program runner (argv only, a timeout that kills the
-//!   process group, capped output), used by checks, Ray probes and plugins.
 //! - [`ray`]: the Ray head or worker started from a venv, supervised and stopped.
 //! - [`plugins`]: the sandboxed WebAssembly scheduler plugin host (wasmtime).
 //! - [`fsperm`]: ownership and permission checks for the paths the agent trusts (the
@@ -12,16 +10,18 @@
 //! - [`config`]: the `[agent]` section (the other sections live beside what they
 //!   configure).
 //!
+//! The program runner, local users and the plugin host it uses live in `corral-sandbox`
+//! (shared with the coordinator, which hosts provider plugins there).
+//!
 //! Layering: depends on `corral-proto` (what it reports and says), `corral-transport`
-//! (how it reaches the coordinator) and `corral-base`; never on the coordinator.
+//! (how it reaches the coordinator), `corral-sandbox` and `corral-base`; never on the
+//! coordinator.
 
 pub mod config;
-pub mod exec;
-pub mod fsperm;
 pub mod health;
-pub mod identity;
-pub mod plugins;
 pub mod ray;
 pub mod session;
+
+use corral_sandbox::{exec, fsperm, identity, plugins};
 
 pub use session::{run, sample_once, AgentOptions};

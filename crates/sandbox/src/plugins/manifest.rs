@@ -54,7 +54,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::verdict::ConfigIssue;
+use corral_base::config::ConfigIssue;
 use corral_base::config::parse_toml;
 
 /// A manifest that cannot be used: the file, the dotted key and what is wrong.
