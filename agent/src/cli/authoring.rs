@@ -347,8 +347,8 @@ fn render(a: &NewArgs, p: &Plan) -> Result<Vec<(PathBuf, String)>> {
         Kind::Http => HTTP,
     };
     let features = match a.kind {
-        Kind::Batch => "\"process\"",
-        Kind::Http => "\"http\"",
+        Kind::Batch => "\"scheduler\", \"process\"",
+        Kind::Http => "\"scheduler\", \"http\"",
     };
     let (fields, standalone) = if p.member {
         (

@@ -5,6 +5,7 @@
 //! - [`wire`]: the agent ⇄ coordinator messages, protocol versions and refusal codes.
 //! - [`api`]: the HTTP API's requests and answers, shared by the coordinator and the CLI.
 //! - [`names`]: what a node name may be.
+//! - [`pool`]: node pools, the machines provider plugins make for them, join tokens.
 //!
 //! Invariant: no async runtime, QUIC, wasm engine or database in this crate's
 //! dependency tree (`cargo tree -p corral-proto` shows serde, postcard, serde_json and
@@ -15,4 +16,5 @@ pub mod api;
 pub mod job;
 pub mod model;
 pub mod names;
+pub mod pool;
 pub mod wire;

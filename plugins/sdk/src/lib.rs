@@ -1,5 +1,6 @@
-//! corral's scheduler plugin SDK: the `corral:scheduler` bindings, one trait to implement,
-//! and the helpers every plugin needs.
+//! corral's plugin SDK: the `corral:scheduler` bindings, one trait to implement, and the
+//! helpers every plugin needs. Provider plugins (`wit/provider.wit`, feature `provider`)
+//! implement [`provider::Provider`] instead and use the same [`Backend`] and helpers.
 //!
 //! A plugin implements [`Scheduler`] (associated functions that take a [`Backend`]) and
 //! exports it with `corral_plugin_sdk::export_plugin!(MyPlugin);`. On wasm the backend is
@@ -41,14 +42,36 @@
 //!   dependency lists and attribute pass-through that never changes identity;
 //!   [`records`]: typed JSON and XML output.
 
+// The imports every plugin may be granted (world `sandbox`): generated once, here, and
+// shared by both export worlds below through `with`, so `Error`, `Command` and the rest
+// are one type whichever kind of plugin this is.
 wit_bindgen::generate!({
-    world: "plugin",
-    path: "../../wit",
-    pub_export_macro: true,
-    export_macro_name: "__export_plugin_component",
-    default_bindings_module: "corral_plugin_sdk",
+    world: "corral:scheduler/sandbox",
+    path: "../../wit/scheduler.wit",
     additional_derives: [PartialEq, Eq],
 });
+
+/// The `corral:scheduler` world's export (feature `scheduler`).
+#[cfg(feature = "scheduler")]
+#[doc(hidden)]
+pub mod scheduler_world {
+    wit_bindgen::generate!({
+        world: "corral:scheduler/plugin",
+        path: "../../wit/scheduler.wit",
+        with: {
+            "corral:scheduler/types@0.2.0": crate::corral::scheduler::types,
+            "corral:scheduler/process@0.2.0": crate::corral::scheduler::process,
+            "corral:scheduler/http@0.2.0": crate::corral::scheduler::http,
+            "corral:scheduler/log@0.2.0": crate::corral::scheduler::log,
+            "corral:scheduler/config@0.2.0": crate::corral::scheduler::config,
+            "corral:scheduler/clock@0.2.0": crate::corral::scheduler::clock,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_component",
+        default_bindings_module: "corral_plugin_sdk::scheduler_world",
+        additional_derives: [PartialEq, Eq],
+    });
+}
 
 pub use corral::scheduler::http::{Request, Response};
 pub use corral::scheduler::log::Level;
@@ -70,12 +93,15 @@ pub mod states;
 pub mod status;
 pub mod submit;
 pub mod testing;
+#[cfg(feature = "provider")]
+pub mod provider;
 
 /// Exports a [`Scheduler`] as the component's `scheduler` interface:
 /// `corral_plugin_sdk::export_plugin!(MyPlugin);` at the plugin crate's root.
 ///
 /// Only on wasm: the export symbols' names (`corral:scheduler/scheduler@0.2.0#info`)
 /// are not valid in a native shared library, and native builds exist for unit tests.
+#[cfg(feature = "scheduler")]
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ident) => {
@@ -218,7 +244,8 @@ pub trait Scheduler {
     }
 }
 
-impl<T: Scheduler> exports::corral::scheduler::scheduler::Guest for T {
+#[cfg(feature = "scheduler")]
+impl<T: Scheduler> scheduler_world::exports::corral::scheduler::scheduler::Guest for T {
     fn info() -> PluginInfo {
         T::info()
     }

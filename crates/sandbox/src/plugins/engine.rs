@@ -285,6 +285,39 @@ pub fn check_imports(
     Ok(())
 }
 
+/// Which world a host loads: agents load scheduler plugins, the coordinator providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    Scheduler,
+    Provider,
+}
+
+/// Refuses a plugin of the other kind with what to do instead, before linking would
+/// refuse it with a type error that names neither.
+pub fn check_world(
+    engine: &Engine,
+    component: &Component,
+    wasm: &Path,
+    want: World,
+) -> anyhow::Result<()> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let exports_one = |prefix: &str| exports.iter().any(|e| e.starts_with(prefix));
+    let scheduler = exports_one("corral:scheduler/scheduler@");
+    let provider = exports_one("corral:provider/provider@");
+    match want {
+        World::Scheduler if provider && !scheduler => anyhow::bail!(
+            "{}: this is a provider plugin (it exports corral:provider/provider): the coordinator loads it for a pool (`provider = ...` under [pools.NAME]), not an agent's [plugins] enable",
+            wasm.display()
+        ),
+        World::Provider if scheduler && !provider => anyhow::bail!(
+            "{}: this is a scheduler plugin (it exports corral:scheduler/scheduler): agents load it through [plugins] enable; a pool's provider must export corral:provider/provider",
+            wasm.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// A linker with the interfaces `manifest` grants (see module doc).
 pub fn linker(engine: &Engine, manifest: &Manifest) -> anyhow::Result<Linker<CallState>> {
     let mut l = Linker::new(engine);
@@ -328,28 +361,8 @@ impl Instance {
         }
     }
 
-    /// A fresh store for one call: memory limit and epoch deadline set.
     fn store(&self, runtime: Option<tokio::runtime::Handle>, run_as: RunAs) -> Store<CallState> {
-        let limits = &self.granted.manifest.limits;
-        let mut store = Store::new(
-            self.pre.engine(),
-            CallState {
-                granted: self.granted.clone(),
-                deadline: Instant::now() + limits.call_timeout,
-                runtime,
-                limiter: Limiter::new(limits.memory_bytes()),
-                run_as,
-            },
-        );
-        store.limiter(|s| &mut s.limiter);
-        let ticks = limits
-            .call_timeout
-            .as_millis()
-            .div_ceil(TICK.as_millis())
-            .max(1);
-        store.set_epoch_deadline(ticks as u64);
-        store.epoch_deadline_trap();
-        store
+        new_store(self.pre.engine(), &self.granted, runtime, run_as, None)
     }
 
     /// A fresh store and instance, calling nothing (for `corral-bench plugin`).
@@ -415,43 +428,85 @@ impl Instance {
         }
     }
 
-    /// Why a call stopped abnormally, in words an operator can act on.
     fn failure(&self, store: &Store<CallState>, export: &str, e: wasmtime::Error) -> PluginError {
-        let g = &self.granted;
-        let limits = &g.manifest.limits;
-        let file = g.manifest.file.display();
-        if let Some(asked) = store.data().limiter.refused {
-            return PluginError::Plugin(format!(
-                "{}.{export} exceeded its memory limit of {} MiB (asked for {} MiB; limits.memory_mb in {file}) and was stopped",
-                g.name,
-                limits.memory_mb,
-                asked.div_ceil(1024 * 1024)
-            ));
-        }
-        if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return PluginError::Timeout(format!(
-                "{}.{export} ran past its call timeout of {} (limits.call_timeout in {file}) and was stopped",
-                g.name,
-                humantime::format_duration(limits.call_timeout)
-            ));
-        }
-        // The full error (with its wasm backtrace, many lines) goes to the debug log; the
-        // caller gets the trap's kind in one line.
-        tracing::debug!(plugin = %g.name, export, error = %format!("{e:?}"), "plugin trapped");
-        let why = match e.downcast_ref::<Trap>() {
-            Some(Trap::UnreachableCodeReached) => {
-                "wasm `unreachable` executed (a panic or abort in the plugin)".to_string()
-            }
-            Some(Trap::StackOverflow) => "call stack exhausted (runaway recursion?)".to_string(),
-            Some(t) => t.to_string(),
-            None => {
-                let root = e.root_cause().to_string();
-                let first = root.lines().next().unwrap_or_default();
-                first.chars().take(500).collect()
-            }
-        };
-        PluginError::Plugin(format!("{}.{export} trapped: {why}", g.name))
+        failure(&self.granted, store, export, e)
     }
+}
+
+/// A fresh store for one call of a plugin with `granted`'s manifest: memory limit and
+/// epoch deadline set; `secret` is what its log lines must not show.
+pub fn new_store(
+    engine: &Engine,
+    granted: &Arc<Granted>,
+    runtime: Option<tokio::runtime::Handle>,
+    run_as: RunAs,
+    secret: Option<Arc<str>>,
+) -> Store<CallState> {
+    let limits = &granted.manifest.limits;
+    let mut store = Store::new(
+        engine,
+        CallState {
+            granted: granted.clone(),
+            deadline: Instant::now() + limits.call_timeout,
+            runtime,
+            limiter: Limiter::new(limits.memory_bytes()),
+            run_as,
+            secret,
+            http_requests: 0,
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    let ticks = limits
+        .call_timeout
+        .as_millis()
+        .div_ceil(TICK.as_millis())
+        .max(1);
+    store.set_epoch_deadline(ticks as u64);
+    store.epoch_deadline_trap();
+    store
+}
+
+/// Why a call stopped abnormally (a trap, the memory limit, the call timeout), in words
+/// an operator can act on.
+pub fn failure(
+    g: &Granted,
+    store: &Store<CallState>,
+    export: &str,
+    e: wasmtime::Error,
+) -> PluginError {
+    let limits = &g.manifest.limits;
+    let file = g.manifest.file.display();
+    if let Some(asked) = store.data().limiter.refused {
+        return PluginError::Plugin(format!(
+            "{}.{export} exceeded its memory limit of {} MiB (asked for {} MiB; limits.memory_mb in {file}) and was stopped",
+            g.name,
+            limits.memory_mb,
+            asked.div_ceil(1024 * 1024)
+        ));
+    }
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return PluginError::Timeout(format!(
+            "{}.{export} ran past its call timeout of {} (limits.call_timeout in {file}) and was stopped",
+            g.name,
+            humantime::format_duration(limits.call_timeout)
+        ));
+    }
+    // The full error (with its wasm backtrace, many lines) goes to the debug log; the
+    // caller gets the trap's kind in one line.
+    tracing::debug!(plugin = %g.name, export, error = %format!("{e:?}"), "plugin trapped");
+    let why = match e.downcast_ref::<Trap>() {
+        Some(Trap::UnreachableCodeReached) => {
+            "wasm `unreachable` executed (a panic or abort in the plugin)".to_string()
+        }
+        Some(Trap::StackOverflow) => "call stack exhausted (runaway recursion?)".to_string(),
+        Some(t) => t.to_string(),
+        None => {
+            let root = e.root_cause().to_string();
+            let first = root.lines().next().unwrap_or_default();
+            first.chars().take(500).collect()
+        }
+    };
+    PluginError::Plugin(format!("{}.{export} trapped: {why}", g.name))
 }
 
 #[cfg(test)]

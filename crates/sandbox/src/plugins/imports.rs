@@ -21,7 +21,9 @@
 //!   the connection goes to. The body is capped by `limits.output_max_bytes` (a larger
 //!   one is a `backend` error, never silently cut). Requests are driven on the agent's
 //!   tokio runtime from the call's blocking thread.
-//! - `log.write` goes through `tracing` with a `plugin` field, at most 8 KiB a message.
+//! - `log.write` goes through `tracing` with a `plugin` field, at most 8 KiB a message;
+//!   a secret handed to the call (a provider pool's API token) is replaced by `[secret]`
+//!   in it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -108,6 +110,11 @@ pub struct CallState {
     pub limiter: Limiter,
     /// Whom this call's programs run as.
     pub run_as: RunAs,
+    /// A secret handed to this call (a provider pool's API token): replaced by
+    /// `[secret]` in whatever the plugin logs.
+    pub secret: Option<Arc<str>>,
+    /// HTTP requests this call sent (a provider's API budget counts them).
+    pub http_requests: u32,
 }
 
 impl CallState {
@@ -356,6 +363,7 @@ impl http::Host for CallState {
         };
         let max = g.manifest.limits.output_max();
         let what = format!("{method} {url}");
+        self.http_requests = self.http_requests.saturating_add(1);
         let started = Instant::now();
         let result = rt.block_on(async move {
             let fut = async {
@@ -418,6 +426,11 @@ impl log::Host for CallState {
             }
             message.truncate(cut);
             message.push_str(" [cut]");
+        }
+        if let Some(secret) = self.secret.as_deref().filter(|s| !s.is_empty()) {
+            if message.contains(secret) {
+                message = message.replace(secret, "[secret]");
+            }
         }
         let plugin = self.granted.name.as_str();
         match level {

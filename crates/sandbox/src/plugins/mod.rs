@@ -40,6 +40,7 @@ mod convert;
 mod engine;
 mod imports;
 pub mod manifest;
+pub mod provider;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -203,7 +204,7 @@ fn files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 /// Where to find what a load needs.
-struct LoadContext<'a> {
+pub(crate) struct LoadContext<'a> {
     engine: &'a Engine,
     engine_key: &'a str,
     cache: Option<&'a cache::Cache>,
@@ -211,14 +212,66 @@ struct LoadContext<'a> {
     path_var: Option<&'a std::ffi::OsStr>,
 }
 
-/// Loads one plugin from `wasm` and `manifest_file`; `expect_name` is the name it was
-/// enabled under (the file name), which the manifest must carry.
-fn load_one(
+/// A started engine for a set of plugins: the engine sized for their limits, its epoch
+/// ticker, the key its compiled code is cached under and the disk cache, if usable.
+pub(crate) struct Engines {
+    engine: Engine,
+    ticker: Ticker,
+    key: String,
+    cache: Option<cache::Cache>,
+}
+
+impl Engines {
+    /// A failure is the message to report for every plugin that was to be loaded. A
+    /// cache directory that cannot be used is a warning: plugins compile in memory.
+    pub(crate) fn start(limits: &[Limits], cache_dir: Option<&Path>) -> Result<Engines, String> {
+        let engine = engine::new_engine(engine::Pool::for_limits(limits))
+            .map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))?;
+        let ticker = Ticker::start(&engine)
+            .map_err(|e| format!("cannot start the plugin epoch thread: {e}"))?;
+        let key = cache::engine_key(&engine);
+        let cache = cache_dir.and_then(|d| match cache::Cache::open(d) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(dir = %d.display(), error = %e, "plugin cache unusable; compiling plugins in memory");
+                None
+            }
+        });
+        Ok(Engines {
+            engine,
+            ticker,
+            key,
+            cache,
+        })
+    }
+
+    pub(crate) fn parts(self) -> (Engine, Ticker, String, Option<cache::Cache>) {
+        (self.engine, self.ticker, self.key, self.cache)
+    }
+}
+
+/// A component checked against its manifest and ready to link: what every load does
+/// before the world-specific part (linking the scheduler or provider world, `info`).
+pub(crate) struct Prepared {
+    pub component: wasmtime::component::Component,
+    pub granted: Arc<Granted>,
+    pub grants: Grants,
+    pub digest: String,
+    pub source: ComponentSource,
+    pub warnings: Vec<String>,
+    pub defaulted: Vec<String>,
+    pub started: Instant,
+}
+
+/// Reads, compiles (or takes from the cache) and checks the plugin in `wasm` against
+/// `manifest_file`; `expect_name` is the name it was enabled under (the file name),
+/// which the manifest must carry.
+pub(crate) fn prepare(
     cx: &LoadContext<'_>,
     wasm: &Path,
     manifest_file: &Path,
     expect_name: Option<&str>,
-) -> anyhow::Result<(Arc<Instance>, PluginDetails)> {
+) -> anyhow::Result<Prepared> {
     let started = Instant::now();
     let manifest = Manifest::load(manifest_file)?;
     if let Some(expected) = expect_name {
@@ -282,17 +335,39 @@ fn load_one(
         hosts: manifest.hosts.iter().map(ToString::to_string).collect(),
         config_keys: manifest.config.keys().cloned().collect(),
     };
-    let limits = manifest.limits.clone();
     let name = manifest.name.clone();
     let base_env = imports::base_env(&manifest, |k| std::env::var(k).ok());
     let granted = Arc::new(Granted {
-        name: name.clone(),
+        name,
         manifest,
         programs,
         http,
         base_env,
     });
-    let instance = Instance::new(cx.engine, &component, granted).map_err(|e| {
+    Ok(Prepared {
+        component,
+        granted,
+        grants,
+        digest,
+        source,
+        warnings,
+        defaulted,
+        started,
+    })
+}
+
+/// Loads one scheduler plugin (see [`prepare`]).
+fn load_one(
+    cx: &LoadContext<'_>,
+    wasm: &Path,
+    manifest_file: &Path,
+    expect_name: Option<&str>,
+) -> anyhow::Result<(Arc<Instance>, PluginDetails)> {
+    let p = prepare(cx, wasm, manifest_file, expect_name)?;
+    engine::check_world(cx.engine, &p.component, wasm, engine::World::Scheduler)?;
+    let name = p.granted.name.clone();
+    let limits = p.granted.manifest.limits.clone();
+    let instance = Instance::new(cx.engine, &p.component, p.granted).map_err(|e| {
         anyhow::anyhow!(
             "{}: does not fit this agent's plugin interface (corral:scheduler@{}x): {e:#}",
             wasm.display(),
@@ -313,16 +388,16 @@ fn load_one(
     let details = PluginDetails {
         loaded: LoadedPlugin {
             info,
-            digest,
-            grants,
+            digest: p.digest,
+            grants: p.grants,
         },
         wasm: wasm.to_path_buf(),
         manifest: manifest_file.to_path_buf(),
         limits,
-        source,
-        load_ms: started.elapsed().as_secs_f64() * 1000.0,
-        warnings,
-        defaulted,
+        source: p.source,
+        load_ms: p.started.elapsed().as_secs_f64() * 1000.0,
+        warnings: p.warnings,
+        defaulted: p.defaulted,
     };
     Ok((Arc::new(instance), details))
 }
@@ -370,22 +445,11 @@ impl PluginHost {
             .filter_map(|name| Manifest::load(&files(dir, name).1).ok())
             .map(|m| m.limits)
             .collect();
-        let engine = match engine::new_engine(engine::Pool::for_limits(&limits)) {
-            Ok(e) => e,
-            Err(e) => return fail_all(format!("cannot start the WebAssembly engine: {e:#}")),
-        };
-        let ticker = match Ticker::start(&engine) {
-            Ok(t) => t,
-            Err(e) => return fail_all(format!("cannot start the plugin epoch thread: {e}")),
-        };
-        let engine_key = cache::engine_key(&engine);
-        let cache = cfg.cache_dir.as_deref().and_then(|d| match cache::Cache::open(d) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(dir = %d.display(), error = %e, "plugin cache unusable; compiling plugins in memory");
-                None
-            }
-        });
+        let (engine, ticker, engine_key, cache) =
+            match Engines::start(&limits, cfg.cache_dir.as_deref()) {
+                Ok(started) => started.parts(),
+                Err(message) => return fail_all(message),
+            };
         let cx = LoadContext {
             engine: &engine,
             engine_key: &engine_key,
@@ -565,7 +629,7 @@ fn policy(cfg: &PluginsConfig) -> RunAsPolicy {
 
 /// The user this agent runs as; a uid without a passwd entry (some containers) is
 /// taken as it is, named by its number.
-fn agent_user() -> User {
+pub(crate) fn agent_user() -> User {
     User::current().unwrap_or_else(|e| {
         let uid = nix::unistd::geteuid().as_raw();
         tracing::warn!(uid, error = %e, "the agent's own user has no passwd entry");
