@@ -4,7 +4,9 @@
 //! nothing running.
 
 pub mod browser;
+pub mod cml_api;
 pub mod fake_programs;
+pub mod hetzner_api;
 pub mod scenarios;
 pub mod sge;
 pub mod slurm;

@@ -77,6 +77,21 @@ impl Script {
         })
     }
 
+    /// Expects an HTTP request, answered with `status`, `headers` (a rate limit's, say)
+    /// and `body`.
+    pub fn http_with(self, status: u16, headers: &[(&str, &str)], body: &str) -> Script {
+        self.push(Step::Http {
+            reply: Ok(Response {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: body.as_bytes().to_vec(),
+            }),
+        })
+    }
+
     pub fn http_err(self, e: Error) -> Script {
         self.push(Step::Http { reply: Err(e) })
     }

@@ -1,0 +1,1 @@
+//! A stand-in for the Cloudera AI (CML) API v2 (harness only; NOT the real service).
