@@ -106,7 +106,7 @@ pub mod provider;
 macro_rules! export_plugin {
     ($plugin:ident) => {
         #[cfg(target_arch = "wasm32")]
-        $crate::__export_plugin_component!($plugin);
+        $crate::scheduler_world::__export_plugin_component!($plugin);
     };
 }
 
