@@ -31,6 +31,7 @@ use corral_coordinator::access::AccessSection;
 use corral_coordinator::config::{
     ApiSection, Authority, CoordinatorSection, JobsSection, RemediationSection, SchedulerSection,
 };
+use corral_coordinator::pools::config::{JoinSection, PoolSection, ProvidersSection};
 use corral_coordinator::registry::Settings;
 use corral_coordinator::CoordinatorOptions;
 use corral_node::config::AgentSection;
@@ -71,6 +72,14 @@ pub struct Config {
     /// and which nodes it schedules on (absent: none).
     #[serde(default)]
     pub schedulers: BTreeMap<String, SchedulerSection>,
+    /// `[pools.NAME]`: node pools the coordinator keeps through provider plugins.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSection>,
+    /// `[providers]`: where the pools' provider plugins live.
+    #[serde(default)]
+    pub providers: ProvidersSection,
+    /// `[join]`: how new nodes join with bootstrap tokens (the coordinator's CA).
+    pub join: Option<JoinSection>,
 }
 
 /// A config that could not be used, with where and why.
@@ -164,6 +173,20 @@ impl Config {
         for check in &mut self.health.checks {
             check.resolve_paths(base);
         }
+        for p in [&mut self.providers.dir, &mut self.providers.cache_dir]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
+        if let Some(j) = &mut self.join {
+            fix(&mut j.ca_dir);
+        }
+        for pool in self.pools.values_mut() {
+            if let Some(f) = &mut pool.secret_file {
+                fix(f);
+            }
+        }
     }
 
     /// Semantic checks beyond types.
@@ -217,6 +240,14 @@ impl Config {
                 ))
             }
             None => {}
+        }
+        if self.coordinator.is_some() {
+            corral_coordinator::pools::config::validate(&self.pools, &self.providers, self.join.as_ref())?;
+        } else if !self.pools.is_empty() || self.join.is_some() {
+            return Err(issue(
+                if self.pools.is_empty() { "join" } else { "pools" },
+                "only the coordinator reads [pools.NAME] and [join]; put them in the file with the [coordinator] section".into(),
+            ));
         }
         self.health.validate()?;
         self.gpu.validate()?;
@@ -287,6 +318,9 @@ impl Config {
             authority: Authority::from_config(c, &self.schedulers),
             remediation: self.remediation.clone(),
             schedulers: self.schedulers.clone(),
+            pools: self.pools.clone(),
+            providers: self.providers.clone(),
+            join: self.join.clone(),
         })
     }
 

@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use super::show::{age, listing, Column};
 use super::{ApiArgs, ApiClient};
 use corral_proto::api::{CreateToken, CreatedToken, Role, TokenView, Via};
+use corral_proto::pool::{CreateJoinToken, CreatedJoinToken, JoinTokenView};
 
 #[derive(Args, Debug)]
 pub(super) struct WhoamiArgs {
@@ -23,16 +24,27 @@ pub(super) struct WhoamiArgs {
 
 #[derive(Subcommand, Debug)]
 pub(super) enum TokensCmd {
-    /// Make a token (admin): prints its secret, once.
+    /// Make a token (admin): prints its secret, once. With --join: a single-use
+    /// bootstrap token for one new node of a pool (`corral join`).
     Create {
         /// Whom the token authenticates as (jobs submitted with it are theirs and run as
         /// them).
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "join", conflicts_with = "join")]
+        user: Option<String>,
         /// viewer (read), user (submit and manage own jobs) or admin.
-        #[arg(long, value_parser = parse_role)]
-        role: Role,
-        /// How long it is valid, e.g. 30d or 12h (default: until revoked).
+        #[arg(long, value_parser = parse_role, required_unless_present = "join", conflicts_with = "join")]
+        role: Option<Role>,
+        /// A join token: works once, for one node of --pool, and needs --ttl.
+        #[arg(long, requires_all = ["pool", "ttl"])]
+        join: bool,
+        /// The pool the joining node becomes a member of.
+        #[arg(long, requires = "join")]
+        pool: Option<String>,
+        /// The joining node's name (default: the pool's next, POOL-N).
+        #[arg(long, requires = "join")]
+        node: Option<String>,
+        /// How long it is valid, e.g. 30d or 12h (default: until revoked; join tokens
+        /// must say, at most 7d).
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         #[arg(long)]
@@ -40,16 +52,19 @@ pub(super) enum TokensCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Every token (admin), without secrets.
+    /// Every token (admin), without secrets; with --join, the join tokens.
     List {
+        #[arg(long)]
+        join: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Revoke a token (admin); it stops working at once.
+    /// Revoke a token (admin); it stops working at once. Join tokens' ids start with
+    /// `j`.
     Revoke {
-        /// The token's id (`corral tokens list`).
+        /// The token's id (`corral tokens list`, `corral tokens list --join`).
         id: String,
         #[arg(long)]
         json: bool,
@@ -84,6 +99,25 @@ const TOKEN_COLUMNS: &[Column<TokenView>] = &[
     }),
 ];
 
+const JOIN_COLUMNS: &[Column<JoinTokenView>] = &[
+    ("ID", |t, _| t.id.clone()),
+    ("POOL", |t, _| t.pool.clone()),
+    ("NODE", |t, _| t.node.clone().unwrap_or_else(|| "(at join)".into())),
+    ("CREATED", |t, now| {
+        format!("{} ago by {}", age(now, Some(t.created_ms)), t.created_by)
+    }),
+    ("STATE", |t, now| match (t.used_ms, &t.used_by, t.revoked_ms) {
+        (Some(u), by, _) => format!(
+            "used {} ago by {}",
+            age(now, Some(u)),
+            by.as_deref().unwrap_or("?")
+        ),
+        (None, _, Some(r)) => format!("revoked {} ago", age(now, Some(r))),
+        _ if t.expires_ms <= now => "expired".into(),
+        _ => format!("expires in {}", age(t.expires_ms, Some(now))),
+    }),
+];
+
 pub(super) async fn whoami(a: WhoamiArgs) -> Result<()> {
     let me = ApiClient::new(&a.api)?.whoami().await?;
     if a.json {
@@ -102,12 +136,53 @@ pub(super) async fn whoami(a: WhoamiArgs) -> Result<()> {
 pub(super) async fn tokens(cmd: TokensCmd) -> Result<()> {
     match cmd {
         TokensCmd::Create {
+            join: true,
+            pool: Some(pool),
+            node,
+            ttl: Some(ttl),
+            json,
+            api,
+            ..
+        } => {
+            let made: CreatedJoinToken = ApiClient::new(&api)?
+                .post_json(
+                    "/api/v1/join-tokens",
+                    Some(&CreateJoinToken {
+                        pool,
+                        ttl_secs: ttl.as_secs().max(1),
+                        node,
+                    }),
+                    Duration::from_secs(10),
+                    "creating a join token",
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&made)?);
+            } else {
+                println!("{}", made.secret);
+                eprintln!(
+                    "join token {} for a node of pool {} ({}): shown once, works once, expires in {}; on the new node: `corral join --url API --token ... --ca ca.pem --dir DIR`",
+                    made.token.id,
+                    made.token.pool,
+                    made.token.node.as_deref().unwrap_or("named at join"),
+                    humantime::format_duration(ttl)
+                );
+            }
+        }
+        TokensCmd::Create { join: true, .. } => {
+            anyhow::bail!("a join token needs --pool and --ttl")
+        }
+        TokensCmd::Create {
             user,
             role,
             ttl,
             json,
             api,
+            ..
         } => {
+            let (Some(user), Some(role)) = (user, role) else {
+                anyhow::bail!("give --user and --role (or --join --pool POOL --ttl 1h for a join token)");
+            };
             let made: CreatedToken = ApiClient::new(&api)?
                 .post_json(
                     "/api/v1/tokens",
@@ -130,7 +205,21 @@ pub(super) async fn tokens(cmd: TokensCmd) -> Result<()> {
                 );
             }
         }
-        TokensCmd::List { json, api } => {
+        TokensCmd::List {
+            join: true,
+            json,
+            api,
+        } => {
+            let all: Vec<JoinTokenView> = ApiClient::new(&api)?
+                .get_json("/api/v1/join-tokens", "listing join tokens")
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print!("{}", listing(JOIN_COLUMNS, &all, unix_ms()));
+            }
+        }
+        TokensCmd::List { json, api, .. } => {
             let all: Vec<TokenView> = ApiClient::new(&api)?
                 .get_json("/api/v1/tokens", "listing tokens")
                 .await?;
@@ -138,6 +227,21 @@ pub(super) async fn tokens(cmd: TokensCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 print!("{}", listing(TOKEN_COLUMNS, &all, unix_ms()));
+            }
+        }
+        TokensCmd::Revoke { id, json, api } if id.starts_with('j') => {
+            let t: JoinTokenView = ApiClient::new(&api)?
+                .post_json::<(), _>(
+                    &format!("/api/v1/join-tokens/{}/revoke", super::client::query_value(&id)),
+                    None,
+                    Duration::from_secs(10),
+                    &format!("revoking join token {id}"),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                println!("join token {} for pool {} is revoked", t.id, t.pool);
             }
         }
         TokensCmd::Revoke { id, json, api } => {

@@ -374,6 +374,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         // corral dev's to change.
         remediation: Default::default(),
         schedulers: Default::default(),
+        // No pools: `corral dev` is one machine.
+        pools: Default::default(),
+        providers: Default::default(),
+        join: None,
     })
     .await
     .context("starting the dev coordinator (if a port is taken, pass --quic-port / --api-port)")?;

@@ -13,6 +13,7 @@ mod client;
 mod dev;
 mod generate;
 mod jobs;
+mod pools;
 mod remediation;
 mod show;
 
@@ -127,6 +128,13 @@ enum Cmd {
     /// The remediation policy: status, pause, resume.
     #[command(subcommand)]
     Remediation(remediation::RemediationCmd),
+    /// Node pools: their size, state and provider (`corral pool NAME` for one).
+    Pools(pools::PoolsArgs),
+    /// One pool: its nodes, their provider states and recent actions; or pause/resume it.
+    Pool(pools::PoolArgs),
+    /// Join a pool with a join token: make this node's key, get its certificate, write
+    /// an agent config (`corral tokens create --join` makes tokens).
+    Join(pools::JoinArgs),
     /// Round trip through a node's command channel.
     Ping {
         name: String,
@@ -196,6 +204,9 @@ pub fn main() -> ExitCode {
             | Cmd::Drain(_)
             | Cmd::Resume(_)
             | Cmd::Remediation(_)
+            | Cmd::Pools(_)
+            | Cmd::Pool(_)
+            | Cmd::Join(_)
     );
     let mut builder = if client {
         tokio::runtime::Builder::new_current_thread()
@@ -330,6 +341,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Drain(a) => remediation::drain(a).await,
         Cmd::Resume(a) => remediation::resume(a).await,
         Cmd::Remediation(cmd) => remediation::run(cmd).await,
+        Cmd::Pools(a) => pools::pools(a).await,
+        Cmd::Pool(a) => pools::pool(a).await,
+        Cmd::Join(a) => pools::join(a).await,
         Cmd::Nodes { json, api } => {
             let nodes = ApiClient::new(&api)?.nodes().await?;
             if json {

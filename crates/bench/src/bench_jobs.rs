@@ -171,6 +171,9 @@ pub async fn run(a: SubmitArgs) -> Result<()> {
             ..Default::default()
         },
         schedulers: Default::default(),
+        pools: Default::default(),
+        providers: Default::default(),
+        join: None,
     })
     .await?;
     let shared = coordinator.shared.clone();

@@ -349,10 +349,12 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/metrics", get(metrics))
         .merge(crate::console::protected_routes())
+        .merge(crate::pools::protected_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::console::public_routes())
+        .merge(crate::pools::public_routes())
         .merge(protected)
         .fallback(|| async {
             error(
@@ -715,7 +717,7 @@ pub(crate) fn require(caller: &Caller, role: Role, what: &str) -> Result<(), Box
 }
 
 /// Records who changed what, as an audit event.
-fn audit(s: &ApiState, caller: &Caller, node: &str, action: &str, what: String) {
+pub(crate) fn audit(s: &ApiState, caller: &Caller, node: &str, action: &str, what: String) {
     tracing::info!(user = %caller.user, role = %caller.role, action, node, "{what}");
     s.shared
         .registry
@@ -1285,6 +1287,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         &s.shared.jobs.metrics(),
         &s.shared.remediation.metrics(),
         &s.shared.console.metrics(),
+        &s.shared.pools.metrics(),
     );
     (
         [(

@@ -20,8 +20,9 @@
 //! Background tasks: a sweeper (every 100 ms) applies time-based liveness transitions,
 //! a flusher (every second) hands changed nodes and new events to the store, and the
 //! job poller ([`jobs::Jobs::poll`], run by its loop) asks the plugins about unfinished
-//! jobs, the [`remediation`] drains and resumes nodes, and the [`console`]'s feed sends
-//! what changed to open web consoles once a second.
+//! jobs, the [`remediation`] drains and resumes nodes, the [`pools`] keep their sizes
+//! through provider plugins, and the [`console`]'s feed sends what changed to open web
+//! consoles once a second.
 
 pub mod access;
 mod api;
@@ -30,6 +31,7 @@ mod commands;
 pub mod config;
 mod connection;
 pub mod console;
+pub mod pools;
 pub mod jobs;
 mod latency;
 pub mod metrics;
@@ -76,6 +78,12 @@ pub struct CoordinatorOptions {
     pub remediation: RemediationSection,
     /// The scheduler instances, for draining (members, their names there).
     pub schedulers: std::collections::BTreeMap<String, SchedulerSection>,
+    /// `[pools.NAME]`: node pools kept by provider plugins.
+    pub pools: std::collections::BTreeMap<String, pools::config::PoolSection>,
+    /// `[providers]`: where provider plugins live.
+    pub providers: pools::config::ProvidersSection,
+    /// `[join]`: how new nodes join with bootstrap tokens.
+    pub join: Option<pools::config::JoinSection>,
 }
 
 /// The running coordinator's parts, shared by the API and the connection tasks.
@@ -83,6 +91,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub jobs: Arc<Jobs>,
     pub remediation: Arc<remediation::Remediation>,
+    /// Node pools, their provider plugins and join tokens.
+    pub pools: Arc<pools::Pools>,
     /// The web console's sessions, feed and chart history.
     pub(crate) console: Arc<console::Console>,
     commands: Arc<Commands>,
@@ -172,10 +182,25 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         loaded.cordons,
         loaded.paused,
     ));
+    let pools = Arc::new(
+        pools::Pools::new(
+            pools::PoolsConfig {
+                pools: &opts.pools,
+                providers: &opts.providers,
+                join: opts.join.as_ref(),
+            },
+            loaded.records,
+            registry.clone(),
+            remediation.clone(),
+            store.clone(),
+        )
+        .context("starting the node pools")?,
+    );
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         jobs: jobs.clone(),
         remediation: remediation.clone(),
+        pools: pools.clone(),
         console: Arc::new(console::Console::new()),
         commands,
         revocations: revocations.clone(),
@@ -233,6 +258,7 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
     }));
     tasks.push(tokio::spawn(jobs.run(shutdown.clone())));
     tasks.push(tokio::spawn(remediation.run(shutdown.clone())));
+    tasks.push(tokio::spawn(pools.run(shutdown.clone())));
     tasks.push(tokio::spawn(console::run(
         shared.console.clone(),
         registry.clone(),

@@ -48,6 +48,7 @@ use prometheus_client::registry::Registry as PromRegistry;
 
 use crate::console::ConsoleMetrics;
 use crate::jobs::JobMetrics;
+use crate::pools::PoolMetrics;
 use crate::remediation::RemediationMetrics;
 use corral_proto::api::{NodeView, StatsView};
 use corral_proto::model::{
@@ -65,6 +66,7 @@ struct Scrape<'a> {
     jobs: &'a JobMetrics,
     remediation: &'a RemediationMetrics,
     console: &'a ConsoleMetrics,
+    pools: &'a PoolMetrics,
     now_ms: u64,
 }
 
@@ -735,6 +737,71 @@ const FAMILIES: &[Family] = &[
         &[],
         |s| vec![(vec![], one_if(s.remediation.blocked))],
     ),
+    counter(
+        "corral_pool_actions_total",
+        "Pool actions since the coordinator started, by pool, action (create, delete, list, drain, replace, join, vanish, halt, pause, resume, token) and outcome (ok, failed, rate-limited)",
+        &["pool", "action", "outcome"],
+        |s| {
+            s.pools
+                .actions
+                .iter()
+                .map(|((pool, action, outcome), n)| {
+                    (
+                        vec![
+                            ("pool", pool.clone()),
+                            ("action", action.to_string()),
+                            ("outcome", outcome.to_string()),
+                        ],
+                        *n,
+                    )
+                })
+                .collect()
+        },
+    ),
+    gauge(
+        "corral_pool_nodes",
+        "A pool's nodes by phase (creating, joining, member, draining, deleting)",
+        &["pool", "phase"],
+        |s| {
+            s.pools
+                .nodes
+                .iter()
+                .map(|((pool, phase), n)| {
+                    (vec![("pool", pool.clone()), ("phase", phase.to_string())], *n as f64)
+                })
+                .collect()
+        },
+    ),
+    gauge(
+        "corral_pool_min",
+        "The number of nodes a pool keeps (pools.NAME.min)",
+        &["pool"],
+        |s| pool_series(s, |(min, ..)| f64::from(*min)),
+    ),
+    gauge(
+        "corral_pool_ready",
+        "A pool's members that are joined and ready",
+        &["pool"],
+        |s| pool_series(s, |(_, ready, ..)| f64::from(*ready)),
+    ),
+    gauge(
+        "corral_pool_provider_failures",
+        "Provider calls that failed in a row for the pool (it halts at max_failures)",
+        &["pool"],
+        |s| pool_series(s, |(_, _, failures, ..)| f64::from(*failures)),
+    ),
+    gauge(
+        "corral_pool_halted",
+        "1 while a pool has stopped acting after max_failures provider failures in a row (or its provider plugin did not load)",
+        &["pool"],
+        |s| pool_series(s, |(_, _, _, halted, _)| one_if(*halted)),
+    ),
+    gauge(
+        "corral_pool_paused",
+        "1 while a pool is paused (corral pool NAME pause)",
+        &["pool"],
+        |s| pool_series(s, |(.., paused)| one_if(*paused)),
+    ),
     gauge(
         "corral_console_streams",
         "Web consoles streaming the live feed now",
@@ -935,6 +1002,14 @@ impl Family {
     }
 }
 
+fn pool_series(s: &Scrape<'_>, f: fn(&(u32, u32, u32, bool, bool)) -> f64) -> Series<f64> {
+    s.pools
+        .pools
+        .iter()
+        .map(|(name, v)| (vec![("pool", name.clone())], f(v)))
+        .collect()
+}
+
 /// Renders the exposition text.
 pub(crate) fn render(
     nodes: &[NodeView],
@@ -942,6 +1017,7 @@ pub(crate) fn render(
     jobs: &JobMetrics,
     remediation: &RemediationMetrics,
     console: &ConsoleMetrics,
+    pools: &PoolMetrics,
 ) -> String {
     let scrape = Scrape {
         nodes,
@@ -949,6 +1025,7 @@ pub(crate) fn render(
         jobs,
         remediation,
         console,
+        pools,
         now_ms: corral_proto::model::unix_ms(),
     };
     let mut reg = PromRegistry::default();
@@ -1057,6 +1134,14 @@ mod tests {
         }
     }
 
+    fn pooled() -> PoolMetrics {
+        PoolMetrics {
+            actions: [(("gpu".to_string(), "create", "ok"), 3)].into(),
+            nodes: [(("gpu".to_string(), "member"), 3)].into(),
+            pools: [("gpu".to_string(), (3, 3, 0, false, false))].into(),
+        }
+    }
+
     #[test]
     fn every_documented_name_appears_and_no_other() {
         let (nodes, stats, jobs) = fixture();
@@ -1066,6 +1151,7 @@ mod tests {
             &jobs,
             &remediated(),
             &ConsoleMetrics::default(),
+            &pooled(),
         );
         for line in [
             "corral_remediation_actions_total{action=\"drain\",outcome=\"ok\"} 2\n",
@@ -1103,6 +1189,7 @@ mod tests {
             jobs: &jobs,
             remediation: &remediated(),
             console: &ConsoleMetrics::default(),
+            pools: &pooled(),
             now_ms: 0,
         };
         for f in FAMILIES {
@@ -1147,6 +1234,7 @@ mod tests {
             &jobs,
             &RemediationMetrics::default(),
             &ConsoleMetrics::default(),
+            &PoolMetrics::default(),
         ))
         .len();
         let hostile = "/x\"} 1\ncorral_node_up{node=\"victim\"} 1\n# \\";
@@ -1158,6 +1246,7 @@ mod tests {
             &jobs,
             &RemediationMetrics::default(),
             &ConsoleMetrics::default(),
+            &PoolMetrics::default(),
         );
         assert_eq!(
             series(&text).len(),

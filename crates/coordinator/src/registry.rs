@@ -923,6 +923,30 @@ impl Registry {
         );
     }
 
+    /// Records what a pool's policy did about `node` (a `pool` event; `node` may be
+    /// empty for the pool as a whole). Never rate-limited, as remediation events.
+    pub(crate) fn pool_event(&self, node: &str, action: &str, message: String) {
+        let mut inner = self.lock();
+        push_event(&mut inner, node, EventKind::Pool, None, action, message);
+    }
+
+    /// Forgets `name` (a pool node its provider deleted): it leaves the node list, the
+    /// console and the store; its events stay. A node still connected is not
+    /// forgotten (`false`): it is not gone.
+    pub(crate) fn forget(&self, name: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.nodes.get(name) {
+            Some(n) if n.conn.is_some() => false,
+            Some(_) => {
+                inner.nodes.remove(name);
+                inner.dirty.remove(name);
+                inner.changed.insert(name.to_string());
+                true
+            }
+            None => true,
+        }
+    }
+
     /// What the remediation reads of every node, each policy tick (see [`NodeHealth`]).
     pub(crate) fn health_snapshot(&self) -> Vec<NodeHealth> {
         self.lock().nodes.values().map(Node::health).collect()

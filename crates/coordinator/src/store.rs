@@ -100,7 +100,45 @@ CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    record TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
 ";
+
+/// A kind of row in `records`: JSON records keyed by name, written one at a time and
+/// acknowledged once committed (join tokens, pool nodes, each pool's counter and pause; see
+/// [`crate::pools`]). A record the coordinator cannot read is kept, reported and
+/// skipped at load, as node rows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum RecordKind {
+    JoinToken,
+    PoolNode,
+    PoolState,
+}
+
+impl RecordKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::JoinToken => "join-token",
+            RecordKind::PoolNode => "pool-node",
+            RecordKind::PoolState => "pool-state",
+        }
+    }
+
+    fn parse(s: &str) -> Option<RecordKind> {
+        [
+            RecordKind::JoinToken,
+            RecordKind::PoolNode,
+            RecordKind::PoolState,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
 
 /// A node as stored: the JSON of the `nodes.view` column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,6 +301,10 @@ enum Op {
     /// Writes (`Some`) or deletes (`None`) a node's cordon.
     PutCordon(String, Option<CordonRow>, Ack<()>),
     PutPause(Option<PauseRow>, Ack<()>),
+    /// Writes (`Some` JSON) or deletes (`None`) one record.
+    PutRecord(RecordKind, String, Option<String>, Ack<()>),
+    /// Deletes a node's row (a pool node that was deleted).
+    ForgetNode(String),
 }
 
 /// Handle to the store thread.
@@ -282,6 +324,8 @@ pub(crate) struct Loaded {
     /// Cordoned nodes, by name.
     pub cordons: Vec<CordonRow>,
     pub paused: Option<PauseRow>,
+    /// Every record of `records`, as (kind, key, JSON), by kind and key.
+    pub records: Vec<(RecordKind, String, String)>,
 }
 
 fn db_path(state_dir: &Path) -> PathBuf {
@@ -408,6 +452,25 @@ impl Store {
         self.acked(|ack| Op::PutPause(pause, ack)).await
     }
 
+    /// Writes (`Some`) or deletes (`None`) the record `kind`/`key` and returns once
+    /// committed.
+    pub(crate) async fn put_record<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        record: Option<&T>,
+    ) -> Result<()> {
+        let json = record.map(serde_json::to_string).transpose()?;
+        let key = key.to_string();
+        self.acked(|ack| Op::PutRecord(kind, key, json, ack)).await
+    }
+
+    /// Deletes a node's row; returns at once (a node forgotten is re-created by its
+    /// next connection anyway).
+    pub(crate) fn forget_node(&self, name: &str) {
+        let _ = self.tx.send(Op::ForgetNode(name.to_string()));
+    }
+
     /// Deletes jobs and their histories; returns at once.
     pub(crate) fn delete_jobs(&self, ids: Vec<u64>) {
         if !ids.is_empty() {
@@ -500,6 +563,17 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
             }
         })
     });
+    let mut records = vec![];
+    let mut stmt = conn.prepare("SELECT kind, key, record FROM records ORDER BY kind, key")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let kind: String = row.get(0)?;
+        let key: String = row.get(1)?;
+        match RecordKind::parse(&kind) {
+            Some(k) => records.push((k, key, row.get(2)?)),
+            None => tracing::warn!(kind = %kind, key = %key, "skipping a record of a kind this coordinator does not know"),
+        }
+    }
     Ok(Loaded {
         nodes,
         events,
@@ -507,6 +581,7 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
         tokens,
         cordons,
         paused,
+        records,
     })
 }
 
@@ -604,6 +679,28 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, retention: u32, path: Pa
                     tracing::error!(db = %path.display(), error = format!("{e:#}"), "writing the remediation pause failed");
                 }
                 let _ = ack.send(r.map_err(|e| format!("{e:#}")));
+            }
+            Op::PutRecord(kind, key, json, ack) => {
+                let r = match &json {
+                    Some(j) => conn.execute(
+                        "INSERT INTO records(kind, key, record, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(kind, key) DO UPDATE SET record = excluded.record, updated_ms = excluded.updated_ms",
+                        params![kind.as_str(), key, j, corral_proto::model::unix_ms()],
+                    ),
+                    None => conn.execute(
+                        "DELETE FROM records WHERE kind = ?1 AND key = ?2",
+                        params![kind.as_str(), key],
+                    ),
+                };
+                if let Err(e) = &r {
+                    tracing::error!(db = %path.display(), error = %e, kind = kind.as_str(), key = %key, "writing a record failed");
+                }
+                let _ = ack.send(r.map(|_| ()).map_err(|e| e.to_string()));
+            }
+            Op::ForgetNode(name) => {
+                if let Err(e) = conn.execute("DELETE FROM nodes WHERE name = ?1", [&name]) {
+                    tracing::error!(db = %path.display(), error = %e, node = %name, "forgetting a node failed");
+                }
             }
             Op::DeleteJobs(ids) => {
                 if let Err(e) = delete_jobs(&mut conn, &ids) {

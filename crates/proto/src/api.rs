@@ -137,6 +137,10 @@ pub enum EventKind {
     /// `uncordon`, `blocked`, `would-drain`, ...), the message names the node, reason, scheduler,
     /// outcome and who acted.
     Remediation,
+    /// A pool's policy acted on a node or the pool: `to` is what (`create`, `created`,
+    /// `joined`, `replace`, `delete`, `deleted`, `create-failed`, `halted`, `resumed`,
+    /// `rate-limited`...), the message names the pool, node, provider id and outcome.
+    Pool,
 }
 
 impl EventKind {
@@ -147,6 +151,7 @@ impl EventKind {
             EventKind::Gpu => "gpu",
             EventKind::Audit => "audit",
             EventKind::Remediation => "remediation",
+            EventKind::Pool => "pool",
         }
     }
 
@@ -157,6 +162,7 @@ impl EventKind {
             EventKind::Gpu,
             EventKind::Audit,
             EventKind::Remediation,
+            EventKind::Pool,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

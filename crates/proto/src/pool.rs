@@ -201,4 +201,6 @@ pub struct JoinAnswer {
     /// The cluster CA, to trust the coordinator by.
     pub ca_pem: String,
     pub not_after_ms: u64,
+    /// The QUIC address (`host:port`) the node's agent dials (`[join] coordinator`).
+    pub coordinator: String,
 }

@@ -147,6 +147,84 @@ pub struct Issued {
     pub not_after: SystemTime,
 }
 
+/// A certificate issued to a requester's own key ([`Ca::issue_for_request`]).
+pub struct IssuedForRequest {
+    pub cert_pem: String,
+    pub serial: Serial,
+    pub not_after: SystemTime,
+}
+
+/// A fresh key and a certificate request for it, in PEM, for a node joining with a
+/// bootstrap token: the key stays here, the request goes to the coordinator. The
+/// request's subject is only a hint; the coordinator names the certificate.
+pub fn new_request(hint: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate().context("generating a key")?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = dn(hint, Role::Agent.as_str());
+    let csr = params
+        .serialize_request(&key)
+        .context("making the certificate request")?;
+    Ok((
+        key.serialize_pem(),
+        csr.pem().context("encoding the certificate request")?,
+    ))
+}
+
+/// Checks that `csr_pem` is a PEM PKCS#10 request whose signature holds, without
+/// issuing anything.
+pub fn check_request(csr_pem: &str) -> Result<()> {
+    rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+        anyhow::anyhow!("not a valid PEM certificate request (PKCS#10) with a good signature: {e}")
+    })?;
+    Ok(())
+}
+
+/// A leaf certificate's parameters: CN = `name`, OU = `role`, SANs, usages, a fresh
+/// random serial, `days` of validity.
+fn leaf_params(
+    name: &str,
+    role: Role,
+    extra_sans: &[String],
+    days: u32,
+) -> Result<(CertificateParams, Serial, SystemTime)> {
+    validate_name(name).map_err(anyhow::Error::msg)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = dn(name, role.as_str());
+    let mut sans = vec![name.to_string()];
+    sans.extend(extra_sans.iter().cloned());
+    sans.dedup();
+    for san in sans {
+        params
+            .subject_alt_names
+            .push(match san.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    san.clone()
+                        .try_into()
+                        .with_context(|| format!("{san:?} is not a valid DNS name"))?,
+                ),
+            });
+    }
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = match role {
+        Role::Coordinator => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Role::Agent | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
+    let serial = Serial::random()
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
+    set_validity(&mut params, days);
+    let not_after = SystemTime::from(params.not_after);
+    Ok((params, serial, not_after))
+}
+
 /// Loaded CA material, able to issue many certificates without re-reading files.
 pub struct Ca {
     /// The CA directory: `ca.pem`, `ca.key` and the record of what was issued.
@@ -198,48 +276,45 @@ impl Ca {
         extra_sans: &[String],
         days: u32,
     ) -> Result<Issued> {
-        validate_name(name).map_err(anyhow::Error::msg)?;
         let key = KeyPair::generate().context("generating a key")?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = dn(name, role.as_str());
-        let mut sans = vec![name.to_string()];
-        sans.extend(extra_sans.iter().cloned());
-        sans.dedup();
-        for san in sans {
-            params
-                .subject_alt_names
-                .push(match san.parse::<std::net::IpAddr>() {
-                    Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(
-                        san.clone()
-                            .try_into()
-                            .with_context(|| format!("{san:?} is not a valid DNS name"))?,
-                    ),
-                });
-        }
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = match role {
-            Role::Coordinator => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-            Role::Agent | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
-        };
-        params.use_authority_key_identifier_extension = true;
-        let serial = Serial::random()
-            .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
-        params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
-        set_validity(&mut params, days);
-        let not_after = SystemTime::from(params.not_after);
+        let (params, serial, not_after) = leaf_params(name, role, extra_sans, days)?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .context("signing the certificate")?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
+            not_after,
+        })
+    }
+
+    /// Issues an agent certificate for `name` to the key of a PKCS#10 request (TLS
+    /// bootstrap: the key never leaves the node), and records it beside the CA so it
+    /// can be revoked by name. Only the request's key is used: its signature is checked
+    /// (the sender holds the key), and the subject, names and extensions it asks for
+    /// are ignored; the certificate says what `name` and [`Role::Agent`] say.
+    pub fn issue_for_request(&self, csr_pem: &str, name: &str, days: u32) -> Result<IssuedForRequest> {
+        let request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            anyhow::anyhow!("not a valid PEM certificate request (PKCS#10) with a good signature: {e}")
+        })?;
+        let (params, serial, not_after) = leaf_params(name, Role::Agent, &[], days)?;
+        let signed = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: request.public_key,
+        }
+        .signed_by(&self.issuer)
+        .context("signing the certificate")?;
+        self.record(IssuedCert {
+            serial: serial.clone(),
+            name: name.to_string(),
+            role: Role::Agent,
+            issued_at: crate::issued::now_s(),
+            not_after,
+            revoked_at: None,
+        })?;
+        Ok(IssuedForRequest {
+            cert_pem: signed.pem(),
             serial,
             not_after,
         })
@@ -601,6 +676,51 @@ mod tests {
                 role: Role::Agent
             }
         );
+    }
+
+    #[test]
+    fn a_certificate_request_gets_the_assigned_name_not_the_one_it_asks_for() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let (key_pem, csr_pem) = new_request("coordinator").unwrap();
+        let issued = ca.issue_for_request(&csr_pem, "pool-7", 30).unwrap();
+        let node = dir.path().join("node");
+        fs::create_dir_all(&node).unwrap();
+        let files = TlsFiles {
+            ca: node.join("ca.pem"),
+            cert: node.join("pool-7.pem"),
+            key: node.join("pool-7.key"),
+            crl: None,
+        };
+        fs::write(&files.ca, ca.cert_pem()).unwrap();
+        fs::write(&files.cert, &issued.cert_pem).unwrap();
+        write_file(&files.key, key_pem.as_bytes(), 0o600).unwrap();
+        let tls = files.load().unwrap();
+        assert_eq!(
+            tls.identity,
+            Identity {
+                name: "pool-7".into(),
+                role: Role::Agent
+            }
+        );
+        let record = ca.issued().unwrap();
+        assert!(record.iter().any(|c| c.name == "pool-7" && c.serial == issued.serial));
+    }
+
+    #[test]
+    fn a_request_that_is_not_one_is_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test CA", 30).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let err = ca
+            .issue_for_request("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "n1", 30)
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("not a valid PEM certificate request"), "{err:#}");
+        let (_, csr) = new_request("n1").unwrap();
+        let err = ca.issue_for_request(&csr, "bad name", 30).err().unwrap();
+        assert!(!format!("{err:#}").is_empty());
     }
 
     #[test]

@@ -1180,6 +1180,21 @@ impl Remediation {
         Ok(shown)
     }
 
+    /// Forgets `node`'s cordon without lifting any drain: its pool deleted the machine,
+    /// so there is nothing left to resume. Returns once the removal is on disk.
+    pub(crate) async fn forget(&self, node: &str) -> anyhow::Result<()> {
+        let ack = {
+            let mut inner = self.lock();
+            inner.watch.remove(node);
+            inner.dry.remove(node);
+            if inner.cordons.remove(node).is_none() {
+                return Ok(());
+            }
+            self.queue(&inner, node)
+        };
+        ack.await
+    }
+
     /// `corral resume NODE` by `user`: lifts corral's drains of the node now.
     pub async fn resume_by(
         self: &Arc<Self>,

@@ -1,0 +1,17 @@
+use super::*;
+
+#[test]
+fn node_numbers_come_from_their_names() {
+    assert_eq!(index_of("gpu", "gpu-12"), Some(12));
+    assert_eq!(index_of("gpu", "gpu-a-1"), None);
+    assert_eq!(index_of("gpu", "cpu-1"), None);
+}
+
+#[test]
+fn an_idle_node_goes_only_in_the_last_minutes_of_a_billed_hour() {
+    let h = 3_600_000;
+    assert!(!before_next_hour(0, h / 2));
+    assert!(before_next_hour(0, h - 60_000));
+    assert!(!before_next_hour(0, h + 60_000));
+    assert!(before_next_hour(0, 2 * h - 30_000));
+}
