@@ -152,6 +152,8 @@ pub struct Cluster {
     /// The coordinator's `[access]` section. Default: the user running the tests is
     /// admin (root is anyway; this makes an unprivileged developer one too).
     pub access: String,
+    /// Whole sections appended to the coordinator's config (`[pools.NAME]`, `[join]`...).
+    pub sections: String,
     coordinator: Option<Child>,
     agents: HashMap<String, Child>,
     http: reqwest::Client,
@@ -205,6 +207,7 @@ impl Cluster {
                 .map(|p| (p.to_string(), vec![ANY_NODE.into()]))
                 .collect(),
             access: format!("roles = {{ {:?} = \"admin\" }}\n", runner()),
+            sections: String::new(),
             coordinator: None,
             agents: HashMap::new(),
             http,
@@ -249,7 +252,8 @@ impl Cluster {
                 self.api_port,
                 self.api_extra,
                 self.access
-            ) + &self.scheduler_sections(),
+            ) + &self.scheduler_sections()
+                + &self.sections,
         )
         .unwrap();
         cfg

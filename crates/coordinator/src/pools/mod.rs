@@ -8,13 +8,15 @@
 //! 1. A created node whose agent connected is a `member`.
 //! 2. A member `down` for `replace_after`, a node that did not join within
 //!    `join_timeout`, or a machine its provider reports `failed`, is replaced: deleted,
-//!    then (the pool being below `min`) another is created. A node that can still be
-//!    reached is drained first (the remediation's drain, [`crate::remediation`]), for
-//!    at most `drain_timeout`.
+//!    then (the pool being below `min`) another is created; a node being deleted holds
+//!    its place until its machine is gone, so a provider at its quota has room. A node
+//!    that can still be reached is drained first (the remediation's drain,
+//!    [`crate::remediation`]), for at most `drain_timeout`.
 //! 3. With `billing_hour` and an hourly-billing provider, an idle member above `min` is
 //!    deleted just before its next billed hour starts.
-//! 4. While fewer than `min` nodes are creating, joining or members, one more is
-//!    created, at most `max_in_flight` at once and never beyond `max`.
+//! 4. While the pool holds fewer than `min` nodes, one more is created, at most
+//!    `max_in_flight` at once (one at a time after a failure, as a probe) and never
+//!    beyond `max`.
 //! 5. Every `list_interval` the provider lists the pool's machines: their states are
 //!    shown, a machine created before a restart is adopted by its node name, and one
 //!    that vanished twice in a row is forgotten (and so replaced).
@@ -26,9 +28,10 @@
 //! - Each node gets a fresh name (`POOL-N`, `N` never reused: the counter is on disk)
 //!   and a join token bound to that name that expires with `join_timeout`. A deleted
 //!   node's certificates are revoked, and it leaves the node list.
-//! - A provider failure counts against the pool (`max_failures` in a row halt it until
-//!   `corral pool NAME resume`, which says why); a rate limit does not: the pool waits
-//!   out the time the API gave. Each failure backs off (1 s, doubling, at most 60 s).
+//! - A failed provider call counts against the pool (`max_failures` in a row halt it
+//!   until `corral pool NAME resume`, which says why); only a create or delete that
+//!   works ends the streak. A rate limit does not count: the pool waits out the time
+//!   the API gave. Each failure backs off (1 s, doubling, at most 60 s).
 //! - The pool's provider calls send at most `api_calls_per_hour` HTTP requests in any
 //!   hour (counted from what each call reports, so a call already running may end a
 //!   little beyond it).
@@ -571,13 +574,13 @@ impl Pools {
                         });
                     }
                 }
-                // 4. Creating.
-                let mut active = p.active();
+                // 4. Creating. A node being deleted still holds its place (delete, then
+                // create: a provider at its quota needs the room), and after a failure
+                // one creation at a time probes the provider.
+                let mut held = p.nodes.len();
                 let mut creating = p.creating();
-                while active < cfg.min as usize
-                    && active < cfg.max as usize
-                    && creating < cfg.max_in_flight as usize
-                {
+                let in_flight = if p.failures > 0 { 1 } else { cfg.max_in_flight as usize };
+                while held < cfg.min as usize && held < cfg.max as usize && creating < in_flight {
                     let node = format!("{name}-{}", p.state.next_index);
                     p.state.next_index += 1;
                     let mut n = PoolNode::new(PoolNodeRow {
@@ -596,7 +599,7 @@ impl Pools {
                         pool: name.clone(),
                         node,
                     });
-                    active += 1;
+                    held += 1;
                     creating += 1;
                 }
                 // 5. Listing.
@@ -686,6 +689,9 @@ impl Pools {
             };
             p.calls.push_back((now, outcome.http_requests));
             match &outcome.result {
+                // A list that works says little about creating and deleting: only those
+                // end a streak of failures.
+                Ok(_) if action == "list" => {}
                 Ok(_) => p.failures = 0,
                 Err(ProviderFailure::RateLimited { retry_after, message }) => {
                     p.wait = Some((
