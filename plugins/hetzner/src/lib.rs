@@ -30,8 +30,8 @@
 //!   finds the server by name and returns its id when it carries this pool's label
 //!   (one that is not this pool's is an error naming it, never adopted).
 //! - `create` follows the returned `create_server` action with `GET /actions/{id}`. The
-//!   sandbox has a clock but no sleep, so the wait before each check is a busy wait on
-//!   the host's clock: at most `action_polls` checks (default 10), `action_poll_ms`
+//!   wait before each check is a sleep (`corral:provider/wait`, the call's thread on the
+//!   coordinator, no CPU): at most `action_polls` checks (default 10), `action_poll_ms`
 //!   apart (default 1000), together at most 60 s (the manifest's call timeout is 120 s).
 //!   `success` returns the server's id; `error` deletes the half-made server (best
 //!   effort) and is a backend error quoting the action's error code and message. An
@@ -325,10 +325,11 @@ impl<'a> Api<'a> {
         ))
     }
 
-    /// Busy-waits on the host's clock until `until_ms` (there is no sleep import).
+    /// Sleeps until the host's clock reads `until_ms` (`corral:provider/wait`).
     fn wait_until(&self, until_ms: u64) {
-        while self.b.now_ms() < until_ms {
-            std::hint::spin_loop();
+        let now = self.b.now_ms();
+        if until_ms > now {
+            self.b.sleep_ms(u32::try_from(until_ms - now).unwrap_or(u32::MAX));
         }
     }
 

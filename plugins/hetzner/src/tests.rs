@@ -68,7 +68,8 @@ fn message(e: &ProviderError) -> String {
     describe(e)
 }
 
-/// A script whose clock moves 1 ms every time it is read, to see the busy wait end.
+/// A script whose clock moves 1 ms every time it is read, and by what the plugin
+/// sleeps.
 struct Ticking {
     script: Script,
     now: Cell<u64>,
@@ -90,6 +91,9 @@ impl Backend for Ticking {
     fn now_ms(&self) -> u64 {
         self.now.set(self.now.get() + 1);
         self.now.get()
+    }
+    fn sleep_ms(&self, ms: u32) {
+        self.now.set(self.now.get() + u64::from(ms));
     }
 }
 

@@ -122,6 +122,10 @@ pub trait Backend {
     fn log(&self, level: Level, message: &str);
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+    /// Waits `ms` milliseconds (at most what is left of the call). Only provider
+    /// plugins' hosts can wait (`corral:provider/wait`); for a scheduler plugin this
+    /// returns at once.
+    fn sleep_ms(&self, _ms: u32) {}
 }
 
 /// The real backend: the imports the host provides. Only usable on wasm.
@@ -166,6 +170,10 @@ impl Backend for Host {
     }
     fn now_ms(&self) -> u64 {
         corral::scheduler::clock::now_ms()
+    }
+    #[cfg(feature = "provider")]
+    fn sleep_ms(&self, ms: u32) {
+        provider::provider_world::corral::provider::wait::sleep(ms)
     }
 }
 

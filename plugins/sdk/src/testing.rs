@@ -33,6 +33,8 @@ pub struct Script {
     calls: RefCell<Vec<Call>>,
     logs: RefCell<Vec<String>>,
     config: Vec<(String, String)>,
+    /// What the plugin slept (`Backend::sleep_ms`): the clock moves by it.
+    slept: std::cell::Cell<u64>,
 }
 
 impl Script {
@@ -133,6 +135,11 @@ impl Script {
     }
 
     /// What the plugin logged, as `level: message`.
+    /// How long the plugin slept, in ms.
+    pub fn slept_ms(&self) -> u64 {
+        self.slept.get()
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.borrow().clone()
     }
@@ -192,7 +199,12 @@ impl Backend for Script {
         self.logs.borrow_mut().push(format!("{level:?}: {message}"));
     }
 
+    /// 1,700,000,000,000 ms, and later by whatever the plugin slept.
     fn now_ms(&self) -> u64 {
-        1_700_000_000_000
+        1_700_000_000_000 + self.slept.get()
+    }
+
+    fn sleep_ms(&self, ms: u32) {
+        self.slept.set(self.slept.get() + u64::from(ms));
     }
 }

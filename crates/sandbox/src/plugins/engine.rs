@@ -237,6 +237,10 @@ impl wasmtime::ResourceLimiter for Limiter {
 /// The interface an import names (`corral:scheduler/process`), if it is one of ours.
 fn our_interface(import: &str) -> Option<(&str, &str)> {
     let (path, version) = import.split_once('@')?;
+    // Provider plugins' own import (`wit/provider.wit`); the provider world links it.
+    if path == "corral:provider/wait" && version.starts_with("0.1.") {
+        return Some(("wait", VERSION_PREFIX));
+    }
     let iface = path.strip_prefix(PACKAGE)?.strip_prefix('/')?;
     Some((iface, version))
 }
@@ -263,7 +267,7 @@ pub fn check_imports(
             );
         }
         match iface {
-            "types" | "log" | "config" | "clock" => {}
+            "types" | "log" | "config" | "clock" | "wait" => {}
             "process" if !manifest.programs.is_empty() => {}
             "http" if !manifest.hosts.is_empty() => {}
             "process" => anyhow::bail!(

@@ -8,6 +8,8 @@
 //!   and concurrent calls; a fresh store per call; a trap fails that call only. The load
 //!   checks are the same ([`super::prepare`]), and a scheduler plugin named as a
 //!   provider is refused saying so ([`super::engine::check_world`]).
+//! - `wait.sleep` (provider plugins only) sleeps the call's own blocking thread, never
+//!   past the call's deadline.
 //! - Programs run on the coordinator's host as the coordinator's own user, never
 //!   switched: a provider acts for the cluster, not for a person.
 //! - A pool's secret (its API token) reaches the plugin only inside that call's
@@ -26,6 +28,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use super::bindings::provider::exports::corral::provider::provider as wit;
+use super::bindings::provider::corral::provider::wait;
 use super::bindings::provider::ProviderPluginPre;
 use super::convert::error_from_wit;
 use super::engine::{self, Ticker, World};
@@ -361,12 +364,21 @@ fn load_provider(
     })
 }
 
+impl wait::Host for CallState {
+    fn sleep(&mut self, ms: u32) {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(Duration::from_millis(u64::from(ms)).min(left));
+    }
+}
+
 fn link(
     engine: &Engine,
     component: &Component,
     granted: &Granted,
 ) -> anyhow::Result<ProviderPluginPre<CallState>> {
-    let linker = engine::linker(engine, &granted.manifest)?;
+    let mut linker = engine::linker(engine, &granted.manifest)?;
+    wait::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(&mut linker, |s| s)
+        .map_err(engine::wt)?;
     let pre = linker.instantiate_pre(component).map_err(engine::wt)?;
     ProviderPluginPre::new(pre).map_err(engine::wt)
 }
