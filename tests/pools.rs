@@ -321,3 +321,33 @@ async fn a_used_expired_revoked_or_forged_join_token_is_refused_and_issues_nothi
     let listed = run_async(vec!["tokens".into(), "list".into(), "--join".into(), "--socket".into(), c.socket()]).await;
     assert!(stdout(&listed).contains("used") && stdout(&listed).contains("revoked") && stdout(&listed).contains("expired"), "{}", stdout(&listed));
 }
+
+#[test]
+fn a_plugin_loaded_as_the_other_kind_is_refused_saying_who_loads_it() {
+    let (Some(slurm), Some(command)) = (built_plugins_dir("slurm"), built_plugins_dir("command")) else {
+        return;
+    };
+    let (_, failures) = corral_sandbox::plugins::provider::ProviderHost::load(&slurm, &["slurm".into()], None, None);
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0].message.contains("plugin.kind") && failures[0].message.contains("scheduler plugin"), "{}", failures[0].message);
+    let cfg = corral_sandbox::plugins::PluginsConfig {
+        dir: Some(command.clone()),
+        enable: vec!["command".into()],
+        ..Default::default()
+    };
+    let (_, failures) = corral_sandbox::plugins::PluginHost::load(&cfg);
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0].message.contains("this is a provider plugin") && failures[0].message.contains("[pools.NAME]"), "{}", failures[0].message);
+    // A manifest that lies about its kind is caught by the component's own exports.
+    let t = tempfile::tempdir().unwrap();
+    std::fs::copy(command.join("command.wasm"), t.path().join("command.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(command.join("command.toml")).unwrap().replace("kind = \"provider\"\n", "");
+    std::fs::write(t.path().join("command.toml"), manifest).unwrap();
+    let cfg = corral_sandbox::plugins::PluginsConfig {
+        dir: Some(t.path().to_path_buf()),
+        enable: vec!["command".into()],
+        ..Default::default()
+    };
+    let (_, failures) = corral_sandbox::plugins::PluginHost::load(&cfg);
+    assert!(failures[0].message.contains("exports corral:provider/provider"), "{}", failures[0].message);
+}

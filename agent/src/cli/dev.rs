@@ -84,9 +84,16 @@ fn plugin_names(dir: &Path) -> Vec<String> {
         .filter_map(|e| {
             let path = e.ok()?.path();
             let name = path.file_stem()?.to_str()?.to_string();
+            let manifest = dir.join(format!("{name}.toml"));
+            // Provider plugins are the coordinator's, for pools; `corral dev` has none.
+            let scheduler = || {
+                corral_sandbox::plugins::Manifest::load(&manifest)
+                    .map_or(true, |m| m.kind == corral_sandbox::plugins::manifest::PluginKind::Scheduler)
+            };
             let ok = path.extension()? == "wasm"
                 && corral_sandbox::plugins::manifest::valid_name(&name)
-                && dir.join(format!("{name}.toml")).is_file();
+                && manifest.is_file()
+                && scheduler();
             ok.then_some(name)
         })
         .collect();

@@ -4,6 +4,7 @@
 //! ```toml
 //! [plugin]
 //! name = "slurm"                 # must equal the file name and info().name
+//! kind = "scheduler"             # or "provider" (wit/provider.wit); default scheduler
 //! [grants]
 //! programs = ["sbatch", "squeue"] # bare names (looked up on the agent's PATH at load) or absolute paths
 //! hosts = ["head-01:8265"]        # host:port pairs for http ([v6::addr]:port for IPv6)
@@ -313,6 +314,7 @@ pub struct Manifest {
     /// The file it was read from.
     pub file: PathBuf,
     pub name: String,
+    pub kind: PluginKind,
     /// `grants.programs` as written.
     pub programs: Vec<String>,
     pub hosts: Vec<HostGrant>,
@@ -341,6 +343,28 @@ struct ManifestFile {
 #[serde(deny_unknown_fields)]
 struct PluginSection {
     name: String,
+    #[serde(default)]
+    kind: PluginKind,
+}
+
+/// `plugin.kind`: which world the component implements, and so who loads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// `corral:scheduler` (the default): agents load it through `[plugins] enable`.
+    #[default]
+    Scheduler,
+    /// `corral:provider`: the coordinator loads it for a pool (`[pools.NAME] provider`).
+    Provider,
+}
+
+impl PluginKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Scheduler => "scheduler",
+            PluginKind::Provider => "provider",
+        }
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -445,6 +469,7 @@ impl Manifest {
         Ok(Manifest {
             file: file.to_path_buf(),
             name: raw.plugin.name,
+            kind: raw.plugin.kind,
             programs: raw.grants.programs,
             hosts,
             env: raw.grants.env,

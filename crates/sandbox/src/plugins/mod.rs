@@ -1,4 +1,5 @@
-//! The plugin host: sandboxed WebAssembly scheduler plugins (wasmtime component model).
+//! The plugin host: sandboxed WebAssembly scheduler plugins (wasmtime component model),
+//! and through [`provider`] the coordinator's provider plugins, in the same sandbox.
 //!
 //! A plugin is a component implementing `wit/scheduler.wit` (world `plugin`), shipped as
 //! `NAME.wasm` with its manifest `NAME.toml` ([`manifest`]) in `[plugins] dir`. The agent
@@ -18,10 +19,12 @@
 //!   call and every other plugin are unaffected.
 //! - A plugin that fails to load is reported ([`LoadFailure`], naming the file and what
 //!   to do) and does not stop the others or the agent.
-//! - Load checks, in order: the manifest parses and its `plugin.name` is the file name;
-//!   the component is valid (compiled, or taken from the disk cache, [`cache`]); its
-//!   imports are granted; it links against this host's WIT; its `info().name` is the
-//!   manifest's name. [`check_file`] runs the same checks for `corral plugin check`.
+//! - Load checks, in order: the manifest parses, its `plugin.name` is the file name and
+//!   its `plugin.kind` is what this host loads (`scheduler` here, `provider` in
+//!   [`provider`]); the component is valid (compiled, or taken from the disk cache,
+//!   [`cache`]) and exports that kind's world; its imports are granted; it links
+//!   against this host's WIT; its `info().name` is the manifest's name. [`check_file`]
+//!   runs the same checks for `corral plugin check` (scheduler plugins).
 //! - Granted programs are resolved once, at load, on the agent's `PATH` (or the `PATH`
 //!   given to [`PluginHost::load_on_path`]). One not found still lets the plugin
 //!   load: calls to it are `denied` saying it was not found, and the load reports it as
@@ -265,15 +268,28 @@ pub(crate) struct Prepared {
 
 /// Reads, compiles (or takes from the cache) and checks the plugin in `wasm` against
 /// `manifest_file`; `expect_name` is the name it was enabled under (the file name),
-/// which the manifest must carry.
+/// which the manifest must carry, and `kind` what the loader loads.
 pub(crate) fn prepare(
     cx: &LoadContext<'_>,
     wasm: &Path,
     manifest_file: &Path,
     expect_name: Option<&str>,
+    kind: manifest::PluginKind,
 ) -> anyhow::Result<Prepared> {
     let started = Instant::now();
     let manifest = Manifest::load(manifest_file)?;
+    if manifest.kind != kind {
+        let how = match manifest.kind {
+            manifest::PluginKind::Provider => "the coordinator loads it for a pool (`provider = ...` under [pools.NAME]), not an agent's [plugins] enable",
+            manifest::PluginKind::Scheduler => "agents load it through [plugins] enable; a pool's provider says kind = \"provider\"",
+        };
+        return Err(manifest
+            .error(
+                "plugin.kind",
+                format!("this is a {} plugin: {how}", manifest.kind.as_str()),
+            )
+            .into());
+    }
     if let Some(expected) = expect_name {
         if manifest.name != expected {
             return Err(manifest
@@ -300,6 +316,11 @@ pub(crate) fn prepare(
             wasm.display()
         )
     })?;
+    let world = match kind {
+        manifest::PluginKind::Scheduler => engine::World::Scheduler,
+        manifest::PluginKind::Provider => engine::World::Provider,
+    };
+    engine::check_world(cx.engine, &component, wasm, world)?;
     engine::check_imports(cx.engine, &component, wasm, &manifest)?;
     let programs = manifest::resolve_programs(&manifest, cx.path_var);
     let warnings: Vec<String> = programs
@@ -363,8 +384,7 @@ fn load_one(
     manifest_file: &Path,
     expect_name: Option<&str>,
 ) -> anyhow::Result<(Arc<Instance>, PluginDetails)> {
-    let p = prepare(cx, wasm, manifest_file, expect_name)?;
-    engine::check_world(cx.engine, &p.component, wasm, engine::World::Scheduler)?;
+    let p = prepare(cx, wasm, manifest_file, expect_name, manifest::PluginKind::Scheduler)?;
     let name = p.granted.name.clone();
     let limits = p.granted.manifest.limits.clone();
     let instance = Instance::new(cx.engine, &p.component, p.granted).map_err(|e| {

@@ -31,7 +31,7 @@ use super::bindings::provider::exports::corral::provider::provider as wit;
 use super::bindings::provider::corral::provider::wait;
 use super::bindings::provider::ProviderPluginPre;
 use super::convert::error_from_wit;
-use super::engine::{self, Ticker, World};
+use super::engine::{self, Ticker};
 use super::imports::{CallState, Granted, RunAs};
 use super::{files, prepare, Engines, LoadContext, Manifest};
 use crate::identity::User;
@@ -315,8 +315,13 @@ fn load_provider(
     manifest_file: &Path,
     name: &str,
 ) -> anyhow::Result<Loaded> {
-    let p = prepare(cx, wasm, manifest_file, Some(name))?;
-    engine::check_world(cx.engine, &p.component, wasm, World::Provider)?;
+    let p = prepare(
+        cx,
+        wasm,
+        manifest_file,
+        Some(name),
+        super::manifest::PluginKind::Provider,
+    )?;
     let pre = link(cx.engine, &p.component, &p.granted).map_err(|e| {
         anyhow::anyhow!(
             "{}: does not fit the coordinator's provider interface (corral:provider@{VERSION_PREFIX}x): {e:#}",
