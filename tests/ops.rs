@@ -4,8 +4,8 @@
 //!   against a live `/metrics` of a real coordinator with real agents (scripted fake GPUs,
 //!   since CI has none; a Ray section whose venv is missing, so the node reports a failed
 //!   Ray; an enabled plugin that is not there; an agent with another CA's certificate),
-//!   and against `METRIC_NAMES`. Job and plugin-call families need a scheduler and are
-//!   checked against `METRIC_NAMES` only ([`CONDITIONAL`]).
+//!   and against `METRIC_NAMES`. Job and plugin-call families need a scheduler, and pool
+//!   families a pool, so they are checked against `METRIC_NAMES` only ([`CONDITIONAL`]).
 //! - `promtool check rules` accepts the rules and `promtool test rules` runs their unit
 //!   tests (`packaging/prometheus/corral-alerts.test.yml`): promtool from PATH, or from
 //!   Debian's `prometheus` package, unpacked (not installed: no service starts) into
@@ -84,6 +84,22 @@ const CONDITIONAL: &[(&str, &str)] = &[
     (
         "corral_plugin_calls_total",
         "series only once a plugin call was routed, which needs a built plugin and its scheduler",
+    ),
+    (
+        "corral_pool_ready",
+        "series only with [pools.NAME] configured (tests/pools.rs reads them from a live coordinator)",
+    ),
+    (
+        "corral_pool_min",
+        "series only with [pools.NAME] configured",
+    ),
+    (
+        "corral_pool_halted",
+        "series only with [pools.NAME] configured (tests/pools.rs sees it at 1)",
+    ),
+    (
+        "corral_pool_actions_total",
+        "series only once a pool acted (tests/pools.rs)",
     ),
 ];
 
