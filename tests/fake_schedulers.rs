@@ -15,8 +15,8 @@ use corral_test_support as support;
 
 use std::path::Path;
 
-use corral_sandbox::plugins::PluginHost;
 use corral_proto::job::{JobSpec, JobState, JobStatus, PluginCall, PluginError, PluginReply};
+use corral_sandbox::plugins::PluginHost;
 use support::fake_programs::{Fakes, Reply};
 use support::slurm::built_plugins_dir;
 

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_sandbox::plugins::Manifest;
 use corral_proto::job::{JobSpec, JobState, PluginCall, PluginReply};
+use corral_sandbox::plugins::Manifest;
 use support::fake_programs::Fakes;
 use support::slurm::{built_plugins_dir, ci, skip};
 use support::{corral, stderr, stdout};

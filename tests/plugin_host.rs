@@ -13,8 +13,8 @@ use corral_test_support as support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use corral_sandbox::plugins::{ComponentSource, PluginHost, PluginsConfig};
 use corral_proto::job::{JobSpec, PluginCall, PluginError, PluginReply};
+use corral_sandbox::plugins::{ComponentSource, PluginHost, PluginsConfig};
 
 /// The hostile component, or `None` (after printing why) when it is not built.
 fn hostile_wasm() -> Option<PathBuf> {

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use corral_proto::pool::{PoolSummary, PoolView};
-use corral_test_support::{corral_bin, run_async, slurm::built_plugins_dir, stderr, stdout, Cluster};
+use corral_test_support::{
+    corral_bin, run_async, slurm::built_plugins_dir, stderr, stdout, Cluster,
+};
 
 /// The machines' script: `create NODE` (user data on stdin) boots one, `delete ID`
 /// kills and removes it, `list` prints `ID NODE STATE CREATED`. `fail_create` makes
@@ -82,7 +84,10 @@ fn lab_cluster(min: u32, fail_create: bool, extra: &str) -> Option<Cluster> {
     std::fs::copy(plugins.join("command.wasm"), providers.join("command.wasm")).unwrap();
     let manifest = std::fs::read_to_string(plugins.join("command.toml"))
         .unwrap()
-        .replace("programs = []", &format!("programs = [{:?}]", script.display().to_string()));
+        .replace(
+            "programs = []",
+            &format!("programs = [{:?}]", script.display().to_string()),
+        );
     std::fs::write(providers.join("command.toml"), manifest).unwrap();
     let corral = corral_bin();
     let user_data = format!(
@@ -108,7 +113,12 @@ async fn pool(c: &Cluster) -> PoolView {
 
 /// Polls the pool until `pred` holds; panics with the pool, the coordinator's log and
 /// the machines' boot logs after `within`.
-async fn wait_pool(c: &Cluster, what: &str, within: Duration, pred: impl Fn(&PoolView) -> bool) -> PoolView {
+async fn wait_pool(
+    c: &Cluster,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&PoolView) -> bool,
+) -> PoolView {
     let start = Instant::now();
     loop {
         let v = pool(c).await;
@@ -119,7 +129,11 @@ async fn wait_pool(c: &Cluster, what: &str, within: Duration, pred: impl Fn(&Poo
             let mut boots = String::new();
             for d in std::fs::read_dir(c.path("machines")).unwrap().flatten() {
                 let log = std::fs::read_to_string(d.path().join("boot.log")).unwrap_or_default();
-                boots.push_str(&format!("--- {} ---\n{}\n", d.path().display(), log.lines().rev().take(15).collect::<Vec<_>>().join("\n")));
+                boots.push_str(&format!(
+                    "--- {} ---\n{}\n",
+                    d.path().display(),
+                    log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+                ));
             }
             panic!(
                 "pool lab not {what} within {within:?}: {v:#?}\n--- coordinator log ---\n{}\n{boots}",
@@ -133,7 +147,10 @@ async fn wait_pool(c: &Cluster, what: &str, within: Duration, pred: impl Fn(&Poo
 fn members(v: &PoolView) -> Vec<String> {
     v.nodes
         .iter()
-        .filter(|n| n.phase == corral_proto::pool::PoolNodePhase::Member && n.liveness.as_deref() == Some("ready"))
+        .filter(|n| {
+            n.phase == corral_proto::pool::PoolNodePhase::Member
+                && n.liveness.as_deref() == Some("ready")
+        })
         .map(|n| n.node.clone())
         .collect()
 }
@@ -148,27 +165,46 @@ fn agent_pid(c: &Cluster, node: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pool_of_three_comes_up_from_join_tokens_alone_and_a_killed_node_is_replaced() {
-    let Some(c) = lab_cluster(3, false, "") else { return };
+    let Some(c) = lab_cluster(3, false, "") else {
+        return;
+    };
     // No certificate was issued for any node: each gets its own at join.
     let up = Instant::now();
-    let v = wait_pool(&c, "3 ready", Duration::from_secs(90), |v| members(v).len() == 3).await;
+    let v = wait_pool(&c, "3 ready", Duration::from_secs(90), |v| {
+        members(v).len() == 3
+    })
+    .await;
     eprintln!("pool of 3 ready in {:?}", up.elapsed());
     let mut first = members(&v);
     first.sort();
     assert_eq!(first, ["lab-1", "lab-2", "lab-3"]);
     for n in &v.nodes {
-        assert_eq!(n.provider_id.as_deref(), Some(format!("vm-{}", n.node).as_str()), "{n:?}");
+        assert_eq!(
+            n.provider_id.as_deref(),
+            Some(format!("vm-{}", n.node).as_str()),
+            "{n:?}"
+        );
     }
     for name in &first {
         let key = c.path(&format!("machines/{name}/identity/{name}.key"));
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key).unwrap().permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600, "{} is private", key.display());
-        assert!(!c.tls_dir().join(format!("{name}.key")).exists(), "the key was made on the node, not by the CA");
+        assert!(
+            !c.tls_dir().join(format!("{name}.key")).exists(),
+            "the key was made on the node, not by the CA"
+        );
     }
     let tokens: Vec<corral_proto::pool::JoinTokenView> =
         c.get("/api/v1/join-tokens").await.json().await.unwrap();
     assert_eq!(tokens.len(), 3, "{tokens:?}");
-    assert!(tokens.iter().all(|t| t.used_by == t.node && t.used_ms.is_some()), "{tokens:?}");
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.used_by == t.node && t.used_ms.is_some()),
+        "{tokens:?}"
+    );
 
     // kill -9 lab-2's agent: down after 3 s, replaced 2 s later.
     let killed = Instant::now();
@@ -182,54 +218,116 @@ async fn a_pool_of_three_comes_up_from_join_tokens_alone_and_a_killed_node_is_re
     eprintln!("replaced in {:?}", killed.elapsed());
     let mut now = members(&v);
     now.sort();
-    assert_eq!(now, ["lab-1", "lab-3", "lab-4"], "a fresh name, never lab-2 again");
-    assert!(!c.path("machines/lab-2").exists(), "the provider deleted lab-2's machine");
+    assert_eq!(
+        now,
+        ["lab-1", "lab-3", "lab-4"],
+        "a fresh name, never lab-2 again"
+    );
+    assert!(
+        !c.path("machines/lab-2").exists(),
+        "the provider deleted lab-2's machine"
+    );
     assert!(c.node("lab-2").await.is_none(), "lab-2 left the node list");
     let actions: Vec<&str> = v.actions.iter().map(|a| a.action.as_str()).collect();
-    assert!(actions.contains(&"replace") && actions.contains(&"delete"), "{actions:?}");
+    assert!(
+        actions.contains(&"replace") && actions.contains(&"delete"),
+        "{actions:?}"
+    );
     let replace = v.actions.iter().find(|a| a.action == "replace").unwrap();
     assert!(replace.message.contains("down for"), "{replace:?}");
     // Its certificate is revoked.
     let crl = std::fs::read_to_string(c.tls_dir().join("crl.pem")).unwrap_or_default();
     assert!(crl.contains("BEGIN X509 CRL"), "a CRL was written: {crl}");
-    let events: Vec<corral_proto::api::Event> =
-        c.get("/api/v1/events?kind=pool&limit=100").await.json().await.unwrap();
-    let said: Vec<(&str, &str)> = events.iter().map(|e| (e.node.as_str(), e.to.as_str())).collect();
-    for want in [("lab-2", "replace"), ("lab-2", "delete"), ("lab-4", "create"), ("lab-4", "joined")] {
+    let events: Vec<corral_proto::api::Event> = c
+        .get("/api/v1/events?kind=pool&limit=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let said: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.node.as_str(), e.to.as_str()))
+        .collect();
+    for want in [
+        ("lab-2", "replace"),
+        ("lab-2", "delete"),
+        ("lab-4", "create"),
+        ("lab-4", "joined"),
+    ] {
         assert!(said.contains(&want), "{want:?} not in {said:?}");
     }
     let metrics = c.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("corral_pool_actions_total{pool=\"lab\",action=\"delete\",outcome=\"ok\"} 1"), "{metrics}");
-    assert!(metrics.contains("corral_pool_ready{pool=\"lab\"} 3"), "{metrics}");
+    assert!(
+        metrics
+            .contains("corral_pool_actions_total{pool=\"lab\",action=\"delete\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("corral_pool_ready{pool=\"lab\"} 3"),
+        "{metrics}"
+    );
 
     // The CLI says the same.
     let out = run_async(vec!["pools".into(), "--socket".into(), c.socket()]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("lab") && stdout(&out).contains("3/3"), "{}", stdout(&out));
-    let out = run_async(vec!["pool".into(), "lab".into(), "--socket".into(), c.socket()]).await;
-    assert!(stdout(&out).contains("lab-4") && stdout(&out).contains("vm-lab-4"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("lab") && stdout(&out).contains("3/3"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_async(vec![
+        "pool".into(),
+        "lab".into(),
+        "--socket".into(),
+        c.socket(),
+    ])
+    .await;
+    assert!(
+        stdout(&out).contains("lab-4") && stdout(&out).contains("vm-lab-4"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_provider_that_fails_max_failures_times_in_a_row_stops_and_says_why() {
-    let Some(c) = lab_cluster(2, true, "") else { return };
+    let Some(c) = lab_cluster(2, true, "") else {
+        return;
+    };
     let v = wait_pool(&c, "halted", Duration::from_secs(60), |v| {
-        v.summary.halted.as_deref().is_some_and(|h| h.starts_with("stopped"))
+        v.summary
+            .halted
+            .as_deref()
+            .is_some_and(|h| h.starts_with("stopped"))
     })
     .await;
     let halted = v.summary.halted.clone().unwrap();
     assert!(halted.contains("3 provider failures in a row"), "{halted}");
-    assert!(halted.contains("quota exceeded"), "the provider's own words: {halted}");
+    assert!(
+        halted.contains("quota exceeded"),
+        "the provider's own words: {halted}"
+    );
     assert!(halted.contains("corral pool lab resume"), "{halted}");
-    assert!(v.nodes.is_empty(), "failed creates leave no nodes: {:?}", v.nodes);
-    let creates = v.actions.iter().filter(|a| a.action == "create" && a.outcome == "failed").count();
+    assert!(
+        v.nodes.is_empty(),
+        "failed creates leave no nodes: {:?}",
+        v.nodes
+    );
+    let creates = v
+        .actions
+        .iter()
+        .filter(|a| a.action == "create" && a.outcome == "failed")
+        .count();
     assert_eq!(creates, 3, "{:?}", v.actions);
     // It stays stopped: no fourth try.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let v = pool(&c).await;
     assert_eq!(v.actions.iter().filter(|a| a.action == "create").count(), 3);
     let metrics = c.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("corral_pool_halted{pool=\"lab\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("corral_pool_halted{pool=\"lab\"} 1"),
+        "{metrics}"
+    );
     let out = run_async(vec!["pools".into(), "--socket".into(), c.socket()]).await;
     assert!(stdout(&out).contains("stopped after 3"), "{}", stdout(&out));
     // The unused join tokens of failed creates are revoked.
@@ -237,10 +335,20 @@ async fn a_provider_that_fails_max_failures_times_in_a_row_stops_and_says_why() 
         c.get("/api/v1/join-tokens").await.json().await.unwrap();
     assert!(tokens.iter().all(|t| t.revoked_ms.is_some()), "{tokens:?}");
     // Resuming tries again (and, the quota still gone, counts afresh).
-    let out = run_async(vec!["pool".into(), "lab".into(), "resume".into(), "--socket".into(), c.socket()]).await;
+    let out = run_async(vec![
+        "pool".into(),
+        "lab".into(),
+        "resume".into(),
+        "--socket".into(),
+        c.socket(),
+    ])
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let s: Vec<PoolSummary> = c.get("/api/v1/pools").await.json().await.unwrap();
-    assert!(s[0].halted.is_none() || !s[0].halted.as_deref().unwrap().starts_with("stopped"), "{s:?}");
+    assert!(
+        s[0].halted.is_none() || !s[0].halted.as_deref().unwrap().starts_with("stopped"),
+        "{s:?}"
+    );
     wait_pool(&c, "trying again", Duration::from_secs(20), |v| {
         v.actions.iter().filter(|a| a.action == "create").count() > 3
     })
@@ -249,14 +357,23 @@ async fn a_provider_that_fails_max_failures_times_in_a_row_stops_and_says_why() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_used_expired_revoked_or_forged_join_token_is_refused_and_issues_nothing() {
-    let Some(c) = lab_cluster(0, false, "") else { return };
+    let Some(c) = lab_cluster(0, false, "") else {
+        return;
+    };
     let make = |ttl: &str| {
         let socket = c.socket();
         let ttl = ttl.to_string();
         async move {
             let out = run_async(vec![
-                "tokens".into(), "create".into(), "--join".into(), "--pool".into(), "lab".into(),
-                "--ttl".into(), ttl, "--socket".into(), socket,
+                "tokens".into(),
+                "create".into(),
+                "--join".into(),
+                "--pool".into(),
+                "lab".into(),
+                "--ttl".into(),
+                ttl,
+                "--socket".into(),
+                socket,
             ])
             .await;
             assert!(out.status.success(), "{}", stderr(&out));
@@ -267,30 +384,61 @@ async fn a_used_expired_revoked_or_forged_join_token_is_refused_and_issues_nothi
         let url = c.api();
         let dir = c.path(dir).display().to_string();
         async move {
-            run_async(vec!["join".into(), "--url".into(), url, "--token".into(), token, "--dir".into(), dir]).await
+            run_async(vec![
+                "join".into(),
+                "--url".into(),
+                url,
+                "--token".into(),
+                token,
+                "--dir".into(),
+                dir,
+            ])
+            .await
         }
     };
     let token = make("1h").await;
     let out = join(token.clone(), "a").await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out).trim(), "lab-1", "the pool names a node joined by hand");
+    assert_eq!(
+        stdout(&out).trim(),
+        "lab-1",
+        "the pool names a node joined by hand"
+    );
     assert!(c.path("a/lab-1.pem").exists() && c.path("a/agent.toml").exists());
     let agent_toml = std::fs::read_to_string(c.path("a/agent.toml")).unwrap();
-    assert!(agent_toml.contains(&format!("coordinator = \"127.0.0.1:{}\"", c.quic_port)), "{agent_toml}");
+    assert!(
+        agent_toml.contains(&format!("coordinator = \"127.0.0.1:{}\"", c.quic_port)),
+        "{agent_toml}"
+    );
 
     let again = join(token, "b").await;
     assert!(!again.status.success());
-    assert!(stderr(&again).contains("already used (by lab-1)"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already used (by lab-1)"),
+        "{}",
+        stderr(&again)
+    );
     assert!(!c.path("b/lab-2.pem").exists());
 
     let short = make("1s").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let expired = join(short, "c").await;
-    assert!(stderr(&expired).contains("has expired"), "{}", stderr(&expired));
+    assert!(
+        stderr(&expired).contains("has expired"),
+        "{}",
+        stderr(&expired)
+    );
 
     let revoked = make("1h").await;
     let id = revoked.split('_').nth(1).unwrap().to_string();
-    let out = run_async(vec!["tokens".into(), "revoke".into(), id, "--socket".into(), c.socket()]).await;
+    let out = run_async(vec![
+        "tokens".into(),
+        "revoke".into(),
+        id,
+        "--socket".into(),
+        c.socket(),
+    ])
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let r = join(revoked, "d").await;
     assert!(stderr(&r).contains("has been revoked"), "{}", stderr(&r));
@@ -300,7 +448,11 @@ async fn a_used_expired_revoked_or_forged_join_token_is_refused_and_issues_nothi
     bad.pop();
     bad.push(if forged.ends_with('0') { '1' } else { '0' });
     let f = join(bad, "e").await;
-    assert!(stderr(&f).contains("not one this coordinator issued"), "{}", stderr(&f));
+    assert!(
+        stderr(&f).contains("not one this coordinator issued"),
+        "{}",
+        stderr(&f)
+    );
     // The forged try did not spend the real one.
     let ok = join(forged, "f").await;
     assert!(ok.status.success(), "{}", stderr(&ok));
@@ -318,18 +470,42 @@ async fn a_used_expired_revoked_or_forged_join_token_is_refused_and_issues_nothi
     let ok = join(token, "g").await;
     assert!(ok.status.success(), "{}", stderr(&ok));
 
-    let listed = run_async(vec!["tokens".into(), "list".into(), "--join".into(), "--socket".into(), c.socket()]).await;
-    assert!(stdout(&listed).contains("used") && stdout(&listed).contains("revoked") && stdout(&listed).contains("expired"), "{}", stdout(&listed));
+    let listed = run_async(vec![
+        "tokens".into(),
+        "list".into(),
+        "--join".into(),
+        "--socket".into(),
+        c.socket(),
+    ])
+    .await;
+    assert!(
+        stdout(&listed).contains("used")
+            && stdout(&listed).contains("revoked")
+            && stdout(&listed).contains("expired"),
+        "{}",
+        stdout(&listed)
+    );
 }
 
 #[test]
 fn a_plugin_loaded_as_the_other_kind_is_refused_saying_who_loads_it() {
-    let (Some(slurm), Some(command)) = (built_plugins_dir("slurm"), built_plugins_dir("command")) else {
+    let (Some(slurm), Some(command)) = (built_plugins_dir("slurm"), built_plugins_dir("command"))
+    else {
         return;
     };
-    let (_, failures) = corral_sandbox::plugins::provider::ProviderHost::load(&slurm, &["slurm".into()], None, None);
+    let (_, failures) = corral_sandbox::plugins::provider::ProviderHost::load(
+        &slurm,
+        &["slurm".into()],
+        None,
+        None,
+    );
     assert_eq!(failures.len(), 1);
-    assert!(failures[0].message.contains("plugin.kind") && failures[0].message.contains("scheduler plugin"), "{}", failures[0].message);
+    assert!(
+        failures[0].message.contains("plugin.kind")
+            && failures[0].message.contains("scheduler plugin"),
+        "{}",
+        failures[0].message
+    );
     let cfg = corral_sandbox::plugins::PluginsConfig {
         dir: Some(command.clone()),
         enable: vec!["command".into()],
@@ -337,11 +513,18 @@ fn a_plugin_loaded_as_the_other_kind_is_refused_saying_who_loads_it() {
     };
     let (_, failures) = corral_sandbox::plugins::PluginHost::load(&cfg);
     assert_eq!(failures.len(), 1);
-    assert!(failures[0].message.contains("this is a provider plugin") && failures[0].message.contains("[pools.NAME]"), "{}", failures[0].message);
+    assert!(
+        failures[0].message.contains("this is a provider plugin")
+            && failures[0].message.contains("[pools.NAME]"),
+        "{}",
+        failures[0].message
+    );
     // A manifest that lies about its kind is caught by the component's own exports.
     let t = tempfile::tempdir().unwrap();
     std::fs::copy(command.join("command.wasm"), t.path().join("command.wasm")).unwrap();
-    let manifest = std::fs::read_to_string(command.join("command.toml")).unwrap().replace("kind = \"provider\"\n", "");
+    let manifest = std::fs::read_to_string(command.join("command.toml"))
+        .unwrap()
+        .replace("kind = \"provider\"\n", "");
     std::fs::write(t.path().join("command.toml"), manifest).unwrap();
     let cfg = corral_sandbox::plugins::PluginsConfig {
         dir: Some(t.path().to_path_buf()),
@@ -349,5 +532,11 @@ fn a_plugin_loaded_as_the_other_kind_is_refused_saying_who_loads_it() {
         ..Default::default()
     };
     let (_, failures) = corral_sandbox::plugins::PluginHost::load(&cfg);
-    assert!(failures[0].message.contains("exports corral:provider/provider"), "{}", failures[0].message);
+    assert!(
+        failures[0]
+            .message
+            .contains("exports corral:provider/provider"),
+        "{}",
+        failures[0].message
+    );
 }

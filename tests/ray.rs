@@ -74,7 +74,8 @@ fn ray_cluster() -> Cluster {
 /// Fails early, with the fix, when the Ray user cannot reach the venv.
 fn check_venv_reachable(venv: &Path, user: &Option<users::TestUser>) {
     let Some(u) = user else { return };
-    if let Some((dir, mode, _)) = corral_sandbox::fsperm::first_unsearchable(venv, u.uid, &[u.gid]) {
+    if let Some((dir, mode, _)) = corral_sandbox::fsperm::first_unsearchable(venv, u.uid, &[u.gid])
+    {
         panic!(
             "the Ray test user {} cannot reach the venv {}: {} is mode {mode:04o}; run the tests through scripts/test.sh, which keeps the venv under /var/cache/corral-test when root, or set CORRAL_RAY_VENV to a venv outside it",
             u.name,

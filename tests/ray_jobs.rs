@@ -14,9 +14,9 @@ use corral_test_support as support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 use corral_node::ray::process::{leftovers, spawn, RayProcess};
 use corral_proto::job::{JobSpec, JobState, JobStatus, PluginCall, PluginError, PluginReply};
+use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 use support::free_tcp_port;
 use support::slurm::{built_plugins_dir, skip};
 

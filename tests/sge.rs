@@ -17,11 +17,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 use corral_proto::job::{
     Dependency, DependencyKind, JobArray, JobState, JobStatus, NodeState, PluginCall, PluginError,
     PluginReply,
 };
+use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 use support::scenarios::{run_all, PluginJobs};
 use support::sge::{sge, Sge};
 use support::slurm::built_plugins_dir;

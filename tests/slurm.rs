@@ -14,10 +14,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 use corral_proto::job::{
     Dependency, DependencyKind, JobArray, JobState, NodeState, PluginCall, PluginError, PluginReply,
 };
+use corral_sandbox::plugins::{PluginHost, PluginsConfig};
 use support::scenarios::{run_all, PluginJobs};
 use support::slurm::{built_plugins_dir, node_state, Slurm, NODE};
 

@@ -37,9 +37,9 @@ use corral_coordinator::CoordinatorOptions;
 use corral_node::config::AgentSection;
 use corral_node::health::gpu::GpuConfig;
 use corral_node::health::verdict::Thresholds;
-use corral_sandbox::plugins::PluginsConfig;
 use corral_node::ray::RayConfig;
 use corral_node::AgentOptions;
+use corral_sandbox::plugins::PluginsConfig;
 use corral_transport::pki::TlsFiles;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,7 +242,11 @@ impl Config {
             None => {}
         }
         if self.coordinator.is_some() {
-            corral_coordinator::pools::config::validate(&self.pools, &self.providers, self.join.as_ref())?;
+            corral_coordinator::pools::config::validate(
+                &self.pools,
+                &self.providers,
+                self.join.as_ref(),
+            )?;
         } else if !self.pools.is_empty() || self.join.is_some() {
             return Err(issue(
                 if self.pools.is_empty() { "join" } else { "pools" },

@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corral_sandbox::plugins::PluginHost;
 use corral_proto::job::{JobSpec, JobState, JobStatus, PluginCall, PluginError, PluginReply};
+use corral_sandbox::plugins::PluginHost;
 
 /// One plugin's jobs: where they run, who submits and cancels them.
 pub struct PluginJobs {

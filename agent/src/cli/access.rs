@@ -102,19 +102,23 @@ const TOKEN_COLUMNS: &[Column<TokenView>] = &[
 const JOIN_COLUMNS: &[Column<JoinTokenView>] = &[
     ("ID", |t, _| t.id.clone()),
     ("POOL", |t, _| t.pool.clone()),
-    ("NODE", |t, _| t.node.clone().unwrap_or_else(|| "(at join)".into())),
+    ("NODE", |t, _| {
+        t.node.clone().unwrap_or_else(|| "(at join)".into())
+    }),
     ("CREATED", |t, now| {
         format!("{} ago by {}", age(now, Some(t.created_ms)), t.created_by)
     }),
-    ("STATE", |t, now| match (t.used_ms, &t.used_by, t.revoked_ms) {
-        (Some(u), by, _) => format!(
-            "used {} ago by {}",
-            age(now, Some(u)),
-            by.as_deref().unwrap_or("?")
-        ),
-        (None, _, Some(r)) => format!("revoked {} ago", age(now, Some(r))),
-        _ if t.expires_ms <= now => "expired".into(),
-        _ => format!("expires in {}", age(t.expires_ms, Some(now))),
+    ("STATE", |t, now| {
+        match (t.used_ms, &t.used_by, t.revoked_ms) {
+            (Some(u), by, _) => format!(
+                "used {} ago by {}",
+                age(now, Some(u)),
+                by.as_deref().unwrap_or("?")
+            ),
+            (None, _, Some(r)) => format!("revoked {} ago", age(now, Some(r))),
+            _ if t.expires_ms <= now => "expired".into(),
+            _ => format!("expires in {}", age(t.expires_ms, Some(now))),
+        }
     }),
 ];
 
@@ -181,7 +185,9 @@ pub(super) async fn tokens(cmd: TokensCmd) -> Result<()> {
             ..
         } => {
             let (Some(user), Some(role)) = (user, role) else {
-                anyhow::bail!("give --user and --role (or --join --pool POOL --ttl 1h for a join token)");
+                anyhow::bail!(
+                    "give --user and --role (or --join --pool POOL --ttl 1h for a join token)"
+                );
             };
             let made: CreatedToken = ApiClient::new(&api)?
                 .post_json(
@@ -232,7 +238,10 @@ pub(super) async fn tokens(cmd: TokensCmd) -> Result<()> {
         TokensCmd::Revoke { id, json, api } if id.starts_with('j') => {
             let t: JoinTokenView = ApiClient::new(&api)?
                 .post_json::<(), _>(
-                    &format!("/api/v1/join-tokens/{}/revoke", super::client::query_value(&id)),
+                    &format!(
+                        "/api/v1/join-tokens/{}/revoke",
+                        super::client::query_value(&id)
+                    ),
                     None,
                     Duration::from_secs(10),
                     &format!("revoking join token {id}"),

@@ -34,10 +34,10 @@ use corral_coordinator::registry::Settings;
 use corral_coordinator::CoordinatorOptions;
 use corral_node::health::gpu::GpuConfig;
 use corral_node::health::verdict::Thresholds;
-use corral_sandbox::plugins::PluginsConfig;
 use corral_node::session::AgentOptions;
 use corral_proto::api::{Role as ApiRole, DEFAULT_API_PORT};
 use corral_proto::wire::DEFAULT_QUIC_PORT;
+use corral_sandbox::plugins::PluginsConfig;
 use corral_transport::pki::{self, Role, TlsFiles};
 
 #[derive(Args, Debug)]
@@ -87,8 +87,9 @@ fn plugin_names(dir: &Path) -> Vec<String> {
             let manifest = dir.join(format!("{name}.toml"));
             // Provider plugins are the coordinator's, for pools; `corral dev` has none.
             let scheduler = || {
-                corral_sandbox::plugins::Manifest::load(&manifest)
-                    .map_or(true, |m| m.kind == corral_sandbox::plugins::manifest::PluginKind::Scheduler)
+                corral_sandbox::plugins::Manifest::load(&manifest).map_or(true, |m| {
+                    m.kind == corral_sandbox::plugins::manifest::PluginKind::Scheduler
+                })
             };
             let ok = path.extension()? == "wasm"
                 && corral_sandbox::plugins::manifest::valid_name(&name)

@@ -50,7 +50,12 @@ pub(super) struct JoinArgs {
     #[arg(long)]
     url: String,
     /// The join token (`{join_token}`; or --token-file).
-    #[arg(long, env = "CORRAL_JOIN_TOKEN", required_unless_present = "token_file", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CORRAL_JOIN_TOKEN",
+        required_unless_present = "token_file",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// A file holding the join token.
     #[arg(long)]
@@ -95,8 +100,12 @@ fn state(p: &PoolSummary) -> String {
 const NODE_COLUMNS: &[Column<PoolNodeView>] = &[
     ("NODE", |n, _| n.node.clone()),
     ("PHASE", |n, _| n.phase.as_str().to_string()),
-    ("LIVENESS", |n, _| n.liveness.clone().unwrap_or_else(|| "-".into())),
-    ("PROVIDER ID", |n, _| n.provider_id.clone().unwrap_or_else(|| "-".into())),
+    ("LIVENESS", |n, _| {
+        n.liveness.clone().unwrap_or_else(|| "-".into())
+    }),
+    ("PROVIDER ID", |n, _| {
+        n.provider_id.clone().unwrap_or_else(|| "-".into())
+    }),
     ("MACHINE", |n, _| {
         n.machine
             .as_ref()
@@ -145,7 +154,10 @@ pub(super) async fn pool(a: PoolArgs) -> Result<()> {
         return Ok(());
     }
     let v: PoolView = client
-        .get_json(&format!("/api/v1/pools/{name}"), &format!("pool {}", a.name))
+        .get_json(
+            &format!("/api/v1/pools/{name}"),
+            &format!("pool {}", a.name),
+        )
         .await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -213,10 +225,7 @@ pub(super) async fn join(a: JoinArgs) -> Result<()> {
     let answer: JoinAnswer = ApiClient::new(&api)?
         .post_json(
             "/api/v1/join",
-            Some(&JoinRequest {
-                token,
-                csr_pem,
-            }),
+            Some(&JoinRequest { token, csr_pem }),
             Duration::from_secs(30),
             "joining",
         )
@@ -231,7 +240,12 @@ pub(super) async fn join(a: JoinArgs) -> Result<()> {
             .create_new(true)
             .mode(mode)
             .open(&path)
-            .with_context(|| format!("writing {} (it must not exist yet: a join never overwrites an identity)", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "writing {} (it must not exist yet: a join never overwrites an identity)",
+                    path.display()
+                )
+            })?;
         f.write_all(body.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use corral_proto::job::PluginCall;
 use corral_sandbox::plugins::bench::Bench;
 use corral_sandbox::plugins::{PluginHost, PluginsConfig};
-use corral_proto::job::PluginCall;
 
 #[derive(Args, Debug)]
 pub struct PluginArgs {

@@ -571,7 +571,9 @@ fn load(conn: &Connection, retention: u32) -> Result<Loaded> {
         let key: String = row.get(1)?;
         match RecordKind::parse(&kind) {
             Some(k) => records.push((k, key, row.get(2)?)),
-            None => tracing::warn!(kind = %kind, key = %key, "skipping a record of a kind this coordinator does not know"),
+            None => {
+                tracing::warn!(kind = %kind, key = %key, "skipping a record of a kind this coordinator does not know")
+            }
         }
     }
     Ok(Loaded {

@@ -294,9 +294,16 @@ impl Ca {
     /// can be revoked by name. Only the request's key is used: its signature is checked
     /// (the sender holds the key), and the subject, names and extensions it asks for
     /// are ignored; the certificate says what `name` and [`Role::Agent`] say.
-    pub fn issue_for_request(&self, csr_pem: &str, name: &str, days: u32) -> Result<IssuedForRequest> {
+    pub fn issue_for_request(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        days: u32,
+    ) -> Result<IssuedForRequest> {
         let request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-            anyhow::anyhow!("not a valid PEM certificate request (PKCS#10) with a good signature: {e}")
+            anyhow::anyhow!(
+                "not a valid PEM certificate request (PKCS#10) with a good signature: {e}"
+            )
         })?;
         let (params, serial, not_after) = leaf_params(name, Role::Agent, &[], days)?;
         let signed = rcgen::CertificateSigningRequestParams {
@@ -705,7 +712,9 @@ mod tests {
             }
         );
         let record = ca.issued().unwrap();
-        assert!(record.iter().any(|c| c.name == "pool-7" && c.serial == issued.serial));
+        assert!(record
+            .iter()
+            .any(|c| c.name == "pool-7" && c.serial == issued.serial));
     }
 
     #[test]
@@ -714,10 +723,17 @@ mod tests {
         init_ca(dir.path(), "test CA", 30).unwrap();
         let ca = Ca::load(dir.path()).unwrap();
         let err = ca
-            .issue_for_request("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "n1", 30)
+            .issue_for_request(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                "n1",
+                30,
+            )
             .err()
             .unwrap();
-        assert!(format!("{err:#}").contains("not a valid PEM certificate request"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("not a valid PEM certificate request"),
+            "{err:#}"
+        );
         let (_, csr) = new_request("n1").unwrap();
         let err = ca.issue_for_request(&csr, "bad name", 30).err().unwrap();
         assert!(!format!("{err:#}").is_empty());

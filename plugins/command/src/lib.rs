@@ -53,8 +53,9 @@ fn argv(pool: &Pool, key: &str, fill: &[(&str, &str)]) -> Result<Vec<String>, Pr
     Ok(parsed
         .into_iter()
         .map(|a| {
-            fill.iter()
-                .fold(a, |a, (name, value)| a.replace(&format!("{{{name}}}"), value))
+            fill.iter().fold(a, |a, (name, value)| {
+                a.replace(&format!("{{{name}}}"), value)
+            })
         })
         .collect())
 }
@@ -112,13 +113,21 @@ pub fn parse_line(line: &str) -> Option<Result<Machine, String>> {
 
 impl Provider for CommandProvider {
     fn info() -> ProviderInfo {
-        ProviderInfo::new("command", env!("CARGO_PKG_VERSION"), "programs on the coordinator host", false)
+        ProviderInfo::new(
+            "command",
+            env!("CARGO_PKG_VERSION"),
+            "programs on the coordinator host",
+            false,
+        )
     }
 
     fn create(b: &dyn Backend, pool: &Pool, req: &CreateRequest) -> Result<String, ProviderError> {
         let args = argv(pool, "create", &[("node", &req.node), ("pool", &pool.name)])?;
-        let cmd = command(args, &[("CORRAL_NODE", &req.node), ("CORRAL_POOL", &pool.name)])
-            .stdin(req.user_data.as_bytes().to_vec());
+        let cmd = command(
+            args,
+            &[("CORRAL_NODE", &req.node), ("CORRAL_POOL", &pool.name)],
+        )
+        .stdin(req.user_data.as_bytes().to_vec());
         let out = run_ok(b, &cmd)?;
         let id = out
             .lines()
@@ -136,7 +145,10 @@ impl Provider for CommandProvider {
 
     fn delete(b: &dyn Backend, pool: &Pool, id: &str) -> Result<(), ProviderError> {
         let args = argv(pool, "delete", &[("id", id), ("pool", &pool.name)])?;
-        run_ok(b, &command(args, &[("CORRAL_ID", id), ("CORRAL_POOL", &pool.name)]))?;
+        run_ok(
+            b,
+            &command(args, &[("CORRAL_ID", id), ("CORRAL_POOL", &pool.name)]),
+        )?;
         Ok(())
     }
 

@@ -6,7 +6,10 @@ fn pool() -> Pool {
     Pool {
         name: "lab".into(),
         template: vec![
-            ("create".into(), r#"["lab-vm","create","{node}","--pool={pool}"]"#.into()),
+            (
+                "create".into(),
+                r#"["lab-vm","create","{node}","--pool={pool}"]"#.into(),
+            ),
             ("delete".into(), r#"["lab-vm","delete","{id}"]"#.into()),
             ("list".into(), r#"["lab-vm","list","{pool}"]"#.into()),
         ],
@@ -36,7 +39,10 @@ fn create_runs_the_templates_argv_with_user_data_on_stdin_and_takes_the_last_lin
 #[test]
 fn a_create_that_prints_nothing_is_named_by_its_node() {
     let b = Script::new().ok("lab-vm", "");
-    assert_eq!(CommandProvider::create(&b, &pool(), &req()).unwrap(), "lab-3");
+    assert_eq!(
+        CommandProvider::create(&b, &pool(), &req()).unwrap(),
+        "lab-3"
+    );
 }
 
 #[test]
@@ -45,7 +51,9 @@ fn a_failing_program_is_a_backend_error_naming_it_and_what_it_said() {
     let err = CommandProvider::create(&b, &pool(), &req()).unwrap_err();
     assert_eq!(
         err,
-        ProviderError::Failed(Error::Backend("lab-vm exited with status 3: quota exceeded".into()))
+        ProviderError::Failed(Error::Backend(
+            "lab-vm exited with status 3: quota exceeded".into()
+        ))
     );
 }
 
@@ -57,8 +65,14 @@ fn list_parses_machines_and_keeps_unknown_states_native() {
     );
     let m = CommandProvider::list(&b, &pool()).unwrap();
     assert_eq!(m.len(), 2);
-    assert_eq!((m[0].id.as_str(), m[0].state, m[0].created_ms), ("vm-1", MachineState::Running, Some(1_700_000_000_000)));
-    assert_eq!((m[1].state, m[1].native_state.as_str()), (MachineState::Unknown, "rebooting"));
+    assert_eq!(
+        (m[0].id.as_str(), m[0].state, m[0].created_ms),
+        ("vm-1", MachineState::Running, Some(1_700_000_000_000))
+    );
+    assert_eq!(
+        (m[1].state, m[1].native_state.as_str()),
+        (MachineState::Unknown, "rebooting")
+    );
     assert_eq!(b.commands()[0].args, ["list", "lab"]);
 }
 
@@ -68,13 +82,23 @@ fn a_malformed_list_line_is_an_error_quoting_it() {
     let err = CommandProvider::list(&b, &pool()).unwrap_err();
     assert!(format!("{err:?}").contains("ID NODE STATE"), "{err:?}");
     let b = Script::new().ok("lab-vm", "vm-1 lab-1 running yesterday\n");
-    assert!(format!("{:?}", CommandProvider::list(&b, &pool()).unwrap_err()).contains("Unix seconds"));
+    assert!(
+        format!("{:?}", CommandProvider::list(&b, &pool()).unwrap_err()).contains("Unix seconds")
+    );
 }
 
 #[test]
 fn status_finds_the_machine_in_list_or_answers_none() {
-    let b = Script::new().ok("lab-vm", "vm-1 lab-1 running\n").ok("lab-vm", "vm-1 lab-1 running\n");
-    assert_eq!(CommandProvider::status(&b, &pool(), "vm-1").unwrap().unwrap().node, "lab-1");
+    let b = Script::new()
+        .ok("lab-vm", "vm-1 lab-1 running\n")
+        .ok("lab-vm", "vm-1 lab-1 running\n");
+    assert_eq!(
+        CommandProvider::status(&b, &pool(), "vm-1")
+            .unwrap()
+            .unwrap()
+            .node,
+        "lab-1"
+    );
     assert_eq!(CommandProvider::status(&b, &pool(), "vm-9").unwrap(), None);
 }
 
@@ -90,8 +114,12 @@ fn a_template_without_the_program_or_with_a_string_says_what_to_write() {
     let mut p = pool();
     p.template.retain(|(k, _)| k != "delete");
     let err = CommandProvider::delete(&Script::new(), &p, "vm-1").unwrap_err();
-    assert!(format!("{err:?}").contains("[pools.lab.template]"), "{err:?}");
-    p.template.push(("delete".into(), "lab-vm delete {id}".into()));
+    assert!(
+        format!("{err:?}").contains("[pools.lab.template]"),
+        "{err:?}"
+    );
+    p.template
+        .push(("delete".into(), "lab-vm delete {id}".into()));
     let err = CommandProvider::delete(&Script::new(), &p, "vm-1").unwrap_err();
     assert!(format!("{err:?}").contains("argument list"), "{err:?}");
 }

@@ -329,7 +329,8 @@ impl<'a> Api<'a> {
     fn wait_until(&self, until_ms: u64) {
         let now = self.b.now_ms();
         if until_ms > now {
-            self.b.sleep_ms(u32::try_from(until_ms - now).unwrap_or(u32::MAX));
+            self.b
+                .sleep_ms(u32::try_from(until_ms - now).unwrap_or(u32::MAX));
         }
     }
 

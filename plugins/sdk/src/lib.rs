@@ -86,6 +86,8 @@ pub use {serde, serde_json};
 pub mod batch;
 pub mod ids;
 pub mod nodes;
+#[cfg(feature = "provider")]
+pub mod provider;
 pub mod records;
 pub mod script;
 pub mod spec;
@@ -93,8 +95,6 @@ pub mod states;
 pub mod status;
 pub mod submit;
 pub mod testing;
-#[cfg(feature = "provider")]
-pub mod provider;
 
 /// Exports a [`Scheduler`] as the component's `scheduler` interface:
 /// `corral_plugin_sdk::export_plugin!(MyPlugin);` at the plugin crate's root.

@@ -202,8 +202,8 @@ impl Response {
             return Ok(serde_json::Value::Null);
         }
         serde_json::from_slice(&self.body).map_err(|e| {
-            let start = String::from_utf8_lossy(&self.body[..self.body.len().min(200)])
-                .replace('\n', " ");
+            let start =
+                String::from_utf8_lossy(&self.body[..self.body.len().min(200)]).replace('\n', " ");
             Error::Backend(format!(
                 "the answer ({}) is not JSON ({e}): {start}",
                 self.status

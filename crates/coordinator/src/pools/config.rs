@@ -205,10 +205,17 @@ pub fn validate(
             format!("{:?} is not an http(s) URL; write the API address new nodes reach, e.g. \"https://coord-01:7441\"", join.url),
         ));
     }
-    if join.coordinator.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+    if join
+        .coordinator
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
         return Err(issue(
             "join.coordinator".into(),
-            format!("{:?} is not host:port; write the QUIC address agents dial, e.g. \"coord-01:7440\"", join.coordinator),
+            format!(
+                "{:?} is not host:port; write the QUIC address agents dial, e.g. \"coord-01:7440\"",
+                join.coordinator
+            ),
         ));
     }
     if join.cert_days == 0 || join.cert_days > 825 {
@@ -232,12 +239,18 @@ pub fn validate(
             ));
         }
         corral_proto::names::validate_name(&p.provider).map_err(|e| {
-            issue(key("provider"), format!("{e}; name a provider plugin, e.g. \"hetzner\""))
+            issue(
+                key("provider"),
+                format!("{e}; name a provider plugin, e.g. \"hetzner\""),
+            )
         })?;
         if p.max == 0 || p.min > p.max {
             return Err(issue(
                 key("max"),
-                format!("min ({}) must not exceed max ({}), and max must be at least 1", p.min, p.max),
+                format!(
+                    "min ({}) must not exceed max ({}), and max must be at least 1",
+                    p.min, p.max
+                ),
             ));
         }
         if p.max > 10_000 {
@@ -269,12 +282,19 @@ pub fn validate(
             let after = &rest[start + 1..];
             let Some(end) = after.find('}') else { break };
             let word = &after[..end];
-            let plain = !word.is_empty()
-                && word.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            let plain =
+                !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase() || c == '_');
             if plain && !USER_DATA_KEYS.contains(&word) {
                 return Err(issue(
                     key("user_data"),
-                    format!("{{{word}}} is not a placeholder; use {}", USER_DATA_KEYS.iter().map(|k| format!("{{{k}}}")).collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "{{{word}}} is not a placeholder; use {}",
+                        USER_DATA_KEYS
+                            .iter()
+                            .map(|k| format!("{{{k}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 ));
             }
             rest = &after[end + 1..];
@@ -283,7 +303,10 @@ pub fn validate(
             if let Err(e) = std::fs::metadata(f) {
                 return Err(issue(
                     key("secret_file"),
-                    format!("{}: {e}; write the provider's API token there (mode 0600)", f.display()),
+                    format!(
+                        "{}: {e}; write the provider's API token there (mode 0600)",
+                        f.display()
+                    ),
                 ));
             }
         }
@@ -318,7 +341,11 @@ mod tests {
     }
 
     fn check(text: &str) -> Result<(), ConfigIssue> {
-        validate(&[("gpu".to_string(), pool(text))].into(), &providers(), Some(&join()))
+        validate(
+            &[("gpu".to_string(), pool(text))].into(),
+            &providers(),
+            Some(&join()),
+        )
     }
 
     #[test]
@@ -360,8 +387,16 @@ mod tests {
         assert_eq!(err.key, "join");
         let mut j = join();
         j.coordinator = "c".into();
-        assert_eq!(validate(&pools, &providers(), Some(&j)).unwrap_err().key, "join.coordinator");
-        let err = validate(&[("bad name".to_string(), pool(OK))].into(), &providers(), Some(&join())).unwrap_err();
+        assert_eq!(
+            validate(&pools, &providers(), Some(&j)).unwrap_err().key,
+            "join.coordinator"
+        );
+        let err = validate(
+            &[("bad name".to_string(), pool(OK))].into(),
+            &providers(),
+            Some(&join()),
+        )
+        .unwrap_err();
         assert_eq!(err.key, "pools.bad name");
     }
 }

@@ -100,7 +100,12 @@ pub(crate) struct JoinTokens {
 }
 
 impl JoinTokens {
-    pub fn new(rows: Vec<JoinTokenRow>, store: Arc<Store>, ca: Option<Arc<Ca>>, cert_days: u32) -> JoinTokens {
+    pub fn new(
+        rows: Vec<JoinTokenRow>,
+        store: Arc<Store>,
+        ca: Option<Arc<Ca>>,
+        cert_days: u32,
+    ) -> JoinTokens {
         JoinTokens {
             tokens: Mutex::new(rows.into_iter().map(|t| (t.id.clone(), t)).collect()),
             store,
@@ -256,7 +261,11 @@ impl JoinTokens {
                 None => return Err(JoinError::BadToken),
             }
         }
-        if let Err(e) = self.store.put_record(RecordKind::JoinToken, id, Some(&used)).await {
+        if let Err(e) = self
+            .store
+            .put_record(RecordKind::JoinToken, id, Some(&used))
+            .await
+        {
             // Not on disk: not spent, so it must not be usable twice after a restart
             // either; refuse and put it back as it was.
             self.lock().insert(id.to_string(), row);

@@ -66,8 +66,8 @@ use config::{JoinSection, PoolSection, ProvidersSection};
 use corral_proto::job::PluginError;
 use corral_proto::model::Liveness;
 use corral_proto::pool::{
-    CreatedJoinToken, JoinAnswer, Machine, MachineState, PoolAction, PoolNodePhase,
-    PoolNodeView, PoolSummary, PoolView, ProviderInfo,
+    CreatedJoinToken, JoinAnswer, Machine, MachineState, PoolAction, PoolNodePhase, PoolNodeView,
+    PoolSummary, PoolView, ProviderInfo,
 };
 use corral_sandbox::plugins::provider::{
     PoolRef, ProviderCall, ProviderFailure, ProviderHost, ProviderOutcome, ProviderReply,
@@ -282,11 +282,9 @@ impl Pools {
                 }
                 RecordKind::PoolNode => serde_json::from_str::<PoolNodeRow>(&json)
                     .map(|r| rows.entry(r.pool.clone()).or_default().push(r)),
-                RecordKind::PoolState => {
-                    serde_json::from_str::<PoolStateRow>(&json).map(|s| {
-                        states.insert(key.clone(), s);
-                    })
-                }
+                RecordKind::PoolState => serde_json::from_str::<PoolStateRow>(&json).map(|s| {
+                    states.insert(key.clone(), s);
+                }),
             };
             if let Err(e) = parsed {
                 warn!(key = %key, error = %e, "skipping an unreadable pool record");
@@ -398,8 +396,10 @@ impl Pools {
                 let cfg = &self.sections[name];
                 // 1. Who joined.
                 for n in p.nodes.values_mut() {
-                    if matches!(n.row.phase, PoolNodePhase::Creating | PoolNodePhase::Joining)
-                        && self.registry.get(&n.row.node).is_some_and(|v| v.connected)
+                    if matches!(
+                        n.row.phase,
+                        PoolNodePhase::Creating | PoolNodePhase::Joining
+                    ) && self.registry.get(&n.row.node).is_some_and(|v| v.connected)
                     {
                         n.row.phase = PoolNodePhase::Member;
                         n.row.joined_ms = Some(now_ms);
@@ -454,7 +454,11 @@ impl Pools {
                                     humantime::format_duration(cfg.replace_after)
                                 ))
                             }
-                            _ if n.machine.as_ref().is_some_and(|m| m.state == MachineState::Failed) => {
+                            _ if n
+                                .machine
+                                .as_ref()
+                                .is_some_and(|m| m.state == MachineState::Failed) =>
+                            {
                                 Some("its provider reports the machine failed".into())
                             }
                             Some(v)
@@ -463,7 +467,13 @@ impl Pools {
                                     && surplus > 0
                                     && v.connected
                                     && v.cordon.is_none()
-                                    && before_next_hour(n.machine.as_ref().and_then(|m| m.created_ms).unwrap_or(n.row.created_ms), now_ms) =>
+                                    && before_next_hour(
+                                        n.machine
+                                            .as_ref()
+                                            .and_then(|m| m.created_ms)
+                                            .unwrap_or(n.row.created_ms),
+                                        now_ms,
+                                    ) =>
                             {
                                 surplus -= 1;
                                 Some(format!(
@@ -483,7 +493,9 @@ impl Pools {
                             ))
                         }
                         PoolNodePhase::Joining
-                            if n.machine.as_ref().is_some_and(|m| m.state == MachineState::Failed) =>
+                            if n.machine
+                                .as_ref()
+                                .is_some_and(|m| m.state == MachineState::Failed) =>
                         {
                             Some("its provider reports the machine failed".into())
                         }
@@ -508,7 +520,15 @@ impl Pools {
                                 if reachable { "; draining it first" } else { "" }
                             ),
                         ));
-                        push_action(&mut p.actions, now_ms, "replace", Some(&n.row.node), "ok", why, None);
+                        push_action(
+                            &mut p.actions,
+                            now_ms,
+                            "replace",
+                            Some(&n.row.node),
+                            "ok",
+                            why,
+                            None,
+                        );
                         count(counts, name, "replace", "ok");
                     }
                 }
@@ -551,7 +571,10 @@ impl Pools {
                     p.wait = None;
                 }
                 if cfg.api_calls_per_hour > 0 && p.calls_last_hour(now) >= cfg.api_calls_per_hour {
-                    let until = p.calls.front().map_or(now, |(t, _)| *t + Duration::from_secs(3600));
+                    let until = p
+                        .calls
+                        .front()
+                        .map_or(now, |(t, _)| *t + Duration::from_secs(3600));
                     p.wait = Some((
                         until,
                         format!(
@@ -579,7 +602,11 @@ impl Pools {
                 // one creation at a time probes the provider.
                 let mut held = p.nodes.len();
                 let mut creating = p.creating();
-                let in_flight = if p.failures > 0 { 1 } else { cfg.max_in_flight as usize };
+                let in_flight = if p.failures > 0 {
+                    1
+                } else {
+                    cfg.max_in_flight as usize
+                };
                 while held < cfg.min as usize && held < cfg.max as usize && creating < in_flight {
                     let node = format!("{name}-{}", p.state.next_index);
                     p.state.next_index += 1;
@@ -603,7 +630,10 @@ impl Pools {
                     creating += 1;
                 }
                 // 5. Listing.
-                if !p.listing && p.last_list.is_none_or(|t| now.duration_since(t) >= cfg.list_interval) {
+                if !p.listing
+                    && p.last_list
+                        .is_none_or(|t| now.duration_since(t) >= cfg.list_interval)
+                {
                     p.listing = true;
                     work.push(Work::List { pool: name.clone() });
                 }
@@ -637,20 +667,44 @@ impl Pools {
     async fn persist_state(&self, pool: &str) -> anyhow::Result<()> {
         let state = self.lock().pools.get(pool).map(|p| p.state.clone());
         match state {
-            Some(s) => self.store.put_record(RecordKind::PoolState, pool, Some(&s)).await,
+            Some(s) => {
+                self.store
+                    .put_record(RecordKind::PoolState, pool, Some(&s))
+                    .await
+            }
             None => Ok(()),
         }
     }
 
-    fn event(&self, pool: &str, node: Option<&str>, action: &'static str, outcome: &'static str, message: String, elapsed: Option<u64>) {
+    fn event(
+        &self,
+        pool: &str,
+        node: Option<&str>,
+        action: &'static str,
+        outcome: &'static str,
+        message: String,
+        elapsed: Option<u64>,
+    ) {
         let mut inner = self.lock();
         count(&mut inner.counts, pool, action, outcome);
         if let Some(p) = inner.pools.get_mut(pool) {
-            push_action(&mut p.actions, unix_ms(), action, node, outcome, message.clone(), elapsed);
+            push_action(
+                &mut p.actions,
+                unix_ms(),
+                action,
+                node,
+                outcome,
+                message.clone(),
+                elapsed,
+            );
         }
         drop(inner);
         info!(pool, node = node.unwrap_or(""), action, outcome, message = %message, "pool");
-        self.registry.pool_event(node.unwrap_or(""), action_event(action, outcome), format!("pool {pool}: {message}"));
+        self.registry.pool_event(
+            node.unwrap_or(""),
+            action_event(action, outcome),
+            format!("pool {pool}: {message}"),
+        );
     }
 
     /// The pool as its plugin sees it; the secret read now, so a rotated one is used.
@@ -693,7 +747,10 @@ impl Pools {
                 // end a streak of failures.
                 Ok(_) if action == "list" => {}
                 Ok(_) => p.failures = 0,
-                Err(ProviderFailure::RateLimited { retry_after, message }) => {
+                Err(ProviderFailure::RateLimited {
+                    retry_after,
+                    message,
+                }) => {
                     p.wait = Some((
                         now + (*retry_after).max(Duration::from_secs(1)),
                         format!("rate limited by the provider's API: {message}"),
@@ -704,7 +761,10 @@ impl Pools {
                     let backoff = Duration::from_secs(1)
                         .saturating_mul(1u32 << (p.failures - 1).min(6))
                         .min(MAX_BACKOFF);
-                    p.wait = Some((now + backoff, format!("backing off after a failed {action}")));
+                    p.wait = Some((
+                        now + backoff,
+                        format!("backing off after a failed {action}"),
+                    ));
                     if p.failures >= cfg.max_failures && p.halted.is_none() {
                         let why = format!(
                             "stopped after {} provider failures in a row (max_failures); the last: {action}: {e}; fix the cause, then `corral pool {pool} resume`",
@@ -724,10 +784,25 @@ impl Pools {
                 node,
                 action_name(action),
                 "rate-limited",
-                format!("{action} was rate limited: {}", outcome.result.as_ref().err().map(ToString::to_string).unwrap_or_default()),
+                format!(
+                    "{action} was rate limited: {}",
+                    outcome
+                        .result
+                        .as_ref()
+                        .err()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
                 ms,
             ),
-            Err(e) => self.event(pool, node, action_name(action), "failed", format!("{action} failed: {e}"), ms),
+            Err(e) => self.event(
+                pool,
+                node,
+                action_name(action),
+                "failed",
+                format!("{action} failed: {e}"),
+                ms,
+            ),
         }
         if let Some(why) = halted {
             warn!(pool, reason = %why, "pool halted");
@@ -779,22 +854,43 @@ impl Pools {
         };
         let recorded = async {
             self.persist_state(pool).await?;
-            self.store.put_record(RecordKind::PoolNode, node, Some(&row)).await
+            self.store
+                .put_record(RecordKind::PoolNode, node, Some(&row))
+                .await
         };
         if let Err(e) = recorded.await {
             self.drop_node(pool, node).await;
-            self.event(pool, Some(node), "create", "failed", format!("recording {node} failed, so it was not created: {e:#}"), None);
+            self.event(
+                pool,
+                Some(node),
+                "create",
+                "failed",
+                format!("recording {node} failed, so it was not created: {e:#}"),
+                None,
+            );
             return;
         }
         let token = match self
             .tokens
-            .create(pool, Some(node.to_string()), cfg.join_timeout, &format!("pool {pool}"))
+            .create(
+                pool,
+                Some(node.to_string()),
+                cfg.join_timeout,
+                &format!("pool {pool}"),
+            )
             .await
         {
             Ok(t) => t,
             Err(e) => {
                 self.drop_node(pool, node).await;
-                self.event(pool, Some(node), "create", "failed", format!("making {node}'s join token failed: {e}"), None);
+                self.event(
+                    pool,
+                    Some(node),
+                    "create",
+                    "failed",
+                    format!("making {node}'s join token failed: {e}"),
+                    None,
+                );
                 return;
             }
         };
@@ -814,7 +910,11 @@ impl Pools {
             Ok(ProviderReply::Created(id)) => {
                 let row = {
                     let mut inner = self.lock();
-                    let Some(n) = inner.pools.get_mut(pool).and_then(|p| p.nodes.get_mut(node)) else {
+                    let Some(n) = inner
+                        .pools
+                        .get_mut(pool)
+                        .and_then(|p| p.nodes.get_mut(node))
+                    else {
                         return;
                     };
                     n.busy = false;
@@ -825,11 +925,25 @@ impl Pools {
                     n.row.clone()
                 };
                 self.persist(row);
-                self.event(pool, Some(node), "create", "ok", format!("{node} created as {id} in {}", fmt_ms(ms)), Some(ms));
+                self.event(
+                    pool,
+                    Some(node),
+                    "create",
+                    "ok",
+                    format!("{node} created as {id} in {}", fmt_ms(ms)),
+                    Some(ms),
+                );
             }
             Ok(other) => {
                 self.drop_node(pool, node).await;
-                self.event(pool, Some(node), "create", "failed", format!("create answered {other:?}, not an id"), Some(ms));
+                self.event(
+                    pool,
+                    Some(node),
+                    "create",
+                    "failed",
+                    format!("create answered {other:?}, not an id"),
+                    Some(ms),
+                );
             }
             Err(_) => self.drop_node(pool, node).await,
         }
@@ -846,10 +960,29 @@ impl Pools {
             .drain_by(node, &format!("pool {pool}: {reason}"), &by)
             .await
         {
-            Ok(_) => self.event(pool, Some(node), "drain", "ok", format!("{node} drained before its deletion"), None),
-            Err(e) => self.event(pool, Some(node), "drain", "failed", format!("draining {node} failed ({e}); deleting it after drain_timeout"), None),
+            Ok(_) => self.event(
+                pool,
+                Some(node),
+                "drain",
+                "ok",
+                format!("{node} drained before its deletion"),
+                None,
+            ),
+            Err(e) => self.event(
+                pool,
+                Some(node),
+                "drain",
+                "failed",
+                format!("draining {node} failed ({e}); deleting it after drain_timeout"),
+                None,
+            ),
         }
-        if let Some(n) = self.lock().pools.get_mut(pool).and_then(|p| p.nodes.get_mut(node)) {
+        if let Some(n) = self
+            .lock()
+            .pools
+            .get_mut(pool)
+            .and_then(|p| p.nodes.get_mut(node))
+        {
             n.busy = false;
         }
     }
@@ -865,7 +998,9 @@ impl Pools {
             if outcome.result.is_err() {
                 let mut inner = self.lock();
                 if let Some(p) = inner.pools.get_mut(pool) {
-                    let backoff = p.wait.as_ref().map_or(Duration::from_secs(1), |(t, _)| t.saturating_duration_since(Instant::now()));
+                    let backoff = p.wait.as_ref().map_or(Duration::from_secs(1), |(t, _)| {
+                        t.saturating_duration_since(Instant::now())
+                    });
                     if let Some(n) = p.nodes.get_mut(node) {
                         n.busy = false;
                         n.next_try = Some(Instant::now() + backoff);
@@ -880,7 +1015,12 @@ impl Pools {
             .await
         {
             warn!(node, error = %format!("{e:#}"), "removing a deleted pool node's record failed; retrying");
-            if let Some(n) = self.lock().pools.get_mut(pool).and_then(|p| p.nodes.get_mut(node)) {
+            if let Some(n) = self
+                .lock()
+                .pools
+                .get_mut(pool)
+                .and_then(|p| p.nodes.get_mut(node))
+            {
                 n.busy = false;
             }
             return;
@@ -903,8 +1043,13 @@ impl Pools {
             "ok",
             format!(
                 "{node}{} deleted{}{}",
-                row.provider_id.as_deref().map(|i| format!(" ({i})")).unwrap_or_default(),
-                since.map(|ms| format!(", {} after the decision", fmt_ms(ms))).unwrap_or_default(),
+                row.provider_id
+                    .as_deref()
+                    .map(|i| format!(" ({i})"))
+                    .unwrap_or_default(),
+                since
+                    .map(|ms| format!(", {} after the decision", fmt_ms(ms)))
+                    .unwrap_or_default(),
                 revoked
             ),
             since,
@@ -923,11 +1068,16 @@ impl Pools {
                 out: corral_transport::issued::default_crl_path(ca.dir()),
                 days: 30,
             };
-            ca.revoke(&corral_transport::issued::RevokeTarget::NameOrSerial(name), &crl)
+            ca.revoke(
+                &corral_transport::issued::RevokeTarget::NameOrSerial(name),
+                &crl,
+            )
         })
         .await;
         match done {
-            Ok(Ok(r)) if !r.revoked.is_empty() => format!("; its certificate revoked ({})", r.crl.path.display()),
+            Ok(Ok(r)) if !r.revoked.is_empty() => {
+                format!("; its certificate revoked ({})", r.crl.path.display())
+            }
             Ok(Ok(_)) => String::new(),
             // Nothing on record: it never joined.
             Ok(Err(corral_transport::issued::RevokeError::Unknown { .. })) => String::new(),
@@ -963,7 +1113,10 @@ impl Pools {
                     Some(m) => {
                         n.missing = 0;
                         n.machine = Some(m.clone());
-                        if n.row.provider_id.is_none() && n.row.phase == PoolNodePhase::Creating && n.restored {
+                        if n.row.provider_id.is_none()
+                            && n.row.phase == PoolNodePhase::Creating
+                            && n.restored
+                        {
                             n.row.provider_id = Some(m.id.clone());
                             n.row.phase = PoolNodePhase::Joining;
                             n.restored = false;
@@ -973,7 +1126,10 @@ impl Pools {
                     }
                     None if n.restored => lost.push(n.row.node.clone()),
                     None if n.row.provider_id.is_some()
-                        && matches!(n.row.phase, PoolNodePhase::Joining | PoolNodePhase::Member) =>
+                        && matches!(
+                            n.row.phase,
+                            PoolNodePhase::Joining | PoolNodePhase::Member
+                        ) =>
                     {
                         n.machine = None;
                         n.missing += 1;
@@ -997,7 +1153,14 @@ impl Pools {
             if self.registry.forget(&node) {
                 self.store.forget_node(&node);
             }
-            self.event(pool, Some(&node), "vanish", "ok", format!("{node}'s machine is gone from its provider's list; replacing it"), None);
+            self.event(
+                pool,
+                Some(&node),
+                "vanish",
+                "ok",
+                format!("{node}'s machine is gone from its provider's list; replacing it"),
+                None,
+            );
         }
     }
 
@@ -1041,7 +1204,12 @@ impl Pools {
                 p.wait
                     .as_ref()
                     .filter(|(t, _)| *t > Instant::now())
-                    .map(|(t, why)| format!("waiting {}: {why}", fmt_ms(t.saturating_duration_since(Instant::now()).as_millis() as u64)))
+                    .map(|(t, why)| {
+                        format!(
+                            "waiting {}: {why}",
+                            fmt_ms(t.saturating_duration_since(Instant::now()).as_millis() as u64)
+                        )
+                    })
             });
         PoolSummary {
             name: name.to_string(),
@@ -1136,11 +1304,17 @@ impl Pools {
             return Err(PoolError::Store(format!("{e:#}")));
         }
         let (action, message) = match by {
-            Some(user) => ("pause", format!("paused by {user}: it creates and deletes nothing until resumed")),
-            None => ("resume", match &previous.1 {
-                Some(h) => format!("resumed; it had {h}"),
-                None => "resumed".into(),
-            }),
+            Some(user) => (
+                "pause",
+                format!("paused by {user}: it creates and deletes nothing until resumed"),
+            ),
+            None => (
+                "resume",
+                match &previous.1 {
+                    Some(h) => format!("resumed; it had {h}"),
+                    None => "resumed".into(),
+                },
+            ),
         };
         self.event(name, None, action, "ok", message, None);
         self.wake.notify_one();
@@ -1161,8 +1335,9 @@ impl Pools {
             return Err(self.unknown(pool));
         }
         if let Some(n) = &node {
-            corral_proto::names::validate_name(n)
-                .map_err(|e| PoolError::Join(JoinError::BadRequest(format!("--node {n:?}: {e}"))))?;
+            corral_proto::names::validate_name(n).map_err(|e| {
+                PoolError::Join(JoinError::BadRequest(format!("--node {n:?}: {e}")))
+            })?;
         }
         Ok(self.tokens.create(pool, node, ttl, by).await?)
     }
@@ -1173,8 +1348,22 @@ impl Pools {
             .tokens
             .redeem(token, csr_pem, |pool| self.assign(pool))
             .await?;
-        answer.coordinator = self.join.as_ref().map(|j| j.coordinator.clone()).unwrap_or_default();
-        self.event(&pool, Some(&answer.node), "token", "ok", format!("{} was issued its certificate with a join token", answer.node), None);
+        answer.coordinator = self
+            .join
+            .as_ref()
+            .map(|j| j.coordinator.clone())
+            .unwrap_or_default();
+        self.event(
+            &pool,
+            Some(&answer.node),
+            "token",
+            "ok",
+            format!(
+                "{} was issued its certificate with a join token",
+                answer.node
+            ),
+            None,
+        );
         Ok(answer)
     }
 
@@ -1182,7 +1371,9 @@ impl Pools {
     /// it becomes a member there, with no machine the pool could delete.
     fn assign(&self, pool: &str) -> Result<String, JoinError> {
         let Some(cfg) = self.sections.get(pool) else {
-            return Err(JoinError::BadRequest(format!("the token's pool {pool:?} is no longer configured")));
+            return Err(JoinError::BadRequest(format!(
+                "the token's pool {pool:?} is no longer configured"
+            )));
         };
         let row = {
             let mut inner = self.lock();
@@ -1216,9 +1407,13 @@ impl Pools {
         let node_row = row.clone();
         tokio::spawn(async move {
             if let Some(s) = state {
-                let _ = store.put_record(RecordKind::PoolState, &key, Some(&s)).await;
+                let _ = store
+                    .put_record(RecordKind::PoolState, &key, Some(&s))
+                    .await;
             }
-            let _ = store.put_record(RecordKind::PoolNode, &node_row.node, Some(&node_row)).await;
+            let _ = store
+                .put_record(RecordKind::PoolNode, &node_row.node, Some(&node_row))
+                .await;
         });
         Ok(row.node)
     }
@@ -1240,13 +1435,21 @@ impl Pools {
         m.actions = inner.counts.clone();
         for (name, p) in &inner.pools {
             for n in p.nodes.values() {
-                *m.nodes.entry((name.clone(), n.row.phase.as_str())).or_default() += 1;
+                *m.nodes
+                    .entry((name.clone(), n.row.phase.as_str()))
+                    .or_default() += 1;
             }
         }
         drop(inner);
         for s in summaries {
-            let halted = s.halted.as_deref().is_some_and(|h| !h.starts_with("waiting"));
-            m.pools.insert(s.name.clone(), (s.min, s.ready, s.failures, halted, s.paused));
+            let halted = s
+                .halted
+                .as_deref()
+                .is_some_and(|h| !h.starts_with("waiting"));
+            m.pools.insert(
+                s.name.clone(),
+                (s.min, s.ready, s.failures, halted, s.paused),
+            );
         }
         m
     }
@@ -1257,7 +1460,10 @@ fn read_secret(path: &Path) -> Result<std::sync::Arc<str>, String> {
         .map_err(|e| format!("cannot read the pool's secret_file {}: {e}", path.display()))?;
     let t = text.trim();
     if t.is_empty() {
-        return Err(format!("the pool's secret_file {} is empty; write the provider's API token there", path.display()));
+        return Err(format!(
+            "the pool's secret_file {} is empty; write the provider's API token there",
+            path.display()
+        ));
     }
     Ok(t.into())
 }
@@ -1313,7 +1519,9 @@ fn count(
     action: &'static str,
     outcome: &'static str,
 ) {
-    *counts.entry((pool.to_string(), action, outcome)).or_default() += 1;
+    *counts
+        .entry((pool.to_string(), action, outcome))
+        .or_default() += 1;
 }
 
 /// The action word for a provider export.

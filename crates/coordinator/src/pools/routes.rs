@@ -24,7 +24,10 @@ pub(crate) fn protected_routes() -> Router<AppState> {
         .route("/api/v1/pools/{name}", get(pool))
         .route("/api/v1/pools/{name}/pause", post(pause))
         .route("/api/v1/pools/{name}/resume", post(resume))
-        .route("/api/v1/join-tokens", get(join_tokens).post(create_join_token))
+        .route(
+            "/api/v1/join-tokens",
+            get(join_tokens).post(create_join_token),
+        )
         .route("/api/v1/join-tokens/{id}/revoke", post(revoke_join_token))
 }
 
@@ -44,9 +47,10 @@ fn pool_error(e: PoolError) -> Response {
 
 fn join_status(e: &JoinError) -> StatusCode {
     match e {
-        JoinError::BadToken | JoinError::Expired(_) | JoinError::Used { .. } | JoinError::Revoked(_) => {
-            StatusCode::UNAUTHORIZED
-        }
+        JoinError::BadToken
+        | JoinError::Expired(_)
+        | JoinError::Used { .. }
+        | JoinError::Revoked(_) => StatusCode::UNAUTHORIZED,
         JoinError::NoCa => StatusCode::NOT_IMPLEMENTED,
         JoinError::BadRequest(_) => StatusCode::BAD_REQUEST,
         JoinError::Unknown(_) => StatusCode::NOT_FOUND,
@@ -82,7 +86,11 @@ async fn resume(
 }
 
 async fn set_paused(s: AppState, caller: Caller, name: String, pause: bool) -> Response {
-    let what = if pause { "pausing a pool" } else { "resuming a pool" };
+    let what = if pause {
+        "pausing a pool"
+    } else {
+        "resuming a pool"
+    };
     if let Err(r) = require(&caller, Role::Admin, what) {
         return *r;
     }
@@ -127,14 +135,21 @@ async fn create_join_token(
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("bad join token request ({{\"pool\": ..., \"ttl_secs\": N, \"node\"?: ...}}): {e}"),
+                format!(
+                "bad join token request ({{\"pool\": ..., \"ttl_secs\": N, \"node\"?: ...}}): {e}"
+            ),
             )
         }
     };
     match s
         .shared
         .pools
-        .create_join_token(&req.pool, req.node, Duration::from_secs(req.ttl_secs), &caller.describe())
+        .create_join_token(
+            &req.pool,
+            req.node,
+            Duration::from_secs(req.ttl_secs),
+            &caller.describe(),
+        )
         .await
     {
         Ok(made) => {
@@ -166,7 +181,13 @@ async fn revoke_join_token(
     }
     match s.shared.pools.tokens.revoke(&id).await {
         Ok(v) => {
-            audit(&s, &caller, "", "join-token-revoke", format!("revoked join token {id}"));
+            audit(
+                &s,
+                &caller,
+                "",
+                "join-token-revoke",
+                format!("revoked join token {id}"),
+            );
             Json(v).into_response()
         }
         Err(e) => error(join_status(&e), e.to_string()),

@@ -55,8 +55,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use corral_base::config::ConfigIssue;
 use corral_base::config::parse_toml;
+use corral_base::config::ConfigIssue;
 
 /// A manifest that cannot be used: the file, the dotted key and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -384,7 +384,13 @@ fn load_one(
     manifest_file: &Path,
     expect_name: Option<&str>,
 ) -> anyhow::Result<(Arc<Instance>, PluginDetails)> {
-    let p = prepare(cx, wasm, manifest_file, expect_name, manifest::PluginKind::Scheduler)?;
+    let p = prepare(
+        cx,
+        wasm,
+        manifest_file,
+        expect_name,
+        manifest::PluginKind::Scheduler,
+    )?;
     let name = p.granted.name.clone();
     let limits = p.granted.manifest.limits.clone();
     let instance = Instance::new(cx.engine, &p.component, p.granted).map_err(|e| {

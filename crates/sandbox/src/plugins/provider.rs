@@ -27,8 +27,8 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-use super::bindings::provider::exports::corral::provider::provider as wit;
 use super::bindings::provider::corral::provider::wait;
+use super::bindings::provider::exports::corral::provider::provider as wit;
 use super::bindings::provider::ProviderPluginPre;
 use super::convert::error_from_wit;
 use super::engine::{self, Ticker};
@@ -246,7 +246,9 @@ impl ProviderHost {
         };
         let Some(p) = self.inner.plugins.get(plugin) else {
             return done(
-                Err(ProviderFailure::Failed(PluginError::NotLoaded(plugin.into()))),
+                Err(ProviderFailure::Failed(PluginError::NotLoaded(
+                    plugin.into(),
+                ))),
                 0,
             );
         };
@@ -302,8 +304,16 @@ impl ProviderHost {
         let outcome = done(result, http_requests);
         let elapsed_ms = outcome.elapsed.as_secs_f64() * 1000.0;
         match &outcome.result {
-            Ok(_) => tracing::debug!(provider = plugin, export, elapsed_ms, http_requests, "provider call"),
-            Err(e) => tracing::info!(provider = plugin, export, elapsed_ms, http_requests, error = %e, "provider call failed"),
+            Ok(_) => tracing::debug!(
+                provider = plugin,
+                export,
+                elapsed_ms,
+                http_requests,
+                "provider call"
+            ),
+            Err(e) => {
+                tracing::info!(provider = plugin, export, elapsed_ms, http_requests, error = %e, "provider call failed")
+            }
         }
         outcome
     }
@@ -331,13 +341,23 @@ fn load_provider(
     let run_as = RunAs::agent();
     let info = {
         let mut store = engine::new_store(cx.engine, &p.granted, None, run_as, None);
-        let plugin = pre
-            .instantiate(&mut store)
-            .map_err(|e| anyhow::anyhow!("{}: {}", wasm.display(), engine::failure(&p.granted, &store, "info", e)))?;
+        let plugin = pre.instantiate(&mut store).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                wasm.display(),
+                engine::failure(&p.granted, &store, "info", e)
+            )
+        })?;
         plugin
             .corral_provider_provider()
             .call_info(&mut store)
-            .map_err(|e| anyhow::anyhow!("{}: {}", wasm.display(), engine::failure(&p.granted, &store, "info", e)))?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {}",
+                    wasm.display(),
+                    engine::failure(&p.granted, &store, "info", e)
+                )
+            })?
     };
     if info.name != name {
         anyhow::bail!(
@@ -423,7 +443,11 @@ fn call_blocking(
     let p = plugin.corral_provider_provider();
     let answer = match call {
         ProviderCall::Create { node, user_data } => p
-            .call_create(&mut store, &wit_pool, &wit::CreateRequest { node, user_data })
+            .call_create(
+                &mut store,
+                &wit_pool,
+                &wit::CreateRequest { node, user_data },
+            )
             .map(|r| r.map(ProviderReply::Created)),
         ProviderCall::Delete { id } => p
             .call_delete(&mut store, &wit_pool, &id)
@@ -497,7 +521,9 @@ mod tests {
         let out = rt.block_on(host.call("hetzner", &pool, ProviderCall::List));
         assert_eq!(
             out.result,
-            Err(ProviderFailure::Failed(PluginError::NotLoaded("hetzner".into())))
+            Err(ProviderFailure::Failed(PluginError::NotLoaded(
+                "hetzner".into()
+            )))
         );
     }
 }
