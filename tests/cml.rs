@@ -212,7 +212,7 @@ async fn an_application_per_node_is_created_with_the_user_data_listed_with_its_s
     // Deleting what is gone is not an error.
     delete(&host, &p, &id1).await;
     let left: Vec<String> = api.applications().into_iter().map(|a| a.id).collect();
-    assert_eq!(left, [foreign.clone()]);
+    assert_eq!(left, std::slice::from_ref(&foreign));
     assert_eq!(list(&host, &other).await.len(), 1);
 }
 
