@@ -13,27 +13,28 @@ use corral_test_support::{
 };
 
 /// The machines' script: `create NODE` (user data on stdin) boots one, `delete ID`
-/// kills and removes it, `list` prints `ID NODE STATE CREATED`. `fail_create` makes
-/// every create fail, as a provider out of quota would.
-fn lab_vm(root: &Path, fail_create: bool) -> PathBuf {
+/// kills and removes it, `list` prints `ID NODE STATE CREATED`. What `create` does is
+/// read from `ROOT/create-mode` at each call, so a test can change it while the pool
+/// runs: empty, `fail` (exit 1, as a provider out of quota) or `tempfail` (exit 75 with
+/// `retry-after: 1`). A machine with a `failed` file is listed `failed`.
+fn lab_vm(root: &Path) -> PathBuf {
     let machines = root.join("machines");
     std::fs::create_dir_all(&machines).unwrap();
     let script = root.join("lab-vm");
-    let fail = if fail_create {
-        "echo 'quota exceeded: 0 of 0 servers left' >&2; exit 1"
-    } else {
-        ":"
-    };
     std::fs::write(
         &script,
         format!(
             r#"#!/bin/bash
 set -euo pipefail
 machines={machines}
+mode=$(cat {root}/create-mode 2>/dev/null || true)
 cmd=$1; shift
 case $cmd in
 create)
-  {fail}
+  case $mode in
+  fail) echo 'quota exceeded: 0 of 0 servers left' >&2; exit 1 ;;
+  tempfail) echo 'retry-after: 1'; echo 'the API is busy' >&2; exit 75 ;;
+  esac
   node=$1
   d=$machines/$node
   mkdir -p "$d"
@@ -58,13 +59,16 @@ list)
   for d in "$machines"/*/; do
     [ -d "$d" ] || continue
     node=$(basename "$d")
-    if kill -0 "$(cat "$d/pid")" 2>/dev/null; then st=running; else st=off; fi
+    if [ -f "$d/failed" ]; then st=failed
+    elif kill -0 "$(cat "$d/pid")" 2>/dev/null; then st=running
+    else st=off; fi
     echo "vm-$node $node $st $(stat -c %Y "$d")"
   done
   ;;
 esac
 "#,
             machines = machines.display(),
+            root = root.display(),
         ),
     )
     .unwrap();
@@ -73,12 +77,18 @@ esac
     script
 }
 
+/// What the machines' `create` does from now on (see [`lab_vm`]).
+fn set_create_mode(c: &Cluster, mode: &str) {
+    std::fs::write(c.path("create-mode"), mode).unwrap();
+}
+
 /// A cluster with pool `lab` of `min` nodes through the `command` provider, or `None`
 /// (a skip, off CI) when the plugin is not built.
-fn lab_cluster(min: u32, fail_create: bool, extra: &str) -> Option<Cluster> {
+fn lab_cluster(min: u32, create_mode: &str, extra: &str) -> Option<Cluster> {
     let plugins = built_plugins_dir("command")?;
     let mut c = Cluster::new();
-    let script = lab_vm(c.dir.path(), fail_create);
+    let script = lab_vm(c.dir.path());
+    set_create_mode(&c, create_mode);
     let providers = c.path("providers");
     std::fs::create_dir_all(&providers).unwrap();
     std::fs::copy(plugins.join("command.wasm"), providers.join("command.wasm")).unwrap();
@@ -165,7 +175,7 @@ fn agent_pid(c: &Cluster, node: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pool_of_three_comes_up_from_join_tokens_alone_and_a_killed_node_is_replaced() {
-    let Some(c) = lab_cluster(3, false, "") else {
+    let Some(c) = lab_cluster(3, "", "") else {
         return;
     };
     // No certificate was issued for any node: each gets its own at join.
@@ -291,7 +301,7 @@ async fn a_pool_of_three_comes_up_from_join_tokens_alone_and_a_killed_node_is_re
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_provider_that_fails_max_failures_times_in_a_row_stops_and_says_why() {
-    let Some(c) = lab_cluster(2, true, "") else {
+    let Some(c) = lab_cluster(2, "fail", "") else {
         return;
     };
     let v = wait_pool(&c, "halted", Duration::from_secs(60), |v| {
@@ -357,7 +367,7 @@ async fn a_provider_that_fails_max_failures_times_in_a_row_stops_and_says_why() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_used_expired_revoked_or_forged_join_token_is_refused_and_issues_nothing() {
-    let Some(c) = lab_cluster(0, false, "") else {
+    let Some(c) = lab_cluster(0, "", "") else {
         return;
     };
     let make = |ttl: &str| {
@@ -538,5 +548,136 @@ fn a_plugin_loaded_as_the_other_kind_is_refused_saying_who_loads_it() {
             .contains("exports corral:provider/provider"),
         "{}",
         failures[0].message
+    );
+}
+
+async fn pool_events(c: &Cluster, node: &str) -> Vec<corral_proto::api::Event> {
+    c.get(&format!("/api/v1/events?node={node}&limit=200"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_its_provider_reports_failed_is_drained_while_reachable_then_deleted() {
+    // Every scheduler plugin of the harness is configured with no submit host connected,
+    // so the drains stay pending: the pool deletes after drain_timeout and says so.
+    let Some(c) = lab_cluster(1, "", "drain_timeout = \"3s\"\n") else {
+        return;
+    };
+    wait_pool(&c, "1 ready", Duration::from_secs(60), |v| {
+        members(v) == ["lab-1"]
+    })
+    .await;
+    std::fs::write(c.path("machines/lab-1/failed"), "").unwrap();
+    let v = wait_pool(&c, "replaced", Duration::from_secs(60), |v| {
+        members(v) == ["lab-2"]
+    })
+    .await;
+    let replace = v
+        .actions
+        .iter()
+        .find(|a| a.action == "replace" && a.node.as_deref() == Some("lab-1"))
+        .unwrap();
+    assert!(replace.message.contains("failed"), "{replace:?}");
+    // Still reachable when it was chosen: cordoned and drained first, then deleted.
+    let events = pool_events(&c, "lab-1").await;
+    let at = |kind: &str, to: &str| {
+        events
+            .iter()
+            .position(|e| e.kind.as_str() == kind && e.to == to)
+            .unwrap_or_else(|| panic!("no {kind} {to} event for lab-1: {events:#?}"))
+    };
+    assert!(
+        at("remediation", "cordon") < at("pool", "delete"),
+        "{events:#?}"
+    );
+    assert!(at("pool", "drain") < at("pool", "drain-timeout"), "{events:#?}");
+    assert!(at("pool", "drain-timeout") < at("pool", "delete"), "{events:#?}");
+    let cordon = &events[at("remediation", "cordon")];
+    assert!(
+        cordon.message.contains("pool-lab"),
+        "drained by the pool: {cordon:?}"
+    );
+    assert!(c.node("lab-1").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_provider_is_waited_out_and_never_halts_the_pool() {
+    let Some(c) = lab_cluster(1, "tempfail", "") else {
+        return;
+    };
+    let v = wait_pool(&c, "rate limited 4 times", Duration::from_secs(60), |v| {
+        v.actions
+            .iter()
+            .filter(|a| a.outcome == "rate-limited")
+            .count()
+            >= 4
+    })
+    .await;
+    assert_eq!(
+        v.summary.failures, 0,
+        "a rate limit is not a failure: {:?}",
+        v.summary
+    );
+    assert!(
+        v.summary
+            .halted
+            .as_deref()
+            .is_none_or(|h| !h.starts_with("stopped")),
+        "{:?}",
+        v.summary
+    );
+    let limited = v
+        .actions
+        .iter()
+        .find(|a| a.outcome == "rate-limited")
+        .unwrap();
+    assert!(
+        limited.message.contains("exited 75") && limited.message.contains("busy"),
+        "{limited:?}"
+    );
+    set_create_mode(&c, "");
+    wait_pool(
+        &c,
+        "1 ready once the API lets it",
+        Duration::from_secs(60),
+        |v| members(v).len() == 1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_coordinator_keeps_its_pool_and_creates_no_second_machine() {
+    let Some(mut c) = lab_cluster(2, "", "") else {
+        return;
+    };
+    wait_pool(&c, "2 ready", Duration::from_secs(60), |v| {
+        members(v).len() == 2
+    })
+    .await;
+    c.kill_coordinator();
+    c.start_coordinator();
+    let v = wait_pool(&c, "2 ready again", Duration::from_secs(60), |v| {
+        members(v).len() == 2
+    })
+    .await;
+    let mut names = members(&v);
+    names.sort();
+    assert_eq!(names, ["lab-1", "lab-2"], "the same nodes, reconnected");
+    // Give the policy a few ticks and a list: nothing more is created.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let machines: Vec<String> = std::fs::read_dir(c.path("machines"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(machines.len(), 2, "{machines:?}");
+    let v = pool(&c).await;
+    assert!(
+        v.actions.iter().all(|a| a.action != "create"),
+        "{:?}",
+        v.actions
     );
 }

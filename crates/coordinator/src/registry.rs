@@ -930,20 +930,18 @@ impl Registry {
         push_event(&mut inner, node, EventKind::Pool, None, action, message);
     }
 
-    /// Forgets `name` (a pool node its provider deleted): it leaves the node list, the
-    /// console and the store; its events stay. A node still connected is not
-    /// forgotten (`false`): it is not gone.
-    pub(crate) fn forget(&self, name: &str) -> bool {
+    /// Forgets `name` (a pool node whose machine its provider deleted): it leaves the
+    /// node list, the console and the store; its events stay. A connection still open
+    /// (the machine's end has not been noticed yet) is closed: the node is gone, and
+    /// its certificate revoked before this is called.
+    pub(crate) fn forget(&self, name: &str) {
         let mut inner = self.lock();
-        match inner.nodes.get(name) {
-            Some(n) if n.conn.is_some() => false,
-            Some(_) => {
-                inner.nodes.remove(name);
-                inner.dirty.remove(name);
-                inner.changed.insert(name.to_string());
-                true
+        if let Some(mut node) = inner.nodes.remove(name) {
+            if let Some(conn) = node.conn.take() {
+                (conn.on_replaced)();
             }
-            None => true,
+            inner.dirty.remove(name);
+            inner.changed.insert(name.to_string());
         }
     }
 

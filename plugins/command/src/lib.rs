@@ -23,13 +23,16 @@
 //!   separated, STATE one of `pending running stopping off deleting failed` (anything
 //!   else is `unknown`, kept as the native state), CREATED in Unix seconds. Blank lines
 //!   and lines starting with `#` are skipped.
-//! - Any program exiting non-zero is a backend error naming it, its status and the
+//! - A program exiting 75 (`EX_TEMPFAIL`) says "not now" (the system behind it is rate
+//!   limited or busy): the pool waits what a `retry-after: SECONDS` line of its output
+//!   says (else 30 s) and does not count it as a failure.
+//! - Any other non-zero exit is a backend error naming the program, its status and the
 //!   first line it printed. Every program must be granted in `command.toml`.
 
 use corral_plugin_sdk::provider::{
-    CreateRequest, Machine, MachineState, Pool, Provider, ProviderError, ProviderInfo,
+    CreateRequest, Machine, MachineState, Pool, Provider, ProviderError, ProviderInfo, RateLimit,
 };
-use corral_plugin_sdk::{run_ok, Backend, Command};
+use corral_plugin_sdk::{Backend, Command};
 
 pub struct CommandProvider;
 
@@ -111,6 +114,39 @@ pub fn parse_line(line: &str) -> Option<Result<Machine, String>> {
     }))
 }
 
+/// A program's exit status that means "not now": the provider behind it is rate
+/// limited or busy (`EX_TEMPFAIL` from sysexits.h).
+pub const TEMPFAIL: i32 = 75;
+/// The wait when a program exiting [`TEMPFAIL`] does not say how long.
+const DEFAULT_RETRY_MS: u64 = 30_000;
+
+/// Runs `cmd`: its stdout when it exits 0; [`ProviderError::RateLimited`] when it exits
+/// [`TEMPFAIL`] (waiting what a `retry-after: SECONDS` line of its output says, else 30
+/// s); else a backend error naming it, its status and what it printed.
+fn run_checked(b: &dyn Backend, cmd: &Command) -> Result<String, ProviderError> {
+    let out = corral_plugin_sdk::run(b, cmd)?;
+    if out.success() {
+        return Ok(out.stdout_text());
+    }
+    if out.status == Some(TEMPFAIL) {
+        let text = format!("{}\n{}", out.stderr_text(), out.stdout_text());
+        let retry_after_ms = text
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("retry-after:")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .map_or(DEFAULT_RETRY_MS, |s| s.saturating_mul(1000).max(1000));
+        let said = corral_plugin_sdk::first_line(&text).unwrap_or_else(|| "(no output)".into());
+        return Err(ProviderError::RateLimited(RateLimit {
+            retry_after_ms,
+            message: format!("{} exited {TEMPFAIL} (try later): {said}", cmd.program),
+        }));
+    }
+    Err(corral_plugin_sdk::failure(&cmd.program, &out).into())
+}
+
 impl Provider for CommandProvider {
     fn info() -> ProviderInfo {
         ProviderInfo::new(
@@ -128,7 +164,7 @@ impl Provider for CommandProvider {
             &[("CORRAL_NODE", &req.node), ("CORRAL_POOL", &pool.name)],
         )
         .stdin(req.user_data.as_bytes().to_vec());
-        let out = run_ok(b, &cmd)?;
+        let out = run_checked(b, &cmd)?;
         let id = out
             .lines()
             .map(str::trim)
@@ -145,7 +181,7 @@ impl Provider for CommandProvider {
 
     fn delete(b: &dyn Backend, pool: &Pool, id: &str) -> Result<(), ProviderError> {
         let args = argv(pool, "delete", &[("id", id), ("pool", &pool.name)])?;
-        run_ok(
+        run_checked(
             b,
             &command(args, &[("CORRAL_ID", id), ("CORRAL_POOL", &pool.name)]),
         )?;
@@ -155,7 +191,7 @@ impl Provider for CommandProvider {
     fn list(b: &dyn Backend, pool: &Pool) -> Result<Vec<Machine>, ProviderError> {
         let args = argv(pool, "list", &[("pool", &pool.name)])?;
         let cmd = command(args, &[("CORRAL_POOL", &pool.name)]);
-        let out = run_ok(b, &cmd)?;
+        let out = run_checked(b, &cmd)?;
         out.lines()
             .filter_map(parse_line)
             .collect::<Result<Vec<_>, _>>()

@@ -123,3 +123,20 @@ fn a_template_without_the_program_or_with_a_string_says_what_to_write() {
     let err = CommandProvider::delete(&Script::new(), &p, "vm-1").unwrap_err();
     assert!(format!("{err:?}").contains("argument list"), "{err:?}");
 }
+
+#[test]
+fn a_program_exiting_75_is_a_rate_limit_with_the_wait_it_names() {
+    let b = Script::new().run("lab-vm", 75, "", "retry-after: 12\nquota busy\n");
+    match CommandProvider::create(&b, &pool(), &req()).unwrap_err() {
+        ProviderError::RateLimited(r) => {
+            assert_eq!(r.retry_after_ms, 12_000);
+            assert!(r.message.contains("lab-vm exited 75"), "{}", r.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let b = Script::new().run("lab-vm", 75, "", "busy\n");
+    match CommandProvider::delete(&b, &pool(), "vm-1").unwrap_err() {
+        ProviderError::RateLimited(r) => assert_eq!(r.retry_after_ms, 30_000),
+        other => panic!("{other:?}"),
+    }
+}

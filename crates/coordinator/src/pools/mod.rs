@@ -557,6 +557,33 @@ impl Pools {
                             if drained || now.duration_since(started) >= cfg.drain_timeout {
                                 n.row.phase = PoolNodePhase::Deleting;
                                 persist.push(n.row.clone());
+                                let (outcome, message) = if drained {
+                                    ("ok", format!("{} is drained; deleting it", n.row.node))
+                                } else {
+                                    (
+                                        "failed",
+                                        format!(
+                                            "{}'s drains did not finish within {} (drain_timeout); deleting it anyway",
+                                            n.row.node,
+                                            humantime::format_duration(cfg.drain_timeout)
+                                        ),
+                                    )
+                                };
+                                events.push((
+                                    n.row.node.clone(),
+                                    if drained { "drained" } else { "drain-timeout" },
+                                    format!("pool {name}: {message}"),
+                                ));
+                                push_action(
+                                    &mut p.actions,
+                                    now_ms,
+                                    "drained",
+                                    Some(&n.row.node),
+                                    outcome,
+                                    message,
+                                    Some(now.duration_since(started).as_millis() as u64),
+                                );
+                                count(counts, name, "drained", outcome);
                             }
                         }
                     }
@@ -965,7 +992,7 @@ impl Pools {
                 Some(node),
                 "drain",
                 "ok",
-                format!("{node} drained before its deletion"),
+                format!("{node} cordoned and its drains started; it is deleted once they are done, or after drain_timeout"),
                 None,
             ),
             Err(e) => self.event(
@@ -1031,10 +1058,10 @@ impl Pools {
         if let Err(e) = self.remediation.forget(node).await {
             warn!(node, error = %format!("{e:#}"), "forgetting a deleted node's cordon failed");
         }
-        if self.registry.forget(node) {
-            self.store.forget_node(node);
-        }
+        // Revoked first: were its agent still running, it could not come back.
         let revoked = self.revoke_certificates(node).await;
+        self.registry.forget(node);
+        self.store.forget_node(node);
         let since = row.replace_ms.map(|t| unix_ms().saturating_sub(t));
         self.event(
             pool,
@@ -1133,7 +1160,10 @@ impl Pools {
                     {
                         n.machine = None;
                         n.missing += 1;
-                        if n.missing >= 2 {
+                        // A node whose agent is connected is there, whatever the list
+                        // says (a provider's list can lag): it is not given up.
+                        let connected = self.registry.get(&n.row.node).is_some_and(|v| v.connected);
+                        if n.missing >= 2 && !connected {
                             gone.push(n.row.node.clone());
                         }
                     }
@@ -1150,9 +1180,8 @@ impl Pools {
         }
         for node in gone {
             self.drop_node(pool, &node).await;
-            if self.registry.forget(&node) {
-                self.store.forget_node(&node);
-            }
+            self.registry.forget(&node);
+            self.store.forget_node(&node);
             self.event(
                 pool,
                 Some(&node),
