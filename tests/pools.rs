@@ -16,7 +16,8 @@ use corral_test_support::{
 /// kills and removes it, `list` prints `ID NODE STATE CREATED`. What `create` does is
 /// read from `ROOT/create-mode` at each call, so a test can change it while the pool
 /// runs: empty, `fail` (exit 1, as a provider out of quota) or `tempfail` (exit 75 with
-/// `retry-after: 1`). A machine with a `failed` file is listed `failed`.
+/// `retry-after: 1`). A machine with a `failed` file is listed `failed`, and one with a
+/// `created` file (Unix seconds) as created then.
 fn lab_vm(root: &Path) -> PathBuf {
     let machines = root.join("machines");
     std::fs::create_dir_all(&machines).unwrap();
@@ -62,7 +63,8 @@ list)
     if [ -f "$d/failed" ]; then st=failed
     elif kill -0 "$(cat "$d/pid")" 2>/dev/null; then st=running
     else st=off; fi
-    echo "vm-$node $node $st $(stat -c %Y "$d")"
+    created=$(cat "$d/created" 2>/dev/null || stat -c %Y "$d")
+    echo "vm-$node $node $st $created"
   done
   ;;
 esac
@@ -85,6 +87,16 @@ fn set_create_mode(c: &Cluster, mode: &str) {
 /// A cluster with pool `lab` of `min` nodes through the `command` provider, or `None`
 /// (a skip, off CI) when the plugin is not built.
 fn lab_cluster(min: u32, create_mode: &str, extra: &str) -> Option<Cluster> {
+    lab_cluster_with(min, create_mode, extra, "")
+}
+
+/// [`lab_cluster`] with `manifest_config` added to the command plugin's `[config]`.
+fn lab_cluster_with(
+    min: u32,
+    create_mode: &str,
+    extra: &str,
+    manifest_config: &str,
+) -> Option<Cluster> {
     let plugins = built_plugins_dir("command")?;
     let mut c = Cluster::new();
     let script = lab_vm(c.dir.path());
@@ -97,7 +109,8 @@ fn lab_cluster(min: u32, create_mode: &str, extra: &str) -> Option<Cluster> {
         .replace(
             "programs = []",
             &format!("programs = [{:?}]", script.display().to_string()),
-        );
+        )
+        .replace("[config]\n", &format!("[config]\n{manifest_config}"));
     std::fs::write(providers.join("command.toml"), manifest).unwrap();
     let corral = corral_bin();
     let user_data = format!(
@@ -593,8 +606,14 @@ async fn a_node_its_provider_reports_failed_is_drained_while_reachable_then_dele
         at("remediation", "cordon") < at("pool", "delete"),
         "{events:#?}"
     );
-    assert!(at("pool", "drain") < at("pool", "drain-timeout"), "{events:#?}");
-    assert!(at("pool", "drain-timeout") < at("pool", "delete"), "{events:#?}");
+    assert!(
+        at("pool", "drain") < at("pool", "drain-timeout"),
+        "{events:#?}"
+    );
+    assert!(
+        at("pool", "drain-timeout") < at("pool", "delete"),
+        "{events:#?}"
+    );
     let cordon = &events[at("remediation", "cordon")];
     assert!(
         cordon.message.contains("pool-lab"),
@@ -680,4 +699,52 @@ async fn a_restarted_coordinator_keeps_its_pool_and_creates_no_second_machine() 
         "{:?}",
         v.actions
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_node_above_min_goes_just_before_its_next_billed_hour() {
+    let Some(mut c) = lab_cluster_with(
+        2,
+        "",
+        "billing_hour = true\ndrain_timeout = \"3s\"\n",
+        "hourly_billing = \"true\"\n",
+    ) else {
+        return;
+    };
+    wait_pool(&c, "2 ready", Duration::from_secs(60), |v| {
+        members(v).len() == 2
+    })
+    .await;
+    // lab-2's machine has run 59 minutes: its next billed hour starts in one.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(c.path("machines/lab-2/created"), (now - 3540).to_string()).unwrap();
+    // The operator lowers min to 1: lab-2 is surplus, lab-1 (minutes old) is not yet.
+    c.sections = c.sections.replace("min = 2\n", "min = 1\n");
+    c.stop_coordinator();
+    c.start_coordinator();
+    let v = wait_pool(&c, "down to lab-1", Duration::from_secs(60), |v| {
+        v.nodes.len() == 1 && members(v) == ["lab-1"]
+    })
+    .await;
+    let replace = v
+        .actions
+        .iter()
+        .find(|a| a.action == "replace")
+        .unwrap_or_else(|| panic!("{:?}", v.actions));
+    assert_eq!(replace.node.as_deref(), Some("lab-2"));
+    assert!(
+        replace.message.contains("before its next billed hour"),
+        "{replace:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = pool(&c).await;
+    assert!(
+        v.actions.iter().all(|a| a.action != "create"),
+        "at min, nothing is created: {:?}",
+        v.actions
+    );
+    assert!(!c.path("machines/lab-2").exists());
 }

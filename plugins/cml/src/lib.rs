@@ -746,7 +746,7 @@ pub fn create_body(pool: &Pool, req: &CreateRequest) -> Result<Value, ProviderEr
 }
 
 impl Provider for Cml {
-    fn info() -> ProviderInfo {
+    fn info(_b: &dyn Backend) -> ProviderInfo {
         ProviderInfo::new("cml", env!("CARGO_PKG_VERSION"), "Cloudera AI (CML)", false)
     }
 

@@ -77,7 +77,7 @@ fn message(e: &ProviderError) -> String {
 
 #[test]
 fn info_names_the_provider_and_bills_not_by_the_hour() {
-    let i = Cml::info();
+    let i = Cml::info(&Script::new());
     assert_eq!(
         (i.name.as_str(), i.provider.as_str(), i.hourly_billing),
         ("cml", "Cloudera AI (CML)", false)

@@ -148,12 +148,14 @@ fn run_checked(b: &dyn Backend, cmd: &Command) -> Result<String, ProviderError> 
 }
 
 impl Provider for CommandProvider {
-    fn info() -> ProviderInfo {
+    /// Billed by the hour only when the manifest's `[config]` says
+    /// `hourly_billing = "true"` (a site whose machines are rented by the hour).
+    fn info(b: &dyn Backend) -> ProviderInfo {
         ProviderInfo::new(
             "command",
             env!("CARGO_PKG_VERSION"),
             "programs on the coordinator host",
-            false,
+            b.config("hourly_billing").as_deref() == Some("true"),
         )
     }
 

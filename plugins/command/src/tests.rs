@@ -140,3 +140,10 @@ fn a_program_exiting_75_is_a_rate_limit_with_the_wait_it_names() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn hourly_billing_is_the_manifests_to_say() {
+    assert!(!CommandProvider::info(&Script::new()).hourly_billing);
+    let b = Script::new().config("hourly_billing", "true");
+    assert!(CommandProvider::info(&b).hourly_billing);
+}

@@ -686,7 +686,7 @@ fn check_id(pool: &Pool, id: &str) -> Result<(), ProviderError> {
 }
 
 impl Provider for Hetzner {
-    fn info() -> ProviderInfo {
+    fn info(_b: &dyn Backend) -> ProviderInfo {
         ProviderInfo::new("hetzner", env!("CARGO_PKG_VERSION"), "Hetzner Cloud", true)
     }
 

@@ -99,7 +99,7 @@ impl Backend for Ticking {
 
 #[test]
 fn info_names_hetzner_cloud_billed_by_the_hour() {
-    let i = Hetzner::info();
+    let i = Hetzner::info(&Script::new());
     assert_eq!(
         (i.name.as_str(), i.provider.as_str(), i.hourly_billing),
         ("hetzner", "Hetzner Cloud", true)

@@ -55,7 +55,9 @@ macro_rules! export_provider {
 
 /// A provider plugin. Export one with `corral_plugin_sdk::export_provider!(MyProvider);`.
 pub trait Provider {
-    fn info() -> ProviderInfo;
+    /// What the plugin is; `b` reads its manifest's `[config]` (a plugin whose billing
+    /// depends on the site says so there).
+    fn info(b: &dyn Backend) -> ProviderInfo;
     /// Creates a machine for `req.node` from the pool's template; the provider's id once
     /// the provider accepted it (its create action finished, where the API has actions).
     fn create(b: &dyn Backend, pool: &Pool, req: &CreateRequest) -> Result<String, ProviderError>;
@@ -72,7 +74,7 @@ pub trait Provider {
 
 impl<T: Provider> provider_world::exports::corral::provider::provider::Guest for T {
     fn info() -> ProviderInfo {
-        T::info()
+        T::info(&Host)
     }
     fn create(pool: Pool, req: CreateRequest) -> Result<String, ProviderError> {
         T::create(&Host, &pool, &req)
