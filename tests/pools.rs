@@ -87,7 +87,7 @@ fn set_create_mode(c: &Cluster, mode: &str) {
 /// A cluster with pool `lab` of `min` nodes through the `command` provider, or `None`
 /// (a skip, off CI) when the plugin is not built.
 fn lab_cluster(min: u32, create_mode: &str, extra: &str) -> Option<Cluster> {
-    lab_cluster_with(min, create_mode, extra, "")
+    lab_cluster_with(min, create_mode, extra, "", false)
 }
 
 /// [`lab_cluster`] with `manifest_config` added to the command plugin's `[config]`.
@@ -96,6 +96,7 @@ fn lab_cluster_with(
     create_mode: &str,
     extra: &str,
     manifest_config: &str,
+    https: bool,
 ) -> Option<Cluster> {
     let plugins = built_plugins_dir("command")?;
     let mut c = Cluster::new();
@@ -118,8 +119,15 @@ fn lab_cluster_with(
         corral = corral.display()
     );
     c.coordinator_extra = "down_after = \"3s\"\n".into();
+    let scheme = if https {
+        c.api_extra =
+            "tls_cert = \"tls/coordinator.pem\"\ntls_key = \"tls/coordinator.key\"".into();
+        "https"
+    } else {
+        "http"
+    };
     c.sections = format!(
-        "[providers]\ndir = \"providers\"\n\n[join]\nca_dir = \"tls\"\nurl = \"http://127.0.0.1:{api}\"\ncoordinator = \"127.0.0.1:{quic}\"\n\n[pools.lab]\nprovider = \"command\"\nmin = {min}\nmax = 5\nreplace_after = \"2s\"\njoin_timeout = \"90s\"\nlist_interval = \"2s\"\nmax_failures = 3\nuser_data = {user_data:?}\n{extra}[pools.lab.template]\ncreate = [{s:?}, \"create\", \"{{node}}\"]\ndelete = [{s:?}, \"delete\", \"{{id}}\"]\nlist = [{s:?}, \"list\"]\n",
+        "[providers]\ndir = \"providers\"\n\n[join]\nca_dir = \"tls\"\nurl = \"{scheme}://127.0.0.1:{api}\"\ncoordinator = \"127.0.0.1:{quic}\"\n\n[pools.lab]\nprovider = \"command\"\nmin = {min}\nmax = 5\nreplace_after = \"2s\"\njoin_timeout = \"90s\"\nlist_interval = \"2s\"\nmax_failures = 3\nuser_data = {user_data:?}\n{extra}[pools.lab.template]\ncreate = [{s:?}, \"create\", \"{{node}}\"]\ndelete = [{s:?}, \"delete\", \"{{id}}\"]\nlist = [{s:?}, \"list\"]\n",
         api = c.api_port,
         quic = c.quic_port,
         s = script.display().to_string(),
@@ -708,6 +716,7 @@ async fn an_idle_node_above_min_goes_just_before_its_next_billed_hour() {
         "",
         "billing_hour = true\ndrain_timeout = \"3s\"\n",
         "hourly_billing = \"true\"\n",
+        false,
     ) else {
         return;
     };
@@ -747,4 +756,79 @@ async fn an_idle_node_above_min_goes_just_before_its_next_billed_hour() {
         v.actions
     );
     assert!(!c.path("machines/lab-2").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_joins_over_https_trusting_only_the_ca_it_was_given() {
+    let Some(c) = lab_cluster_with(1, "", "", "", true) else {
+        return;
+    };
+    // The pool's own node joined over HTTPS with the CA its user data carried.
+    wait_pool(&c, "1 ready", Duration::from_secs(60), |v| {
+        members(v) == ["lab-1"]
+    })
+    .await;
+    let url = format!("https://127.0.0.1:{}", c.api_port);
+    let make = || async {
+        let out = run_async(vec![
+            "tokens".into(),
+            "create".into(),
+            "--join".into(),
+            "--pool".into(),
+            "lab".into(),
+            "--ttl".into(),
+            "10m".into(),
+            "--socket".into(),
+            c.socket(),
+        ])
+        .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    // Another CA: the coordinator is not trusted, and the token is not spent.
+    let other = c.path("other-ca");
+    let o = corral_test_support::run(&["certs", "init", "--out", other.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = make().await;
+    let join = |ca: PathBuf, dir: &str, token: String| {
+        let url = url.clone();
+        let dir = c.path(dir).display().to_string();
+        async move {
+            run_async(vec![
+                "join".into(),
+                "--url".into(),
+                url,
+                "--token".into(),
+                token,
+                "--ca".into(),
+                ca.display().to_string(),
+                "--dir".into(),
+                dir,
+            ])
+            .await
+        }
+    };
+    let bad = join(other.join("ca.pem"), "x", token.clone()).await;
+    assert!(!bad.status.success());
+    assert!(!c.path("x/agent.toml").exists());
+    let good = join(c.tls_dir().join("ca.pem"), "y", token).await;
+    assert!(
+        good.status.success(),
+        "the token was not spent by the refused try: {}",
+        stderr(&good)
+    );
+    // Plain HTTP beyond this host is refused before anything is sent.
+    let token = make().await;
+    let plain = run_async(vec![
+        "join".into(),
+        "--url".into(),
+        "http://10.255.255.1:7441".into(),
+        "--token".into(),
+        token,
+        "--dir".into(),
+        c.path("z").display().to_string(),
+    ])
+    .await;
+    assert!(!plain.status.success());
+    assert!(stderr(&plain).contains("needs HTTPS"), "{}", stderr(&plain));
 }
