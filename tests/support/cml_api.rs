@@ -39,7 +39,6 @@
 //! "multi_thread")]` or a plain one) can start it; it stops when the value is dropped.
 
 use std::collections::BTreeMap;
-use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -109,8 +108,7 @@ type Shared = Arc<Mutex<Inner>>;
 pub struct CmlApi {
     port: u16,
     inner: Shared,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: super::stub_http::StubServer,
 }
 
 impl CmlApi {
@@ -123,11 +121,6 @@ impl CmlApi {
 
     /// Starts the stand-in on a free loopback port.
     pub fn start() -> CmlApi {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-        listener
-            .set_nonblocking(true)
-            .expect("a non-blocking listener");
-        let port = listener.local_addr().unwrap().port();
         let inner: Shared = Arc::new(Mutex::new(Inner {
             key: Self::API_KEY.into(),
             project_id: Self::PROJECT_ID.into(),
@@ -136,32 +129,12 @@ impl CmlApi {
             requests: Vec::new(),
             faults: Faults::default(),
         }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = inner.clone();
-        let thread = std::thread::Builder::new()
-            .name("cml-api".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("the stand-in's runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                    let router = Router::new().fallback(handle).with_state(state);
-                    tokio::select! {
-                        served = axum::serve(listener, router).into_future() => {
-                            served.expect("the CML stand-in stopped serving");
-                        }
-                        _ = stopped => {}
-                    }
-                });
-            })
-            .expect("starting the CML stand-in's thread");
+        let router = Router::new().fallback(handle).with_state(inner.clone());
+        let server = super::stub_http::StubServer::start("cml-api", router);
         CmlApi {
-            port,
+            port: server.port(),
             inner,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -246,17 +219,6 @@ impl CmlApi {
             .iter()
             .filter(|r| r.method == method && r.path.ends_with(suffix))
             .count()
-    }
-}
-
-impl Drop for CmlApi {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -105,8 +105,7 @@ type Shared = Arc<Mutex<Inner>>;
 pub struct HetznerApi {
     addr: SocketAddr,
     state: Shared,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: super::stub_http::StubServer,
 }
 
 impl HetznerApi {
@@ -125,33 +124,13 @@ impl HetznerApi {
             action_running_polls: 0,
             page_size: 2,
         }));
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("binding the fake Hetzner API");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let thread = std::thread::Builder::new()
-            .name("fake-hetzner-api".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("the fake Hetzner API's runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                    tokio::select! {
-                        r = axum::serve(listener, app) => r.expect("the fake Hetzner API"),
-                        _ = stopped => {}
-                    }
-                });
-            })
-            .unwrap();
+        let server = super::stub_http::StubServer::start("fake-hetzner-api", app);
+        let addr = SocketAddr::from(([127, 0, 0, 1], server.port()));
         HetznerApi {
             addr,
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -242,17 +221,6 @@ impl HetznerApi {
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.with(|s| s.requests.clone())
-    }
-}
-
-impl Drop for HetznerApi {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

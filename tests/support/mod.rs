@@ -10,6 +10,7 @@ pub mod hetzner_api;
 pub mod scenarios;
 pub mod sge;
 pub mod slurm;
+pub mod stub_http;
 pub mod users;
 
 use std::collections::HashMap;

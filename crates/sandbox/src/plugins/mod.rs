@@ -215,6 +215,37 @@ pub(crate) struct LoadContext<'a> {
     path_var: Option<&'a std::ffi::OsStr>,
 }
 
+/// Loads each of `names` once with `load`, in order: the loaded by name, and a failure
+/// (logged, naming the plugin) for each that did not load. One plugin's failure never
+/// stops the others.
+pub(crate) fn load_each<T>(
+    names: &[String],
+    what: &str,
+    mut load: impl FnMut(&str) -> anyhow::Result<T>,
+) -> (BTreeMap<String, T>, Vec<LoadFailure>) {
+    let mut loaded = BTreeMap::new();
+    let mut failures: Vec<LoadFailure> = Vec::new();
+    for name in names {
+        if loaded.contains_key(name) || failures.iter().any(|f| &f.name == name) {
+            continue;
+        }
+        match load(name) {
+            Ok(t) => {
+                loaded.insert(name.clone(), t);
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                tracing::warn!(plugin = %name, kind = what, error = %message, "plugin failed to load");
+                failures.push(LoadFailure {
+                    name: name.clone(),
+                    message,
+                });
+            }
+        }
+    }
+    (loaded, failures)
+}
+
 /// A started engine for a set of plugins: the engine sized for their limits, its epoch
 /// ticker, the key its compiled code is cached under and the disk cache, if usable.
 pub(crate) struct Engines {
@@ -482,51 +513,30 @@ impl PluginHost {
             cache: cache.as_ref(),
             path_var,
         };
-        let mut plugins = BTreeMap::new();
-        let mut failures = Vec::new();
-        for name in &cfg.enable {
-            if plugins.contains_key(name) || failures.iter().any(|f: &LoadFailure| &f.name == name)
-            {
-                continue;
-            }
+        let (plugins, failures) = load_each(&cfg.enable, "plugin", |name| {
             let (wasm, manifest) = files(dir, name);
-            match load_one(&cx, &wasm, &manifest, Some(name)) {
-                Ok((instance, details)) => {
-                    for w in &details.warnings {
-                        tracing::warn!(plugin = %name, warning = %w, "plugin loaded with a warning");
-                    }
-                    for d in &details.defaulted {
-                        tracing::debug!(plugin = %name, limit = %d, "plugin limit defaulted");
-                    }
-                    tracing::info!(
-                        plugin = %name,
-                        version = %details.loaded.info.version,
-                        digest = %details.loaded.digest,
-                        source = ?details.source,
-                        load_ms = details.load_ms,
-                        "plugin loaded"
-                    );
-                    let permits =
-                        Arc::new(Semaphore::new(details.limits.concurrent_calls as usize));
-                    plugins.insert(
-                        name.clone(),
-                        Plugin {
-                            instance,
-                            details,
-                            permits,
-                        },
-                    );
-                }
-                Err(e) => {
-                    let message = format!("{e:#}");
-                    tracing::warn!(plugin = %name, error = %message, "plugin failed to load");
-                    failures.push(LoadFailure {
-                        name: name.clone(),
-                        message,
-                    });
-                }
+            let (instance, details) = load_one(&cx, &wasm, &manifest, Some(name))?;
+            for w in &details.warnings {
+                tracing::warn!(plugin = %name, warning = %w, "plugin loaded with a warning");
             }
-        }
+            for d in &details.defaulted {
+                tracing::debug!(plugin = %name, limit = %d, "plugin limit defaulted");
+            }
+            tracing::info!(
+                plugin = %name,
+                version = %details.loaded.info.version,
+                digest = %details.loaded.digest,
+                source = ?details.source,
+                load_ms = details.load_ms,
+                "plugin loaded"
+            );
+            let permits = Arc::new(Semaphore::new(details.limits.concurrent_calls as usize));
+            Ok(Plugin {
+                instance,
+                details,
+                permits,
+            })
+        });
         let host = PluginHost {
             inner: Arc::new(Inner {
                 plugins,

@@ -181,36 +181,20 @@ impl ProviderHost {
             cache: cache.as_ref(),
             path_var: path_var.or(own_path.as_deref()),
         };
-        let mut plugins = BTreeMap::new();
-        let mut failures = Vec::new();
-        for name in names {
-            if plugins.contains_key(name) {
-                continue;
-            }
+        let (plugins, failures) = super::load_each(names, "provider", |name| {
             let (wasm, manifest) = files(dir, name);
-            match load_provider(&cx, &wasm, &manifest, name) {
-                Ok(loaded) => {
-                    for w in &loaded.details.warnings {
-                        tracing::warn!(provider = %name, warning = %w, "provider plugin loaded with a warning");
-                    }
-                    tracing::info!(
-                        provider = %name,
-                        version = %loaded.details.info.version,
-                        digest = %loaded.details.digest,
-                        "provider plugin loaded"
-                    );
-                    plugins.insert(name.clone(), loaded);
-                }
-                Err(e) => {
-                    let message = format!("{e:#}");
-                    tracing::warn!(provider = %name, error = %message, "provider plugin failed to load");
-                    failures.push(LoadFailure {
-                        name: name.clone(),
-                        message,
-                    });
-                }
+            let loaded = load_provider(&cx, &wasm, &manifest, name)?;
+            for w in &loaded.details.warnings {
+                tracing::warn!(provider = %name, warning = %w, "provider plugin loaded with a warning");
             }
-        }
+            tracing::info!(
+                provider = %name,
+                version = %loaded.details.info.version,
+                digest = %loaded.details.digest,
+                "provider plugin loaded"
+            );
+            Ok(loaded)
+        });
         let host = ProviderHost {
             inner: Arc::new(Inner {
                 plugins,
