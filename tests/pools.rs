@@ -325,11 +325,14 @@ async fn a_provider_that_fails_max_failures_times_in_a_row_stops_and_says_why() 
     let Some(c) = lab_cluster(2, "fail", "") else {
         return;
     };
+    // Halted, and the failed creates settled by the lists that follow (a create that
+    // fails may have made a machine: the row stays until two lists show none).
     let v = wait_pool(&c, "halted", Duration::from_secs(60), |v| {
         v.summary
             .halted
             .as_deref()
             .is_some_and(|h| h.starts_with("stopped"))
+            && v.nodes.is_empty()
     })
     .await;
     let halted = v.summary.halted.clone().unwrap();

@@ -215,6 +215,13 @@ pub(super) async fn join(a: JoinArgs) -> Result<()> {
             a.url
         );
     }
+    // Checked before the token is spent: a join never overwrites an identity.
+    if a.dir.join("agent.toml").exists() {
+        anyhow::bail!(
+            "{} already holds an agent.toml: this node has joined before; give another --dir (the token is not spent)",
+            a.dir.display()
+        );
+    }
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let (key_pem, csr_pem) = corral_transport::pki::new_request("joining-node")?;
     let api = ApiArgs {
@@ -231,6 +238,9 @@ pub(super) async fn join(a: JoinArgs) -> Result<()> {
         )
         .await?;
     let node = &answer.node;
+    // The answer names files and goes into agent.toml: it must be a node name.
+    corral_proto::names::validate_name(node)
+        .map_err(|e| anyhow::anyhow!("the coordinator answered the node name {node:?}: {e}"))?;
     let write = |name: &str, body: &str, mode: u32| -> Result<PathBuf> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -257,13 +267,15 @@ pub(super) async fn join(a: JoinArgs) -> Result<()> {
         write("ca.pem", &answer.ca_pem, 0o644)?;
     }
     let state = a.dir.join("state");
+    let q = |v: &str| toml::Value::String(v.to_string()).to_string();
     let config = format!(
-        "# Written by `corral join`: node {node} of its pool.\n[agent]\nname = \"{node}\"\ncoordinator = \"{}\"\nstate_dir = \"{}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        answer.coordinator,
-        state.display(),
-        ca.display(),
-        cert.display(),
-        key.display()
+        "# Written by `corral join`: node {node} of its pool.\n[agent]\nname = {}\ncoordinator = {}\nstate_dir = {}\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n",
+        q(node),
+        q(&answer.coordinator),
+        q(&state.display().to_string()),
+        q(&ca.display().to_string()),
+        q(&cert.display().to_string()),
+        q(&key.display().to_string())
     );
     let agent_toml = write("agent.toml", &config, 0o644)?;
     println!("{node}");

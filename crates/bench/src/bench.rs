@@ -52,6 +52,8 @@ pub enum BenchCmd {
     Remediation(crate::bench_remediation::RemediationArgs),
     /// Web console: page weight, render time at N nodes, feed traffic, coordinator cost vs polling.
     Console(crate::bench_console::ConsoleArgs),
+    /// A killed pool node's replacement, phase by phase, vs Ray's autoscaler replacing a dead worker.
+    Pools(crate::bench_pools::PoolsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +92,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Plugin(a) => crate::bench_plugin::run(a).await,
         BenchCmd::Remediation(a) => crate::bench_remediation::run(a).await,
         BenchCmd::Console(a) => crate::bench_console::run(a).await,
+        BenchCmd::Pools(a) => crate::bench_pools::run(a).await,
         BenchCmd::GpuSample(a) => crate::bench_gpu::run(a),
     }
 }

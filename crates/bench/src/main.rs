@@ -7,6 +7,7 @@ mod bench_console;
 mod bench_gpu;
 mod bench_jobs;
 mod bench_plugin;
+mod bench_pools;
 mod bench_ray;
 mod bench_remediation;
 

@@ -923,6 +923,11 @@ impl Registry {
         );
     }
 
+    /// Whether a node of that name is known (connected or not).
+    pub(crate) fn knows(&self, name: &str) -> bool {
+        self.lock().nodes.contains_key(name)
+    }
+
     /// Records what a pool's policy did about `node` (a `pool` event; `node` may be
     /// empty for the pool as a whole). Never rate-limited, as remediation events.
     pub(crate) fn pool_event(&self, node: &str, action: &str, message: String) {

@@ -460,9 +460,35 @@ impl Store {
         key: &str,
         record: Option<&T>,
     ) -> Result<()> {
-        let json = record.map(serde_json::to_string).transpose()?;
-        let key = key.to_string();
-        self.acked(|ack| Op::PutRecord(kind, key, json, ack)).await
+        self.queue_record(kind, key, record).await
+    }
+
+    /// [`Store::put_record`], queued at once (before this returns) and committed when
+    /// the returned future resolves: records queued in some order commit in that order,
+    /// so a caller that queues under its own lock never has an older snapshot overtake
+    /// a newer one.
+    pub(crate) fn queue_record<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        record: Option<&T>,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let json = record.map(serde_json::to_string).transpose();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = match json {
+            Ok(json) => self
+                .tx
+                .send(Op::PutRecord(kind, key.to_string(), json, tx))
+                .map_err(|_| anyhow::anyhow!("the store thread has stopped")),
+            Err(e) => Err(anyhow::anyhow!("encoding the record: {e}")),
+        };
+        let path = self.path.clone();
+        async move {
+            sent?;
+            rx.await
+                .map_err(|_| anyhow::anyhow!("the store thread has stopped"))?
+                .map_err(|e| anyhow::anyhow!("{e} (database {})", path.display()))
+        }
     }
 
     /// Deletes a node's row; returns at once (a node forgotten is re-created by its

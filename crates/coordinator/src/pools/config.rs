@@ -271,6 +271,12 @@ pub fn validate(
                 return Err(issue(key(k), "must be at least 1s".into()));
             }
         }
+        if p.join_timeout > super::join::MAX_TTL {
+            return Err(issue(
+                key("join_timeout"),
+                "at most 7d: a new node's join token expires with it, and join tokens live a week at most".into(),
+            ));
+        }
         if !p.user_data.contains("{join_token}") {
             return Err(issue(
                 key("user_data"),

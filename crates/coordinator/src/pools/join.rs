@@ -165,6 +165,17 @@ impl JoinTokens {
         })
     }
 
+    /// The ids of `node`'s join tokens that were neither used nor revoked.
+    pub fn unused_for(&self, node: &str) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|t| {
+                t.node.as_deref() == Some(node) && t.used_ms.is_none() && t.revoked_ms.is_none()
+            })
+            .map(|t| t.id.clone())
+            .collect()
+    }
+
     /// Every join token, newest first.
     pub fn list(&self) -> Vec<JoinTokenView> {
         let mut all: Vec<JoinTokenView> = self.lock().values().map(JoinTokenRow::view).collect();
@@ -195,14 +206,14 @@ impl JoinTokens {
         Ok(view)
     }
 
-    /// Redeems `secret` for a certificate for `csr_pem`'s key. `assign` names the node
-    /// when the token does not (the next name of the token's pool); `joined` is told
-    /// the pool and node once the certificate is issued.
+    /// Redeems `secret` for a certificate for `csr_pem`'s key. `assign` names the node,
+    /// given the token's pool and its node (if it names one), once the token is claimed;
+    /// a refusal there gives the token back.
     pub async fn redeem(
         &self,
         secret: &str,
         csr_pem: &str,
-        assign: impl FnOnce(&str) -> Result<String, JoinError>,
+        assign: impl FnOnce(&str, Option<&str>) -> Result<String, JoinError>,
     ) -> Result<(String, JoinAnswer), JoinError> {
         let Some(ca) = self.ca.clone() else {
             return Err(JoinError::NoCa);
@@ -211,8 +222,14 @@ impl JoinTokens {
             .strip_prefix(PREFIX)
             .and_then(|rest| rest.split_once('_'))
             .ok_or(JoinError::BadToken)?;
+        // Checked before the token is spent (see the module doc).
+        if let Err(e) = rcgen_check(csr_pem) {
+            return Err(JoinError::BadRequest(e));
+        }
+        // Claimed under the lock, so two joins racing with one token cannot both pass:
+        // the loser sees it used.
         let row = {
-            let tokens = self.lock();
+            let mut tokens = self.lock();
             let row = tokens.get(id).ok_or(JoinError::BadToken)?;
             if !constant_time_eq(hash(given).as_bytes(), row.hash.as_bytes()) {
                 return Err(JoinError::BadToken);
@@ -229,38 +246,35 @@ impl JoinTokens {
             if unix_ms() >= row.expires_ms {
                 return Err(JoinError::Expired(id.into()));
             }
-            row.clone()
+            let row = row.clone();
+            let claimed = JoinTokenRow {
+                used_ms: Some(unix_ms()),
+                used_by: Some(
+                    row.node
+                        .clone()
+                        .unwrap_or_else(|| "a node joining now".into()),
+                ),
+                ..row.clone()
+            };
+            tokens.insert(id.to_string(), claimed);
+            row
         };
-        // Checked before the token is spent (see the module doc).
-        if let Err(e) = rcgen_check(csr_pem) {
-            return Err(JoinError::BadRequest(e));
-        }
-        let node = match &row.node {
-            Some(n) => n.clone(),
-            None => assign(&row.pool)?,
+        let give_back = |row: JoinTokenRow| {
+            self.lock().insert(row.id.clone(), row);
+        };
+        let node = match assign(&row.pool, row.node.as_deref()) {
+            Ok(n) => n,
+            Err(e) => {
+                give_back(row);
+                return Err(e);
+            }
         };
         let used = JoinTokenRow {
             used_ms: Some(unix_ms()),
             used_by: Some(node.clone()),
             ..row.clone()
         };
-        {
-            // Claimed under the lock, so two joins racing with one token cannot both
-            // pass: the loser sees it used.
-            let mut tokens = self.lock();
-            match tokens.get(id) {
-                Some(t) if t.used_by.is_none() && t.revoked_ms.is_none() => {
-                    tokens.insert(id.to_string(), used.clone());
-                }
-                Some(t) => {
-                    return Err(JoinError::Used {
-                        id: id.into(),
-                        by: t.used_by.clone().unwrap_or_else(|| "a revocation".into()),
-                    })
-                }
-                None => return Err(JoinError::BadToken),
-            }
-        }
+        self.lock().insert(id.to_string(), used.clone());
         if let Err(e) = self
             .store
             .put_record(RecordKind::JoinToken, id, Some(&used))
@@ -268,7 +282,7 @@ impl JoinTokens {
         {
             // Not on disk: not spent, so it must not be usable twice after a restart
             // either; refuse and put it back as it was.
-            self.lock().insert(id.to_string(), row);
+            give_back(row);
             return Err(JoinError::Failed(format!(
                 "recording the token's use failed: {e:#}; nothing was issued, try again"
             )));

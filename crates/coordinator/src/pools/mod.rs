@@ -82,7 +82,8 @@ pub const TICK: Duration = Duration::from_millis(500);
 const ACTIONS_KEPT: usize = 50;
 /// The longest backoff after a failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// An idle surplus node is deleted this long before its next billed hour.
+/// An idle surplus node is deleted this long (plus its `drain_timeout`) before its next
+/// billed hour.
 const BILLING_MARGIN: Duration = Duration::from_secs(120);
 
 /// A pool node as stored (the `pool-node` records).
@@ -387,7 +388,6 @@ impl Pools {
 
     fn plan(&self, now: Instant, now_ms: u64) -> Vec<Work> {
         let mut work = vec![];
-        let mut persist = vec![];
         let mut events = vec![];
         {
             let mut guard = self.lock();
@@ -403,7 +403,8 @@ impl Pools {
                     {
                         n.row.phase = PoolNodePhase::Member;
                         n.row.joined_ms = Some(now_ms);
-                        persist.push(n.row.clone());
+                        n.restored = false;
+                        self.persist(n.row.clone());
                         let took = now_ms.saturating_sub(n.row.created_ms);
                         events.push((
                             n.row.node.clone(),
@@ -429,107 +430,117 @@ impl Pools {
                 if p.state.paused_by.is_some() || self.load_failures.contains_key(&cfg.provider) {
                     continue;
                 }
-                // 2, 3. Who is to go.
-                let active = p.active();
-                let mut surplus = active.saturating_sub(cfg.min as usize);
+                // 2, 3. Who is to go: first the broken, then (their replacements
+                // counted) the surplus before its next billed hour.
                 let hourly = self
                     .host
                     .details(&cfg.provider)
                     .is_some_and(|d| d.info.hourly_billing);
-                for n in p.nodes.values_mut() {
-                    if n.busy {
-                        continue;
-                    }
-                    let view = self.registry.get(&n.row.node);
-                    let why = match n.row.phase {
-                        PoolNodePhase::Member => match &view {
-                            Some(v)
-                                if v.liveness == Liveness::Down
-                                    && now_ms.saturating_sub(v.liveness_since_ms)
-                                        >= cfg.replace_after.as_millis() as u64 =>
+                // The billing decision comes early enough for the drain to end before
+                // the hour does.
+                let margin = BILLING_MARGIN + cfg.drain_timeout.min(Duration::from_secs(1800));
+                for billing in [false, true] {
+                    let mut surplus = p.active().saturating_sub(cfg.min as usize);
+                    for n in p.nodes.values_mut() {
+                        if n.busy {
+                            continue;
+                        }
+                        let view = self.registry.get(&n.row.node);
+                        let why = match n.row.phase {
+                            PoolNodePhase::Member => match &view {
+                                Some(v)
+                                    if !billing
+                                        && v.liveness == Liveness::Down
+                                        && now_ms.saturating_sub(v.liveness_since_ms)
+                                            >= cfg.replace_after.as_millis() as u64 =>
+                                {
+                                    Some(format!(
+                                        "down for {} (replace_after {})",
+                                        fmt_ms(now_ms.saturating_sub(v.liveness_since_ms)),
+                                        humantime::format_duration(cfg.replace_after)
+                                    ))
+                                }
+                                _ if !billing
+                                    && n.machine
+                                        .as_ref()
+                                        .is_some_and(|m| m.state == MachineState::Failed) =>
+                                {
+                                    Some("its provider reports the machine failed".into())
+                                }
+                                Some(v)
+                                    if billing
+                                        && cfg.billing_hour
+                                        && hourly
+                                        && surplus > 0
+                                        && v.connected
+                                        && v.cordon.is_none()
+                                        && before_next_hour(
+                                            n.machine
+                                                .as_ref()
+                                                .and_then(|m| m.created_ms)
+                                                .unwrap_or(n.row.created_ms),
+                                            now_ms,
+                                            margin,
+                                        ) =>
+                                {
+                                    surplus -= 1;
+                                    Some(format!(
+                                        "idle above min ({}) just before its next billed hour",
+                                        cfg.min
+                                    ))
+                                }
+                                _ => None,
+                            },
+                            PoolNodePhase::Joining
+                                if !billing
+                                    && now_ms.saturating_sub(n.row.created_ms)
+                                        >= cfg.join_timeout.as_millis() as u64 =>
                             {
                                 Some(format!(
-                                    "down for {} (replace_after {})",
-                                    fmt_ms(now_ms.saturating_sub(v.liveness_since_ms)),
-                                    humantime::format_duration(cfg.replace_after)
+                                    "did not join within {} (join_timeout)",
+                                    humantime::format_duration(cfg.join_timeout)
                                 ))
                             }
-                            _ if n
-                                .machine
-                                .as_ref()
-                                .is_some_and(|m| m.state == MachineState::Failed) =>
+                            PoolNodePhase::Joining
+                                if !billing
+                                    && n.machine
+                                        .as_ref()
+                                        .is_some_and(|m| m.state == MachineState::Failed) =>
                             {
                                 Some("its provider reports the machine failed".into())
                             }
-                            Some(v)
-                                if cfg.billing_hour
-                                    && hourly
-                                    && surplus > 0
-                                    && v.connected
-                                    && v.cordon.is_none()
-                                    && before_next_hour(
-                                        n.machine
-                                            .as_ref()
-                                            .and_then(|m| m.created_ms)
-                                            .unwrap_or(n.row.created_ms),
-                                        now_ms,
-                                    ) =>
-                            {
-                                surplus -= 1;
-                                Some(format!(
-                                    "idle above min ({}) just before its next billed hour",
-                                    cfg.min
-                                ))
-                            }
                             _ => None,
-                        },
-                        PoolNodePhase::Joining
-                            if now_ms.saturating_sub(n.row.created_ms)
-                                >= cfg.join_timeout.as_millis() as u64 =>
-                        {
-                            Some(format!(
-                                "did not join within {} (join_timeout)",
-                                humantime::format_duration(cfg.join_timeout)
-                            ))
-                        }
-                        PoolNodePhase::Joining
-                            if n.machine
-                                .as_ref()
-                                .is_some_and(|m| m.state == MachineState::Failed) =>
-                        {
-                            Some("its provider reports the machine failed".into())
-                        }
-                        _ => None,
-                    };
-                    if let Some(why) = why {
-                        let reachable = view.as_ref().is_some_and(|v| v.connected);
-                        n.row.phase = if reachable {
-                            PoolNodePhase::Draining
-                        } else {
-                            PoolNodePhase::Deleting
                         };
-                        n.row.reason = Some(why.clone());
-                        n.row.replace_ms = Some(now_ms);
-                        persist.push(n.row.clone());
-                        events.push((
-                            n.row.node.clone(),
-                            "replace",
-                            format!(
-                                "pool {name}: {} is to be deleted: {why}{}",
-                                n.row.node,
-                                if reachable { "; draining it first" } else { "" }
-                            ),
-                        ));
-                        push_action(
-                            &mut p.actions,
-                            now_ms,
-                            "replace",
-                            Some(&n.row.node),
-                            "ok",
-                            why,
-                            None,
-                        );
-                        count(counts, name, "replace", "ok");
+                        if let Some(why) = why {
+                            let reachable = view.as_ref().is_some_and(|v| v.connected);
+                            n.row.phase = if reachable {
+                                PoolNodePhase::Draining
+                            } else {
+                                PoolNodePhase::Deleting
+                            };
+                            n.row.reason = Some(why.clone());
+                            n.row.replace_ms = Some(now_ms);
+                            self.persist(n.row.clone());
+                            events.push((
+                                n.row.node.clone(),
+                                "replace",
+                                format!(
+                                    "pool {name}: {} is to be deleted: {why}{}",
+                                    n.row.node,
+                                    if reachable { "; draining it first" } else { "" }
+                                ),
+                            ));
+                            push_action(
+                                &mut p.actions,
+                                now_ms,
+                                "replace",
+                                Some(&n.row.node),
+                                "ok",
+                                why,
+                                None,
+                            );
+                            count(counts, name, "replace", "ok");
+                        }
                     }
                 }
                 // Draining: done, timed out, or gone.
@@ -556,7 +567,7 @@ impl Pools {
                             });
                             if drained || now.duration_since(started) >= cfg.drain_timeout {
                                 n.row.phase = PoolNodePhase::Deleting;
-                                persist.push(n.row.clone());
+                                self.persist(n.row.clone());
                                 let (outcome, message) = if drained {
                                     ("ok", format!("{} is drained; deleting it", n.row.node))
                                 } else {
@@ -587,6 +598,16 @@ impl Pools {
                             }
                         }
                     }
+                }
+                // 5. Listing: reading, so also while halted (it settles creates that
+                // failed half-way), but not while the API asks to wait.
+                if !p.listing
+                    && p.wait.as_ref().is_none_or(|(t, _)| now >= *t)
+                    && p.last_list
+                        .is_none_or(|t| now.duration_since(t) >= cfg.list_interval)
+                {
+                    p.listing = true;
+                    work.push(Work::List { pool: name.clone() });
                 }
                 if p.halted.is_some() {
                     continue;
@@ -635,8 +656,7 @@ impl Pools {
                     cfg.max_in_flight as usize
                 };
                 while held < cfg.min as usize && held < cfg.max as usize && creating < in_flight {
-                    let node = format!("{name}-{}", p.state.next_index);
-                    p.state.next_index += 1;
+                    let node = next_name(name, p, &self.registry);
                     let mut n = PoolNode::new(PoolNodeRow {
                         pool: name.clone(),
                         node: node.clone(),
@@ -656,22 +676,11 @@ impl Pools {
                     held += 1;
                     creating += 1;
                 }
-                // 5. Listing.
-                if !p.listing
-                    && p.last_list
-                        .is_none_or(|t| now.duration_since(t) >= cfg.list_interval)
-                {
-                    p.listing = true;
-                    work.push(Work::List { pool: name.clone() });
-                }
             }
         }
         for (node, action, message) in events {
             info!(node = %node, action, message = %message, "pool");
             self.registry.pool_event(&node, action, message);
-        }
-        for row in persist {
-            self.persist(row);
         }
         work
     }
@@ -679,13 +688,14 @@ impl Pools {
 
 impl Pools {
     /// Writes a node's row, in its own task (the next change writes it again anyway).
+    /// Writes a node's row: queued now, in the order of the changes (see
+    /// [`Store::queue_record`]), committed in its own task.
     fn persist(&self, row: PoolNodeRow) {
-        let store = self.store.clone();
+        let done = self
+            .store
+            .queue_record(RecordKind::PoolNode, &row.node, Some(&row));
         tokio::spawn(async move {
-            if let Err(e) = store
-                .put_record(RecordKind::PoolNode, &row.node, Some(&row))
-                .await
-            {
+            if let Err(e) = done.await {
                 warn!(node = %row.node, error = %format!("{e:#}"), "writing a pool node failed");
             }
         });
@@ -769,6 +779,7 @@ impl Pools {
                 return outcome;
             };
             p.calls.push_back((now, outcome.http_requests));
+            p.calls_last_hour(now);
             match &outcome.result {
                 // A list that works says little about creating and deleting: only those
                 // end a streak of failures.
@@ -778,28 +789,15 @@ impl Pools {
                     retry_after,
                     message,
                 }) => {
-                    p.wait = Some((
-                        now + (*retry_after).max(Duration::from_secs(1)),
+                    let wait = (*retry_after).clamp(Duration::from_secs(1), MAX_RATE_WAIT);
+                    wait_until(
+                        p,
+                        now + wait,
                         format!("rate limited by the provider's API: {message}"),
-                    ));
+                    );
                 }
                 Err(ProviderFailure::Failed(e)) => {
-                    p.failures += 1;
-                    let backoff = Duration::from_secs(1)
-                        .saturating_mul(1u32 << (p.failures - 1).min(6))
-                        .min(MAX_BACKOFF);
-                    p.wait = Some((
-                        now + backoff,
-                        format!("backing off after a failed {action}"),
-                    ));
-                    if p.failures >= cfg.max_failures && p.halted.is_none() {
-                        let why = format!(
-                            "stopped after {} provider failures in a row (max_failures); the last: {action}: {e}; fix the cause, then `corral pool {pool} resume`",
-                            p.failures
-                        );
-                        p.halted = Some(why.clone());
-                        halted = Some(why);
-                    }
+                    halted = book_failure(p, cfg, pool, action, &e.to_string(), now);
                 }
             }
         }
@@ -867,9 +865,14 @@ impl Pools {
         {
             warn!(node, error = %format!("{e:#}"), "removing a pool node's record failed");
         }
-        for t in self.tokens.list() {
-            if t.node.as_deref() == Some(node) && t.used_ms.is_none() {
-                let _ = self.tokens.revoke(&t.id).await;
+        self.revoke_tokens(node).await;
+    }
+
+    /// Revokes `node`'s join tokens that were not used.
+    async fn revoke_tokens(&self, node: &str) {
+        for id in self.tokens.unused_for(node) {
+            if let Err(e) = self.tokens.revoke(&id).await {
+                warn!(node, token = %id, error = %e, "revoking a node's join token failed");
             }
         }
     }
@@ -887,13 +890,10 @@ impl Pools {
         };
         if let Err(e) = recorded.await {
             self.drop_node(pool, node).await;
-            self.event(
+            self.local_failure(
                 pool,
-                Some(node),
-                "create",
-                "failed",
+                node,
                 format!("recording {node} failed, so it was not created: {e:#}"),
-                None,
             );
             return;
         }
@@ -910,13 +910,10 @@ impl Pools {
             Ok(t) => t,
             Err(e) => {
                 self.drop_node(pool, node).await;
-                self.event(
+                self.local_failure(
                     pool,
-                    Some(node),
-                    "create",
-                    "failed",
+                    node,
                     format!("making {node}'s join token failed: {e}"),
-                    None,
                 );
                 return;
             }
@@ -935,7 +932,7 @@ impl Pools {
         let ms = outcome.elapsed.as_millis() as u64;
         match outcome.result {
             Ok(ProviderReply::Created(id)) => {
-                let row = {
+                {
                     let mut inner = self.lock();
                     let Some(n) = inner
                         .pools
@@ -949,9 +946,9 @@ impl Pools {
                     if n.row.phase == PoolNodePhase::Creating {
                         n.row.phase = PoolNodePhase::Joining;
                     }
-                    n.row.clone()
+                    // Queued under the lock: no older snapshot of this row can follow.
+                    self.persist(n.row.clone());
                 };
-                self.persist(row);
                 self.event(
                     pool,
                     Some(node),
@@ -972,7 +969,45 @@ impl Pools {
                     Some(ms),
                 );
             }
-            Err(_) => self.drop_node(pool, node).await,
+            // Refused outright (a bad template, a grant missing): nothing was made.
+            Err(ProviderFailure::Failed(
+                PluginError::Invalid(_)
+                | PluginError::Denied(_)
+                | PluginError::Unsupported(_)
+                | PluginError::NotLoaded(_),
+            ))
+            | Err(ProviderFailure::RateLimited { .. }) => self.drop_node(pool, node).await,
+            // A timeout, a trap or the API failing mid-way may have made the machine:
+            // the row stays, and the next list adopts the machine or drops the row.
+            Err(_) => {
+                if let Some(n) = self
+                    .lock()
+                    .pools
+                    .get_mut(pool)
+                    .and_then(|p| p.nodes.get_mut(node))
+                {
+                    n.busy = false;
+                    n.restored = true;
+                }
+            }
+        }
+    }
+
+    /// A create that failed before the provider was asked: counted and backed off like
+    /// a provider failure, so a broken store or CA cannot spin the policy.
+    fn local_failure(&self, pool: &str, node: &str, message: String) {
+        let cfg = &self.sections[pool];
+        let halted = {
+            let mut inner = self.lock();
+            let Some(p) = inner.pools.get_mut(pool) else {
+                return;
+            };
+            book_failure(p, cfg, pool, "create", &message, Instant::now())
+        };
+        self.event(pool, Some(node), "create", "failed", message, None);
+        if let Some(why) = halted {
+            warn!(pool, reason = %why, "pool halted");
+            self.event(pool, None, "halt", "ok", why, None);
         }
     }
 
@@ -1036,6 +1071,10 @@ impl Pools {
                 return;
             }
         }
+        // Its credentials go before its record: a crash in between leaves a record to
+        // delete again, never a live token or certificate for a machine that is gone.
+        self.revoke_tokens(node).await;
+        let revoked = self.revoke_certificates(node).await;
         if let Err(e) = self
             .store
             .put_record::<PoolNodeRow>(RecordKind::PoolNode, node, None)
@@ -1058,8 +1097,6 @@ impl Pools {
         if let Err(e) = self.remediation.forget(node).await {
             warn!(node, error = %format!("{e:#}"), "forgetting a deleted node's cordon failed");
         }
-        // Revoked first: were its agent still running, it could not come back.
-        let revoked = self.revoke_certificates(node).await;
         self.registry.forget(node);
         self.store.forget_node(node);
         let since = row.replace_ms.map(|t| unix_ms().saturating_sub(t));
@@ -1120,7 +1157,6 @@ impl Pools {
         let outcome = self.call(pool, None, ProviderCall::List).await;
         let mut gone = vec![];
         let mut lost = vec![];
-        let mut persist = vec![];
         {
             let mut inner = self.lock();
             let Some(p) = inner.pools.get_mut(pool) else {
@@ -1140,18 +1176,27 @@ impl Pools {
                     Some(m) => {
                         n.missing = 0;
                         n.machine = Some(m.clone());
-                        if n.row.provider_id.is_none()
-                            && n.row.phase == PoolNodePhase::Creating
-                            && n.restored
-                        {
+                        // A machine made before a crash or a failed create: adopted by
+                        // its node's name, whatever the node's phase, so it can always
+                        // be deleted.
+                        if n.row.provider_id.is_none() {
                             n.row.provider_id = Some(m.id.clone());
-                            n.row.phase = PoolNodePhase::Joining;
+                            if n.row.phase == PoolNodePhase::Creating {
+                                n.row.phase = PoolNodePhase::Joining;
+                            }
                             n.restored = false;
                             n.busy = false;
-                            persist.push(n.row.clone());
+                            self.persist(n.row.clone());
                         }
                     }
-                    None if n.restored => lost.push(n.row.node.clone()),
+                    // Two lists in a row without it (one may have started before the
+                    // create it should show).
+                    None if n.restored => {
+                        n.missing += 1;
+                        if n.missing >= 2 {
+                            lost.push(n.row.node.clone());
+                        }
+                    }
                     None if n.row.provider_id.is_some()
                         && matches!(
                             n.row.phase,
@@ -1163,7 +1208,14 @@ impl Pools {
                         // A node whose agent is connected is there, whatever the list
                         // says (a provider's list can lag): it is not given up.
                         let connected = self.registry.get(&n.row.node).is_some_and(|v| v.connected);
-                        if n.missing >= 2 && !connected {
+                        if n.missing >= 2 && !connected && !n.busy {
+                            // Deleted like any other (delete is idempotent): its
+                            // tokens and certificates revoked, its entry forgotten.
+                            n.row.phase = PoolNodePhase::Deleting;
+                            n.row.reason =
+                                Some("its machine is gone from the provider's list".into());
+                            n.row.replace_ms = Some(unix_ms());
+                            self.persist(n.row.clone());
                             gone.push(n.row.node.clone());
                         }
                     }
@@ -1171,26 +1223,28 @@ impl Pools {
                 }
             }
         }
-        for row in persist {
-            self.persist(row);
-        }
         for node in lost {
             self.drop_node(pool, &node).await;
-            self.event(pool, Some(&node), "create", "failed", format!("{node} was being created when the coordinator stopped, and its provider has no such machine"), None);
+            self.event(
+                pool,
+                Some(&node),
+                "lost",
+                "ok",
+                format!("{node}'s create did not finish (a failure, or the coordinator stopped), and its provider has no such machine"),
+                None,
+            );
         }
         for node in gone {
-            self.drop_node(pool, &node).await;
-            self.registry.forget(&node);
-            self.store.forget_node(&node);
             self.event(
                 pool,
                 Some(&node),
                 "vanish",
                 "ok",
-                format!("{node}'s machine is gone from its provider's list; replacing it"),
+                format!("{node}'s machine is gone from its provider's list; deleting what is left and replacing it"),
                 None,
             );
         }
+        self.wake.notify_one();
     }
 
     fn user_data(&self, cfg: &PoolSection, pool: &str, node: &str, token: &str) -> String {
@@ -1364,6 +1418,11 @@ impl Pools {
             return Err(self.unknown(pool));
         }
         if let Some(n) = &node {
+            if self.registry.knows(n) {
+                return Err(PoolError::Join(JoinError::BadRequest(format!(
+                    "--node {n}: a node of that name exists already; leave --node out and the pool names the node"
+                ))));
+            }
             corral_proto::names::validate_name(n).map_err(|e| {
                 PoolError::Join(JoinError::BadRequest(format!("--node {n:?}: {e}")))
             })?;
@@ -1375,7 +1434,7 @@ impl Pools {
     pub async fn join(&self, token: &str, csr_pem: &str) -> Result<JoinAnswer, PoolError> {
         let (pool, mut answer) = self
             .tokens
-            .redeem(token, csr_pem, |pool| self.assign(pool))
+            .redeem(token, csr_pem, |pool, node| self.assign(pool, node))
             .await?;
         answer.coordinator = self
             .join
@@ -1396,55 +1455,74 @@ impl Pools {
         Ok(answer)
     }
 
-    /// The next name of `pool`, for a node joining by hand (a token without a node):
-    /// it becomes a member there, with no machine the pool could delete.
-    fn assign(&self, pool: &str) -> Result<String, JoinError> {
+    /// The node a join token admits into `pool`: `requested` (the token's node) when the
+    /// pool made or admits it and it has not joined yet, else the pool's next free name
+    /// for a node joining by hand, which becomes a member with no machine the pool could
+    /// delete. Never a name another node already has.
+    fn assign(&self, pool: &str, requested: Option<&str>) -> Result<String, JoinError> {
         let Some(cfg) = self.sections.get(pool) else {
             return Err(JoinError::BadRequest(format!(
                 "the token's pool {pool:?} is no longer configured"
             )));
         };
-        let row = {
-            let mut inner = self.lock();
-            let Some(p) = inner.pools.get_mut(pool) else {
-                return Err(JoinError::BadRequest(format!("no pool {pool:?}")));
-            };
-            if p.active() >= cfg.max as usize {
-                return Err(JoinError::BadRequest(format!(
-                    "pool {pool} already has {} nodes, its max; raise pools.{pool}.max to add more",
-                    cfg.max
-                )));
-            }
-            let node = format!("{pool}-{}", p.state.next_index);
-            p.state.next_index += 1;
-            let row = PoolNodeRow {
-                pool: pool.to_string(),
-                node: node.clone(),
-                provider_id: None,
-                phase: PoolNodePhase::Joining,
-                created_ms: unix_ms(),
-                joined_ms: None,
-                reason: None,
-                replace_ms: None,
-            };
-            p.nodes.insert(node, PoolNode::new(row.clone()));
-            row
+        let mut inner = self.lock();
+        let Some(p) = inner.pools.get_mut(pool) else {
+            return Err(JoinError::BadRequest(format!("no pool {pool:?}")));
         };
-        let store = self.store.clone();
-        let state = self.lock().pools.get(pool).map(|p| p.state.clone());
-        let key = pool.to_string();
-        let node_row = row.clone();
-        tokio::spawn(async move {
-            if let Some(s) = state {
-                let _ = store
-                    .put_record(RecordKind::PoolState, &key, Some(&s))
-                    .await;
+        if let Some(n) = requested {
+            match p.nodes.get(n).map(|x| x.row.phase) {
+                Some(PoolNodePhase::Creating | PoolNodePhase::Joining) => return Ok(n.to_string()),
+                Some(phase) => {
+                    return Err(JoinError::BadRequest(format!(
+                        "node {n} of pool {pool} is {} already; its join token is spent",
+                        phase.as_str()
+                    )))
+                }
+                None if self.registry.knows(n) => {
+                    return Err(JoinError::BadRequest(format!(
+                        "a node named {n} exists already; a join token cannot give its name to another machine"
+                    )))
+                }
+                None => {}
             }
-            let _ = store
-                .put_record(RecordKind::PoolNode, &node_row.node, Some(&node_row))
-                .await;
+        }
+        if p.active() >= cfg.max as usize {
+            return Err(JoinError::BadRequest(format!(
+                "pool {pool} already has {} nodes, its max; raise pools.{pool}.max to add more",
+                cfg.max
+            )));
+        }
+        let node = match requested {
+            Some(n) => n.to_string(),
+            None => next_name(pool, p, &self.registry),
+        };
+        let row = PoolNodeRow {
+            pool: pool.to_string(),
+            node: node.clone(),
+            provider_id: None,
+            phase: PoolNodePhase::Joining,
+            created_ms: unix_ms(),
+            joined_ms: None,
+            reason: None,
+            replace_ms: None,
+        };
+        p.nodes.insert(node.clone(), PoolNode::new(row.clone()));
+        // Queued under the lock, before the token's use is written: in order.
+        let state = self
+            .store
+            .queue_record(RecordKind::PoolState, pool, Some(&p.state));
+        drop(inner);
+        let written = self
+            .store
+            .queue_record(RecordKind::PoolNode, &node, Some(&row));
+        tokio::spawn(async move {
+            for (what, r) in [("counter", state.await), ("node", written.await)] {
+                if let Err(e) = r {
+                    warn!(error = %format!("{e:#}"), what, "writing a joined pool node failed");
+                }
+            }
         });
-        Ok(row.node)
+        Ok(node)
     }
 
     /// The configured pool names.
@@ -1484,6 +1562,47 @@ impl Pools {
     }
 }
 
+/// The longest a rate limit is waited out, whatever the API says (a reset in the wrong
+/// unit must not stall a pool for days).
+const MAX_RATE_WAIT: Duration = Duration::from_secs(3600);
+
+/// Waits until `until` unless a longer wait is already set.
+fn wait_until(p: &mut PoolState, until: Instant, why: String) {
+    if p.wait.as_ref().is_none_or(|(t, _)| *t < until) {
+        p.wait = Some((until, why));
+    }
+}
+
+/// Books a failed action of the pool: one more in a row, its backoff, and the halt at
+/// `max_failures` (returned, to be said once).
+fn book_failure(
+    p: &mut PoolState,
+    cfg: &PoolSection,
+    pool: &str,
+    action: &str,
+    error: &str,
+    now: Instant,
+) -> Option<String> {
+    p.failures += 1;
+    let backoff = Duration::from_secs(1)
+        .saturating_mul(1u32 << (p.failures - 1).min(6))
+        .min(MAX_BACKOFF);
+    wait_until(
+        p,
+        now + backoff,
+        format!("backing off after a failed {action}"),
+    );
+    if p.failures >= cfg.max_failures && p.halted.is_none() {
+        let why = format!(
+            "stopped after {} provider failures in a row (max_failures); the last: {action}: {error}; fix the cause, then `corral pool {pool} resume`",
+            p.failures
+        );
+        p.halted = Some(why.clone());
+        return Some(why);
+    }
+    None
+}
+
 fn read_secret(path: &Path) -> Result<std::sync::Arc<str>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the pool's secret_file {}: {e}", path.display()))?;
@@ -1497,19 +1616,31 @@ fn read_secret(path: &Path) -> Result<std::sync::Arc<str>, String> {
     Ok(t.into())
 }
 
+/// The pool's next node name that no node has: `POOL-N`, `N` counting up and never
+/// reused (a node added by hand may already hold a name the counter reaches).
+fn next_name(pool: &str, p: &mut PoolState, registry: &Registry) -> String {
+    loop {
+        let node = format!("{pool}-{}", p.state.next_index);
+        p.state.next_index += 1;
+        if !p.nodes.contains_key(&node) && !registry.knows(&node) {
+            return node;
+        }
+    }
+}
+
 /// `N` of a node named `POOL-N`.
 fn index_of(pool: &str, node: &str) -> Option<u64> {
     node.strip_prefix(pool)?.strip_prefix('-')?.parse().ok()
 }
 
-/// Whether a machine created at `created_ms` starts a new billed hour within
-/// [`BILLING_MARGIN`] of `now_ms`.
-fn before_next_hour(created_ms: u64, now_ms: u64) -> bool {
+/// Whether a machine created at `created_ms` starts a new billed hour within `margin`
+/// of `now_ms` (at most half an hour).
+fn before_next_hour(created_ms: u64, now_ms: u64, margin: Duration) -> bool {
     let hour = 3_600_000u64;
+    let margin = (margin.as_millis() as u64).min(hour / 2);
     let age = now_ms.saturating_sub(created_ms);
     let into = age % hour;
-    age >= hour - BILLING_MARGIN.as_millis() as u64
-        && into >= hour - BILLING_MARGIN.as_millis() as u64
+    age >= hour - margin && into >= hour - margin
 }
 
 fn fmt_ms(ms: u64) -> String {

@@ -10,8 +10,12 @@ fn node_numbers_come_from_their_names() {
 #[test]
 fn an_idle_node_goes_only_in_the_last_minutes_of_a_billed_hour() {
     let h = 3_600_000;
-    assert!(!before_next_hour(0, h / 2));
-    assert!(before_next_hour(0, h - 60_000));
-    assert!(!before_next_hour(0, h + 60_000));
-    assert!(before_next_hour(0, 2 * h - 30_000));
+    let m = Duration::from_secs(120);
+    assert!(!before_next_hour(0, h / 2, m));
+    assert!(before_next_hour(0, h - 60_000, m));
+    assert!(!before_next_hour(0, h + 60_000, m));
+    assert!(before_next_hour(0, 2 * h - 30_000, m));
+    // A drain of up to 10 minutes starts the decision that much earlier.
+    assert!(before_next_hour(0, h - 600_000, Duration::from_secs(720)));
+    assert!(!before_next_hour(0, h - 600_000, m));
 }

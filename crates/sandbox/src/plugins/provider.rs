@@ -444,16 +444,59 @@ fn call_blocking(
             .map(|r| r.map(|m| ProviderReply::Machine(m.map(machine_from_wit)))),
     };
     let requests = store.data().http_requests;
-    let result = match answer {
+    let result = match pool.secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(secret) => result_redacted(answer_to_result(answer, &store, granted, export), secret),
+        None => answer_to_result(answer, &store, granted, export),
+    };
+    (result, requests)
+}
+
+/// What a plugin's error said, with `secret` (an API token an API echoed back)
+/// replaced by `[secret]`: errors reach events and the API.
+fn result_redacted(
+    r: Result<ProviderReply, ProviderFailure>,
+    secret: &str,
+) -> Result<ProviderReply, ProviderFailure> {
+    let clean = |m: String| m.replace(secret, "[secret]");
+    r.map_err(|e| match e {
+        ProviderFailure::Failed(p) => ProviderFailure::Failed(match p {
+            PluginError::Denied(m) => PluginError::Denied(clean(m)),
+            PluginError::Invalid(m) => PluginError::Invalid(clean(m)),
+            PluginError::Backend(m) => PluginError::Backend(clean(m)),
+            PluginError::Timeout(m) => PluginError::Timeout(clean(m)),
+            PluginError::Unsupported(m) => PluginError::Unsupported(clean(m)),
+            PluginError::Plugin(m) => PluginError::Plugin(clean(m)),
+            PluginError::NotLoaded(m) => PluginError::NotLoaded(m),
+        }),
+        ProviderFailure::RateLimited {
+            retry_after,
+            message,
+        } => ProviderFailure::RateLimited {
+            retry_after,
+            message: clean(message),
+        },
+    })
+}
+
+type Answer = wasmtime::Result<Result<ProviderReply, wit::ProviderError>>;
+
+fn answer_to_result(
+    answer: Answer,
+    store: &wasmtime::Store<CallState>,
+    granted: &Granted,
+    export: &str,
+) -> Result<ProviderReply, ProviderFailure> {
+    match answer {
         Ok(Ok(reply)) => Ok(reply),
         Ok(Err(wit::ProviderError::Failed(e))) => Err(ProviderFailure::Failed(error_from_wit(e))),
         Ok(Err(wit::ProviderError::RateLimited(r))) => Err(ProviderFailure::RateLimited {
             retry_after: Duration::from_millis(r.retry_after_ms),
             message: r.message,
         }),
-        Err(e) => Err(trapped(&store, e)),
-    };
-    (result, requests)
+        Err(e) => Err(ProviderFailure::Failed(engine::failure(
+            granted, store, export, e,
+        ))),
+    }
 }
 
 fn machine_from_wit(m: wit::Machine) -> Machine {
@@ -489,6 +532,22 @@ mod tests {
         let shown = format!("{pool:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("[secret]"), "{shown}");
+    }
+
+    #[test]
+    fn a_secret_an_api_echoed_into_an_error_is_hidden() {
+        let r = result_redacted(
+            Err(ProviderFailure::Failed(PluginError::Backend(
+                "401: token hunter2-token is invalid".into(),
+            ))),
+            "hunter2-token",
+        );
+        assert_eq!(
+            r,
+            Err(ProviderFailure::Failed(PluginError::Backend(
+                "401: token [secret] is invalid".into()
+            )))
+        );
     }
 
     #[test]
