@@ -79,6 +79,43 @@ esac
     script
 }
 
+/// A cluster with a pool whose machines are process sessions on this host: dropping it
+/// kills every machine's session (the agents run detached, as on real machines, so the
+/// cluster's own cleanup does not reach them).
+struct Lab(Cluster);
+
+impl std::ops::Deref for Lab {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.0
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.0.path("machines")) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            // Deleted machines were killed then; their pids may be someone else's now.
+            if d.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let pid = std::fs::read_to_string(d.path().join("pid")).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // The machine's session leader: its whole process group goes.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// What the machines' `create` does from now on (see [`lab_vm`]).
 fn set_create_mode(c: &Cluster, mode: &str) {
     std::fs::write(c.path("create-mode"), mode).unwrap();
@@ -86,7 +123,7 @@ fn set_create_mode(c: &Cluster, mode: &str) {
 
 /// A cluster with pool `lab` of `min` nodes through the `command` provider, or `None`
 /// (a skip, off CI) when the plugin is not built.
-fn lab_cluster(min: u32, create_mode: &str, extra: &str) -> Option<Cluster> {
+fn lab_cluster(min: u32, create_mode: &str, extra: &str) -> Option<Lab> {
     lab_cluster_with(min, create_mode, extra, "", false)
 }
 
@@ -97,7 +134,7 @@ fn lab_cluster_with(
     extra: &str,
     manifest_config: &str,
     https: bool,
-) -> Option<Cluster> {
+) -> Option<Lab> {
     let plugins = built_plugins_dir("command")?;
     let mut c = Cluster::new();
     let script = lab_vm(c.dir.path());
@@ -133,7 +170,7 @@ fn lab_cluster_with(
         s = script.display().to_string(),
     );
     c.start_coordinator();
-    Some(c)
+    Some(Lab(c))
 }
 
 async fn pool(c: &Cluster) -> PoolView {

@@ -512,7 +512,11 @@ impl Pools {
                             _ => None,
                         };
                         if let Some(why) = why {
-                            let reachable = view.as_ref().is_some_and(|v| v.connected);
+                            // A `down` node's connection may linger (QUIC's idle timeout)
+                            // but nothing answers on it: not reachable, nothing to drain.
+                            let reachable = view
+                                .as_ref()
+                                .is_some_and(|v| v.connected && v.liveness != Liveness::Down);
                             n.row.phase = if reachable {
                                 PoolNodePhase::Draining
                             } else {
