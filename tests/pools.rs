@@ -145,7 +145,7 @@ fn lab_cluster_with(
     let manifest = std::fs::read_to_string(plugins.join("command.toml"))
         .unwrap()
         .replace(
-            "programs = []",
+            "programs = [\"/usr/local/lib/corral/pool-machines\"]",
             &format!("programs = [{:?}]", script.display().to_string()),
         )
         .replace("[config]\n", &format!("[config]\n{manifest_config}"));
@@ -871,4 +871,24 @@ async fn a_node_joins_over_https_trusting_only_the_ca_it_was_given() {
     .await;
     assert!(!plain.status.success());
     assert!(stderr(&plain).contains("needs HTTPS"), "{}", stderr(&plain));
+}
+
+#[test]
+fn corral_plugin_check_loads_a_provider_plugin_as_the_coordinator_would() {
+    let Some(dir) = built_plugins_dir("hetzner") else {
+        return;
+    };
+    let out = corral_test_support::run(&[
+        "plugin",
+        "check",
+        dir.join("hetzner.wasm").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("hetzner")
+            && text.contains("a provider plugin")
+            && text.contains("by the hour"),
+        "{text}"
+    );
 }

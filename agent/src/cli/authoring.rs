@@ -452,6 +452,14 @@ pub(super) async fn check(
     json: bool,
     strict: bool,
 ) -> Result<()> {
+    let manifest_file = manifest
+        .clone()
+        .unwrap_or_else(|| file.with_extension("toml"));
+    let provider = corral_sandbox::plugins::Manifest::load(&manifest_file)
+        .is_ok_and(|m| m.kind == corral_sandbox::plugins::manifest::PluginKind::Provider);
+    if provider {
+        return check_provider(file, manifest, json, strict).await;
+    }
     let f = file.clone();
     let details = tokio::task::spawn_blocking(move || {
         corral_sandbox::plugins::check_file_details(&f, manifest.as_deref())
@@ -475,6 +483,61 @@ pub(super) async fn check(
             file.display(),
             warnings.len(),
             if warnings.len() == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+/// `corral plugin check` of a provider plugin (`plugin.kind = "provider"`): loaded as the
+/// coordinator loads one for a pool.
+async fn check_provider(
+    file: PathBuf,
+    manifest: Option<PathBuf>,
+    json: bool,
+    strict: bool,
+) -> Result<()> {
+    let f = file.clone();
+    let details = tokio::task::spawn_blocking(move || {
+        corral_sandbox::plugins::provider::check_file(&f, manifest.as_deref())
+    })
+    .await
+    .context("the plugin check stopped")?
+    .with_context(|| format!("{} is not a usable provider plugin", file.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "kind": "provider",
+                "info": details.info,
+                "digest": details.digest,
+                "warnings": details.warnings,
+            }))?
+        );
+    } else {
+        let i = &details.info;
+        let mut s = format!(
+            "{}: ok\n  plugin:    {} {} ({}), a provider plugin for [pools.NAME]\n  billing:   {}\n  digest:    {}\n",
+            file.display(),
+            i.name,
+            i.version,
+            i.provider,
+            if i.hourly_billing { "by the hour" } else { "not by the hour" },
+            details.digest
+        );
+        if details.warnings.is_empty() {
+            s.push_str("  warnings:  none\n");
+        }
+        for w in &details.warnings {
+            s.push_str(&format!("  warning:   {w}\n"));
+        }
+        print!("{s}");
+    }
+    if strict && !details.warnings.is_empty() {
+        bail!(
+            "{}: {} load warning{} with --strict (above); fix each, or check without --strict",
+            file.display(),
+            details.warnings.len(),
+            if details.warnings.len() == 1 { "" } else { "s" }
         );
     }
     Ok(())

@@ -252,14 +252,14 @@ impl Lab {
         std::fs::copy(plugins.join("command.wasm"), providers.join("command.wasm"))?;
         let manifest = std::fs::read_to_string(plugins.join("command.toml"))?;
         ensure!(
-            manifest.contains("programs = []"),
-            "{} grants programs already; expected the plugin's own manifest (`programs = []`)",
+            manifest.contains("programs = [\"/usr/local/lib/corral/pool-machines\"]"),
+            "{} grants programs already; expected the plugin's own manifest (granting only its placeholder program)",
             plugins.join("command.toml").display()
         );
         std::fs::write(
             providers.join("command.toml"),
             manifest.replace(
-                "programs = []",
+                "programs = [\"/usr/local/lib/corral/pool-machines\"]",
                 &format!("programs = [{:?}]", script.display().to_string()),
             ),
         )?;

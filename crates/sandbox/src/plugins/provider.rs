@@ -303,6 +303,42 @@ impl ProviderHost {
     }
 }
 
+/// Validates a provider plugin `wasm` against `wit/provider.wit` and its manifest
+/// (`manifest`, or the `.toml` beside it) as the coordinator would load it, without a
+/// cache and without calling anything but `info`. For `corral plugin check`.
+pub fn check_file(wasm: &Path, manifest: Option<&Path>) -> anyhow::Result<ProviderDetails> {
+    let manifest_file = manifest
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| wasm.with_extension("toml"));
+    let m = Manifest::load(&manifest_file)?;
+    if manifest.is_none() {
+        let stem = wasm.file_stem().map(|s| s.to_string_lossy().into_owned());
+        if stem.as_deref() != Some(m.name.as_str()) {
+            return Err(m
+                .error(
+                    "plugin.name",
+                    format!(
+                        "{:?} does not match the plugin's file name {:?}; NAME.wasm, NAME.toml and plugin.name share one name",
+                        m.name,
+                        stem.unwrap_or_default()
+                    ),
+                )
+                .into());
+        }
+    }
+    let (engine, _ticker, engine_key, _) = Engines::start(std::slice::from_ref(&m.limits), None)
+        .map_err(anyhow::Error::msg)?
+        .parts();
+    let path_var = std::env::var_os("PATH");
+    let cx = LoadContext {
+        engine: &engine,
+        engine_key: &engine_key,
+        cache: None,
+        path_var: path_var.as_deref(),
+    };
+    load_provider(&cx, wasm, &manifest_file, &m.name).map(|l| l.details)
+}
+
 fn load_provider(
     cx: &LoadContext<'_>,
     wasm: &Path,
