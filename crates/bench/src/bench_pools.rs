@@ -219,6 +219,9 @@ struct Round {
     join_done: Option<f64>,
     /// The provider's `create` call alone (the pool's action), ms.
     create_call_ms: Option<f64>,
+    /// Token and connection events seen before the new node's `create` event: the
+    /// node can join while its create call is still returning.
+    early: Vec<(String, &'static str, f64)>,
 }
 
 impl Round {
@@ -513,6 +516,27 @@ impl Lab {
             {
                 r.new = e.node.clone();
                 r.created = at;
+                for (node, what, t) in std::mem::take(&mut r.early) {
+                    if node == r.new {
+                        match what {
+                            "token" => r.token = r.token.or(Some(t)),
+                            "ready" => r.registered = r.registered.or(Some(t)),
+                            _ => r.joined = r.joined.or(Some(t)),
+                        }
+                    }
+                }
+            }
+            (EventKind::Pool, "token")
+            | (EventKind::Liveness, "ready")
+            | (EventKind::Pool, "joined")
+                if r.new.is_empty() && !victim && !before.contains(&e.node) =>
+            {
+                let what = match e.to.as_str() {
+                    "token" => "token",
+                    "ready" => "ready",
+                    _ => "joined",
+                };
+                r.early.push((e.node.clone(), what, e.at_ms as f64));
             }
             (EventKind::Pool, "token") if !r.new.is_empty() && e.node == r.new => {
                 r.token = r.token.or(at)
