@@ -12,7 +12,8 @@ use corral_test_support::{
     corral_bin, run_async, slurm::built_plugins_dir, stderr, stdout, Cluster,
 };
 
-/// The machines' script: `create NODE` (user data on stdin) boots one, `delete ID`
+/// The machines' script (`tests/fixtures/lab-vm`, shared with `corral-bench pools`), copied
+/// into `root`: `create NODE` (user data on stdin) boots one, `delete ID`
 /// kills and removes it, `list` prints `ID NODE STATE CREATED`. What `create` does is
 /// read from `ROOT/create-mode` at each call, so a test can change it while the pool
 /// runs: empty, `fail` (exit 1, as a provider out of quota) or `tempfail` (exit 75 with
@@ -22,58 +23,7 @@ fn lab_vm(root: &Path) -> PathBuf {
     let machines = root.join("machines");
     std::fs::create_dir_all(&machines).unwrap();
     let script = root.join("lab-vm");
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/bin/bash
-set -euo pipefail
-machines={machines}
-mode=$(cat {root}/create-mode 2>/dev/null || true)
-cmd=$1; shift
-case $cmd in
-create)
-  case $mode in
-  fail) echo 'quota exceeded: 0 of 0 servers left' >&2; exit 1 ;;
-  tempfail) echo 'retry-after: 1'; echo 'the API is busy' >&2; exit 75 ;;
-  esac
-  node=$1
-  d=$machines/$node
-  mkdir -p "$d"
-  cat > "$d/user-data.sh"
-  cd "$d"
-  # Boot: the user data runs detached in its own session, as a machine would. The
-  # runner kills what is left in this program's group when it exits, so wait until
-  # the child has its own session before exiting.
-  setsid bash "$d/user-data.sh" > "$d/boot.log" 2>&1 < /dev/null &
-  pid=$!
-  until [ "$(ps -o sid= -p "$pid" | tr -d ' ')" = "$pid" ]; do sleep 0.01; done
-  echo "$pid" > "$d/pid"
-  echo "vm-$node"
-  ;;
-delete)
-  node=${{1#vm-}}
-  d=$machines/$node
-  if [ -f "$d/pid" ]; then kill -9 -- "-$(cat "$d/pid")" 2>/dev/null || true; fi
-  if [ -d "$d" ]; then mv "$d" "$machines/.deleted-$node"; fi
-  ;;
-list)
-  for d in "$machines"/*/; do
-    [ -d "$d" ] || continue
-    node=$(basename "$d")
-    if [ -f "$d/failed" ]; then st=failed
-    elif kill -0 "$(cat "$d/pid")" 2>/dev/null; then st=running
-    else st=off; fi
-    created=$(cat "$d/created" 2>/dev/null || stat -c %Y "$d")
-    echo "vm-$node $node $st $created"
-  done
-  ;;
-esac
-"#,
-            machines = machines.display(),
-            root = root.display(),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&script, include_str!("fixtures/lab-vm")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     script
@@ -891,4 +841,61 @@ fn corral_plugin_check_loads_a_provider_plugin_as_the_coordinator_would() {
             && text.contains("by the hour"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_an_admin_pauses_a_pool_or_makes_join_tokens_and_a_viewer_reads_them() {
+    let Some(c) = lab_cluster(0, "", "") else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let api = c.api();
+    for role in ["viewer", "user"] {
+        let token = c.token(&format!("someone-{role}"), role).await;
+        let read = http
+            .get(format!("{api}/api/v1/pools/lab"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200, "a {role} reads pools");
+        for (path, body) in [
+            ("/api/v1/pools/lab/pause", serde_json::json!({})),
+            ("/api/v1/pools/lab/resume", serde_json::json!({})),
+            (
+                "/api/v1/join-tokens",
+                serde_json::json!({"pool": "lab", "ttl_secs": 60}),
+            ),
+            (
+                "/api/v1/join-tokens/jdeadbeef/revoke",
+                serde_json::json!({}),
+            ),
+        ] {
+            let r = http
+                .post(format!("{api}{path}"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "a {role} is refused {path}");
+            assert!(r.text().await.unwrap().contains("needs the admin role"));
+        }
+        let list = http
+            .get(format!("{api}/api/v1/join-tokens"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(list.status(), 403, "a {role} cannot list join tokens");
+    }
+    // No credential at all: refused, and nothing paused.
+    let r = http
+        .post(format!("{api}/api/v1/pools/lab/pause"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(!pool(&c).await.summary.paused);
 }

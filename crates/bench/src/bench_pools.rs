@@ -130,50 +130,10 @@ fn tail(path: &Path, n: usize) -> String {
 
 // --- Corral: a coordinator whose pool boots "machines" on this host --------------------
 
-/// The machines' script, as tests/pools.rs writes it: `create NODE` (user data on
-/// stdin) boots one, `delete ID` kills and removes it, `list` prints
-/// `ID NODE STATE CREATED`.
-fn lab_vm(machines: &Path) -> String {
-    format!(
-        r#"#!/bin/bash
-set -euo pipefail
-machines={machines}
-cmd=$1; shift
-case $cmd in
-create)
-  node=$1
-  d=$machines/$node
-  mkdir -p "$d"
-  cat > "$d/user-data.sh"
-  cd "$d"
-  # Boot: the user data runs detached in its own session, as a machine would. The
-  # runner kills what is left in this program's group when it exits, so wait until
-  # the child has its own session before exiting.
-  setsid bash "$d/user-data.sh" > "$d/boot.log" 2>&1 < /dev/null &
-  pid=$!
-  until [ "$(ps -o sid= -p "$pid" | tr -d ' ')" = "$pid" ]; do sleep 0.01; done
-  echo "$pid" > "$d/pid"
-  echo "vm-$node"
-  ;;
-delete)
-  node=${{1#vm-}}
-  d=$machines/$node
-  if [ -f "$d/pid" ]; then kill -9 -- "-$(cat "$d/pid")" 2>/dev/null || true; fi
-  if [ -d "$d" ]; then mv "$d" "$machines/.deleted-$node"; fi
-  ;;
-list)
-  for d in "$machines"/*/; do
-    [ -d "$d" ] || continue
-    node=$(basename "$d")
-    if kill -0 "$(cat "$d/pid")" 2>/dev/null; then st=running; else st=off; fi
-    echo "vm-$node $node $st $(stat -c %Y "$d")"
-  done
-  ;;
-esac
-"#,
-        machines = machines.display(),
-    )
-}
+/// The machines' script the pool tests use (`tests/fixtures/lab-vm`): `create NODE`
+/// (user data on stdin) boots one, `delete ID` kills and removes it, `list` prints
+/// `ID NODE STATE CREATED`. Its machines live in `machines/` beside it.
+const LAB_VM: &str = include_str!("../../../tests/fixtures/lab-vm");
 
 /// The pool's user data: tests/pools.rs's, with a timestamp (ns) before and after
 /// `corral join`, into `times` in the machine's directory.
@@ -245,7 +205,7 @@ impl Lab {
         let machines = root.join("machines");
         std::fs::create_dir_all(&machines)?;
         let script = root.join("lab-vm");
-        std::fs::write(&script, lab_vm(&machines))?;
+        std::fs::write(&script, LAB_VM)?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;

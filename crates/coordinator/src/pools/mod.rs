@@ -811,7 +811,7 @@ impl Pools {
             Err(ProviderFailure::RateLimited { .. }) => self.event(
                 pool,
                 node,
-                action_name(action),
+                action,
                 "rate-limited",
                 format!(
                     "{action} was rate limited: {}",
@@ -827,7 +827,7 @@ impl Pools {
             Err(e) => self.event(
                 pool,
                 node,
-                action_name(action),
+                action,
                 "failed",
                 format!("{action} failed: {e}"),
                 ms,
@@ -1686,11 +1686,6 @@ fn count(
     *counts
         .entry((pool.to_string(), action, outcome))
         .or_default() += 1;
-}
-
-/// The action word for a provider export.
-fn action_name(export: &'static str) -> &'static str {
-    export
 }
 
 /// The event's `to` for an action and its outcome: `create`, `create-failed`...
