@@ -22,6 +22,10 @@ if [ "${CI:-}" = "true" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
     export CARGO_TARGET_DIR="${CORRAL_CACHE_DIR:-$HOME/.cache/corral}/target"
     mkdir -p "$CARGO_TARGET_DIR"
     echo "build outputs: $CARGO_TARGET_DIR"
+    # A CI build is compiled once per change: incremental state only costs disk (it
+    # doubled the target dir and filled the disk once), so it is off there.
+    export CARGO_INCREMENTAL=0
+    rm -rf "$CARGO_TARGET_DIR/debug/incremental" "$CARGO_TARGET_DIR/clippy/debug/incremental"
 fi
 
 echo "== cargo fmt --check"
