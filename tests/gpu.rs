@@ -428,3 +428,115 @@ async fn a_critical_xid_survives_an_agent_restart_until_the_gpu_is_reset() {
     })
     .await;
 }
+
+/// The value of an unlabelled counter in `/metrics`.
+async fn counter(c: &Cluster, name: &str) -> f64 {
+    let text = c.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// An 8-GPU node whose GPUs run warmer and draw more at every step, as busy GPUs do.
+fn busy_gpus(steps: u32) -> Vec<serde_json::Value> {
+    (0..steps)
+        .map(|s| {
+            let gpus: Vec<_> = (0..8)
+                .map(|i| {
+                    let mut g = gpu(i, &[], 0);
+                    g["serial"] = format!("1650123456{i:03}").into();
+                    g["vbios_version"] = "96.00.89.00.01".into();
+                    g["driver_version"] = "550.54.15".into();
+                    g["temperature_celsius"] = (40 + (s + i) % 40).into();
+                    g["utilization_percent"] = ((s * 7 + i) % 101).into();
+                    g["power_watts"] = (300.0 + f64::from((s * 13 + i) % 400) * 0.731).into();
+                    g
+                })
+                .collect();
+            serde_json::json!({ "gpus": gpus })
+        })
+        .collect()
+}
+
+fn complete(n: &NodeView, since_ms: u64) -> bool {
+    n.report.as_ref().is_some_and(|r| {
+        r.host.taken_at_ms > since_ms
+            && r.gpus.len() == 8
+            && r.gpus.iter().enumerate().all(|(i, g)| {
+                g.uuid == format!("GPU-fake-{i}")
+                    && g.serial.as_deref() == Some(&format!("1650123456{i:03}"))
+                    && g.pci_bus_id.is_some()
+                    && g.temperature_celsius.is_some()
+            })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_gpu_reports_travel_as_deltas_and_a_restart_on_either_side_still_gets_the_whole_report(
+) {
+    let mut c = Cluster::new();
+    c.start_coordinator();
+    let agent =
+        "sample_interval = \"100ms\"\nbeat_interval = \"200ms\"\nreport_interval = \"200ms\"";
+    c.start_fake_gpu_agent("deltas", busy_gpus(2000), agent, "");
+    let (n, _) = c
+        .wait_node("deltas", "with 8 GPUs", SECS(30), |n| complete(n, 0))
+        .await;
+    let full = corral_proto::wire::encode(
+        "report",
+        &corral_proto::wire::AgentMsg::Report(Box::new(n.report.unwrap())),
+    )
+    .unwrap()
+    .len() as f64;
+
+    // What reports cost on the wire once the session is going.
+    let (r0, b0, t0) = (
+        counter(&c, "corral_coordinator_reports_total").await,
+        counter(&c, "corral_coordinator_received_bytes_total").await,
+        counter(&c, "corral_coordinator_beats_total").await,
+    );
+    tokio::time::sleep(SECS(4)).await;
+    let (r1, b1, t1) = (
+        counter(&c, "corral_coordinator_reports_total").await,
+        counter(&c, "corral_coordinator_received_bytes_total").await,
+        counter(&c, "corral_coordinator_beats_total").await,
+    );
+    let reports = r1 - r0;
+    assert!(reports >= 5.0, "only {reports} reports in 4 s");
+    // A beat is a 10-byte message plus its 4-byte length.
+    let per_report = (b1 - b0 - (t1 - t0) * 14.0) / reports;
+    assert!(
+        per_report < full / 3.0,
+        "reports cost {per_report:.0} bytes each against {full} for a full one"
+    );
+
+    // The coordinator crashes and comes back: the agent's next session starts with a
+    // full report, so the new coordinator has every GPU, fresh.
+    c.kill_coordinator();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarted = corral_proto::model::unix_ms();
+    c.start_coordinator();
+    c.wait_node(
+        "deltas",
+        "complete after a coordinator restart",
+        SECS(30),
+        |n| complete(n, restarted),
+    )
+    .await;
+
+    // The agent crashes and comes back: the coordinator's new connection starts over.
+    c.signal_agent("deltas", libc::SIGKILL);
+    let restarted = corral_proto::model::unix_ms();
+    c.start_fake_gpu_agent("deltas", busy_gpus(2000), agent, "");
+    c.wait_node("deltas", "complete after an agent restart", SECS(30), |n| {
+        complete(n, restarted)
+    })
+    .await;
+    // Deltas keep applying on the new session.
+    let before = counter(&c, "corral_coordinator_reports_total").await;
+    tokio::time::sleep(SECS(2)).await;
+    assert!(counter(&c, "corral_coordinator_reports_total").await >= before + 3.0);
+    let log = c.coordinator_log();
+    assert!(!log.contains("report delta refused"), "{log}");
+    assert!(!c.agent_log("deltas").contains("report delta failed"));
+}

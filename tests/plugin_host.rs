@@ -234,27 +234,41 @@ async fn each_hostile_call_fails_alone_and_the_next_call_and_other_plugins_work(
     healthy(&host, "hostile").await;
     healthy(&host, "bystander").await;
 
-    // Failures of one plugin run alongside the other's calls without disturbing them.
-    let (looping, other) = tokio::join!(
-        host.call("hostile", submit("loop"), Some(support::runner())),
-        async {
-            let mut answers = Vec::new();
-            for _ in 0..20 {
-                answers.push(
-                    host.call("bystander", submit("meanwhile"), Some(support::runner()))
-                        .await,
-                );
-            }
-            answers
+    // Failures of one plugin run alongside the other's calls, each in its own task as
+    // the agent makes them, without disturbing them or the runtime: the bystander's
+    // calls and a timer all finish while the loop is still running.
+    let looping = tokio::spawn({
+        let host = host.clone();
+        async move {
+            let r = host
+                .call("hostile", submit("loop"), Some(support::runner()))
+                .await;
+            (r, Instant::now())
         }
-    );
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(
+            host.call("bystander", submit("meanwhile"), Some(support::runner()))
+                .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let others_done = Instant::now();
+    let (looping, loop_done) = looping.await.unwrap();
     assert!(
         matches!(looping, Err(PluginError::Timeout(_))),
         "{looping:?}"
     );
-    assert!(other
+    assert!(answers
         .iter()
         .all(|a| a == &Ok(PluginReply::Submitted("hostile-meanwhile".into()))));
+    assert!(
+        others_done + Duration::from_millis(500) < loop_done,
+        "the bystander's calls waited for the loop: done {:?} before it",
+        loop_done.saturating_duration_since(others_done)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

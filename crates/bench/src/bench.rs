@@ -12,8 +12,10 @@
 //! peak RSS from /proc, and wire bytes per beat and per report.
 //!
 //! `corral-bench agent`: a real coordinator and a real `corral agent` child with default
-//! intervals; measures the agent's CPU share and RSS over a window, then `kill -9`s it
-//! and measures how long the coordinator takes to mark it disconnected.
+//! intervals (and the scheduler plugins `--plugins` names, from a warm compiled-plugin
+//! cache unless `--cold`); measures the agent's CPU share and RSS over a window, and
+//! where that RSS is (`/proc/PID/smaps`), then `kill -9`s it and measures how long the
+//! coordinator takes to mark it disconnected.
 //!
 //! Both drive the machine they run on, loopback only, and stop by themselves.
 
@@ -72,6 +74,20 @@ pub struct CoordArgs {
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// Simulated agents per client QUIC endpoint (one UDP socket each).
+    #[arg(long, default_value_t = 500)]
+    agents_per_socket: usize,
+    /// Pin the coordinator process to these CPUs (`0` or `0,1`); default: not pinned.
+    #[arg(long, value_delimiter = ',')]
+    coordinator_cpus: Vec<usize>,
+    /// Pin this process (the simulated agents) to these CPUs; default: not pinned.
+    #[arg(long, value_delimiter = ',')]
+    harness_cpus: Vec<usize>,
+    /// Have the simulated agents ask the coordinator (QUIC ACK_FREQUENCY) to acknowledge
+    /// only after more than this many ack-eliciting packets (0: at once) or its maximum
+    /// ACK delay; default: the agents' own transport settings.
+    #[arg(long)]
+    ack_threshold: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +97,17 @@ pub struct AgentArgs {
     /// Give the agent this many scripted fake GPUs.
     #[arg(long, default_value_t = 0)]
     fake_gpus: u32,
+    /// Scheduler plugins the agent enables, by name (`slurm,pbs`; `all` for every
+    /// scheduler plugin in --plugins-dir). None by default.
+    #[arg(long, value_delimiter = ',')]
+    plugins: Vec<String>,
+    /// Where the plugin files are (default: $CORRAL_PLUGINS_DIR, else target/plugins).
+    #[arg(long, env = "CORRAL_PLUGINS_DIR", default_value = "target/plugins")]
+    plugins_dir: PathBuf,
+    /// Start the agent with an empty compiled-plugin cache (it compiles every plugin),
+    /// instead of the warm cache a restarted agent finds.
+    #[arg(long)]
+    cold: bool,
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
@@ -191,6 +218,44 @@ pub(crate) fn bench_pki(tls: &Path) -> Result<pki::Ca> {
 
 /// Starts a real coordinator process with a fresh CA in a temp dir.
 pub(crate) async fn start_coordinator() -> Result<Cluster> {
+    start_coordinator_on(&[]).await
+}
+
+/// A CPU set for `sched_setaffinity` (Linux).
+fn cpu_set(cpus: &[usize]) -> Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        anyhow::ensure!(
+            c < libc::CPU_SETSIZE as usize,
+            "CPU {c} is beyond what a CPU set holds"
+        );
+        // SAFETY: c is within the set.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    Ok(set)
+}
+
+/// Pins every thread of this process (the runtime's workers exist already) to `cpus`;
+/// threads started later inherit it from the thread that starts them.
+fn pin_this_process(cpus: &[usize]) -> Result<()> {
+    let set = cpu_set(cpus)?;
+    for task in std::fs::read_dir("/proc/self/task").context("listing this process's threads")? {
+        let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
+        // SAFETY: a valid set of the right size for a thread of this process.
+        if unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) } != 0 {
+            bail!(
+                "pinning the harness to CPUs {cpus:?}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Starts a real coordinator process with a fresh CA in a temp dir, pinned to `cpus`
+/// (every thread: the mask is set before it execs) unless empty.
+pub(crate) async fn start_coordinator_on(cpus: &[usize]) -> Result<Cluster> {
     let dir = tempfile::tempdir()?;
     let ca = bench_pki(&dir.path().join("tls"))?;
     let quic = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
@@ -202,12 +267,27 @@ pub(crate) async fn start_coordinator() -> Result<Cluster> {
             "[coordinator]\nlisten = \"{quic}\"\nstate_dir = \"state\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"api.sock\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\n"
         ),
     )?;
-    let child = Command::new(crate::bench::corral_exe()?)
+    let mut command = Command::new(crate::bench::corral_exe()?);
+    command
         .args(["coordinator", "--config"])
         .arg(&cfg)
         .env("CORRAL_LOG", "warn")
         .stdin(Stdio::null())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    if !cpus.is_empty() {
+        let set = cpu_set(cpus)?;
+        // SAFETY: between fork and exec the closure makes one async-signal-safe system
+        // call on data it owns.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = command
         .spawn()
         .context("starting the coordinator process")?;
     let api = local_api_when_up(&dir.path().join("api.sock")).await?;
@@ -288,7 +368,8 @@ async fn sim_agent(
     let _: Welcome = r.recv("welcome").await?;
     let mut report = (*report).clone();
     report.node = name;
-    let mut report = AgentMsg::Report(Box::new(report));
+    // Reports go as a real agent's do: the first in full, then deltas.
+    let mut deltas = corral_transport::delta::ReportEncoder::new();
     let _ = connected.send(conn.clone()).await;
     // Spread agents evenly over the period.
     tokio::time::sleep(period.mul_f64(rand::random::<f64>())).await;
@@ -319,11 +400,11 @@ async fn sim_agent(
             .fetch_add(n as u64 + 4, Ordering::Relaxed);
         sent += 1;
         if sent % report_every == 0 {
-            if let (Some(vary), AgentMsg::Report(r)) = (&vary, &mut report) {
-                vary(r, reports);
+            if let Some(vary) = &vary {
+                vary(&mut report, reports);
             }
             reports += 1;
-            let n = w.send("report", &report).await?;
+            let n = w.send("report", &deltas.encode(&report)?).await?;
             counters.reports.fetch_add(1, Ordering::Relaxed);
             counters
                 .report_bytes
@@ -359,11 +440,29 @@ pub(crate) async fn start_agents(
     beating: &Beating,
     concurrency: usize,
 ) -> Result<Agents> {
+    start_agents_per_socket(cluster, n, beating, concurrency, 500, None).await
+}
+
+/// [`start_agents`], with `per_socket` agents sharing each client endpoint (UDP socket),
+/// and asking the coordinator for `ack_threshold` (see [`CoordArgs`]) when set.
+pub(crate) async fn start_agents_per_socket(
+    cluster: &Cluster,
+    n: usize,
+    beating: &Beating,
+    concurrency: usize,
+    per_socket: usize,
+    ack_threshold: Option<u32>,
+) -> Result<Agents> {
     eprintln!("issuing {n} agent certificates");
     let t = Instant::now();
     let transport = || {
         let mut t = corral_transport::frame::transport_config();
         t.keep_alive_interval(None);
+        if let Some(n) = ack_threshold {
+            let mut ack = quinn::AckFrequencyConfig::default();
+            ack.ack_eliciting_threshold(quinn::VarInt::from_u32(n));
+            t.ack_frequency_config(Some(ack));
+        }
         t
     };
     let mut configs = Vec::with_capacity(n);
@@ -375,9 +474,20 @@ pub(crate) async fn start_agents(
         configs.push((name, pki::quic_client_config(&tls, transport())?));
     }
     eprintln!("issued in {:.1}s; connecting", t.elapsed().as_secs_f64());
-    let endpoints: Vec<quinn::Endpoint> = (0..n.div_ceil(500))
-        .map(|_| quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))))
-        .collect::<Result<_, _>>()?;
+    // Sockets sized as the coordinator's are (`bind_udp`), so that a burst of the
+    // coordinator's ACKs is not dropped on this side.
+    let endpoints: Vec<quinn::Endpoint> = (0..n.div_ceil(per_socket.max(1)))
+        .map(|_| -> Result<quinn::Endpoint> {
+            let (socket, _) =
+                corral_transport::frame::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            Ok(quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                quinn::default_runtime().context("no async runtime for QUIC")?,
+            )?)
+        })
+        .collect::<Result<_>>()?;
     let counters = beating.counters.clone();
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(n.max(1));
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
@@ -435,8 +545,14 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         "--agents, --rate and --report-every must be positive"
     );
     raise_fd_limit();
-    let cluster = start_coordinator().await?;
+    if !a.harness_cpus.is_empty() {
+        pin_this_process(&a.harness_cpus)?;
+    }
+    let cluster = start_coordinator_on(&a.coordinator_cpus).await?;
     let pid = cluster.child.id().context("coordinator pid")?;
+    // What the coordinator costs before any agent: the base of the per-agent figures.
+    let (cpu_idle, _, rss_idle) = proc_usage(pid)?;
+    let udp_start = udp_counters()?;
     let report = Arc::new(
         tokio::task::spawn_blocking(|| {
             corral_node::session::sample_once("bench", &Default::default(), &Default::default())
@@ -459,7 +575,16 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         mut tasks,
         conns,
         connect_secs,
-    } = start_agents(&cluster, a.agents, &beating, a.connect_concurrency).await?;
+    } = start_agents_per_socket(
+        &cluster,
+        a.agents,
+        &beating,
+        a.connect_concurrency,
+        a.agents_per_socket,
+        a.ack_threshold,
+    )
+    .await?;
+    let (cpu_connected, _, _) = proc_usage(pid)?;
     tokio::time::sleep(Duration::from_secs(3).max(period * 2)).await;
 
     // The latency histogram is cumulative: the window is s1 less s0.
@@ -471,6 +596,7 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         counters.reports.load(Ordering::Relaxed),
     );
     let udp0: u64 = conns.iter().map(|c| c.stats().udp_tx.bytes).sum();
+    let kernel0 = udp_counters()?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(a.duration)).await;
     let window = t0.elapsed().as_secs_f64();
@@ -481,6 +607,7 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         counters.reports.load(Ordering::Relaxed),
     );
     let udp1: u64 = conns.iter().map(|c| c.stats().udp_tx.bytes).sum();
+    let kernel1 = udp_counters()?;
     stop.cancel();
     // Every simulated agent finishes its stream and waits for the coordinator to drain
     // it; then what was sent is compared with what was applied.
@@ -526,13 +653,35 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
         latency.samples
     );
     println!(
-        "coordinator CPU:         {:.1}% of one core",
-        (cpu1 - cpu0) / window * 100.0
+        "coordinator CPU:         {:.1}% of one core ({:.1} µs per message received)",
+        (cpu1 - cpu0) / window * 100.0,
+        (cpu1 - cpu0) * 1e6 / (applied + (s1.reports_total - s0.reports_total) as f64).max(1.0)
     );
     println!(
-        "coordinator RSS:         {:.1} MiB now, {:.1} MiB peak",
+        "coordinator RSS:         {:.1} MiB now, {:.1} MiB peak; {:.1} MiB before any agent, so {:.1} KiB per connected agent",
         rss as f64 / 1048576.0,
-        hwm as f64 / 1048576.0
+        hwm as f64 / 1048576.0,
+        rss_idle as f64 / 1048576.0,
+        rss.saturating_sub(rss_idle) as f64 / 1024.0 / conns.len().max(1) as f64
+    );
+    println!(
+        "connecting:              coordinator CPU {:.2} s, {:.0} µs per handshake; refused: {}",
+        cpu_connected - cpu_idle,
+        (cpu_connected - cpu_idle) * 1e6 / conns.len().max(1) as f64,
+        if s1.rejected_total.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{:?}", s1.rejected_total)
+        }
+    );
+    println!(
+        "UDP datagrams the kernel dropped (no buffer room; whole machine): {} in the window, {} from the start",
+        kernel1.0.saturating_sub(kernel0.0),
+        kernel1.0.saturating_sub(udp_start.0)
+    );
+    println!(
+        "UDP datagrams received by the kernel (whole machine): {:.0}/s in the window",
+        kernel1.1.saturating_sub(kernel0.1) as f64 / window
     );
     println!(
         "simulated agents CPU:    {:.1}% of one core (this process; {} cores in the machine)",
@@ -551,6 +700,29 @@ async fn coordinator(a: CoordArgs) -> Result<()> {
     let mut child = cluster.child;
     let _ = child.kill().await;
     Ok(())
+}
+
+/// The machine's UDP counters from /proc/net/snmp: (datagrams dropped for lack of
+/// receive buffer room, datagrams received).
+fn udp_counters() -> Result<(u64, u64)> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").context("reading /proc/net/snmp")?;
+    let mut rows = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (rows.next(), rows.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("/proc/net/snmp has no Udp rows");
+    };
+    let field = |want: &str| -> Result<u64> {
+        let i = names
+            .split_whitespace()
+            .position(|n| n == want)
+            .with_context(|| format!("/proc/net/snmp has no Udp {want}"))?;
+        Ok(values
+            .split_whitespace()
+            .nth(i)
+            .context("short Udp row in /proc/net/snmp")?
+            .parse()?)
+    };
+    Ok((field("RcvbufErrors")?, field("InDatagrams")?))
 }
 
 fn write_issued(dir: &Path, name: &str, issued: &pki::Issued) -> Result<pki::TlsFiles> {
@@ -597,15 +769,22 @@ async fn agent(a: AgentArgs) -> Result<()> {
             script.display()
         );
     }
+    let plugins = crate::bench_plugin::AgentPlugins::prepare(
+        &a.plugins,
+        &a.plugins_dir,
+        &dir.join("plugin-cache"),
+        a.cold,
+    )?;
     let cfg: PathBuf = dir.join("agent.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[agent]\nname = \"bench-agent\"\ncoordinator = \"{}\"\nserver_name = \"localhost\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{gpu}",
+            "[agent]\nname = \"bench-agent\"\ncoordinator = \"{}\"\nserver_name = \"localhost\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{gpu}{}",
             cluster.quic,
             files.ca.display(),
             files.cert.display(),
-            files.key.display()
+            files.key.display(),
+            plugins.config()
         ),
     )?;
     let mut child = Command::new(crate::bench::corral_exe()?)
@@ -634,12 +813,14 @@ async fn agent(a: AgentArgs) -> Result<()> {
         }
     };
     wait_for(Liveness::Ready).await?;
+    plugins.wait_loaded(&dir.join("api.sock")).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (c0, _, _) = proc_usage(pid)?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(a.duration)).await;
     let (c1, hwm, rss) = proc_usage(pid)?;
     let window = t0.elapsed().as_secs_f64();
+    let memory = crate::bench_plugin::memory_breakdown(pid)?;
     let killed = Instant::now();
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
@@ -660,5 +841,10 @@ async fn agent(a: AgentArgs) -> Result<()> {
         "kill -9 → disconnected:        {:.2}s",
         (disconnected - killed).as_secs_f64()
     );
+    plugins.print_summary();
+    println!("where the RSS is (at the end of the window, /proc/PID/smaps):");
+    for (what, bytes) in memory {
+        println!("  {what:<40} {:>7.1} MiB", bytes as f64 / 1048576.0);
+    }
     Ok(())
 }

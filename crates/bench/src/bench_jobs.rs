@@ -14,7 +14,9 @@
 //!      with the arguments the plugin passes (read from the script's `# corral:`
 //!      comment line when present, else `--parsable`): the floor.
 //!
-//!    Reported: median, p90 and mean wall time of each, and corral's overhead.
+//!    Reported: median, p90 and mean wall time of each, and corral's overhead. Two
+//!    probes share the rotation: `corral --version` and `sbatch --version`, what
+//!    starting and ending each client process costs alone.
 //! 2. *Polling*: jobs are submitted through the coordinator until `--poll-jobs`
 //!    (default 1000) are tracked (every job of the run is a queued `sleep`), then
 //!    `--polls` full polls are timed (each must be one `status` call carrying every id),
@@ -277,12 +279,37 @@ async fn measure(
     let mut cli = vec![];
     let mut http = vec![];
     let mut plain = vec![];
-    eprintln!("submitting: {} measured rounds of 3 methods", a.runs);
+    let mut cli_start = vec![];
+    let mut sbatch_start = vec![];
+    eprintln!(
+        "submitting: {} measured rounds of 3 methods (and 2 start-up probes)",
+        a.runs
+    );
     for round in 0..=a.runs {
-        for k in 0..3 {
-            let method = (round + k) % 3;
+        for k in 0..METHODS {
+            let method = (round + k) % METHODS;
             let started = Instant::now();
             match method {
+                3 | 4 => {
+                    // What starting each client program costs alone: the share of an
+                    // end-to-end submission that is process start-up and exit.
+                    let (program, samples) = if method == 3 {
+                        (exe.as_os_str(), &mut cli_start)
+                    } else {
+                        (std::ffi::OsStr::new("sbatch"), &mut sbatch_start)
+                    };
+                    let out = Command::new(program)
+                        .arg("--version")
+                        .env("CORRAL_LOG", "warn")
+                        .stdin(Stdio::null())
+                        .output()
+                        .await
+                        .with_context(|| format!("running {program:?} --version"))?;
+                    ensure!(out.status.success(), "{program:?} --version failed");
+                    if round > 0 {
+                        samples.push(started.elapsed());
+                    }
+                }
                 0 => {
                     let out = Command::new(&exe)
                         .args([
@@ -363,6 +390,11 @@ async fn measure(
     println!("{}", line("corral submit (CLI, end to end)", &cli));
     println!("{}", line("corral API (one HTTP request)", &http));
     println!("{}", line("plain sbatch (same script)", &plain));
+    println!("{}", line("  start-up alone: corral --version", &cli_start));
+    println!(
+        "{}",
+        line("  start-up alone: sbatch --version", &sbatch_start)
+    );
     println!(
         "corral submit vs sbatch (median):   {:+.1}%  ({:+.1} ms; via the API alone {:+.1}%)",
         (cli_p50 / plain_p50 - 1.0) * 100.0,
@@ -472,6 +504,9 @@ async fn measure(
     println!("{}", line("plain squeue -j (same ids)", &squeues));
     Ok(())
 }
+
+/// Submission methods (0–2) and start-up probes (3, 4) in the rotation of each round.
+const METHODS: usize = 5;
 
 /// The sbatch arguments the Slurm plugin put in its script's `# corral: [...]` line, or
 /// `--parsable` alone.

@@ -120,26 +120,37 @@ pub async fn run(a: PluginArgs) -> Result<()> {
         })
         .await??;
 
-    // Calls through the host, as the agent routes them.
+    // Calls through the host, as the agent routes them: from a task on the runtime's
+    // worker threads (the agent spawns one per routed call), with the service user
+    // being the user running the harness, so that `info` needs no user lookup (as on an
+    // agent that is not root, or whose service user is its own) and the harness runs
+    // as root on a machine without a `corral` user too.
+    let me = corral_sandbox::identity::User::current()
+        .context("looking up the user running the harness")?;
     let (host, failures) = PluginHost::load(&PluginsConfig {
         dir: Some(a.dir.clone()),
         enable: vec![a.plugin.clone()],
+        service_user: me.name,
         ..PluginsConfig::default()
     });
     if let Some(f) = failures.first() {
         anyhow::bail!("{}: {}", f.name, f.message);
     }
-    for _ in 0..a.calls.min(1000) {
-        host.call(&a.plugin, PluginCall::Info, None).await?;
-    }
-    let mut host_hist = hdrhistogram::Histogram::<u64>::new(3)?;
-    let started = Instant::now();
-    for _ in 0..a.calls {
-        let t = Instant::now();
-        host.call(&a.plugin, PluginCall::Info, None).await?;
-        host_hist.record(t.elapsed().as_nanos() as u64)?;
-    }
-    let host_total = started.elapsed();
+    let (plugin, calls) = (a.plugin.clone(), a.calls);
+    let (host_hist, host_total) = tokio::spawn(async move {
+        for _ in 0..calls.min(1000) {
+            host.call(&plugin, PluginCall::Info, None).await?;
+        }
+        let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+        let started = Instant::now();
+        for _ in 0..calls {
+            let t = Instant::now();
+            host.call(&plugin, PluginCall::Info, None).await?;
+            h.record(t.elapsed().as_nanos() as u64)?;
+        }
+        anyhow::Ok((h, started.elapsed()))
+    })
+    .await??;
 
     let json = serde_json::json!({
         "plugin": a.plugin,
@@ -156,4 +167,256 @@ pub async fn run(a: PluginArgs) -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
+}
+
+/// The scheduler plugins `corral-bench agent --plugins` starts its agent with: the
+/// `[plugins]` section, and the compiled-component cache the agent finds. By default
+/// the cache is warm, as after an agent restart: this process loads the same plugins
+/// once into it beforehand (same wasmtime, same engine settings, so the same cache
+/// key), and [`AgentPlugins::wait_loaded`] checks that the agent used those entries
+/// rather than compiling again. With `cold` the cache starts empty.
+pub(crate) struct AgentPlugins {
+    names: Vec<String>,
+    dir: PathBuf,
+    cache: PathBuf,
+    cold: bool,
+    /// The warm cache's entries (name, length, modification time) before the agent
+    /// started.
+    primed: Vec<(std::ffi::OsString, u64, std::time::SystemTime)>,
+}
+
+fn cache_entries(
+    dir: &std::path::Path,
+) -> Result<Vec<(std::ffi::OsString, u64, std::time::SystemTime)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e?;
+        let m = e.metadata()?;
+        v.push((e.file_name(), m.len(), m.modified()?));
+    }
+    v.sort();
+    Ok(v)
+}
+
+impl AgentPlugins {
+    pub(crate) fn prepare(
+        names: &[String],
+        dir: &std::path::Path,
+        cache: &std::path::Path,
+        cold: bool,
+    ) -> Result<AgentPlugins> {
+        let dir = std::path::absolute(dir)
+            .with_context(|| format!("making {} absolute", dir.display()))?;
+        for name in names {
+            let wasm = dir.join(format!("{name}.wasm"));
+            anyhow::ensure!(
+                wasm.is_file(),
+                "{} is missing; build the plugins with `cargo xtask plugins --out target/plugins` (or pass --plugins-dir)",
+                wasm.display()
+            );
+        }
+        let mut primed = Vec::new();
+        if !names.is_empty() {
+            std::fs::create_dir_all(cache)
+                .with_context(|| format!("creating {}", cache.display()))?;
+            if !cold {
+                let (_, failures) = PluginHost::load(&PluginsConfig {
+                    dir: Some(dir.clone()),
+                    enable: names.to_vec(),
+                    cache_dir: Some(cache.to_path_buf()),
+                    ..PluginsConfig::default()
+                });
+                if let Some(f) = failures.first() {
+                    anyhow::bail!("priming the plugin cache: {}: {}", f.name, f.message);
+                }
+                primed = cache_entries(cache)?;
+                anyhow::ensure!(
+                    primed.len() == names.len(),
+                    "priming the plugin cache wrote {} entries for {} plugins",
+                    primed.len(),
+                    names.len()
+                );
+            }
+        }
+        Ok(AgentPlugins {
+            names: names.to_vec(),
+            dir,
+            cache: cache.to_path_buf(),
+            cold,
+            primed,
+        })
+    }
+
+    /// The agent config's `[plugins]` section ("" without plugins).
+    pub(crate) fn config(&self) -> String {
+        if self.names.is_empty() {
+            return String::new();
+        }
+        format!(
+            "[plugins]\ndir = {:?}\nenable = {:?}\ncache_dir = {:?}\n",
+            self.dir.display().to_string(),
+            self.names,
+            self.cache.display().to_string()
+        )
+    }
+
+    /// Waits (60 s at most) until the agent `bench-agent` has announced every plugin
+    /// loaded, through the coordinator's API on `socket`; with a warm cache, checks
+    /// that the agent wrote no new entry (it deserialized, it did not compile).
+    pub(crate) async fn wait_loaded(&self, socket: &std::path::Path) -> Result<()> {
+        if self.names.is_empty() {
+            return Ok(());
+        }
+        // reqwest's rustls needs a process-wide crypto provider, even over a socket.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .unix_socket(socket.to_path_buf())
+            .build()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let hosts: Vec<corral_proto::api::NodePlugins> = http
+                .get("http://localhost/api/v1/plugins")
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .context("GET /api/v1/plugins on the coordinator")?
+                .json()
+                .await
+                .context("reading /api/v1/plugins")?;
+            if let Some(h) = hosts
+                .iter()
+                .find(|h| h.node == "bench-agent" && h.announced_ms.is_some())
+            {
+                if let Some(f) = h.failed.first() {
+                    anyhow::bail!("the agent failed to load plugin {}: {}", f.name, f.message);
+                }
+                let mut loaded: Vec<&str> = h.loaded.iter().map(|p| p.info.name.as_str()).collect();
+                let mut want: Vec<&str> = self.names.iter().map(String::as_str).collect();
+                loaded.sort_unstable();
+                want.sort_unstable();
+                anyhow::ensure!(loaded == want, "the agent loaded {loaded:?}, not {want:?}");
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the agent did not announce its plugins within 60s: {hosts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !self.cold {
+            let now = cache_entries(&self.cache)?;
+            anyhow::ensure!(
+                now == self.primed,
+                "the agent did not load its plugins from the warm cache (its entries changed: it compiled them again): before {:?}, after {:?}",
+                self.primed,
+                now
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn print_summary(&self) {
+        if self.names.is_empty() {
+            println!("plugins:                       none");
+        } else {
+            println!(
+                "plugins:                       {} ({}), {}",
+                self.names.len(),
+                self.names.join(", "),
+                if self.cold {
+                    "cold start: compiled at load into an empty cache"
+                } else {
+                    "warm start: deserialized from the compiled-plugin cache"
+                }
+            );
+        }
+    }
+}
+
+/// Where a process's resident memory is, from `/proc/PID/smaps`: by kind of mapping,
+/// then the largest anonymous mappings one by one (address range, permissions, RSS).
+pub(crate) fn memory_breakdown(pid: u32) -> Result<Vec<(String, u64)>> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+    struct Map {
+        header: String,
+        perms: String,
+        path: String,
+        size: u64,
+        rss: u64,
+        anon: u64,
+    }
+    let mut maps: Vec<Map> = Vec::new();
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            let perms = f.next().unwrap_or_default().to_string();
+            let path = f.nth(3).unwrap_or_default().to_string();
+            maps.push(Map {
+                header: first.to_string(),
+                perms,
+                path,
+                size: 0,
+                rss: 0,
+                anon: 0,
+            });
+            continue;
+        }
+        let Some(m) = maps.last_mut() else { continue };
+        let kb = f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+        match first {
+            "Size:" => m.size = kb,
+            "Rss:" => m.rss = kb,
+            "Anonymous:" => m.anon = kb,
+            _ => {}
+        }
+    }
+    let is_exe = |p: &str| exe.as_ref().is_some_and(|e| e.as_os_str() == p);
+    let mut kinds: Vec<(String, u64)> = vec![
+        ("total RSS".into(), maps.iter().map(|m| m.rss).sum()),
+        (
+            "  of which anonymous".into(),
+            maps.iter().map(|m| m.anon).sum(),
+        ),
+    ];
+    let mut add = |what: &str, pick: &dyn Fn(&Map) -> bool| {
+        kinds.push((
+            what.to_string(),
+            maps.iter().filter(|m| pick(m)).map(|m| m.rss).sum(),
+        ));
+    };
+    add("the corral binary, read-only/code", &|m| {
+        is_exe(&m.path) && !m.perms.starts_with("rw")
+    });
+    add("the corral binary, data (relocated)", &|m| {
+        is_exe(&m.path) && m.perms.starts_with("rw")
+    });
+    add("shared libraries and other files", &|m| {
+        m.path.starts_with('/') && !is_exe(&m.path)
+    });
+    add("[heap] (main malloc arena)", &|m| m.path == "[heap]");
+    add("[stack] (main thread)", &|m| m.path == "[stack]");
+    add("anonymous executable (compiled wasm)", &|m| {
+        m.path.is_empty() && m.perms.contains('x')
+    });
+    add("anonymous read-only (wasm metadata)", &|m| {
+        m.path.is_empty() && m.perms.starts_with("r--")
+    });
+    add("anonymous read-write (arenas, stacks, wasm)", &|m| {
+        m.path.is_empty() && m.perms.starts_with("rw")
+    });
+    let mut anon: Vec<&Map> = maps
+        .iter()
+        .filter(|m| m.path.is_empty() && m.rss > 0)
+        .collect();
+    anon.sort_by_key(|m| std::cmp::Reverse(m.rss));
+    for m in anon.iter().take(8) {
+        kinds.push((
+            format!("  {} {} ({} KiB mapped)", m.header, m.perms, m.size / 1024),
+            m.rss,
+        ));
+    }
+    Ok(kinds)
 }

@@ -36,6 +36,16 @@ pub struct RayArgs {
     /// The fixed sleep of the launcher being replaced, seconds.
     #[arg(long, default_value_t = 10)]
     sleep: u64,
+    /// Give corral's agents a fresh `state_dir` on every run, so that each one probes
+    /// its venv with Python (a node's first start); by default the state dirs are kept
+    /// across the runs, as a node's are across agent restarts, and only the first run
+    /// of corral probes.
+    #[arg(long)]
+    cold: bool,
+    /// Keep the corral agents' logs (at `info`) in this directory, one file per agent
+    /// and run, to see where the time goes.
+    #[arg(long)]
+    logs: Option<PathBuf>,
 }
 
 /// Children in their own process groups (ids recorded at spawn: a plain `ray start`
@@ -45,11 +55,26 @@ struct Groups(Vec<(Child, i32)>);
 
 impl Groups {
     fn spawn(&mut self, cmd: &mut Command) -> Result<()> {
+        self.spawn_to(cmd, None)
+    }
+
+    /// As [`Groups::spawn`], its stderr appended to `log` when given.
+    fn spawn_to(&mut self, cmd: &mut Command, log: Option<&Path>) -> Result<()> {
+        let stderr = match log {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening {}", p.display()))?,
+            ),
+            None => Stdio::null(),
+        };
         let child = cmd
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .process_group(0)
             .spawn()
             .context("spawning")?;
@@ -227,7 +252,17 @@ async fn fixed_sleep(venv: &Path, dir: &Path, sleep: u64) -> Result<Sample> {
     Ok(((ready - t0).as_secs_f64(), (joined - ready).as_secs_f64()))
 }
 
-async fn corral(venv: &Path, dir: &Path) -> Result<Sample> {
+/// Where a corral run keeps what outlives it.
+struct CorralRun<'a> {
+    /// The agents' `state_dir`s go under it (the venv probe's cache lives there): the
+    /// bench's own directory keeps them across runs, as a node's would be across agent
+    /// restarts; a run's own directory makes every start a first one (`--cold`).
+    state: &'a Path,
+    /// Keep the agents' logs here, named after the run.
+    logs: Option<(&'a Path, usize)>,
+}
+
+async fn corral(venv: &Path, dir: &Path, run: CorralRun<'_>) -> Result<Sample> {
     let tls = dir.join("tls");
     if !tls.join("ca.pem").exists() {
         let ca = crate::bench::bench_pki(&tls)?;
@@ -261,15 +296,24 @@ async fn corral(venv: &Path, dir: &Path) -> Result<Sample> {
         std::fs::write(
             &path,
             format!(
-                "[agent]\nname = \"{name}\"\ncoordinator = \"127.0.0.1:{quic}\"\nserver_name = \"localhost\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/{name}.pem\"\nkey = \"tls/{name}.key\"\n{ray}"
+                "[agent]\nname = \"{name}\"\ncoordinator = \"127.0.0.1:{quic}\"\nserver_name = \"localhost\"\nstate_dir = \"{}\"\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/{name}.pem\"\nkey = \"tls/{name}.key\"\n{ray}",
+                run.state.join(name).display()
             ),
         )?;
         Ok(path)
     };
+    // Ray runs as whoever runs the bench, as plain `ray start` does: as root, only
+    // with corral's explicit consent.
+    // SAFETY: geteuid cannot fail.
+    let as_root = if unsafe { libc::geteuid() } == 0 {
+        "allow_root = true\n"
+    } else {
+        ""
+    };
     let head = agent_cfg(
         "rhead",
         format!(
-            "[ray]\nrole = \"head\"\nvenv = \"{}\"\nport = {}\ndashboard_port = {}\nclient_server_port = {}\nnum_cpus = 1\ntemp_dir = \"{}\"\nstop_grace = \"5s\"\nextra_args = [\"--dashboard-agent-listen-port={}\", \"{}\", \"{}\"]\n",
+            "[ray]\n{as_root}role = \"head\"\nvenv = \"{}\"\nport = {}\ndashboard_port = {}\nclient_server_port = {}\nnum_cpus = 1\ntemp_dir = \"{}\"\nstop_grace = \"5s\"\nextra_args = [\"--dashboard-agent-listen-port={}\", \"{}\", \"{}\"]\n",
             venv.display(),
             p.gcs,
             p.dashboard,
@@ -283,7 +327,7 @@ async fn corral(venv: &Path, dir: &Path) -> Result<Sample> {
     let worker = agent_cfg(
         "rworker",
         format!(
-            "[ray]\nrole = \"worker\"\nvenv = \"{}\"\nnum_cpus = 1\ntemp_dir = \"{}\"\nstop_grace = \"5s\"\nextra_args = [\"--dashboard-agent-listen-port={}\", \"{}\", \"{}\"]\n",
+            "[ray]\n{as_root}role = \"worker\"\nvenv = \"{}\"\nnum_cpus = 1\ntemp_dir = \"{}\"\nstop_grace = \"5s\"\nextra_args = [\"--dashboard-agent-listen-port={}\", \"{}\", \"{}\"]\n",
             venv.display(),
             dir.join("cw").display(),
             p.agent_worker,
@@ -292,13 +336,22 @@ async fn corral(venv: &Path, dir: &Path) -> Result<Sample> {
         ),
     )?;
     let mut agents = Groups::default();
+    if let Some((d, i)) = run.logs {
+        // The agents' log timestamps are UTC wall clock: where this run's clock starts.
+        std::fs::write(
+            d.join(format!("run{i}-t0")),
+            humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        )?;
+    }
     let t0 = Instant::now();
-    for cfg in [&head, &worker] {
-        agents.spawn(
+    for (name, cfg) in [("rhead", &head), ("rworker", &worker)] {
+        let log = run.logs.map(|(d, i)| d.join(format!("run{i}-{name}.log")));
+        agents.spawn_to(
             Command::new(&exe)
                 .args(["agent", "--config"])
                 .arg(cfg)
-                .env("CORRAL_LOG", "warn"),
+                .env("CORRAL_LOG", if log.is_some() { "info" } else { "warn" }),
+            log.as_deref(),
         )?;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -357,13 +410,31 @@ pub async fn run(a: RayArgs) -> Result<()> {
         a.venv.display(),
         a.runs
     );
+    if let Some(l) = &a.logs {
+        std::fs::create_dir_all(l).with_context(|| format!("creating {}", l.display()))?;
+    }
     let (mut c, mut p, mut s) = (vec![], vec![], vec![]);
     // Interleaved, so drift of the machine over the run affects every method alike.
     for i in 0..a.runs {
         let run_dir = dir.path().join(format!("r{i}"));
         std::fs::create_dir_all(&run_dir)?;
-        let x = corral(&a.venv, &run_dir).await?;
-        println!("run {i}: corral {:.2} s + {:.2} s", x.0, x.1);
+        let state = if a.cold { &run_dir } else { dir.path() }.join("state");
+        let first = !state.exists();
+        let run = CorralRun {
+            state: &state,
+            logs: a.logs.as_deref().map(|l| (l, i)),
+        };
+        let x = corral(&a.venv, &run_dir, run).await?;
+        println!(
+            "run {i}: corral {:.2} s + {:.2} s{}",
+            x.0,
+            x.1,
+            if first {
+                " (first start: the agents probe their venv)"
+            } else {
+                ""
+            }
+        );
         c.push(x);
         let x = plain(&a.venv, &run_dir).await?;
         println!("run {i}: plain  {:.2} s + {:.2} s", x.0, x.1);

@@ -292,6 +292,8 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
         }
         !cuts.is_empty()
     };
+    // This session's report deltas: see `corral_transport::delta`.
+    let mut reports = corral_transport::delta::ReportDecoder::new(max_frame);
     let reason = loop {
         tokio::select! {
             frame = reader.next_frame() => {
@@ -315,7 +317,21 @@ async fn handle_connection(incoming: quinn::Incoming, shared: Arc<Shared>, max_f
                 };
                 match msg {
                     AgentMsg::Beat(b) => { registry.beat(&node, conn_id, &b); }
-                    AgentMsg::Report(mut r) => {
+                    AgentMsg::Report(_) | AgentMsg::ReportDelta { .. } => {
+                        // The base of the next delta is the report as sent, before caps.
+                        let report = match msg {
+                            AgentMsg::Report(r) => reports.full(&r).map(|()| r),
+                            AgentMsg::ReportDelta { patch } => reports.patch(&patch).map(Box::new),
+                            _ => unreachable!("matched above"),
+                        };
+                        let mut r = match report {
+                            Ok(r) => r,
+                            Err(e) => {
+                                let why = format!("report delta refused: {e}");
+                                refuse(&shared, &conn, Refusal::ProtocolViolation, "malformed", why.clone());
+                                break why;
+                            }
+                        };
                         if r.node != node {
                             let why = format!("report for node {:?} on the connection of {node:?}", r.node);
                             refuse(&shared, &conn, Refusal::IdentityMismatch, "identity", why.clone());

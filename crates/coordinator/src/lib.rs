@@ -335,7 +335,8 @@ fn server_endpoint(opts: &CoordinatorOptions, cfg: quinn::ServerConfig) -> Resul
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let socket = std::net::UdpSocket::bind(opts.listen).with_context(|| {
+    // Socket buffers sized for every agent's beats (`corral_transport::frame::bind_udp`).
+    let (socket, _) = corral_transport::frame::bind_udp(opts.listen).with_context(|| {
         format!(
             "binding the QUIC endpoint on UDP {} (is another coordinator running?)",
             opts.listen

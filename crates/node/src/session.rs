@@ -69,6 +69,7 @@ use corral_proto::wire::{
     self, AgentMsg, Beat, Command, CommandOutput, CoordMsg, Hello, Refusal, Welcome, WireError,
     DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
+use corral_transport::delta::ReportEncoder;
 use corral_transport::frame::{self, refusal_code, Bytes, FrameReader, FrameWriter};
 use corral_transport::pki::{self, Role, TlsFiles};
 
@@ -475,8 +476,10 @@ async fn session(
         r.ray = ray_status.as_ref().and_then(
             |s: &watch::Receiver<Option<corral_proto::model::RayStatus>>| s.borrow().clone(),
         );
-        AgentMsg::Report(Box::new(r))
+        r
     };
+    // After this session's first report, reports go as deltas.
+    let mut deltas = ReportEncoder::new();
 
     // Plugins: announced now if loaded, else as soon as they are. Calls run on their own
     // tasks and hand their results back through `results`.
@@ -520,7 +523,7 @@ async fn session(
                 let report = reports.borrow().clone();
                 if let Some(report) = report {
                     last_health = Some(report.health.clone());
-                    if let Err(e) = send_within(&mut writer, "report", &with_ray(&report, &ray_status), limit).await {
+                    if let Err(e) = send_report(&mut writer, &mut deltas, &with_ray(&report, &ray_status), limit).await {
                         return lost(e, &conn);
                     }
                 }
@@ -538,7 +541,7 @@ async fn session(
                     }
                     forced_report = false;
                     last_health = Some(report.health.clone());
-                    if let Err(e) = send_within(&mut writer, "report", &with_ray(&report, &ray_status), limit).await {
+                    if let Err(e) = send_report(&mut writer, &mut deltas, &with_ray(&report, &ray_status), limit).await {
                         return lost(e, &conn);
                     }
                     report_tick.reset();
@@ -547,7 +550,7 @@ async fn session(
             _ = watch_changed(&mut ray_status) => {
                 let report = reports.borrow().clone();
                 if let Some(report) = report {
-                    if let Err(e) = send_within(&mut writer, "report", &with_ray(&report, &ray_status), limit).await {
+                    if let Err(e) = send_report(&mut writer, &mut deltas, &with_ray(&report, &ray_status), limit).await {
                         return lost(e, &conn);
                     }
                     report_tick.reset();
@@ -680,6 +683,32 @@ async fn send_within(
     match frame_within(what, msg, limit)? {
         Some(frame) => writer.send_raw(frame).await,
         None => Ok(()),
+    }
+}
+
+/// `report` as a delta against this session's previous report, or in full (see
+/// `corral_transport::delta`). A report that is not sent (over `limit`) or cannot be
+/// delta-encoded starts the deltas over, so the coordinator's base never drifts from ours.
+async fn send_report(
+    writer: &mut FrameWriter,
+    deltas: &mut ReportEncoder,
+    report: &NodeReport,
+    limit: usize,
+) -> Result<(), WireError> {
+    let msg = match deltas.encode(report) {
+        Ok(msg) => msg,
+        Err(e) => {
+            warn!(error = %e, "report delta failed; sending the full report");
+            *deltas = ReportEncoder::new();
+            AgentMsg::Report(Box::new(report.clone()))
+        }
+    };
+    match frame_within("report", &msg, limit)? {
+        Some(frame) => writer.send_raw(frame).await,
+        None => {
+            *deltas = ReportEncoder::new();
+            Ok(())
+        }
     }
 }
 

@@ -55,6 +55,10 @@
 //!   accepted: the coordinator drains and resumes nodes through these commands, and a
 //!   protocol-4 agent would refuse them as undecodable and lose its session, so a
 //!   cordoned node would stay in Ray and in its schedulers.
+//! - 6: report deltas, [`AgentMsg::ReportDelta`]: after the first report of a session
+//!   an agent sends what changed. Protocol 5 is still accepted: a protocol-5 agent only
+//!   ever sends full reports, which a protocol-6 coordinator reads as before, and
+//!   nothing the coordinator sends changed.
 //!
 //! The golden-bytes tests at the end of this file pin the encoding of every message:
 //! reordering, retyping or inserting a field fails them, which is the reminder to bump
@@ -89,7 +93,7 @@ use crate::model::NodeReport;
 pub const DEFAULT_QUIC_PORT: u16 = 7440;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The oldest agent protocol this coordinator still accepts.
 pub const MIN_PROTOCOL_VERSION: u32 = 5;
 /// The beat intervals a coordinator accepts in a hello (faster floods it, slower makes
@@ -145,6 +149,13 @@ pub enum AgentMsg {
     Plugins {
         loaded: Vec<LoadedPlugin>,
         failed: Vec<LoadFailure>,
+    },
+    /// A report as a delta: the postcard encoding of the [`NodeReport`], compressed with
+    /// zstd using the encoding of the previous report on this session (full or delta) as
+    /// the dictionary. Never the first report of a session. The codec and its invariants
+    /// are in `corral_transport::delta`.
+    ReportDelta {
+        patch: Vec<u8>,
     },
 }
 
@@ -683,6 +694,12 @@ mod tests {
             ),
             ("agent report", e(&AgentMsg::Report(Box::new(report)))),
             (
+                "agent report delta",
+                e(&AgentMsg::ReportDelta {
+                    patch: vec![0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x01],
+                }),
+            ),
+            (
                 "agent command result ok",
                 e(&AgentMsg::CommandResult {
                     id: 9,
@@ -827,10 +844,11 @@ mod tests {
 
     #[rustfmt::skip]
     const GOLDEN: &[(&str, &str)] = &[
-        ("hello", "05066770752d303105302e312e30e807808040"),
-        ("welcome", "0505302e312e30808040"),
+        ("hello", "06066770752d303105302e312e30e807808040"),
+        ("welcome", "0605302e312e30808040"),
         ("agent beat", "008080a8b1e39fe7cb17"),
         ("agent report", "01066770752d3031066770752d30310944656269616e20313203362e31044550594340012080808080802005302e312e3080d095ffbc31901c00004841020000204100007041000000000000f03f000000000000004000000000000008408080808080208080808004808080808010000001012f096e766d65306e317031046578743480808080800280808080800101045463746c000036420100284750552d66613465303030302d303030302d303030302d303030302d3030303030303030303030300e46616b6520483130302038304742018090dfc04a0180c0fc82aa0201320128010000000000406f40010d31363530303030303030303030011030303030303030303a31383a30302e3001093535302e35342e3135010431322e34010e39362e30302e38392e30302e30310101010764656661756c74010000000180b09dc2df01011401000100012d00010000000000e08540010000000080842e4101bc0f01bb1401000105010501100110010001010100010001000100010001000100010001000100010001000101000100010001000000000000000000000001116e766d6c3a2064726976657220627573790101066469736b3a2f01156469736b202f203931252066756c6c203e2039302501010180d095ffbc31082f6f70742f7261790106332e31312e370106322e36302e30010d31302e302e302e313a363337390101066a6f696e6564019221011e2f7661722f6c69622f636f7272616c2f7261792f776f726b65722e6c6f67"),
+        ("agent report delta", "050628b52ffd2001"),
         ("agent command result ok", "0209000005"),
         ("agent command result err", "0209010e6e6f207375636820706c7567696e"),
         ("agent ray head", "030107686561642d30310d31302e302e302e313a3633373914687474703a2f2f31302e302e302e313a3832363506332e31312e3706322e36302e30082f6f70742f72617907"),

@@ -14,14 +14,19 @@
 //!   cannot hold the output pipes open and stall the caller. Programs that must outlive
 //!   the run (daemons) detach with `setsid` and are not corral's to supervise here.
 //! - The group is killed while its leader is still an unreaped zombie (the exit is
-//!   observed with `waitid(WNOWAIT)`), so the group id cannot have been reused by an
-//!   unrelated process when the signal is sent.
+//!   observed on a pidfd, then confirmed with `waitid(WNOWAIT)`; on kernels without
+//!   pidfds, before 5.3, a thread blocks in `waitid(WNOWAIT)`), so the group id cannot
+//!   have been reused by an unrelated process when the signal is sent.
 //! - stdout and stderr are read on their own threads while the program runs, so a
 //!   program that writes more than a pipe holds never deadlocks the runner. Only the
 //!   first `*_max` bytes are kept, the rest is read and dropped, and the `*_truncated`
 //!   flags say so. A cap of 0 sends the stream to `/dev/null`.
-//! - stdin bytes are written on their own thread and the pipe is closed after them; a
-//!   program that does not read its stdin is not an error (the broken pipe is ignored).
+//! - stdin bytes are written and the pipe closed after them: at once when they fit in
+//!   the pipe (a write that cannot block), else on their own thread while the program
+//!   runs. A program that does not read its stdin is not an error (the broken pipe is
+//!   ignored).
+//! - A reader signals when it is done, and the run returns at that moment: nothing
+//!   polls, so the runner adds no sleep to a program's own time.
 //! - A process that escaped the group (its own `setsid`) and still holds a pipe open
 //!   cannot stall the caller either: after the program ended, the readers get at most
 //!   [`PIPE_GRACE`] more, and the output read so far is returned.
@@ -37,11 +42,12 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -176,17 +182,21 @@ pub enum ExecError {
 struct Capture {
     bytes: Vec<u8>,
     truncated: bool,
+    /// The reader saw the end of the pipe (or an error) and is done.
+    done: bool,
 }
 
+/// One output reader: its capture, and the signal it gives when it is done.
 struct Reader {
-    capture: Arc<Mutex<Capture>>,
+    capture: Arc<(Mutex<Capture>, Condvar)>,
     thread: JoinHandle<()>,
 }
 
 fn spawn_reader(mut pipe: impl Read + Send + 'static, max: usize) -> Reader {
-    let capture = Arc::new(Mutex::new(Capture::default()));
+    let capture = Arc::new((Mutex::new(Capture::default()), Condvar::new()));
     let shared = capture.clone();
     let thread = std::thread::spawn(move || {
+        let (lock, ended) = &*shared;
         let mut chunk = [0u8; 8192];
         loop {
             let n = match pipe.read(&mut chunk) {
@@ -195,7 +205,7 @@ fn spawn_reader(mut pipe: impl Read + Send + 'static, max: usize) -> Reader {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
-            let Ok(mut c) = shared.lock() else { break };
+            let Ok(mut c) = lock.lock() else { break };
             let room = max.saturating_sub(c.bytes.len());
             let keep = n.min(room);
             c.bytes.extend_from_slice(&chunk[..keep]);
@@ -203,33 +213,56 @@ fn spawn_reader(mut pipe: impl Read + Send + 'static, max: usize) -> Reader {
                 c.truncated = true;
             }
         }
+        if let Ok(mut c) = lock.lock() {
+            c.done = true;
+        }
+        ended.notify_all();
     });
     Reader { capture, thread }
 }
 
-/// Takes what `reader` collected, waiting for it to finish until `until`.
+/// Takes what `reader` collected, waiting until `until` at most for it to be done. The
+/// wait ends the moment the reader signals (no polling: a run's answer is not held up).
 fn collect(reader: Option<Reader>, until: Instant) -> (Vec<u8>, bool) {
     let Some(reader) = reader else {
         return (Vec::new(), false);
     };
-    while !reader.thread.is_finished() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let finished = reader.thread.is_finished();
+    let (lock, ended) = &*reader.capture;
+    let Ok(guard) = lock.lock() else {
+        return (Vec::new(), true);
+    };
+    let left = until.saturating_duration_since(Instant::now());
+    let (mut c, _) = ended
+        .wait_timeout_while(guard, left, |c| !c.done)
+        .unwrap_or_else(|p| p.into_inner());
+    let finished = c.done;
+    let mut c = std::mem::take(&mut *c);
     if finished {
         let _ = reader.thread.join();
-    }
-    // A reader still blocked (an escaped process holds the pipe) is left to end on its
-    // own when that pipe closes; what it read so far is returned, marked truncated.
-    let mut c = reader
-        .capture
-        .lock()
-        .map(|mut c| std::mem::take(&mut *c))
-        .unwrap_or_default();
-    if !finished {
+    } else {
+        // A reader still blocked (an escaped process holds the pipe) is left to end on
+        // its own when that pipe closes; what it read so far is returned, marked
+        // truncated.
         c.truncated = true;
     }
     (c.bytes, c.truncated)
+}
+
+/// Writes `bytes` to the child's stdin and closes it. When they fit in the pipe (the
+/// usual case: a batch script), the write cannot block and is done here; otherwise a
+/// thread writes them while the program runs (it may read them slowly, or never). A
+/// program that exits without reading is not an error (the broken pipe is ignored).
+fn feed_stdin(mut pipe: std::process::ChildStdin, bytes: Vec<u8>) {
+    // SAFETY: F_GETPIPE_SZ reads the capacity of the pipe we own; no memory is passed.
+    let room = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if room > 0 && bytes.len() <= room as usize {
+        // The pipe is new and empty: a write of at most its capacity never waits.
+        let _ = pipe.write_all(&bytes);
+        return;
+    }
+    std::thread::spawn(move || {
+        let _ = pipe.write_all(&bytes);
+    });
 }
 
 /// Blocks until `pid` (our unreaped child) has exited, without reaping it.
@@ -248,6 +281,59 @@ fn wait_exited_keep_zombie(pid: libc::pid_t) -> std::io::Result<()> {
         };
         if rc == 0 {
             return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Waits until `pid` (our unreaped child) has exited, for `timeout` at most, without
+/// reaping it: `Ok(true)` when it exited, `Ok(false)` when the time ran out. The wait is
+/// on a pidfd in this thread (Linux 5.3 and later); where the kernel has none, a thread
+/// blocks in `waitid` and this one waits for its word.
+fn wait_exit_within(pid: libc::pid_t, timeout: Duration) -> std::io::Result<bool> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(wait_exited_keep_zombie(pid));
+        });
+        return match rx.recv_timeout(timeout) {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        };
+    }
+    // SAFETY: the descriptor was just opened by us and is owned from here on.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // A timeout too far off to add to now is no deadline at all.
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let ts = left.map(|left| libc::timespec {
+            tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        });
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        // SAFETY: one pollfd and at most one timespec that we own, for the length of
+        // the call (a null timespec waits without a limit).
+        let rc = unsafe { libc::ppoll(&mut pfd, 1, ts_ptr, std::ptr::null()) };
+        if rc > 0 {
+            // Readable: the process exited. Confirm it, leaving the zombie in place.
+            return wait_exited_keep_zombie(pid).map(|()| true);
+        }
+        if rc == 0 {
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(false);
+            }
+            continue;
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
@@ -308,26 +394,18 @@ pub fn run(cmd: &Command) -> Result<Output, ExecError> {
     })?;
     let stdout = child.stdout.take().map(|p| spawn_reader(p, cmd.stdout_max));
     let stderr = child.stderr.take().map(|p| spawn_reader(p, cmd.stderr_max));
-    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), cmd.stdin.clone()) {
-        // A program that exits without reading gets EPIPE here, which is not an error.
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        });
+    if let (Some(pipe), Some(bytes)) = (child.stdin.take(), cmd.stdin.clone()) {
+        feed_stdin(pipe, bytes);
     }
 
     let pid = child.id() as libc::pid_t;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(wait_exited_keep_zombie(pid));
-    });
-    let timed_out = match rx.recv_timeout(cmd.timeout) {
-        Ok(Ok(())) => false,
-        Ok(Err(source)) => {
+    let timed_out = match wait_exit_within(pid, cmd.timeout) {
+        Ok(exited) => !exited,
+        Err(source) => {
             kill_group(&child);
             let _ = child.wait();
             return Err(ExecError::Wait { program, source });
         }
-        Err(_) => true,
     };
     // Either the leader exited (kill what it left behind) or it ran out of time (kill it
     // and everything it started). Both happen before the leader is reaped.
@@ -428,6 +506,28 @@ mod tests {
             dir.path().canonicalize().unwrap().display()
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    }
+
+    #[test]
+    fn stdin_larger_than_a_pipe_reaches_the_program_whole() {
+        // 1 MiB does not fit in a pipe: it is written while the program reads it.
+        let mut c = sh("wc -c", 10_000);
+        c.stdin = Some(vec![b'x'; 1 << 20]);
+        let out = run(&c).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1048576");
+    }
+
+    #[test]
+    fn a_run_ends_when_its_program_does_not_at_its_timeout() {
+        let started = Instant::now();
+        let out = run(&sh("echo done", 30_000)).unwrap();
+        assert!(!out.timed_out);
+        assert_eq!(out.stdout, b"done\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! - [`frame`]: length-prefixed postcard frames over a QUIC stream, size-checked before
 //!   buffering, and the QUIC transport settings both ends share.
+//! - [`delta`]: report deltas, so that after a session's first report an agent sends
+//!   only what changed.
 //! - [`pki`]: the cluster CA, the certificates it issues (CN = name, OU = role) and the
 //!   mutual-TLS configurations for QUIC and the HTTPS API.
 //! - [`issued`]: the CA's record of what it issued, revocation, and the CRL it signs.
@@ -12,6 +14,7 @@
 //! daemon does with them.
 
 pub mod crl;
+pub mod delta;
 pub mod frame;
 pub mod issued;
 pub mod pki;

@@ -36,6 +36,9 @@
 //! - What is Slurm's own is here (argv, parsers, table, lookups); the rest is the SDK's,
 //!   wired by the one declaration `SLURM` ([`corral_plugin_sdk::batch::Batch`]).
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, DefaultHasher};
+
 use corral_plugin_sdk::batch::{Batch, Cancel};
 use corral_plugin_sdk::ids::{JobId, Tasks};
 use corral_plugin_sdk::nodes::{Arg, NodeAdmin, StateQuery, Unknown};
@@ -162,6 +165,22 @@ impl Record {
     /// Whether this record is about `id` (a job, an array, or one array task).
     fn is_about(&self, id: &str) -> bool {
         id == self.display || id == self.job_id || id == self.array_id
+    }
+
+    /// The ids this record is about ([`Record::is_about`]), each once.
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        let (d, j, a) = (
+            self.display.as_str(),
+            self.job_id.as_str(),
+            self.array_id.as_str(),
+        );
+        [
+            Some(d),
+            (j != d).then_some(j),
+            (a != d && a != j).then_some(a),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -384,15 +403,30 @@ fn squeue(b: &dyn Backend, jobs: Option<&str>) -> Result<Vec<Record>, Error> {
 }
 
 /// The live lookup: one `squeue` for every id (an array's id finds all its tasks).
+/// The records are indexed once by every id they answer to ([`Record::keys`]), so a
+/// poll of n ids over m records costs O(n + m), not O(n × m).
 fn live(b: &dyn Backend, ids: &[String]) -> Result<Vec<Found>, Error> {
     let recs = squeue(b, Some(&ids.join(",")))?;
-    let about = |id: &str| {
-        recs.iter()
-            .filter(|r| r.is_about(id))
-            .map(Record::status)
-            .collect()
+    let index = index_by_id(&recs);
+    let about = |id: &str| match index.get(id) {
+        Some(at) => at.iter().map(|&i| recs[i].status()).collect(),
+        None => Vec::new(),
     };
     Ok(ids.iter().map(|id| Found::Parts(about(id))).collect())
+}
+
+/// Record positions by each id a record is about, in the records' order. Fixed hash
+/// keys: `wasm32-unknown-unknown` has no randomness source, and the ids are Slurm's,
+/// checked before the squeue ran.
+fn index_by_id(recs: &[Record]) -> HashMap<&str, Vec<usize>, BuildHasherDefault<DefaultHasher>> {
+    let mut index: HashMap<&str, Vec<usize>, _> =
+        HashMap::with_capacity_and_hasher(recs.len(), Default::default());
+    for (i, r) in recs.iter().enumerate() {
+        for key in r.keys() {
+            index.entry(key).or_default().push(i);
+        }
+    }
+    index
 }
 
 /// The history, for each job that ended or left squeue: scontrol (exit code, reason),

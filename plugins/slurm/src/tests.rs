@@ -167,6 +167,50 @@ fn status_asks_squeue_once_for_every_live_job() {
 }
 
 #[test]
+fn a_started_array_task_answers_to_its_task_id_its_own_id_and_its_array() {
+    // Task 10_3 started and got job id 23 of its own; 10_4 still pends under the array.
+    let b = Script::new().ok(
+        "squeue",
+        "10_3|23|10|3|RUNNING|None\n10_4|10|10|4|PENDING|Resources\n7|7|7|N/A|RUNNING|None\n",
+    );
+    let got = Slurm::status(&b, ids(&["10", "10_3", "23", "7"])).unwrap();
+    b.assert_done();
+    let state = |id: &str| got.iter().find(|s| s.id == id).unwrap().state.clone();
+    // The array is the sum of both tasks (one runs); the task and its own id are one record.
+    assert_eq!(state("10"), JobState::Running);
+    assert_eq!(state("10_3"), JobState::Running);
+    assert_eq!(state("23"), JobState::Running);
+    assert_eq!(state("7"), JobState::Running);
+    assert_eq!(got.len(), 4);
+}
+
+#[test]
+fn a_poll_of_thousands_of_ids_matches_each_record_to_its_own_job() {
+    let n = 5000;
+    let text: String = (1..=n)
+        .map(|i| {
+            let state = if i % 2 == 0 { "RUNNING" } else { "PENDING" };
+            format!("{i}|{i}|{i}|N/A|{state}|None\n")
+        })
+        .collect();
+    let b = Script::new().ok("squeue", &text);
+    let asked: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+    let got = Slurm::status(&b, asked.clone()).unwrap();
+    b.assert_done();
+    assert_eq!(b.commands().len(), 1);
+    let got_ids: Vec<&str> = got.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(got_ids, asked);
+    for (i, s) in (1..=n).zip(&got) {
+        let want = if i % 2 == 0 {
+            JobState::Running
+        } else {
+            JobState::Queued(false)
+        };
+        assert_eq!(s.state, want, "{s:?}");
+    }
+}
+
+#[test]
 fn a_job_that_ended_in_squeue_gets_its_exit_code_from_scontrol() {
     let b = Script::new()
         .ok("squeue", SQUEUE_MIXED)

@@ -28,7 +28,16 @@ impl Jobs {
     /// serve `scheduler` and hosts it now; otherwise the first connected authorized host
     /// in the order of `[schedulers.NAME] nodes` ([`crate::registry::Registry::plugin_hosts`]).
     /// A node that announced the plugin without being authorized never gets one.
+    ///
+    /// The common case (no `via`, a host connected) is one scan of the registry; the
+    /// snapshot of every node's plugins, a copy per node, is taken only to explain a
+    /// refusal or to check the node `via` names.
     fn route(&self, scheduler: &str, via: Option<&str>) -> Result<String, JobError> {
+        if via.is_none() {
+            if let Some(node) = self.registry.plugin_hosts(scheduler).into_iter().next() {
+                return Ok(node);
+            }
+        }
         let plugins = self.registry.plugins();
         let announces = |p: &NodePlugins| p.loaded.iter().any(|l| l.info.name == scheduler);
         let configured = || {
@@ -56,9 +65,6 @@ impl Jobs {
                     describe_hosts(&plugins)
                 ))),
             };
-        }
-        if let Some(node) = self.registry.plugin_hosts(scheduler).into_iter().next() {
-            return Ok(node);
         }
         let away: Vec<&str> = plugins
             .iter()

@@ -10,17 +10,19 @@
 //! 2. Kill what a previous agent with the same Ray temp dir left behind
 //!    ([`process::sweep_leftovers`]): a head that outlived a `kill -9` of its agent would
 //!    otherwise hold the ports and the persisted session name.
-//! 3. [`probe::probe_as`] the venv as the Ray user: only root or that user may be able to
-//!    change it ([`probe::check_venv`]), its Python runs, `ray` imports (with the
-//!    dashboard extras on a head), the user can reach the temp dir; and read the exact
-//!    Python and Ray versions. A failure of any step so far is state `failed` with a
-//!    message naming the path or key and the fix, retried every `restart_cap`, so fixing
-//!    it needs no agent restart (a changed `[ray]` section does).
+//! 3. [`probe::probe_cached`] the venv as the Ray user: only root or that user may be able
+//!    to change it ([`probe::check_venv`], at every start), its Python runs, `ray` imports
+//!    (with the dashboard extras on a head), the user can reach the temp dir; and read the
+//!    exact Python and Ray versions. A venv unchanged since its last successful probe is
+//!    answered from [`cache`] (in `agent.state_dir`, else in the temp dir when Ray runs
+//!    as the agent's own user) without starting Python. A failure of any step so far is
+//!    state `failed` with a message naming the path or key and the fix, retried every
+//!    `restart_cap`, so fixing it needs no agent restart (a changed `[ray]` section does).
 //! 4. Head: `VENV/bin/ray start --head --block ...` as the Ray user, in its own process
 //!    group, its output appended to `TEMP/corral-ray-head.log` (opened through the temp
 //!    dir's descriptor, never through a symlink), Ray's own temp dir `TEMP/tmp` (which Ray
 //!    makes world-writable; TEMP keeps everyone else out). Ready when the GCS port accepts a
-//!    connection *and* the dashboard answers `GET /api/version` (polled every 100 ms,
+//!    connection *and* the dashboard answers `GET /api/version` (polled every 25 ms,
 //!    never a fixed sleep). Then the head is announced to the coordinator
 //!    ([`corral_proto::wire::AgentMsg::RayHead`]), which pushes it to every agent.
 //! 5. Worker: waits for a ready head from the coordinator (or probes an explicit
@@ -67,6 +69,7 @@
 //! - With an explicit `head_address` and no head announced by the coordinator, the
 //!   versions of the head are unknown to corral; Ray's own version check then applies.
 
+pub mod cache;
 pub mod config;
 pub mod drain;
 pub mod probe;
@@ -443,12 +446,14 @@ impl Supervisor {
         );
         // Account lookups go through NSS, which may ask a directory server: not on an
         // async worker.
-        let user = tokio::task::spawn_blocking(move || {
+        let state_dir = self.cfg.state_dir.clone();
+        let (user, cache) = tokio::task::spawn_blocking(move || {
             let user = RayUser::resolve(name.as_deref(), allow_root).map_err(|e| e.to_string())?;
             crate::fsperm::PrivateDir::create(&temp, user.uid, user.gid).map_err(|e| {
                 format!("Ray's temp dir (ray.temp_dir; by default under agent.state_dir): {e}")
             })?;
-            Ok::<_, String>(user)
+            let cache = probe_cache(state_dir.as_deref(), &temp, &user);
+            Ok::<_, String>((user, cache))
         })
         .await
         .map_err(|e| format!("preparing Ray failed: {e}"))??;
@@ -456,14 +461,25 @@ impl Supervisor {
         if swept > 0 {
             warn!(count = swept, temp_dir = %self.temp_dir.display(), "killed Ray processes left behind by an earlier agent");
         }
-        let info = probe::probe_as(
+        let probed = Instant::now();
+        let (info, source) = probe::probe_cached(
             &self.venv,
             self.role == RayRole::Head,
             &user,
             &[self.temp_dir.as_path()],
+            cache.as_ref(),
         )
         .await
         .map_err(|e| e.to_string())?;
+        let ms = probed.elapsed().as_millis() as u64;
+        match source {
+            probe::ProbeSource::Cached => {
+                info!(ms, "Ray venv unchanged since its last probe: versions from the cache, no Python started")
+            }
+            probe::ProbeSource::Probed(why) => {
+                info!(ms, reason = %why, "Ray venv probed with Python")
+            }
+        }
         info!(user = %user.describe(), switched = user.switch, temp_dir = %self.temp_dir.display(), "Ray runs as its own user");
         self.user = Some(user);
         Ok(info)
@@ -1142,6 +1158,31 @@ fn exit_text(st: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
+/// Where the venv probe's answer may be kept ([`cache`]): the agent's state dir, else
+/// Ray's temp dir when Ray runs as the agent's own user (then it is the agent's, 0700);
+/// nowhere when Ray runs as another user without a state dir. Blocking.
+fn probe_cache(
+    state_dir: Option<&std::path::Path>,
+    temp_dir: &std::path::Path,
+    user: &RayUser,
+) -> Option<cache::ProbeCache> {
+    let dir = match state_dir {
+        Some(d) => d,
+        None if !user.switch => temp_dir,
+        None => {
+            info!(user = %user.describe(), "no agent.state_dir, and Ray's temp dir is its user's: the Ray venv is probed with Python at every start");
+            return None;
+        }
+    };
+    match cache::ProbeCache::open(dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!(error = %e, "not caching the Ray venv probe; it runs Python at every start");
+            None
+        }
+    }
+}
+
 fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
@@ -1149,6 +1190,11 @@ fn join_host_port(host: &str, port: u16) -> String {
         format!("{host}:{port}")
     }
 }
+
+/// How often a starting head is polled for readiness: a refused connection costs
+/// microseconds, and every poll period is waited out on the way to a running cluster
+/// (half of it on average, twice: GCS port, then dashboard).
+const READY_POLL: Duration = Duration::from_millis(25);
 
 /// Polls until `addr` accepts a TCP connection.
 async fn wait_tcp(addr: &str) {
@@ -1161,7 +1207,7 @@ async fn wait_tcp(addr: &str) {
         {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(READY_POLL).await;
     }
 }
 
@@ -1188,7 +1234,7 @@ async fn http_ok(host: &str, port: u16, path: &str) -> bool {
 pub async fn wait_head_ready(gcs_host: &str, gcs_port: u16, dash_host: &str, dash_port: u16) {
     wait_tcp(&join_host_port(gcs_host, gcs_port)).await;
     while !http_ok(dash_host, dash_port, "/api/version").await {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(READY_POLL).await;
     }
 }
 
@@ -1434,6 +1480,48 @@ sleep 600"#,
         wait_state(&h, "running", |s| s.state == RayState::Running).await;
         shutdown.cancel();
         h.task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_restarted_worker_with_an_unchanged_venv_starts_no_python() {
+        let d = tempfile::tempdir().unwrap();
+        let (venv, temp) = (d.path().join("venv"), d.path().join("ray"));
+        fake_venv(&venv);
+        // Its Python counts its starts, outside the venv.
+        let probes = d.path().join("probes");
+        corral_base::testing::write_script(
+            &venv.join("bin/python"),
+            &format!(
+                "echo probe >> '{}'\necho '{{\"python\": \"3.11.7\", \"ray\": \"2.60.0\", \"dashboard\": true}}'",
+                probes.display()
+            ),
+        );
+        let mut cfg = worker_config(&venv, &temp);
+        cfg.state_dir = Some(d.path().join("state"));
+        for _ in 0..2 {
+            let shutdown = CancellationToken::new();
+            let (_reports_tx, reports) = watch::channel(None);
+            let h = start(&cfg, "w3", "127.0.0.1:7440", reports, shutdown.clone()).unwrap();
+            let s = wait_state(&h, "waiting for a head", |s| {
+                s.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("waiting for the coordinator"))
+            })
+            .await;
+            assert_eq!(
+                (s.python_version.as_deref(), s.ray_version.as_deref()),
+                (Some("3.11.7"), Some("2.60.0"))
+            );
+            shutdown.cancel();
+            h.task.await.unwrap();
+        }
+        let runs = std::fs::read_to_string(&probes).unwrap();
+        assert_eq!(
+            runs.lines().count(),
+            1,
+            "Python started again for an unchanged venv"
+        );
+        assert!(d.path().join("state").join(cache::FILE_NAME).is_file());
     }
 
     #[tokio::test(flavor = "multi_thread")]

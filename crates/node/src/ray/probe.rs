@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use tracing::warn;
+
+use super::cache::{Fingerprint, Lookup, ProbeCache};
 use super::user::RayUser;
 use crate::fsperm::{self, PermError};
 
@@ -165,6 +168,31 @@ pub async fn probe_as(
     user: &RayUser,
     reach: &[&Path],
 ) -> Result<VenvInfo, ProbeError> {
+    probe_cached(venv, need_dashboard, user, reach, None)
+        .await
+        .map(|(info, _)| info)
+}
+
+/// Where a probe's answer came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeSource {
+    /// The cache ([`super::cache`]): the venv is as it was when probed; no Python ran.
+    Cached,
+    /// Python ran (why the cache did not answer), and its answer is cached when there is
+    /// a cache.
+    Probed(String),
+}
+
+/// [`probe_as`], answered from `cache` when the venv has not changed since its last
+/// successful probe. The permission check runs either way; a cache that cannot be read
+/// is logged and probed past, never trusted.
+pub async fn probe_cached(
+    venv: &Path,
+    need_dashboard: bool,
+    user: &RayUser,
+    reach: &[&Path],
+    cache: Option<&ProbeCache>,
+) -> Result<(VenvInfo, ProbeSource), ProbeError> {
     let v = venv.display().to_string();
     if !venv.is_dir() {
         return Err(ProbeError::Missing { venv: v });
@@ -187,6 +215,53 @@ pub async fn probe_as(
             python: py,
         });
     }
+    // Taken before Python runs: a venv changed while it is probed misses next time.
+    let cached = cache.map(|c| {
+        let fp = Fingerprint::of(venv, user.uid);
+        let found = c.load(&fp);
+        (c, fp, found)
+    });
+    let why = match &cached {
+        None => "no probe cache".to_string(),
+        Some((_, _, Lookup::Hit(info))) if need_dashboard && !info.dashboard => {
+            "the cached probe found no dashboard extras, which a head needs".into()
+        }
+        Some((_, _, Lookup::Hit(info))) => {
+            let ray_bin = info.ray_bin();
+            if !is_executable(&ray_bin) {
+                return Err(ProbeError::NoRayScript {
+                    venv: v,
+                    path: ray_bin.display().to_string(),
+                    ray: info.ray.clone(),
+                });
+            }
+            return Ok((info.clone(), ProbeSource::Cached));
+        }
+        Some((_, _, Lookup::Miss(why))) => why.clone(),
+        Some((c, _, Lookup::Unusable(why))) => {
+            warn!(cache = %c.path().display(), reason = %why, "ignoring the Ray venv probe cache; probing the venv with Python");
+            format!("the cache was unusable ({why})")
+        }
+    };
+    let info = run_probe(venv, need_dashboard, user, reach).await?;
+    if let Some((c, fp, _)) = &cached {
+        if let Err(e) = c.store(fp, &info) {
+            warn!(error = %e, "cannot cache the Ray venv probe; the next start probes with Python again");
+        }
+    }
+    Ok((info, ProbeSource::Probed(why)))
+}
+
+/// The probe itself: the venv's Python, as `user`, after [`probe_cached`]'s checks.
+async fn run_probe(
+    venv: &Path,
+    need_dashboard: bool,
+    user: &RayUser,
+    reach: &[&Path],
+) -> Result<VenvInfo, ProbeError> {
+    let v = venv.display().to_string();
+    let python = venv.join("bin").join("python");
+    let py = python.display().to_string();
     // The child enters each of `reach`, then the venv: a folder named `ray` in the
     // working directory would shadow the package.
     let mut dirs: Vec<&Path> = reach.to_vec();
@@ -379,6 +454,179 @@ mod tests {
             other => panic!("{other}"),
         }
         assert!(e.to_string().contains("chown root"), "{e}");
+    }
+
+    /// A stand-in venv whose Python answers `python` and appends a line to `runs` (outside
+    /// the venv) each time it is started.
+    fn counted_venv(dir: &Path, runs: &Path, python: &str) -> PathBuf {
+        let v = dir.join("venv");
+        let sp = v.join("lib/python3.11/site-packages");
+        std::fs::create_dir_all(sp.join("ray-2.60.0.dist-info")).unwrap();
+        write_counted_python(&v, runs, python);
+        script(&v, "ray", "exit 1");
+        v
+    }
+
+    fn write_counted_python(venv: &Path, runs: &Path, python: &str) {
+        let p = venv.join("bin/python");
+        let _ = std::fs::remove_file(&p);
+        script(
+            venv,
+            "python",
+            &format!(
+                "echo run >> '{}'\necho '{{\"python\": \"{python}\", \"ray\": \"2.60.0\", \"dashboard\": true}}'",
+                runs.display()
+            ),
+        );
+    }
+
+    fn runs(path: &Path) -> usize {
+        std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+    }
+
+    #[tokio::test]
+    async fn a_worker_with_an_unchanged_venv_starts_no_python() {
+        let d = tempfile::tempdir().unwrap();
+        let count = d.path().join("runs");
+        let v = counted_venv(d.path(), &count, "3.11.7");
+        let cache = ProbeCache::open(&d.path().join("state")).unwrap();
+        let me = RayUser::agent();
+        let (first, source) = probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        assert!(matches!(source, ProbeSource::Probed(_)), "{source:?}");
+        assert_eq!(runs(&count), 1);
+        for _ in 0..3 {
+            let (again, source) = probe_cached(&v, false, &me, &[], Some(&cache))
+                .await
+                .unwrap();
+            assert_eq!(source, ProbeSource::Cached);
+            assert_eq!(again, first);
+        }
+        assert_eq!(runs(&count), 1, "Python ran for an unchanged venv");
+        // Without a cache, it always runs.
+        probe_as(&v, false, &me, &[]).await.unwrap();
+        assert_eq!(runs(&count), 2);
+    }
+
+    #[tokio::test]
+    async fn a_changed_venv_is_probed_again_and_its_new_answer_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let count = d.path().join("runs");
+        let v = counted_venv(d.path(), &count, "3.11.7");
+        let cache = ProbeCache::open(d.path()).unwrap();
+        let me = RayUser::agent();
+        probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        // Python upgraded under the venv: a new interpreter file.
+        write_counted_python(&v, &count, "3.11.9");
+        let (info, source) = probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        assert_eq!(info.python, "3.11.9");
+        let ProbeSource::Probed(why) = source else {
+            panic!("a changed venv was answered from the cache")
+        };
+        assert!(why.contains("changed"), "{why}");
+        let (info, source) = probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        assert_eq!(
+            (info.python.as_str(), source),
+            ("3.11.9", ProbeSource::Cached)
+        );
+        assert_eq!(runs(&count), 2);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_cache_is_ignored_and_replaced_by_a_fresh_probe() {
+        let d = tempfile::tempdir().unwrap();
+        let count = d.path().join("runs");
+        let v = counted_venv(d.path(), &count, "3.11.7");
+        let cache = ProbeCache::open(d.path()).unwrap();
+        let me = RayUser::agent();
+        probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        // A forged answer that does not even parse: never trusted.
+        std::fs::write(cache.path(), "{\"format\": 1, \"python\": \"3.9.0\"").unwrap();
+        let (info, source) = probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        assert_eq!(info.python, "3.11.7");
+        let ProbeSource::Probed(why) = source else {
+            panic!("a corrupt cache was trusted")
+        };
+        assert!(why.contains("unusable") && why.contains("parse"), "{why}");
+        let (_, source) = probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        assert_eq!(source, ProbeSource::Cached);
+        assert_eq!(runs(&count), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cached_venv_is_still_refused_when_others_can_write_it() {
+        let d = tempfile::tempdir().unwrap();
+        let count = d.path().join("runs");
+        let v = counted_venv(d.path(), &count, "3.11.7");
+        let cache = ProbeCache::open(d.path()).unwrap();
+        let me = RayUser::agent();
+        probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        let bin = v.join("bin");
+        let before = std::fs::metadata(&bin).unwrap().permissions();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap_err();
+        std::fs::set_permissions(&bin, before).unwrap();
+        assert!(matches!(e, ProbeError::Unsafe { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_head_is_probed_again_when_the_cached_probe_had_no_dashboard() {
+        let d = tempfile::tempdir().unwrap();
+        let v = d.path().join("venv");
+        script(
+            &v,
+            "python",
+            "echo '{\"python\": \"3.11.7\", \"ray\": \"2.60.0\", \"dashboard\": false, \"dashboard_error\": \"ModuleNotFoundError: aiohttp\"}'",
+        );
+        script(&v, "ray", "exit 1");
+        let cache = ProbeCache::open(&d.path().join("state")).unwrap();
+        let me = RayUser::agent();
+        // A worker needs no dashboard: cached.
+        probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        let (_, source) = probe_cached(&v, false, &me, &[], Some(&cache))
+            .await
+            .unwrap();
+        assert_eq!(source, ProbeSource::Cached);
+        // A head needs it: Python says what is missing, as without a cache.
+        let e = probe_cached(&v, true, &me, &[], Some(&cache))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProbeError::NoDashboard { .. }), "{e}");
+        assert!(e.to_string().contains("aiohttp"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_is_not_cached() {
+        let d = tempfile::tempdir().unwrap();
+        script(d.path(), "python", "echo hello; exit 3");
+        script(d.path(), "ray", "exit 1");
+        let cache = ProbeCache::open(&d.path().join("state")).unwrap();
+        for _ in 0..2 {
+            let e = probe_cached(d.path(), false, &RayUser::agent(), &[], Some(&cache))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ProbeError::PythonBroken { .. }), "{e}");
+        }
+        assert!(!cache.path().exists());
     }
 
     #[tokio::test]

@@ -13,7 +13,21 @@
 //!   those bytes. The checksum is verified before deserializing, so a truncated or
 //!   corrupted entry (a full disk, a bad block, a half-copied file) is recompiled, never
 //!   loaded. Reading and hashing the entry costs about a millisecond per MB, which buys
-//!   that check (`Component::deserialize_file` would map the file without one).
+//!   that check; it streams the file through a small buffer, so it allocates nothing the
+//!   size of the entry.
+//! - A checked entry is then mapped (`Component::deserialize_file`), not copied into
+//!   memory: the compiled code and its metadata stay file-backed pages, and only the
+//!   pages a plugin actually runs or reads become resident (a copy would make the whole
+//!   entry, 0.5–0.8 MB per shipped plugin, anonymous memory for the agent's lifetime).
+//!   A component compiled at load is mapped from the entry just written, for the same
+//!   reason; only when that entry cannot be written is it kept in memory. Once the load
+//!   is done its pages are handed back ([`release_mapped_pages`]): loading reads nearly
+//!   all of an entry, a call little of it. The 32-byte
+//!   checksum after the ELF image is ignored by wasmtime's reader, which locates
+//!   everything from the ELF headers. An entry is replaced only by renaming a new file
+//!   over it, so a mapped entry's pages never change under the agent; between the check
+//!   and the mapping only the agent's own user could change the file (the next
+//!   invariant), and such a user could change the agent's binary just as well.
 //! - Entries are written to a temporary file in the same directory and renamed into
 //!   place, so a reader never sees a half-written entry, and concurrent writers of the
 //!   same entry are harmless.
@@ -123,22 +137,20 @@ impl Cache {
     /// Reads and checks an entry: `Ok(None)` when there is none, `Err` (the reason) when
     /// it exists but cannot be used.
     fn read(&self, engine: &Engine, path: &Path) -> Result<Option<Component>, String> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+        match checksum_ok(path) {
+            Ok(true) => {}
+            Ok(false) => return Err(format!("{} fails its checksum", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(format!("{} is truncated", path.display()))
+            }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
-        let Some(split) = bytes.len().checked_sub(32) else {
-            return Err(format!("{} is truncated", path.display()));
-        };
-        let (body, sum) = bytes.split_at(split);
-        if Sha256::digest(body).as_slice() != sum {
-            return Err(format!("{} fails its checksum", path.display()));
         }
-        // SAFETY: the bytes are `precompile_component` output of an engine with the same
+        // SAFETY: the file is `precompile_component` output of an engine with the same
         // compatibility hash (the file name), written by this agent into a directory only
-        // its user can write, and unchanged since (the checksum).
-        unsafe { Component::deserialize(engine, body) }
+        // its user can write, and unchanged since (the checksum); entries are replaced
+        // by rename only, so the mapped file does not change afterwards (module doc).
+        unsafe { Component::deserialize_file(engine, path) }
             .map(Some)
             .map_err(|e| format!("{} cannot be deserialized: {e:#}", path.display()))
     }
@@ -181,10 +193,10 @@ impl Cache {
         name: &str,
         wasm: &[u8],
         wasm_sha: &str,
-    ) -> anyhow::Result<(Component, ComponentSource)> {
+    ) -> anyhow::Result<(Component, ComponentSource, bool)> {
         let path = self.entry(name, wasm_sha, engine_key);
         let source = match self.read(engine, &path) {
-            Ok(Some(c)) => return Ok((c, ComponentSource::Cached)),
+            Ok(Some(c)) => return Ok((c, ComponentSource::Cached, true)),
             Ok(None) => ComponentSource::Compiled,
             Err(reason) => {
                 tracing::warn!(plugin = %name, %reason, "compiled plugin cache entry unusable; recompiling");
@@ -192,13 +204,69 @@ impl Cache {
             }
         };
         let compiled = engine.precompile_component(wasm).map_err(wt)?;
-        // SAFETY: these bytes were just produced by this engine.
-        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(wt)?;
         if let Err(e) = self.write(&path, name, &compiled) {
             tracing::warn!(plugin = %name, path = %path.display(), error = %e, "cannot write the compiled plugin cache entry");
+        } else {
+            // SAFETY: the entry was just written from these bytes by this engine (see
+            // `read` for why mapping it is sound).
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok((component, source, true)),
+                Err(e) => {
+                    tracing::warn!(plugin = %name, path = %path.display(), error = %format!("{e:#}"), "cannot map the compiled plugin cache entry just written; keeping the component in memory")
+                }
+            }
         }
-        Ok((component, source))
+        // SAFETY: these bytes were just produced by this engine.
+        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(wt)?;
+        Ok((component, source, false))
     }
+}
+
+/// Hands back the resident pages of a component mapped from its cache entry, once its
+/// load is done. Loading reads nearly all of the entry (the checksum brings it into the
+/// page cache, so every fault then maps its neighbours too), while calls use a small
+/// part of it. The pages are clean file pages: the kernel drops them
+/// (`MADV_PAGEOUT`, Linux 5.4+; elsewhere, or on failure, nothing happens), and a call
+/// faults back in, from the file, only what it runs. Never used on a component held in
+/// anonymous memory, which the kernel could only move to swap.
+pub(crate) fn release_mapped_pages(component: &Component) {
+    let range = component.image_range();
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = (range.start as usize) & !(page - 1);
+    let len = (range.end as usize).saturating_sub(start);
+    if len == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: the range is the component's own file mapping, which stays mapped; paging
+    // out clean file pages changes no contents, only residency.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, len, libc::MADV_PAGEOUT);
+    }
+}
+
+/// Whether the entry at `path` ends with the sha256 of what precedes it, read through
+/// a small buffer. `UnexpectedEof`: the file is too short to hold a checksum.
+fn checksum_ok(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let Some(body) = len.checked_sub(32) else {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = body;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        file.read_exact(&mut buf[..want])?;
+        hasher.update(&buf[..want]);
+        left -= want as u64;
+    }
+    let mut sum = [0u8; 32];
+    file.read_exact(&mut sum)?;
+    Ok(hasher.finalize().as_slice() == sum)
 }
 
 /// Compiles `wasm` without a cache.
@@ -266,6 +334,26 @@ mod tests {
                 crate::fsperm::user_name(me).unwrap_or(me.to_string())
             )),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_checksum_covers_an_entry_larger_than_the_read_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.cwasm");
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut entry = body.clone();
+        entry.extend_from_slice(&Sha256::digest(&body));
+        std::fs::write(&path, &entry).unwrap();
+        assert!(checksum_ok(&path).unwrap());
+        // A byte changed past the first buffer's worth is caught.
+        entry[150_000] ^= 1;
+        std::fs::write(&path, &entry).unwrap();
+        assert!(!checksum_ok(&path).unwrap());
+        std::fs::write(&path, [0u8; 31]).unwrap();
+        assert_eq!(
+            checksum_ok(&path).unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
         );
     }
 

@@ -12,11 +12,20 @@
 //!   own config values, the agent's log and the clock ([`imports`]). Anything else is a
 //!   `denied` error value, never a trap; a component importing an interface it was not
 //!   granted fails at load, naming the interface ([`engine::check_imports`]).
-//! - Every call runs in a fresh store on a blocking thread, bounded by the plugin's
-//!   memory limit, an epoch deadline and a wall-clock timeout. A trap, a timeout or a
-//!   blown memory limit fails that call with a message saying which (as
-//!   [`PluginError::Plugin`] or [`PluginError::Timeout`]); the agent, the plugin's next
-//!   call and every other plugin are unaffected.
+//! - Every call runs in a fresh store, bounded by the plugin's memory limit and an epoch
+//!   deadline. A trap, a timeout or a blown memory limit fails that call with a message
+//!   saying which (as [`PluginError::Plugin`] or [`PluginError::Timeout`]); the agent,
+//!   the plugin's next call and every other plugin are unaffected.
+//! - A call never blocks the runtime's other tasks. On a multi-threaded runtime (the
+//!   agent's, the coordinator's) it runs on the calling task's own thread inside
+//!   [`tokio::task::block_in_place`]: tokio hands that worker's other tasks to another
+//!   thread, and the call starts at once instead of waiting for a blocking thread to
+//!   wake up and then for the caller to be woken in turn (those two wake-ups were most
+//!   of a short call's cost: see BENCHMARKS.md). The trade-off: the caller waits for
+//!   the call to end, so the call's bound is its epoch deadline and the deadlines its
+//!   host calls honour (`imports.rs`), not a separate wall clock. Elsewhere (a
+//!   current-thread runtime, as in tests) the call runs on a blocking thread, with a
+//!   wall-clock timeout of `limits.call_timeout` plus a grace second around it.
 //! - A plugin that fails to load is reported ([`LoadFailure`], naming the file and what
 //!   to do) and does not stop the others or the agent.
 //! - Load checks, in order: the manifest parses, its `plugin.name` is the file name and
@@ -187,8 +196,8 @@ struct Inner {
     _ticker: Option<Ticker>,
 }
 
-/// The loaded plugins of one agent. Cheap to share (`Arc` inside); calls run on blocking
-/// threads and never block the caller's runtime.
+/// The loaded plugins of one agent. Cheap to share (`Arc` inside); calls never block the
+/// caller's runtime (see the module doc).
 #[derive(Clone)]
 pub struct PluginHost {
     inner: Arc<Inner>,
@@ -295,6 +304,8 @@ pub(crate) struct Prepared {
     pub warnings: Vec<String>,
     pub defaulted: Vec<String>,
     pub started: Instant,
+    /// Whether the component is mapped from its cache entry ([`cache`]).
+    pub mapped: bool,
 }
 
 /// Reads, compiles (or takes from the cache) and checks the plugin in `wasm` against
@@ -337,9 +348,9 @@ pub(crate) fn prepare(
     let bytes = std::fs::read(wasm)
         .map_err(|e| anyhow::anyhow!("{}: cannot read the plugin: {e}", wasm.display()))?;
     let digest = cache::sha256_hex(&bytes);
-    let (component, source) = match cx.cache {
+    let (component, source, mapped) = match cx.cache {
         Some(c) => c.load(cx.engine, cx.engine_key, &manifest.name, &bytes, &digest),
-        None => cache::compile(cx.engine, &bytes).map(|c| (c, ComponentSource::Compiled)),
+        None => cache::compile(cx.engine, &bytes).map(|c| (c, ComponentSource::Compiled, false)),
     }
     .map_err(|e| {
         anyhow::anyhow!(
@@ -405,6 +416,7 @@ pub(crate) fn prepare(
         warnings,
         defaulted,
         started,
+        mapped,
     })
 }
 
@@ -441,6 +453,9 @@ fn load_one(
             info.name,
             manifest_file.display()
         );
+    }
+    if p.mapped {
+        cache::release_mapped_pages(&p.component);
     }
     let details = PluginDetails {
         loaded: LoadedPlugin {
@@ -545,6 +560,7 @@ impl PluginHost {
                 _ticker: Some(ticker),
             }),
         };
+        release_freed_memory();
         (host, failures)
     }
 
@@ -583,6 +599,11 @@ impl PluginHost {
     /// and `resume-node` as the agent, the other exports (`node-state` among them) as the
     /// service user ([`crate::identity`] has the rule); a call whose user cannot be used
     /// is refused before the plugin runs.
+    ///
+    /// On a multi-threaded runtime the call runs in this task, on its thread (module
+    /// doc): the runtime's other tasks go on, but this task's other futures (a
+    /// `join!`, a `select!` or a timeout around the call) wait for it. Calls meant to
+    /// overlap each get a task, as the agent gives every routed call.
     pub async fn call(
         &self,
         plugin: &str,
@@ -613,33 +634,42 @@ impl PluginHost {
                 )))
             }
         };
-        let instance = p.instance.clone();
-        let inner = self.inner.clone();
-        let owner = owner.map(str::to_string);
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            // User lookups may block (NSS, LDAP): on this thread, not the runtime's.
-            let user = inner
-                .policy
-                .resolve(&call, owner.as_deref(), &inner.agent)
-                .map_err(|e| match e {
-                    RunAsError::Owner(_) | RunAsError::Service(_) => {
-                        PluginError::Invalid(e.to_string())
-                    }
-                    _ => PluginError::Denied(e.to_string()),
-                })?;
-            let run_as = RunAs::user(user, inner.agent.uid);
-            instance.call(call, Some(runtime), run_as)
-        });
-        let result = match tokio::time::timeout(timeout + WALL_GRACE, task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(PluginError::Plugin(format!(
-                "{plugin}.{export}: the call's thread failed: {e}"
-            ))),
-            Err(_) => Err(PluginError::Timeout(format!(
-                "{plugin}.{export} did not return within {} (limits.call_timeout); its thread ends when its current host call does",
-                humantime::format_duration(timeout)
-            ))),
+        let inline = runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+        let run = {
+            let (instance, inner) = (p.instance.clone(), self.inner.clone());
+            let owner = owner.map(str::to_string);
+            move || {
+                let _permit = permit;
+                // User lookups may block (NSS, LDAP): like the call, never on a thread
+                // the runtime is using.
+                let user = inner
+                    .policy
+                    .resolve(&call, owner.as_deref(), &inner.agent)
+                    .map_err(|e| match e {
+                        RunAsError::Owner(_) | RunAsError::Service(_) => {
+                            PluginError::Invalid(e.to_string())
+                        }
+                        _ => PluginError::Denied(e.to_string()),
+                    })?;
+                let run_as = RunAs::user(user, inner.agent.uid);
+                instance.call(call, Some(runtime), run_as)
+            }
+        };
+        let result = if inline {
+            tokio::task::block_in_place(run)
+        } else {
+            match tokio::time::timeout(timeout + WALL_GRACE, tokio::task::spawn_blocking(run))
+                .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(PluginError::Plugin(format!(
+                    "{plugin}.{export}: the call's thread failed: {e}"
+                ))),
+                Err(_) => Err(PluginError::Timeout(format!(
+                    "{plugin}.{export} did not return within {} (limits.call_timeout); its thread ends when its current host call does",
+                    humantime::format_duration(timeout)
+                ))),
+            }
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match &result {
@@ -652,6 +682,19 @@ impl PluginHost {
             }
         }
         result
+    }
+}
+
+/// Hands the memory a load freed back to the kernel. Loading allocates far more than
+/// it keeps (a cold start's Cranelift compilation above all: tens of MB for the shipped
+/// plugins), and glibc keeps freed memory in its arenas, the load thread's among them,
+/// for reuse that never comes: an agent allocates little after start. Elsewhere (musl,
+/// other allocators) there is nothing to do.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the kernel; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
