@@ -207,6 +207,71 @@ async fn report_about_another_node_is_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn report_delta_before_any_full_report_is_refused_as_a_protocol_violation() {
+    let c = cluster_with_good_agent().await;
+    c.issue("eager", "agent");
+    let mut raw = raw_connect(&c, files(&c.tls_dir(), "eager")).await.unwrap();
+    raw.w
+        .send("hello", &hello("eager", PROTOCOL_VERSION))
+        .await
+        .unwrap();
+    let _: Welcome = raw.r.recv("welcome").await.unwrap();
+    // A delta made against a base this coordinator never saw.
+    let mut deltas = corral_transport::delta::ReportEncoder::new();
+    let report = NodeReport {
+        node: "eager".into(),
+        ..Default::default()
+    };
+    deltas.encode(&report).unwrap();
+    let delta = deltas.encode(&report).unwrap();
+    assert!(matches!(delta, AgentMsg::ReportDelta { .. }), "{delta:?}");
+    raw.w.send("report", &delta).await.unwrap();
+    let (why, reason) = refusal(&raw).await;
+    assert_eq!(why, Refusal::ProtocolViolation);
+    assert!(reason.contains("before any full report"), "{reason}");
+    assert!(c.node("eager").await.and_then(|n| n.report).is_none());
+    assert_good_agent_unharmed(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_delta_about_another_node_is_rejected() {
+    let c = cluster_with_good_agent().await;
+    c.issue("sneaky", "agent");
+    let mut raw = raw_connect(&c, files(&c.tls_dir(), "sneaky"))
+        .await
+        .unwrap();
+    raw.w
+        .send("hello", &hello("sneaky", PROTOCOL_VERSION))
+        .await
+        .unwrap();
+    let _: Welcome = raw.r.recv("welcome").await.unwrap();
+    let mut deltas = corral_transport::delta::ReportEncoder::new();
+    let own = NodeReport {
+        node: "sneaky".into(),
+        ..Default::default()
+    };
+    raw.w
+        .send("report", &deltas.encode(&own).unwrap())
+        .await
+        .unwrap();
+    // The next report, as a delta, claims to be the good node.
+    let forged = deltas
+        .encode(&NodeReport {
+            node: "good".into(),
+            ..own
+        })
+        .unwrap();
+    assert!(matches!(forged, AgentMsg::ReportDelta { .. }), "{forged:?}");
+    raw.w.send("report", &forged).await.unwrap();
+    let (why, reason) = refusal(&raw).await;
+    assert_eq!(why, Refusal::IdentityMismatch);
+    assert!(reason.contains("report for node \"good\""), "{reason}");
+    let good = c.node("good").await.unwrap();
+    assert_eq!(good.report.map(|r| r.facts.cpu_cores > 0), Some(true));
+    assert_good_agent_unharmed(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn malformed_frame_is_refused_as_a_protocol_violation() {
     let c = cluster_with_good_agent().await;
     c.issue("garbler", "agent");

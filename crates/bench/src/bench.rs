@@ -97,8 +97,7 @@ pub struct AgentArgs {
     /// Give the agent this many scripted fake GPUs.
     #[arg(long, default_value_t = 0)]
     fake_gpus: u32,
-    /// Scheduler plugins the agent enables, by name (`slurm,pbs`; `all` for every
-    /// scheduler plugin in --plugins-dir). None by default.
+    /// Scheduler plugins the agent enables, by name (`slurm,pbs`). None by default.
     #[arg(long, value_delimiter = ',')]
     plugins: Vec<String>,
     /// Where the plugin files are (default: $CORRAL_PLUGINS_DIR, else target/plugins).
