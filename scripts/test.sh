@@ -127,6 +127,13 @@ export CORRAL_PLUGINS_DIR
 echo "== cargo test (unit, integration, doc)"
 cargo test --workspace --locked "$@"
 
+# --- Fuzzing (fuzz/, tests/fuzz.sh) ----------------------------------------------------------
+# A short smoke of every coverage-guided fuzz target (libFuzzer on the stable toolchain):
+# 15 s each, replaying the inputs of crashes found and fixed (fuzz/regressions/). The long
+# runs behind BENCHMARKS.md are `bash tests/fuzz.sh --runs 10000000 TARGET`.
+echo "== tests/fuzz.sh --smoke"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/fuzz" bash tests/fuzz.sh --smoke
+
 # --- Packages (issue: packaging and operations) ------------------------------------------
 # Under CI (root, disposable machine) this builds the .deb and .rpm, installs the .deb,
 # checks it, runs the daemons from it, and purges it; elsewhere it prints SKIPPED unless

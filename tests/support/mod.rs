@@ -7,6 +7,7 @@ pub mod browser;
 pub mod cml_api;
 pub mod fake_programs;
 pub mod hetzner_api;
+pub mod netfault;
 pub mod scenarios;
 pub mod sge;
 pub mod slurm;
@@ -157,6 +158,8 @@ pub struct Cluster {
     pub sections: String,
     coordinator: Option<Child>,
     agents: HashMap<String, Child>,
+    /// Agents that reach the coordinator through another port (a relay's), by name.
+    via: HashMap<String, u16>,
     http: reqwest::Client,
 }
 
@@ -211,6 +214,7 @@ impl Cluster {
             sections: String::new(),
             coordinator: None,
             agents: HashMap::new(),
+            via: HashMap::new(),
             http,
         }
     }
@@ -309,6 +313,12 @@ impl Cluster {
         }
     }
 
+    /// Has agent `name` (started after this) reach the coordinator at `port` on loopback
+    /// instead of the coordinator's own: a relay's ([`netfault::Relay`]).
+    pub fn route_agent_through(&mut self, name: &str, port: u16) {
+        self.via.insert(name.to_string(), port);
+    }
+
     /// An agent config for `name`. `extra` lands in the `[agent]` section and may open
     /// further sections. Unless it sets `[health]`, the host's load and disk thresholds
     /// are raised out of reach: a busy 2-core CI machine must not turn a test's node
@@ -324,7 +334,7 @@ impl Cluster {
             &cfg,
             format!(
                 "[agent]\nname = \"{name}\"\ncoordinator = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\nreconnect_base = \"100ms\"\nreconnect_cap = \"1s\"\n{extra}\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/{name}.pem\"\nkey = \"tls/{name}.key\"\n{health}",
-                self.quic_port
+                self.via.get(name).copied().unwrap_or(self.quic_port)
             ),
         )
         .unwrap();

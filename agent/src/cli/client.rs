@@ -186,7 +186,7 @@ impl ApiClient {
     }
 
     /// `GET {base}{path}` as JSON; `what` names the request in errors.
-    pub(super) async fn get_json<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
         self.send(self.http.get(format!("{}{path}", self.base)), what)
             .await
     }

@@ -72,10 +72,15 @@ enum Cmd {
     /// Coordinator and agent in one process on this machine, with fresh certificates and
     /// an embedded database (like `nomad agent -dev`).
     Dev(dev::DevArgs),
-    /// Run the coordinator daemon.
+    /// Run the coordinator daemon (or check its database with --check-db).
     Coordinator {
         #[arg(long, short)]
         config: PathBuf,
+        /// Run the full integrity check of the database in `state_dir` (read-only, safe
+        /// beside a running coordinator), print what it found, and exit: 0 when a
+        /// coordinator of this version would start on it, 1 when not.
+        #[arg(long)]
+        check_db: bool,
     },
     /// Run the agent daemon (or sample once with --once).
     Agent {
@@ -281,12 +286,63 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// `corral coordinator --check-db`: prints the database's version, integrity, row
+/// counts and backups; fails when a coordinator would not start on it.
+fn check_database(state_dir: &std::path::Path) -> Result<()> {
+    let r = corral_coordinator::check_database(state_dir)?;
+    println!("database: {}", r.path.display());
+    let version_note = match r.version.cmp(&r.known) {
+        std::cmp::Ordering::Less => " (older: migrated at the next start, after a backup)",
+        std::cmp::Ordering::Equal => "",
+        std::cmp::Ordering::Greater => " (newer than this corral: it will not start on it)",
+    };
+    println!(
+        "schema version: {} (this corral writes {}){version_note}",
+        r.version, r.known
+    );
+    if r.problems.is_empty() {
+        println!("integrity: ok");
+    } else {
+        println!("integrity: DAMAGED");
+        for p in &r.problems {
+            println!("  {p}");
+        }
+    }
+    for (table, n) in &r.counts {
+        println!("{table}: {n} rows");
+    }
+    match r.backups.as_slice() {
+        [] => println!("backups: none beside it"),
+        all => {
+            println!("backups (newest first):");
+            for b in all {
+                println!("  {}", b.display());
+            }
+        }
+    }
+    if !r.usable() {
+        anyhow::bail!(
+            "a coordinator will not start on {}: {}",
+            r.path.display(),
+            if r.problems.is_empty() {
+                "it was written by a newer corral; run that version or restore a backup"
+            } else {
+                "restore a backup over it, or move it aside (with its -wal and -shm files) to start with an empty state"
+            }
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Dev(args) => dev::run(args).await,
-        Cmd::Coordinator { config } => {
+        Cmd::Coordinator { config, check_db } => {
             let cfg = Config::load(&config)?;
             let opts = cfg.coordinator_options()?;
+            if check_db {
+                return check_database(&opts.state_dir);
+            }
             let running = corral_coordinator::start(opts).await?;
             shutdown_signal().await;
             tracing::info!("shutting down");

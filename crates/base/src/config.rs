@@ -56,21 +56,55 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Confi
         message: e.message().to_string(),
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
+        let key = dotted_key(e.path());
         let inner = e.into_inner();
         let line = inner
             .span()
             .map(|s| format!(" (line {})", line_of(text, s.start)))
             .unwrap_or_default();
         ConfigIssue {
-            key: if key == "." {
-                "(top level)".into()
-            } else {
-                key
-            },
+            key,
             message: format!("{}{line}", inner.message()),
         }
     })
+}
+
+/// The dotted key of a deserialization error's path, as TOML writes it: a key that is
+/// not a bare key (empty, or with a dot, space or quote in it) is quoted, so that the
+/// key an error names is never empty and never ambiguous (`""`, `"a.b"`, not `` or
+/// `a.b`). The path of an error about the file as a whole is `(top level)`.
+fn dotted_key(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        let part = match segment {
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                let bare = !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if bare {
+                    key.clone()
+                } else {
+                    format!("{key:?}")
+                }
+            }
+            Segment::Unknown => "?".to_string(),
+        };
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(&part);
+    }
+    if out.is_empty() {
+        "(top level)".into()
+    } else {
+        out
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

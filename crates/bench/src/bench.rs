@@ -56,6 +56,8 @@ pub enum BenchCmd {
     Console(crate::bench_console::ConsoleArgs),
     /// A killed pool node's replacement, phase by phase, vs Ray's autoscaler replacing a dead worker.
     Pools(crate::bench_pools::PoolsArgs),
+    /// An hour of churn, coordinator restarts and Slurm jobs: nodes and jobs lost, RSS, beat p99.
+    Soak(crate::bench_soak::SoakArgs),
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +122,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Console(a) => crate::bench_console::run(a).await,
         BenchCmd::Pools(a) => crate::bench_pools::run(a).await,
         BenchCmd::GpuSample(a) => crate::bench_gpu::run(a),
+        BenchCmd::Soak(a) => crate::bench_soak::run(a).await,
     }
 }
 
@@ -331,7 +334,7 @@ pub(crate) struct Beating {
     pub(crate) stop: tokio_util::sync::CancellationToken,
 }
 
-async fn sim_agent(
+pub(crate) async fn sim_agent(
     endpoint: quinn::Endpoint,
     cfg: quinn::ClientConfig,
     addr: SocketAddr,
@@ -422,6 +425,24 @@ async fn sim_agent(
     Ok(())
 }
 
+/// Client QUIC endpoints on loopback for `n` simulated agents, `per_socket` to each UDP
+/// socket. Sockets are sized as the coordinator's are (`bind_udp`), so that a burst of
+/// the coordinator's ACKs is not dropped on this side.
+pub(crate) fn client_endpoints(n: usize, per_socket: usize) -> Result<Vec<quinn::Endpoint>> {
+    (0..n.div_ceil(per_socket.max(1)))
+        .map(|_| -> Result<quinn::Endpoint> {
+            let (socket, _) =
+                corral_transport::frame::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            Ok(quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                quinn::default_runtime().context("no async runtime for QUIC")?,
+            )?)
+        })
+        .collect()
+}
+
 /// Simulated agents started by [`start_agents`], running until their `stop` is cancelled.
 pub(crate) struct Agents {
     /// One per agent; each ends after `stop`, once its stream is drained.
@@ -473,20 +494,7 @@ pub(crate) async fn start_agents_per_socket(
         configs.push((name, pki::quic_client_config(&tls, transport())?));
     }
     eprintln!("issued in {:.1}s; connecting", t.elapsed().as_secs_f64());
-    // Sockets sized as the coordinator's are (`bind_udp`), so that a burst of the
-    // coordinator's ACKs is not dropped on this side.
-    let endpoints: Vec<quinn::Endpoint> = (0..n.div_ceil(per_socket.max(1)))
-        .map(|_| -> Result<quinn::Endpoint> {
-            let (socket, _) =
-                corral_transport::frame::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            Ok(quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                socket,
-                quinn::default_runtime().context("no async runtime for QUIC")?,
-            )?)
-        })
-        .collect::<Result<_>>()?;
+    let endpoints = client_endpoints(n, per_socket)?;
     let counters = beating.counters.clone();
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(n.max(1));
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
@@ -724,7 +732,7 @@ fn udp_counters() -> Result<(u64, u64)> {
     Ok((field("RcvbufErrors")?, field("InDatagrams")?))
 }
 
-fn write_issued(dir: &Path, name: &str, issued: &pki::Issued) -> Result<pki::TlsFiles> {
+pub(crate) fn write_issued(dir: &Path, name: &str, issued: &pki::Issued) -> Result<pki::TlsFiles> {
     let files = pki::TlsFiles {
         ca: dir.join("tls/ca.pem"),
         cert: dir.join(format!("{name}.pem")),

@@ -10,6 +10,7 @@ mod bench_plugin;
 mod bench_pools;
 mod bench_ray;
 mod bench_remediation;
+mod bench_soak;
 
 use std::process::ExitCode;
 

@@ -350,6 +350,10 @@ fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::console::protected_routes())
         .merge(crate::pools::protected_routes())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_writes_while_the_store_fails,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -528,6 +532,31 @@ async fn check_request(State(state): State<AppState>, req: Request, next: Next) 
 
 /// Who is asking ([`crate::access`]), put on the request for the handlers; refuses a
 /// request that is no one.
+/// Requests other than GET that change nothing stored: they are served while the
+/// database is not taking writes.
+const ACTS_WITHOUT_STORING: &[&str] = &["/ping", "/report", "/ui/logout"];
+
+/// While the database is not taking writes (a full disk), every request that would
+/// change stored state gets 503 with why and what to do, before it acts: a change that
+/// cannot be recorded is not made. Reads are served from memory and keep working.
+async fn refuse_writes_while_the_store_fails(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    let stores = !reads
+        && !ACTS_WITHOUT_STORING
+            .iter()
+            .any(|s| req.uri().path().ends_with(s));
+    if stores {
+        if let Some(why) = state.shared.store.unavailable() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, why);
+        }
+    }
+    next.run(req).await
+}
+
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     if state.public_metrics && req.uri().path() == "/metrics" {
         return next.run(req).await;
@@ -859,7 +888,14 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> Respo
 }
 
 async fn stats(State(s): State<AppState>) -> Response {
-    Json(s.shared.registry.stats_view()).into_response()
+    Json(stats_view(&s)).into_response()
+}
+
+/// The registry's counters with the store's state.
+fn stats_view(s: &AppState) -> corral_proto::api::StatsView {
+    let mut v = s.shared.registry.stats_view();
+    v.store = s.shared.store.view();
+    v
 }
 
 fn job_error(e: JobError) -> Response {
@@ -868,7 +904,7 @@ fn job_error(e: JobError) -> Response {
         JobError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         JobError::Invalid(_) => StatusCode::BAD_REQUEST,
         JobError::Conflict(_) => StatusCode::CONFLICT,
-        JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        JobError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         JobError::Plugin { error, .. } => match error {
             PluginError::Invalid(_) => StatusCode::BAD_REQUEST,
             PluginError::Denied(_) => StatusCode::FORBIDDEN,
@@ -1099,7 +1135,7 @@ fn token_error(e: TokenError) -> Response {
     let status = match &e {
         TokenError::BadUser(_) => StatusCode::BAD_REQUEST,
         TokenError::Unknown(_) => StatusCode::NOT_FOUND,
-        TokenError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        TokenError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }
@@ -1174,7 +1210,7 @@ fn remediation_error(e: RemediationError) -> Response {
         RemediationError::UnknownNode(_) => StatusCode::NOT_FOUND,
         RemediationError::NotCordoned(_) => StatusCode::CONFLICT,
         RemediationError::BadReason(_) => StatusCode::BAD_REQUEST,
-        RemediationError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RemediationError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }
@@ -1283,7 +1319,7 @@ async fn plugins(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     let body = crate::metrics::render(
         &s.shared.registry.snapshot(),
-        &s.shared.registry.stats_view(),
+        &stats_view(&s),
         &s.shared.jobs.metrics(),
         &s.shared.remediation.metrics(),
         &s.shared.console.metrics(),

@@ -90,6 +90,7 @@ mod tests {
             apply_latency_samples: 0,
             apply_latency_buckets: buckets,
             refused: Default::default(),
+            store: Default::default(),
         }
     }
 

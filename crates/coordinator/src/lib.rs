@@ -40,6 +40,8 @@ pub mod remediation;
 mod revocation;
 mod store;
 
+pub use store::{check as check_database, CheckReport};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,6 +98,8 @@ pub struct Shared {
     /// The web console's sessions, feed and chart history.
     pub(crate) console: Arc<console::Console>,
     commands: Arc<Commands>,
+    /// Whether the database is taking writes: the API refuses writes while it is not.
+    pub(crate) store: store::Health,
     /// The certificate revocation lists in force ([`revocation`]): the QUIC and HTTPS
     /// client verifiers read them at every handshake.
     pub(crate) revocations: pki::Revocations,
@@ -203,6 +207,7 @@ pub async fn start(opts: CoordinatorOptions) -> Result<Running> {
         pools: pools.clone(),
         console: Arc::new(console::Console::new()),
         commands,
+        store: store.health(),
         revocations: revocations.clone(),
     });
     let endpoint = server_endpoint(&opts, server_cfg)?;

@@ -832,6 +832,18 @@ const FAMILIES: &[Family] = &[
         &[],
         |s| vec![(vec![], s.console.history_nodes as f64)],
     ),
+    gauge(
+        "corral_store_writable",
+        "1 while the coordinator's database takes writes; 0 while it does not (a full disk): the API refuses writes then",
+        &[],
+        |s| vec![(vec![], one_if(s.stats.store.unavailable.is_none()))],
+    ),
+    gauge(
+        "corral_store_pending_rows",
+        "Write-behind rows kept in memory because the database has not taken them yet",
+        &[],
+        |s| vec![(vec![], s.stats.store.pending_rows as f64)],
+    ),
     counter(
         "corral_suppressed_events_total",
         "Events not recorded because the node was over its event rate",
@@ -1062,6 +1074,7 @@ mod tests {
                 truncated_reports: [("n".to_string(), 1)].into(),
                 suppressed_events: [("n".to_string(), 1)].into(),
             },
+            store: Default::default(),
         };
         let mut report = corral_proto::model::NodeReport::default();
         report

@@ -1091,6 +1091,8 @@ impl Registry {
                 truncated_reports,
                 suppressed_events,
             },
+            // The registry does not know the store; the API fills this in.
+            store: Default::default(),
         }
     }
 }

@@ -13,7 +13,10 @@
 //!   cleared or changed severity ([`condition_changed`]; live values alone are not news).
 //! - The *reconnect loop* wraps sessions with exponential backoff and jitter
 //!   (`reconnect_base` doubling to `reconnect_cap`); the backoff resets after a session
-//!   that got as far as the coordinator's welcome. A refusal the agent cannot fix by
+//!   that got as far as the coordinator's welcome. An attempt that failed counts against
+//!   its wait: attempts start one backoff step apart, however long each took to fail
+//!   (a handshake that got no answer waits up to 5 s), so after a partition heals the
+//!   next attempt is at most one step away. A refusal the agent cannot fix by
 //!   retrying (wrong certificate, incompatible protocol) is logged as an error with the
 //!   coordinator's reason and retried at the cap, so fixing the coordinator side needs
 //!   no agent restart.
@@ -42,6 +45,15 @@
 //!   for the same command that says so, so the coordinator's caller learns why and the
 //!   session goes on; any other message over it is not sent and logged (the coordinator
 //!   would refuse the frame and end the session).
+//!
+//! - A *silent coordinator* ends the session: when nothing at all (not even an ACK of a
+//!   beat) has come from the coordinator for [`silent_after`] (three beats, what the
+//!   coordinator waits before calling the node disconnected), the agent closes the
+//!   connection and reconnects. QUIC alone would keep retransmitting into a partition
+//!   with its backoff growing to many seconds, and give up only at the 30 s idle
+//!   timeout; after a heal the node would wait for QUIC's next probe to be `ready`.
+//!   Loss is not silence: under 20 % loss each way beats and their ACKs are retried
+//!   within milliseconds (tests/network.rs).
 //!
 //! Invariant: the agent checks its own certificate against its configured name at start,
 //! so a mis-issued certificate is a start-up error on the node, not a mystery refusal.
@@ -160,6 +172,7 @@ async fn run_agent(opts: AgentOptions, shutdown: CancellationToken) -> Result<()
     );
     let mut attempt: u32 = 0;
     loop {
+        let began = tokio::time::Instant::now();
         // The session watches `shutdown` itself, so that it can close its connection
         // with a reason; this outer branch only covers the connect phase.
         let outcome = tokio::select! {
@@ -168,11 +181,14 @@ async fn run_agent(opts: AgentOptions, shutdown: CancellationToken) -> Result<()
                 .instrument(info_span!("session", attempt, address = tracing::field::Empty)) => r,
             _ = shutdown.cancelled() => Ok(SessionEnd::Shutdown),
         };
+        // Time this attempt spent failing counts against the wait (module docs).
+        let mut spent = began.elapsed();
         match outcome {
             Ok(SessionEnd::Shutdown) => break,
             Ok(SessionEnd::Lost { welcomed, reason }) => {
                 if welcomed {
                     attempt = 0;
+                    spent = Duration::ZERO;
                 }
                 warn!(%reason, "connection to the coordinator lost");
             }
@@ -190,7 +206,7 @@ async fn run_agent(opts: AgentOptions, shutdown: CancellationToken) -> Result<()
             "node {}: no coordinator session, reconnecting to {}",
             opts.name, opts.coordinator
         ));
-        let delay = backoff(opts.reconnect_base, opts.reconnect_cap, attempt);
+        let delay = backoff(opts.reconnect_base, opts.reconnect_cap, attempt).saturating_sub(spent);
         attempt = attempt.saturating_add(1);
         debug!(
             delay_ms = delay.as_millis() as u64,
@@ -310,6 +326,14 @@ fn load_plugins(node: &str, cfg: &PluginsConfig) -> PluginsRx {
         tx.send_replace(Some(Arc::new(plugins)));
     });
     rx
+}
+
+/// How long the coordinator may send nothing before the agent takes the connection for
+/// dead: three beats, what the coordinator waits before calling the node disconnected
+/// (its default), and never less than three seconds, so that a short beat interval on a
+/// slow link does not turn delay into reconnects.
+pub fn silent_after(beat_interval: Duration) -> Duration {
+    (beat_interval * 3).max(Duration::from_secs(3))
 }
 
 enum SessionEnd {
@@ -502,6 +526,9 @@ async fn session(
         })
     };
 
+    // What has come from the coordinator: any datagram (an ACK of a beat will do).
+    let silent_limit = silent_after(opts.beat_interval);
+    let mut heard = (conn.stats().udp_rx.datagrams, tokio::time::Instant::now());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -514,6 +541,17 @@ async fn session(
                 return Ok(SessionEnd::Shutdown);
             }
             _ = beat_tick.tick() => {
+                let received = conn.stats().udp_rx.datagrams;
+                if received != heard.0 {
+                    heard = (received, tokio::time::Instant::now());
+                } else if heard.1.elapsed() >= silent_limit {
+                    let silent = heard.1.elapsed();
+                    conn.close(quinn::VarInt::from_u32(0), b"the coordinator went silent");
+                    return Ok(SessionEnd::Lost {
+                        welcomed: true,
+                        reason: format!("nothing from the coordinator for {} ms; reconnecting", silent.as_millis()),
+                    });
+                }
                 let beat = Beat { sent_at_ns: unix_ns() };
                 if let Err(e) = writer.send("beat", &AgentMsg::Beat(beat)).await {
                     return lost(e, &conn);

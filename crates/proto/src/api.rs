@@ -241,6 +241,22 @@ pub struct StatsView {
     /// What the coordinator refused, cut or ignored of what agents sent.
     #[serde(default)]
     pub refused: RefusedInput,
+    /// Whether the coordinator's database takes writes.
+    #[serde(default)]
+    pub store: StoreView,
+}
+
+/// Whether the coordinator's database takes writes (on a full disk it does not: the API
+/// then refuses writes, and changes are kept in memory and retried).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreView {
+    /// Why writes fail, while they do; `None` when the database takes them.
+    pub unavailable: Option<String>,
+    /// Write-behind rows kept in memory until the database takes them.
+    pub pending_rows: u64,
+    /// Commits that failed for want of resources since the coordinator started.
+    pub failed_commits: u64,
 }
 
 /// What the coordinator refused, cut or ignored of what agents sent, cumulative since it

@@ -716,6 +716,19 @@ concurrent_calls = 2
         );
     }
 
+    /// Found by the `manifest` fuzz target (fuzz/regressions/manifest/empty-key): a
+    /// dotted key whose first part is the empty key `''` made an error whose key was
+    /// empty (`key ``: unknown field ``...`), naming nothing to fix.
+    #[test]
+    fn an_unknown_empty_or_dotted_key_is_named_quoted() {
+        let input = include_bytes!("../../../../fuzz/regressions/manifest/empty-key");
+        let e = parse(std::str::from_utf8(input).unwrap()).unwrap_err();
+        assert_eq!(e.key, "\"\"", "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = parse("[plugin]\nname = \"s\"\n[grants]\n\"a.b\" = 1\n").unwrap_err();
+        assert_eq!(e.key, "grants.\"a.b\"", "{e}");
+    }
+
     #[test]
     fn errors_name_the_file_and_the_dotted_key() {
         let cases = [

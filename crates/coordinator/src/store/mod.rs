@@ -22,8 +22,14 @@
 //!   ([`Store::put_jobs`], for poll results). Both go through the same thread in order,
 //!   so a later write-behind batch can never be overtaken by an earlier durable one.
 //!   Job ids come from SQLite's `AUTOINCREMENT`, so an id is never reused, even after
-//!   the job it named was pruned. Committed means on disk for a coordinator crash
-//!   (WAL, `synchronous = NORMAL`); a power loss may take back the last transactions.
+//!   the job it named was pruned. Committed means on stable storage (WAL,
+//!   `synchronous = FULL`, see [`schema`]): an acknowledged write survives a power cut.
+//! - Write-behind changes that cannot be stored (a full disk, an I/O error) are kept and
+//!   retried every second, never dropped ([`pending`]); while they wait, acknowledged
+//!   writes are refused and the API answers writes with 503 ([`Health`]). Reads are
+//!   served from memory and keep working.
+//! - The schema is versioned and migrated at open, after a backup; a newer or damaged
+//!   database is refused with what to do ([`schema`]).
 //! - A job row holds the job as JSON (without its history) plus plain columns for
 //!   `sqlite3` users; the history is one row per entry, append-only.
 //! - What is stored is this module's own row types ([`NodeRow`], [`EventRow`],
@@ -35,8 +41,16 @@
 //!   databases written then still load), unknown fields are ignored, and a field added
 //!   later must take a default when it is missing.
 
+mod pending;
+mod schema;
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::Duration;
+
+pub(crate) use pending::Health;
+use pending::Pending;
+pub use schema::{check, CheckReport};
 
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection};
@@ -45,69 +59,6 @@ use serde::{Deserialize, Serialize};
 use corral_proto::api::{JobId, Phase};
 use corral_proto::job::{JobSpec, JobState};
 use corral_proto::model::{HealthStatus, Liveness, NodeReport, Reason};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS nodes (
-    name TEXT PRIMARY KEY,
-    view TEXT NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    node TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    from_state TEXT,
-    to_state TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_node ON events(node, id);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    scheduler TEXT NOT NULL,
-    node TEXT NOT NULL,
-    native_id TEXT,
-    state TEXT NOT NULL,
-    submitted_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    record TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS job_history (
-    job INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    at_ms INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    native_state TEXT,
-    message TEXT,
-    PRIMARY KEY (job, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS tokens (
-    id TEXT PRIMARY KEY,
-    user TEXT NOT NULL,
-    role TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    expires_ms INTEGER,
-    revoked_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS cordons (
-    node TEXT PRIMARY KEY,
-    record TEXT NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS settings (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS records (
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    record TEXT NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
-";
 
 /// A kind of row in `records`: JSON records keyed by name, written one at a time and
 /// acknowledged once committed (join tokens, pool nodes, each pool's counter and pause; see
@@ -305,12 +256,17 @@ enum Op {
     PutRecord(RecordKind, String, Option<String>, Ack<()>),
     /// Deletes a node's row (a pool node that was deleted).
     ForgetNode(String),
+    /// Tests: caps (`LIMIT`) or uncaps (`UNLIMIT`) the database's size on the writer's
+    /// connection, to make commits fail as on a full disk.
+    #[cfg(test)]
+    Exec(String, Ack<()>),
 }
 
 /// Handle to the store thread.
 pub(crate) struct Store {
     tx: mpsc::Sender<Op>,
     path: PathBuf,
+    health: Health,
 }
 
 /// What a coordinator starts from.
@@ -332,17 +288,6 @@ fn db_path(state_dir: &Path) -> PathBuf {
     state_dir.join("coordinator.db")
 }
 
-fn open_db(path: &Path) -> Result<Connection> {
-    let conn =
-        Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)
-        .with_context(|| format!("creating the schema in {}", path.display()))?;
-    Ok(conn)
-}
-
 impl Store {
     /// Opens (creating if needed) the database in `state_dir`, loads what it holds and
     /// starts the writer thread.
@@ -350,20 +295,36 @@ impl Store {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
         let path = db_path(state_dir);
-        let conn = open_db(&path)?;
+        let (conn, opened) = schema::open(&path)?;
         let loaded =
             load(&conn, event_retention).with_context(|| format!("reading {}", path.display()))?;
         let (tx, rx) = mpsc::channel();
-        let thread_path = path.clone();
+        let health = Health::default();
+        let writer = Writer {
+            conn,
+            retention: event_retention,
+            path: path.clone(),
+            pending: Pending::default(),
+            health: health.clone(),
+            since_prune: 0,
+        };
         std::thread::Builder::new()
             .name("corral-store".into())
-            .spawn(move || writer(conn, rx, event_retention, thread_path))
+            .spawn(move || writer.run(rx))
             .context("starting the store thread")?;
-        Ok((Store { tx, path }, loaded))
+        if let Some(b) = &opened.backup {
+            tracing::info!(db = %path.display(), from = opened.from, to = schema::VERSION, backup = %b.display(), "database migrated; the backup is beside it");
+        }
+        Ok((Store { tx, path, health }, loaded))
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the database is taking writes (shared with the API and the metrics).
+    pub(crate) fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Queues a batch; returns at once.
@@ -391,7 +352,7 @@ impl Store {
             .map_err(|_| anyhow::anyhow!("the store thread has stopped"))?;
         rx.await
             .map_err(|_| anyhow::anyhow!("the store thread has stopped"))?
-            .map_err(|e| anyhow::anyhow!("{e} (database {})", self.path.display()))
+            .map_err(|e| anyhow::anyhow!(e))
     }
 
     /// Records a new job and returns its id once committed (the `id` in `job` is
@@ -436,14 +397,13 @@ impl Store {
             .tx
             .send(Op::PutCordon(node.to_string(), cordon, tx))
             .is_ok();
-        let path = self.path.clone();
         async move {
             if !sent {
                 anyhow::bail!("the store thread has stopped");
             }
             rx.await
                 .map_err(|_| anyhow::anyhow!("the store thread has stopped"))?
-                .map_err(|e| anyhow::anyhow!("{e} (database {})", path.display()))
+                .map_err(|e| anyhow::anyhow!(e))
         }
     }
 
@@ -482,12 +442,11 @@ impl Store {
                 .map_err(|_| anyhow::anyhow!("the store thread has stopped")),
             Err(e) => Err(anyhow::anyhow!("encoding the record: {e}")),
         };
-        let path = self.path.clone();
         async move {
             sent?;
             rx.await
                 .map_err(|_| anyhow::anyhow!("the store thread has stopped"))?
-                .map_err(|e| anyhow::anyhow!("{e} (database {})", path.display()))
+                .map_err(|e| anyhow::anyhow!(e))
         }
     }
 
@@ -648,109 +607,224 @@ fn load_jobs(conn: &Connection) -> Result<Vec<JobRow>> {
     Ok(jobs.into_values().collect())
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, retention: u32, path: PathBuf) {
-    let mut since_prune = 0usize;
-    while let Ok(op) = rx.recv() {
+/// How often kept changes are retried while the database is not taking writes.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// The store thread: owns the connection and the changes not yet stored.
+struct Writer {
+    conn: Connection,
+    retention: u32,
+    path: PathBuf,
+    pending: Pending,
+    health: Health,
+    since_prune: usize,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        loop {
+            let waiting = !self.pending.is_empty() || self.health.unavailable().is_some();
+            let op = if waiting {
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => break,
+                }
+            };
+            match op {
+                Some(op) => {
+                    self.take(op);
+                    // Whatever else is queued joins the same commit.
+                    while let Ok(op) = rx.try_recv() {
+                        self.take(op);
+                    }
+                    self.commit_pending();
+                }
+                None if self.pending.is_empty() => self.probe(),
+                None => self.commit_pending(),
+            }
+        }
+        self.commit_pending();
+    }
+
+    fn take(&mut self, op: Op) {
         match op {
             Op::Write(nodes, events) => {
-                since_prune += events.len();
-                let prune = since_prune >= 1000;
-                if let Err(e) = write_batch(&mut conn, &nodes, &events, prune.then_some(retention))
-                {
-                    tracing::error!(db = %path.display(), error = format!("{e:#}"), nodes = nodes.len(), events = events.len(), "writing to the database failed");
-                } else if prune {
-                    since_prune = 0;
-                }
+                self.since_prune += events.len();
+                self.pending.nodes(nodes);
+                self.pending.events(events, self.retention);
             }
+            Op::PutJobs(jobs, None) => self.pending.jobs(jobs),
+            Op::DeleteJobs(ids) => self.pending.delete_jobs(ids),
+            Op::ForgetNode(name) => self.pending.forget_node(name),
             Op::Flush(done) => {
+                self.commit_pending();
                 let _ = done.send(());
             }
             Op::InsertJob(job, ack) => {
-                let r = insert_job(&mut conn, *job);
-                if let Err(e) = &r {
-                    tracing::error!(db = %path.display(), error = format!("{e:#}"), "recording a job failed");
-                }
-                let _ = ack.send(r.map_err(|e| format!("{e:#}")));
+                let r = self.acked("recording a job", |c| insert_job(c, *job));
+                let _ = ack.send(r);
             }
-            Op::PutJobs(jobs, ack) => {
-                let r = put_jobs(&mut conn, &jobs);
-                if let Err(e) = &r {
-                    tracing::error!(db = %path.display(), error = format!("{e:#}"), jobs = jobs.len(), "writing jobs failed");
-                }
-                if let Some(ack) = ack {
-                    let _ = ack.send(r.map_err(|e| format!("{e:#}")));
-                }
+            Op::PutJobs(jobs, Some(ack)) => {
+                let r = self.acked("writing jobs", |c| put_jobs(c, &jobs));
+                let _ = ack.send(r);
             }
             Op::PutToken(t, ack) => {
-                let r = conn
-                    .execute(
-                        "INSERT OR REPLACE INTO tokens(id, user, role, hash, created_by, created_ms, expires_ms, revoked_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                        params![t.id, t.user, t.role, t.hash, t.created_by, t.created_ms, t.expires_ms, t.revoked_ms],
-                    )
-                    .map(|_| ());
-                if let Err(e) = &r {
-                    tracing::error!(db = %path.display(), error = %e, token = %t.id, "writing a token failed");
-                }
-                let _ = ack.send(r.map_err(|e| e.to_string()));
+                let r = self.acked("writing a token", |c| put_token(c, &t));
+                let _ = ack.send(r);
             }
             Op::PutCordon(node, cordon, ack) => {
-                let r = put_cordon(&conn, &node, cordon.as_ref());
-                if let Err(e) = &r {
-                    tracing::error!(db = %path.display(), error = format!("{e:#}"), node = %node, "writing a cordon failed");
-                }
-                let _ = ack.send(r.map_err(|e| format!("{e:#}")));
+                let r = self.acked("writing a cordon", |c| {
+                    put_cordon(c, &node, cordon.as_ref())
+                });
+                let _ = ack.send(r);
             }
             Op::PutPause(pause, ack) => {
-                let r = put_pause(&conn, pause.as_ref());
-                if let Err(e) = &r {
-                    tracing::error!(db = %path.display(), error = format!("{e:#}"), "writing the remediation pause failed");
-                }
-                let _ = ack.send(r.map_err(|e| format!("{e:#}")));
+                let r = self.acked("writing the remediation pause", |c| {
+                    put_pause(c, pause.as_ref())
+                });
+                let _ = ack.send(r);
+            }
+            #[cfg(test)]
+            Op::Exec(what, ack) => {
+                let sql = if what == "LIMIT" {
+                    "PRAGMA max_page_count = 1"
+                } else {
+                    "PRAGMA max_page_count = 1073741823"
+                };
+                let r = self
+                    .conn
+                    .query_row(sql, [], |_| Ok(()))
+                    .map_err(|e| e.to_string());
+                let _ = ack.send(r);
             }
             Op::PutRecord(kind, key, json, ack) => {
-                let r = match &json {
-                    Some(j) => conn.execute(
-                        "INSERT INTO records(kind, key, record, updated_ms) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT(kind, key) DO UPDATE SET record = excluded.record, updated_ms = excluded.updated_ms",
-                        params![kind.as_str(), key, j, corral_proto::model::unix_ms()],
-                    ),
-                    None => conn.execute(
-                        "DELETE FROM records WHERE kind = ?1 AND key = ?2",
-                        params![kind.as_str(), key],
-                    ),
-                };
-                if let Err(e) = &r {
-                    tracing::error!(db = %path.display(), error = %e, kind = kind.as_str(), key = %key, "writing a record failed");
-                }
-                let _ = ack.send(r.map(|_| ()).map_err(|e| e.to_string()));
-            }
-            Op::ForgetNode(name) => {
-                if let Err(e) = conn.execute("DELETE FROM nodes WHERE name = ?1", [&name]) {
-                    tracing::error!(db = %path.display(), error = %e, node = %name, "forgetting a node failed");
-                }
-            }
-            Op::DeleteJobs(ids) => {
-                if let Err(e) = delete_jobs(&mut conn, &ids) {
-                    tracing::error!(db = %path.display(), error = format!("{e:#}"), jobs = ids.len(), "deleting finished jobs failed");
-                }
+                let r = self.acked("writing a record", |c| {
+                    put_record(c, kind, &key, json.as_deref())
+                });
+                let _ = ack.send(r);
             }
         }
+    }
+
+    /// Runs an acknowledged write, after the kept changes (which must commit first, or
+    /// it would overtake them): refused untried while they cannot.
+    fn acked<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut Connection) -> Result<T>,
+    ) -> Result<T, String> {
+        self.commit_pending();
+        if !self.pending.is_empty() {
+            return Err(self
+                .health
+                .unavailable()
+                .unwrap_or_else(|| "earlier changes are not stored yet".into()));
+        }
+        match f(&mut self.conn) {
+            Ok(v) => {
+                self.recovered(0);
+                Ok(v)
+            }
+            Err(e) if pending::is_resource_failure(&e) => {
+                let message = pending::unavailable_message(&self.path, &e);
+                self.failed(what, &e, message.clone());
+                Err(message)
+            }
+            Err(e) => {
+                tracing::error!(db = %self.path.display(), error = format!("{e:#}"), what, "database write failed");
+                Err(format!("{what} in {} failed: {e:#}", self.path.display()))
+            }
+        }
+    }
+
+    /// Commits the kept write-behind changes, if any, in one transaction.
+    fn commit_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let prune = (self.since_prune >= 1000).then_some(self.retention);
+        match write_pending(&mut self.conn, &self.pending, prune) {
+            Ok(()) => {
+                if self.pending.dropped_events > 0 {
+                    tracing::warn!(db = %self.path.display(), dropped = self.pending.dropped_events, retention = self.retention, "events beyond the retention count were dropped while the database was not taking writes");
+                }
+                let rows = self.pending.len();
+                self.pending = Pending::default();
+                if prune.is_some() {
+                    self.since_prune = 0;
+                }
+                if self.recovered(0) {
+                    tracing::info!(db = %self.path.display(), rows, "kept changes written");
+                }
+            }
+            Err(e) if pending::is_resource_failure(&e) => {
+                let message = pending::unavailable_message(&self.path, &e);
+                self.failed("writing changes", &e, message);
+            }
+            Err(e) => {
+                tracing::error!(db = %self.path.display(), error = format!("{e:#}"), rows = self.pending.len(), "writing changes failed for a reason retrying cannot fix; they are dropped");
+                self.pending = Pending::default();
+            }
+        }
+    }
+
+    /// With nothing kept but writes failing, tries a one-row write to learn whether the
+    /// database takes writes again.
+    fn probe(&mut self) {
+        let r = self
+            .conn
+            .execute(
+                "INSERT OR REPLACE INTO settings(key, value) VALUES ('write_check_ms', ?1)",
+                [corral_proto::model::unix_ms().to_string()],
+            )
+            .map(|_| ())
+            .map_err(anyhow::Error::from);
+        match r {
+            Ok(()) => {
+                self.recovered(0);
+            }
+            Err(e) => {
+                let message = pending::unavailable_message(&self.path, &e);
+                self.failed("checking the database takes writes", &e, message);
+            }
+        }
+    }
+
+    fn failed(&self, what: &'static str, e: &anyhow::Error, message: String) {
+        if self.health.failed(message, self.pending.len()) {
+            tracing::error!(db = %self.path.display(), error = format!("{e:#}"), what, kept = self.pending.len(), "the database is not taking writes; changes are kept and retried every second, and the API refuses writes until it does");
+        }
+    }
+
+    /// Returns whether this ends a spell of failing writes (and logs that it does).
+    fn recovered(&self, pending: usize) -> bool {
+        let ended = self.health.ok(pending);
+        if ended {
+            tracing::info!(db = %self.path.display(), "the database takes writes again");
+        }
+        ended
     }
 }
 
 fn insert_job(conn: &mut Connection, mut job: JobRow) -> Result<u64> {
     let tx = conn.transaction()?;
     tx.execute(
-        "INSERT INTO jobs(scheduler, node, native_id, state, submitted_ms, updated_ms, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')",
+        "INSERT INTO jobs(scheduler, node, native_id, state, submitted_ms, updated_ms, record, owner)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}', ?7)",
         params![
             job.scheduler,
             job.node,
             job.native_id,
             job.state_word,
             job.submitted_ms,
-            job.updated_ms
+            job.updated_ms,
+            job.owner
         ],
     )?;
     let id = tx.last_insert_rowid() as u64;
@@ -773,10 +847,10 @@ fn put_jobs(conn: &mut Connection, jobs: &[JobRow]) -> Result<()> {
 fn write_job(tx: &rusqlite::Transaction<'_>, job: &JobRow) -> Result<()> {
     let record = serde_json::to_string(job)?;
     tx.prepare_cached(
-        "INSERT INTO jobs(id, scheduler, node, native_id, state, submitted_ms, updated_ms, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO jobs(id, scheduler, node, native_id, state, submitted_ms, updated_ms, record, owner)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT(id) DO UPDATE SET native_id = excluded.native_id, state = excluded.state,
-             updated_ms = excluded.updated_ms, record = excluded.record",
+             updated_ms = excluded.updated_ms, record = excluded.record, owner = excluded.owner",
     )?
     .execute(params![
         job.id.0,
@@ -786,7 +860,8 @@ fn write_job(tx: &rusqlite::Transaction<'_>, job: &JobRow) -> Result<()> {
         job.state_word,
         job.submitted_ms,
         job.updated_ms,
-        record
+        record,
+        job.owner
     ])?;
     let mut hist = tx.prepare_cached(
         "INSERT OR IGNORE INTO job_history(job, seq, at_ms, state, native_state, message)
@@ -805,7 +880,7 @@ fn write_job(tx: &rusqlite::Transaction<'_>, job: &JobRow) -> Result<()> {
     Ok(())
 }
 
-fn put_cordon(conn: &Connection, node: &str, cordon: Option<&CordonRow>) -> Result<()> {
+fn put_cordon(conn: &mut Connection, node: &str, cordon: Option<&CordonRow>) -> Result<()> {
     match cordon {
         Some(c) => conn.execute(
             "INSERT INTO cordons(node, record, updated_ms) VALUES (?1, ?2, ?3)
@@ -817,7 +892,7 @@ fn put_cordon(conn: &Connection, node: &str, cordon: Option<&CordonRow>) -> Resu
     Ok(())
 }
 
-fn put_pause(conn: &Connection, pause: Option<&PauseRow>) -> Result<()> {
+fn put_pause(conn: &mut Connection, pause: Option<&PauseRow>) -> Result<()> {
     match pause {
         Some(p) => conn.execute(
             "INSERT OR REPLACE INTO settings(key, value) VALUES (?1, ?2)",
@@ -828,37 +903,56 @@ fn put_pause(conn: &Connection, pause: Option<&PauseRow>) -> Result<()> {
     Ok(())
 }
 
-fn delete_jobs(conn: &mut Connection, ids: &[u64]) -> Result<()> {
-    let tx = conn.transaction()?;
-    for id in ids {
-        tx.execute("DELETE FROM job_history WHERE job = ?1", [id])?;
-        tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
-    }
-    tx.commit()?;
+fn put_token(conn: &mut Connection, t: &TokenRow) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO tokens(id, user, role, hash, created_by, created_ms, expires_ms, revoked_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![t.id, t.user, t.role, t.hash, t.created_by, t.created_ms, t.expires_ms, t.revoked_ms],
+    )?;
     Ok(())
 }
 
-fn write_batch(
+fn put_record(
     conn: &mut Connection,
-    nodes: &[NodeRow],
-    events: &[EventRow],
-    prune: Option<u32>,
+    kind: RecordKind,
+    key: &str,
+    json: Option<&str>,
 ) -> Result<()> {
+    match json {
+        Some(j) => conn.execute(
+            "INSERT INTO records(kind, key, record, updated_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(kind, key) DO UPDATE SET record = excluded.record, updated_ms = excluded.updated_ms",
+            params![kind.as_str(), key, j, corral_proto::model::unix_ms()],
+        )?,
+        None => conn.execute(
+            "DELETE FROM records WHERE kind = ?1 AND key = ?2",
+            params![kind.as_str(), key],
+        )?,
+    };
+    Ok(())
+}
+
+/// Writes the kept changes in one transaction: a crash leaves all of them or none.
+fn write_pending(conn: &mut Connection, p: &Pending, prune: Option<u32>) -> Result<()> {
     let tx = conn.transaction()?;
     {
+        let now = corral_proto::model::unix_ms();
         let mut put = tx.prepare_cached(
             "INSERT INTO nodes(name, view, updated_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET view = excluded.view, updated_ms = excluded.updated_ms",
         )?;
-        let now = corral_proto::model::unix_ms();
-        for n in nodes {
-            put.execute(params![n.name, serde_json::to_string(n)?, now])?;
+        let mut forget = tx.prepare_cached("DELETE FROM nodes WHERE name = ?1")?;
+        for (name, row) in &p.nodes {
+            match row {
+                Some(n) => put.execute(params![n.name, serde_json::to_string(n)?, now])?,
+                None => forget.execute([name])?,
+            };
         }
         let mut ev = tx.prepare_cached(
             "INSERT OR REPLACE INTO events(id, at_ms, node, kind, from_state, to_state, message)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for e in events {
+        for e in &p.events {
             ev.execute(params![
                 e.id, e.at_ms, e.node, e.kind, e.from, e.to, e.message
             ])?;
@@ -869,34 +963,27 @@ fn write_batch(
                 [keep],
             )?;
         }
+        for (id, job) in &p.jobs {
+            match job {
+                Some(j) => write_job(&tx, j)?,
+                None => {
+                    tx.execute("DELETE FROM job_history WHERE job = ?1", [id])?;
+                    tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+                }
+            }
+        }
     }
     tx.commit()?;
     Ok(())
 }
 
+/// Rows for the tests of this module and its submodules.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests_support {
     use super::*;
-    use std::collections::BTreeSet;
 
-    fn row(name: &str) -> NodeRow {
-        NodeRow {
-            name: name.into(),
-            liveness: Liveness::Ready,
-            liveness_since_ms: 1,
-            health: HealthStatus::Healthy,
-            reasons: vec![],
-            connected: true,
-            address: None,
-            agent_version: None,
-            first_seen_ms: 1,
-            last_beat_ms: Some(2),
-            last_report_ms: None,
-            report: None,
-        }
-    }
-
-    fn job_row() -> JobRow {
+    /// A finished (rejected) job with one history entry.
+    pub(crate) fn job_row() -> JobRow {
         JobRow {
             id: JobId(0),
             scheduler: "slurm".into(),
@@ -922,6 +1009,31 @@ mod tests {
             }],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn row(name: &str) -> NodeRow {
+        NodeRow {
+            name: name.into(),
+            liveness: Liveness::Ready,
+            liveness_since_ms: 1,
+            health: HealthStatus::Healthy,
+            reasons: vec![],
+            connected: true,
+            address: None,
+            agent_version: None,
+            first_seen_ms: 1,
+            last_beat_ms: Some(2),
+            last_report_ms: None,
+            report: None,
+        }
+    }
+
+    use super::tests_support::job_row;
 
     #[tokio::test]
     async fn nodes_and_events_survive_reopening() {
@@ -952,7 +1064,7 @@ mod tests {
     async fn unreadable_node_row_is_skipped_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let conn = open_db(&db_path(dir.path())).unwrap();
+            let conn = schema::open(&db_path(dir.path())).unwrap().0;
             conn.execute("INSERT INTO nodes VALUES ('x', '{not json', 0)", [])
                 .unwrap();
         }
@@ -982,9 +1094,9 @@ mod tests {
     async fn unreadable_job_row_is_skipped_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let conn = open_db(&db_path(dir.path())).unwrap();
+            let conn = schema::open(&db_path(dir.path())).unwrap().0;
             conn.execute(
-                "INSERT INTO jobs VALUES (1, 's', 'n', NULL, 'queued', 0, 0, '{not json')",
+                "INSERT INTO jobs(id, scheduler, node, native_id, state, submitted_ms, updated_ms, record) VALUES (1, 's', 'n', NULL, 'queued', 0, 0, '{not json')",
                 [],
             )
             .unwrap();
@@ -1000,7 +1112,7 @@ mod tests {
     async fn rows_written_by_the_previous_layout_still_load() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let conn = open_db(&db_path(dir.path())).unwrap();
+            let conn = schema::open(&db_path(dir.path())).unwrap().0;
             let node = r#"{"name":"n1","liveness":"ready","liveness_since_ms":5,"health":"degraded","reasons":[],"connected":true,"address":"10.0.0.1:4000","agent_version":"0.1.0","first_seen_ms":1,"last_beat_ms":9,"last_report_ms":null,"report":null}"#;
             let sparse =
                 r#"{"name":"n2","liveness":"down","health":"healthy","some_future_field":1}"#;
@@ -1010,7 +1122,7 @@ mod tests {
                 .unwrap();
             let job = r#"{"id":"c3","scheduler":"slurm","node":"n1","native_id":"1001","phase":"submitted","state":{"queued":{"held":true}},"state_word":"held","native_state":"PENDING","exit_code":null,"message":null,"spec":{"executable":"/bin/true","arguments":["a"]},"submitted_ms":1,"updated_ms":2,"polled_ms":3,"poll_error":null}"#;
             conn.execute(
-                "INSERT INTO jobs VALUES (3, 'slurm', 'n1', '1001', 'held', 1, 2, ?1)",
+                "INSERT INTO jobs(id, scheduler, node, native_id, state, submitted_ms, updated_ms, record) VALUES (3, 'slurm', 'n1', '1001', 'held', 1, 2, ?1)",
                 [job],
             )
             .unwrap();
@@ -1082,6 +1194,77 @@ mod tests {
             written.iter().map(String::as_str).collect::<BTreeSet<_>>(),
             job
         );
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_previous_release_loads_whole_after_its_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(db_path(dir.path())).unwrap();
+            conn.execute_batch(include_str!("fixtures/v1.sql")).unwrap();
+        }
+        let (store, loaded) = Store::open(dir.path(), 100).unwrap();
+        assert_eq!(loaded.nodes.len(), 1);
+        assert_eq!(loaded.nodes[0].name, "node-a");
+        assert_eq!(loaded.events.len(), 7);
+        assert_eq!(loaded.tokens.len(), 1);
+        assert_eq!(loaded.tokens[0].user, "ops-bot");
+        assert_eq!(loaded.cordons.len(), 1);
+        assert_eq!(loaded.paused.as_ref().map(|p| p.by.as_str()), Some("root"));
+        let owners: Vec<&str> = loaded.jobs.iter().map(|j| j.owner.as_str()).collect();
+        assert_eq!(owners, ["alice", ""]);
+        assert_eq!(loaded.jobs[0].history.len(), 3);
+        // New jobs continue the old ids.
+        let id = store.insert_job(job_row()).await.unwrap();
+        assert_eq!(id, 3);
+    }
+
+    /// Caps the database at its size (`max_page_count`; SQLite never sets it below the
+    /// pages in use), so commits that need a new page fail with SQLITE_FULL as on a full
+    /// disk; or lifts the cap.
+    async fn cap_pages(store: &Store, capped: bool) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let what = if capped { "LIMIT" } else { "UNLIMIT" };
+        store.tx.send(Op::Exec(what.into(), tx)).unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn changes_the_database_cannot_take_are_kept_and_written_when_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 100).unwrap();
+        let health = store.health();
+        store.insert_job(job_row()).await.unwrap();
+        cap_pages(&store, true).await;
+        // Enough rows that they cannot fit in the pages there are.
+        let big = |name: &str| NodeRow {
+            agent_version: Some("x".repeat(20_000)),
+            ..row(name)
+        };
+        store.write((0..20).map(|i| big(&format!("n{i}"))).collect(), vec![]);
+        store.flush().await;
+        let why = health.unavailable().expect("the database is full");
+        assert!(
+            why.contains(&dir.path().display().to_string()) && why.contains("full"),
+            "{why}"
+        );
+        assert!(health.view().pending_rows >= 20);
+        // An acknowledged write is refused while older changes wait, and says why.
+        let err = store.insert_job(job_row()).await.unwrap_err().to_string();
+        assert!(err.contains("full"), "{err}");
+        cap_pages(&store, false).await;
+        // The retry (every second) writes what was kept.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while health.unavailable().is_some() {
+            assert!(std::time::Instant::now() < deadline, "never recovered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let id = store.insert_job(job_row()).await.unwrap();
+        drop(store);
+        let (_s, loaded) = Store::open(dir.path(), 100).unwrap();
+        assert_eq!(loaded.nodes.len(), 20, "every kept node row was written");
+        let ids: Vec<u64> = loaded.jobs.iter().map(|j| j.id.0).collect();
+        assert_eq!(ids, [1, id], "the refused job left nothing behind");
     }
 
     #[test]
