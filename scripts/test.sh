@@ -28,7 +28,11 @@ if [ "${CI:-}" = "true" ] && [ -z "${CARGO_TARGET_DIR:-}" ]; then
     rm -rf "$CARGO_TARGET_DIR/debug/incremental" "$CARGO_TARGET_DIR/clippy/debug/incremental"
 fi
 
-echo "== cargo fmt --check"
+# Each section says when it started, in seconds since this script did.
+started=$SECONDS
+section() { echo "== $* (at $((SECONDS - started)) s)"; }
+
+section "cargo fmt --check"
 cargo fmt --all -- --check
 
 # Lints: [workspace.lints] plus clippy's defaults, every crate and target, warnings fatal.
@@ -37,7 +41,7 @@ cargo fmt --all -- --check
 # blocking them): it takes about ten minutes on a cold cache and two cores, which it
 # mostly spends while the integration tests wait on Slurm, Ray and timeouts. Its verdict
 # is read at the end, and fails the run like any test.
-echo "== cargo clippy --workspace --all-targets -- -D warnings (in the background)"
+section "cargo clippy --workspace --all-targets -- -D warnings (in the background)"
 if ! cargo clippy --version >/dev/null 2>&1; then
     echo "cargo clippy is missing: install it with 'rustup component add clippy' and run this again" >&2
     exit 1
@@ -67,7 +71,7 @@ if [ -z "${CORRAL_RAY_VENV:-}" ]; then
             command -v apt-get >/dev/null 2>&1; then
             # A Python only root can reach (pyenv under /root) would not do: install the
             # system one.
-            echo "== installing python3 and python3-venv (apt), for a venv other users can run"
+            section "installing python3 and python3-venv (apt), for a venv other users can run"
             apt-get update -qq
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
         fi
@@ -84,11 +88,11 @@ if [ -z "${CORRAL_RAY_VENV:-}" ]; then
     have=$("$CORRAL_RAY_VENV/bin/python" -c 'import ray, ray.dashboard.optional_deps; print(ray.__version__)' 2>/dev/null || true)
     if [ -n "$have" ] && [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1 &&
         ! runuser -u nobody -- sh -c 'cd / && exec "$0" -c ""' "$CORRAL_RAY_VENV/bin/python" 2>/dev/null; then
-        echo "== $CORRAL_RAY_VENV cannot be used by other users (its Python is out of their reach): recreating it"
+        section "$CORRAL_RAY_VENV cannot be used by other users (its Python is out of their reach): recreating it"
         have=
     fi
     if [ "$have" != "$RAY_VERSION" ]; then
-        echo "== creating the Ray venv $CORRAL_RAY_VENV (ray[default]==$RAY_VERSION)"
+        section "creating the Ray venv $CORRAL_RAY_VENV (ray[default]==$RAY_VERSION)"
         # Nothing group- or world-writable, whatever the caller's umask.
         saved_umask=$(umask)
         umask 022
@@ -97,7 +101,7 @@ if [ -z "${CORRAL_RAY_VENV:-}" ]; then
         if ! "$ray_python" -m venv "$CORRAL_RAY_VENV" >/dev/null 2>&1; then
             # Debian's python3 ships venv separately; install it where we can.
             if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-                echo "== installing python3 and python3-venv (apt)"
+                section "installing python3 and python3-venv (apt)"
                 apt-get update -qq
                 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
                 rm -rf "$CORRAL_RAY_VENV"
@@ -120,28 +124,28 @@ echo "Ray venv for tests: $CORRAL_RAY_VENV"
 if [ -z "${CORRAL_PLUGINS_DIR:-}" ]; then
     CORRAL_PLUGINS_DIR="${CARGO_TARGET_DIR:-$PWD/target}/plugins"
 fi
-echo "== cargo xtask plugins --out $CORRAL_PLUGINS_DIR"
+section "cargo xtask plugins --out $CORRAL_PLUGINS_DIR"
 cargo xtask plugins --out "$CORRAL_PLUGINS_DIR"
 export CORRAL_PLUGINS_DIR
 
-echo "== cargo test (unit, integration, doc)"
+section "cargo test (unit, integration, doc)"
 cargo test --workspace --locked "$@"
 
 # --- Fuzzing (fuzz/, tests/fuzz.sh) ----------------------------------------------------------
 # A short smoke of every coverage-guided fuzz target (libFuzzer on the stable toolchain):
-# 15 s each, replaying the inputs of crashes found and fixed (fuzz/regressions/). The long
+# 8 s each, replaying the inputs of crashes found and fixed (fuzz/regressions/). The long
 # runs behind BENCHMARKS.md are `bash tests/fuzz.sh --runs 10000000 TARGET`.
-echo "== tests/fuzz.sh --smoke"
+section "tests/fuzz.sh --smoke"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/fuzz" bash tests/fuzz.sh --smoke
 
 # --- Packages (issue: packaging and operations) ------------------------------------------
 # Under CI (root, disposable machine) this builds the .deb and .rpm, installs the .deb,
 # checks it, runs the daemons from it, and purges it; elsewhere it prints SKIPPED unless
 # CORRAL_TEST_PACKAGES=1.
-echo "== tests/packaging.sh"
+section "tests/packaging.sh"
 bash tests/packaging.sh
 
-echo "== cargo clippy (started at the beginning)"
+section "cargo clippy (started at the beginning)"
 if wait "$clippy_pid"; then
     cat "$clippy_log"
     echo "clippy: no warnings"
@@ -150,3 +154,4 @@ else
     echo "cargo clippy found problems (above): every warning is an error here" >&2
     exit 1
 fi
+echo "all passed in $((SECONDS - started)) s"

@@ -7,7 +7,7 @@
 # -Cpasses=sancov-module, no nightly, no cargo-fuzz), then runs each named target (all
 # when none is named) for SECONDS (default 60) or N executions, whichever ends first,
 # and prints per target: executions, exec/s, final cov and ft, corpus size, crashes.
-# --smoke (CI): 15 s per target; also replays fuzz/regressions/. Exits non-zero when any
+# --smoke (CI): 8 s per target; also replays fuzz/regressions/. Exits non-zero when any
 # target crashed (the input is in fuzz/artifacts/NAME/) or did not build. --seeds
 # rewrites the seed corpora fuzz/corpus/ (fuzz/examples/seeds.rs) and runs nothing.
 #
@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --time) time_s="$2"; shift 2 ;;
         --runs) runs="$2"; shift 2 ;;
-        --smoke) smoke=true; time_s=15; shift ;;
+        --smoke) smoke=true; time_s=8; shift ;;
         --build-only) build_only=true; shift ;;
         --seeds) seeds=true; shift ;;
         -h|--help) sed -n '2,17p' "$0"; exit 0 ;;

@@ -261,7 +261,7 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, Opened), OpenError> {
         .map_err(sql("switching to WAL"))?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(sql("setting synchronous = FULL"))?;
-    let backup = if from >= 1 && from < VERSION {
+    let backup = if (1..VERSION).contains(&from) {
         Some(backup(&conn, path, from)?)
     } else {
         None
@@ -479,7 +479,7 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(!cols.contains(&"owner".to_string()), "{cols:?}");
-        assert_eq!(backups(&path), [backup.clone()]);
+        assert_eq!(backups(&path), std::slice::from_ref(&backup));
         drop(conn);
         // Opening again migrates nothing and backs up nothing.
         let (_c, again) = open(&path).unwrap();
